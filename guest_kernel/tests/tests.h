@@ -1,0 +1,14 @@
+/*
+ * tests.h - guest programs selected with "lgemu.test=NAME" (see main.c's table).
+ *
+ * A program runs after the banner, on our own page tables, with the early console.  It
+ * returns on success (the guest then powers down) and calls panic() on failure, so the
+ * Launcher's exit status and "CRASH: ..." line carry the verdict.
+ */
+#ifndef GUEST_TESTS_H
+#define GUEST_TESTS_H
+
+void test_async_ring(void);
+void test_printk_formats(void);
+
+#endif

@@ -1,0 +1,136 @@
+"""`lgemu`: the command line.  Options are declared as a table, parsed into a `BootConfig`.
+
+Every way a run ends maps to one line on stderr (nothing on a clean power-down) and an exit
+status; see `lgemu.errors.ExitStatus` and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, NoReturn
+
+from . import __version__
+from .errors import ExitStatus, LgemuExit, UserError
+
+DEFAULT_MEM_MIB = 64
+
+
+@dataclass
+class BootConfig:
+    """Everything `lgemu boot` was asked to do."""
+
+    kernel: Path
+    mem_mib: int = DEFAULT_MEM_MIB
+    cmdline: str = ""
+    initrd: Path | None = None
+    clock: str = "virtual"
+    ns_per_insn: int = 10
+    verbose: int = 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+# (flags, argparse keyword arguments) for `lgemu boot`.
+BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("kernel",), dict(nargs="?", type=Path, metavar="VMLINUX",
+                       help="lguest guest kernel: ELF vmlinux or bzImage "
+                            "(default: the bundled guest)")),
+    (("-m", "--mem"), dict(type=_positive, default=DEFAULT_MEM_MIB, metavar="MIB",
+                           help="guest RAM in MiB (default %(default)s)")),
+    (("--append",), dict(default="", metavar="CMDLINE", help="kernel command line")),
+    (("--initrd",), dict(type=Path, metavar="FILE", help="initial ramdisk, loaded at the top "
+                                                         "of RAM")),
+    (("--clock",), dict(choices=("virtual", "realtime"), default="virtual",
+                        help="guest time from the instruction count (reproducible, default) or "
+                             "the host's clock")),
+    (("--insn-ns",), dict(type=_positive, default=10, metavar="NS", dest="ns_per_insn",
+                          help="virtual nanoseconds per instruction (default %(default)s: a "
+                               "100 MHz virtual CPU)")),
+    (("-v", "--verbose"), dict(action="count", default=0,
+                               help="print the boot layout and a summary on stderr")),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (try '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lgemu` argument parser."""
+    parser = _Parser(prog="lgemu", description="Run Linux 2.6.24 lguest guests on Unicorn.")
+    parser.add_argument("--version", action="version", version=f"lgemu {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    boot = sub.add_parser("boot", help="boot a guest kernel")
+    for flags, kwargs in BOOT_OPTIONS:
+        boot.add_argument(*flags, **kwargs)
+    return parser
+
+
+def parse_boot(args: argparse.Namespace) -> BootConfig:
+    """Options → BootConfig (the kernel defaults to the bundled guest)."""
+    from .firmware_path import bundled_guest
+
+    return BootConfig(kernel=args.kernel or bundled_guest(), mem_mib=args.mem,
+                      cmdline=args.append, initrd=args.initrd, clock=args.clock,
+                      ns_per_insn=args.ns_per_insn, verbose=args.verbose)
+
+
+def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
+    """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
+    from .devices.console import Console, ConsoleOutput
+    from .host.clock import Clock
+    from .host.guest import Guest
+    from .launcher import check_memory_size, launch, load_kernel
+    from .machine.cpu import SelfTestError, self_test
+    from .machine.memory import GuestMemory
+
+    mem = check_memory_size(config.mem_mib)
+    kernel = load_kernel(config.kernel)
+    try:
+        self_test()
+    except SelfTestError as e:
+        raise UserError(f"unsupported Unicorn: {e}") from None
+    output = ConsoleOutput(stdout)
+    devices = [Console(output)]  # the console is always last (§10.3)
+    memory = GuestMemory(mem)
+    info = launch(memory, kernel, config.cmdline, config.initrd, [d.spec() for d in devices])
+    clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
+    guest = Guest(memory, info, devices, output, clock)
+    if config.verbose and stderr is not None:
+        from .ui import describe_boot
+        describe_boot(stderr, info)
+    outcome = guest.run()
+    if config.verbose and stderr is not None:
+        from .ui import describe_run
+        describe_run(stderr, guest, outcome)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lgemu` command; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        config = parse_boot(args)
+        outcome = boot(config, sys.stdout.buffer, sys.stderr)
+    except LgemuExit as e:
+        outcome = e
+    except KeyboardInterrupt:
+        print("lgemu: interrupted", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    if outcome.status != ExitStatus.POWER_DOWN:
+        print(outcome.line(), file=sys.stderr)
+    return outcome.status

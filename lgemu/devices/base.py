@@ -1,0 +1,49 @@
+"""What every device behind the lguest bus provides, and how kicks reach it.
+
+The Launcher lays devices out on the device page (`launcher.devicepage`); the Host routes a
+LHCALL_NOTIFY whose page is a queue's to that queue's device (§10.5).  Devices never import
+the Host: they get their vrings and a way to raise an interrupt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..launcher.devicepage import DeviceSpec
+from .vring import Vring
+
+
+class Device:
+    """Base class: a virtio device type with its queues."""
+
+    type: int = 0
+    name: str = "device"
+    num_queues: int = 0
+
+    def __init__(self) -> None:
+        self.queues: list[Vring] = []
+        self.raise_irq: Callable[[int], None] = lambda line: None
+
+    def config(self) -> bytes:
+        """Device-specific config fields that follow the VIRTQUEUE fields."""
+        return b""
+
+    def spec(self) -> DeviceSpec:
+        """How the Launcher describes this device on the device page."""
+        return DeviceSpec(self.type, self.num_queues, self.config())
+
+    def attach(self, queues: list[Vring], raise_irq: Callable[[int], None]) -> None:
+        """Receive the vrings the Launcher allocated, in queue order."""
+        self.queues = queues
+        self.raise_irq = raise_irq
+
+    def kick(self, queue: Vring) -> None:
+        """The guest notified `queue` (LHCALL_NOTIFY with its pfn << 12)."""
+
+    def interrupt(self, queue: Vring) -> None:
+        """Raise the queue's IRQ unless the guest asked for none (§11.3)."""
+        if queue.wants_interrupt():
+            self.raise_irq(queue.irq)
+
+    def close(self) -> None:
+        """Release host resources (files, sockets)."""

@@ -1,0 +1,72 @@
+"""How a run ends, as exceptions with their exit statuses.
+
+A guest never makes lgemu print a traceback: every way a run can end is one of these, caught
+once in `lgemu.cli` and turned into one line on stderr and an exit status.
+"""
+
+from __future__ import annotations
+
+
+class ExitStatus:
+    """Process exit statuses (documented in the README)."""
+
+    POWER_DOWN = 0  # LHCALL_CRASH "Power down"
+    CRASHED = 1  # any other LHCALL_CRASH (panic)
+    USAGE = 2  # bad option, file or image; Unicorn self-test failure
+    KILLED = 3  # the Host killed the guest for a violation
+    STUCK = 4  # halted with nothing that could ever wake it
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class LgemuExit(Exception):
+    """Base: a run ends with `message` on stderr and `status`."""
+
+    status = 1
+    prefix = "lgemu: "
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def line(self) -> str:
+        """The one line printed on stderr."""
+        return self.prefix + self.message
+
+
+class UserError(LgemuExit):
+    """Bad user input: options, files, images, sizes."""
+
+    status = ExitStatus.USAGE
+
+
+class GuestKilled(LgemuExit):
+    """The Host killed the guest (lguest's kill_guest); `message` is the reason."""
+
+    status = ExitStatus.KILLED
+
+    def line(self) -> str:
+        return f"lgemu: guest killed: {self.message}"
+
+
+class GuestCrashed(LgemuExit):
+    """LHCALL_CRASH with a message other than "Power down"."""
+
+    status = ExitStatus.CRASHED
+
+    def line(self) -> str:
+        return f"lgemu: guest crashed: {self.message}"
+
+
+class GuestStuck(LgemuExit):
+    """The guest halted with interrupts that can never arrive."""
+
+    status = ExitStatus.STUCK
+
+    def line(self) -> str:
+        return f"lgemu: guest stuck: {self.message}"
+
+
+class PowerDown(LgemuExit):
+    """LHCALL_CRASH "Power down": the guest switched itself off."""
+
+    status = ExitStatus.POWER_DOWN

@@ -1,0 +1,340 @@
+"""The Host's run loop: one guest, its CPU, and every exit lguest's Host module handled.
+
+`Guest.run()` slices execution by instruction count (the only deterministic way to stop
+Unicorn, spike O7) and between slices does what lguest did before every guest entry: fire
+the timer, wake or idle a halted guest, inject an interrupt.  Inside a slice, Unicorn calls
+back for hypercalls, traps, port I/O, `cpuid` and `rdtsc`; they are handled in place without
+stopping, except HALT, a timer that falls due before the slice ends, and the end of the run.
+
+Exits from hooks never raise through Unicorn: the outcome is stored, the CPU is stopped, and
+`run()` returns it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..abi import (
+    GUEST_CS,
+    GUEST_DS,
+    LGUEST_TRAP_ENTRY,
+    PAGE_SIZE,
+    X86_CR0_TS,
+)
+from ..devices.base import Device
+from ..devices.console import ConsoleOutput
+from ..devices.vring import Vring
+from ..errors import GuestKilled, GuestStuck, LgemuExit
+from ..launcher import BootInfo
+from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
+from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
+from . import cpu_model
+from .clock import Clock
+from .hypercalls import hypercall
+from .interrupts import Interrupts
+from .lguest_data import LguestData
+from .paging import Paging
+from .segments import Gdt, TSS_LIMIT
+from .traps import GP, Traps
+
+SLICE = 1_000_000  # instructions per slice when nothing is waiting
+PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it
+EFLAGS_BOOT = 0x202
+IRQ_TIMER = 0
+OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # §5.7: opcode → length
+OPCODE_OUT = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1}
+OPSIZE_PREFIX = 0x66
+
+
+@dataclass
+class Stats:
+    """What happened during a run (for -v and benchmarks)."""
+
+    hypercalls: Counter = field(default_factory=Counter)
+    async_hypercalls: Counter = field(default_factory=Counter)
+    traps: Counter = field(default_factory=Counter)
+    port_io: Counter = field(default_factory=Counter)
+    slices: int = 0
+
+
+class Guest:
+    """An lguest guest: the Host's state for it and the loop that runs it."""
+
+    def __init__(self, memory: GuestMemory, boot: BootInfo, devices: list[Device],
+                 console: ConsoleOutput, clock: Clock) -> None:
+        self.memory = memory
+        self.boot = boot
+        self.console = console
+        self.clock = clock
+        self.cpu = Cpu(memory)
+        self.paging = Paging(memory, self.cpu)
+        self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
+                       switcher_linear(HOST_TSS))
+        self.traps = Traps(self.cpu, self.paging)
+        self.interrupts = Interrupts(self.traps)
+        self.data: LguestData | None = None
+        self.ring_cursor = 0
+        self.ts = 0
+        self.stats = Stats()
+        self.outcome: LgemuExit | None = None
+        self._stop_requested = False
+        self._slice_end_ns = 0
+        self._deferred_gp: int | None = None  # EIP of a ring-3 port access (#GP at slice end)
+        self.devices = devices
+        self.queues: dict[int, tuple[Device, Vring]] = {}
+        for device, layout in zip(devices, boot.device_page.devices, strict=True):
+            rings = [Vring(memory, f"{device.name}.{q.index}", q.pfn, q.num, q.irq)
+                     for q in layout.queues]
+            device.attach(rings, self.interrupts.raise_irq)
+            self.queues.update({ring.pfn: (device, ring) for ring in rings})
+        self._install_hooks()
+        self._boot_cpu()
+
+    # -- the state of §2 ----------------------------------------------------------------
+    def _boot_cpu(self) -> None:
+        cpu = self.cpu
+        cpu.set_gdt(switcher_linear(HOST_GDT), 32 * 8 - 1)
+        self.paging.new_pgtable(self.boot.pgdir)
+        cpu.set_reg(Reg.CR4, GUEST_CR4)
+        cpu.set_reg(Reg.CR0, GUEST_CR0)
+        cpu.set_tr(0x80, switcher_linear(HOST_TSS), TSS_LIMIT)
+        cpu.enter(1, GUEST_CS, GUEST_DS, self.boot.entry, 0)
+        cpu.set_reg(Reg.DS, GUEST_DS)
+        cpu.set_reg(Reg.ES, GUEST_DS)
+        cpu.set_reg(Reg.EFLAGS, EFLAGS_BOOT)
+        for reg in (Reg.EAX, Reg.EBX, Reg.ECX, Reg.EDX, Reg.ESI, Reg.EDI, Reg.EBP):
+            cpu.set_reg(reg, 0)
+
+    def _install_hooks(self) -> None:
+        cpu = self.cpu
+        cpu.on_interrupt(self._guarded(self._on_interrupt, None))
+        cpu.on_invalid(self._guarded(self._on_invalid, None))
+        cpu.on_port_in(self._guarded(self._on_port_in, 0))
+        cpu.on_port_out(self._guarded(self._on_port_out, None))
+        cpu.on_cpuid(self._guarded(self._on_cpuid, None))
+        cpu.on_rdtsc(self._guarded(self._on_rdtsc, None))
+        cpu.on_bad_access(self._guarded(self._on_bad_access, None))
+
+    def _guarded(self, fn: Any, default: Any) -> Any:
+        """Wrap a hook: an ending run is recorded and the CPU stopped, never raised."""
+        def hook(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except LgemuExit as outcome:
+                self.finish(outcome)
+                return default
+        return hook
+
+    # -- helpers for hypercalls and devices ----------------------------------------------
+    def position(self) -> int:
+        """Instructions into the current slice (0 between slices)."""
+        return self.cpu.slice_position if self._in_slice else 0
+
+    _in_slice = False
+
+    def stop(self) -> None:
+        """End the current slice after this instruction."""
+        self._stop_requested = True
+        self.cpu.stop()
+
+    def finish(self, outcome: LgemuExit) -> None:
+        """The run is over (first outcome wins)."""
+        if self.outcome is None:
+            self.outcome = outcome
+        if self._in_slice:
+            self.stop()
+
+    def halt(self) -> None:
+        self.interrupts.halted = True
+        self.stop()
+
+    def set_timer(self, delta_ns: int) -> None:
+        self.clock.set_timer(delta_ns, self.position())
+        deadline = self.clock.deadline_ns
+        if self._in_slice and deadline is not None and deadline < self._slice_end_ns:
+            self.stop()
+
+    def set_ts(self, ts: int) -> None:
+        self.ts = ts
+        cr0 = self.cpu.reg(Reg.CR0)
+        want = cr0 | X86_CR0_TS if ts else cr0 & ~X86_CR0_TS
+        if want != cr0:
+            self.cpu.set_reg(Reg.CR0, want)
+
+    def notify(self, addr: int) -> None:
+        """LHCALL_NOTIFY: route a kick to its queue, or print an early-console string."""
+        target = self.queues.get(addr // PAGE_SIZE)
+        if target is not None:
+            device, ring = target
+            device.kick(ring)
+            return
+        if addr >= self.memory.limit:
+            raise GuestKilled(f"bad NOTIFY address {addr:#x}")
+        self.console.write(self.memory.cstring(addr, self.memory.limit - addr))
+
+    # -- exits inside a slice ------------------------------------------------------------
+    def _on_interrupt(self, vector: int) -> None:
+        cpu = self.cpu
+        eip = cpu.reg(Reg.EIP)
+        cpl = cpu.reg(Reg.CS) & 3
+        if vector == LGUEST_TRAP_ENTRY and cpl == 1:  # no CPU exception uses vector 31
+            hypercall(self, cpu.reg(Reg.EAX), cpu.reg(Reg.EDX), cpu.reg(Reg.EBX),
+                      cpu.reg(Reg.ECX))
+        else:
+            self._trap(vector, eip, cpl)
+        self._after_exit()
+
+    def _trap(self, vector: int, eip: int, cpl: int) -> None:
+        cpu, traps = self.cpu, self.traps
+        error_code, software = cpu.fault_info()
+        self.stats.traps[vector] += 1
+        if software:  # `int n`, `int3`, `into`: EIP is already past the instruction
+            if traps.software_interrupt_allowed(vector, cpl):
+                traps.deliver(vector, eip, None, direct=True)
+            else:
+                start = eip - self._software_int_length(vector, eip)
+                traps.deliver(GP, start, vector * 8 + 2, direct=False)
+            return
+        if vector == 14:
+            cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (spike O1)
+            if self.paging.demand_fault(cr2, error_code):
+                cpu.ack_exception()
+                return
+            if self.data is not None:
+                self.data.set_cr2(cr2)
+            traps.deliver(14, eip, error_code, direct=False)
+            return
+        traps.reflect(vector, eip, error_code)
+
+    def _software_int_length(self, vector: int, next_eip: int) -> int:
+        """`int3` (CC) and `into` (CE) are one byte; `int n` (CD nn) is two."""
+        if vector in (3, 4):
+            try:
+                if self.paging.read_virtual(next_eip - 1, 1)[0] in (0xCC, 0xCE):
+                    return 1
+            except GuestKilled:
+                pass
+        return 2
+
+    def _on_invalid(self) -> None:
+        self.stats.traps[6] += 1
+        self.traps.reflect(6, self.cpu.reg(Reg.EIP), 0)
+        self._after_exit()
+
+    def _after_exit(self) -> None:
+        """lguest checked for interrupts on every return to the guest (§3.2 step 5)."""
+        if self.data is not None and self.interrupts.pending and not self.interrupts.halted \
+                and self.outcome is None:
+            self.interrupts.maybe_interrupt(self.data, self.cpu.reg(Reg.EIP), self._wall_ns)
+
+    def _wall_ns(self) -> int:
+        return self.clock.wall_ns(self.position())
+
+    def _port_instruction(self, eip: int) -> tuple[bool, int, bool] | None:
+        """Decode an emulatable `in`/`out` at `eip`: (prefixed, opcode, is_in), or None."""
+        code = self.paging.read_virtual(eip, 2)
+        prefixed = code[0] == OPSIZE_PREFIX
+        opcode = code[1] if prefixed else code[0]
+        if opcode in OPCODE_IN:
+            return prefixed, opcode, True
+        if opcode in OPCODE_OUT:
+            return prefixed, opcode, False
+        return None
+
+    def _port_access(self, port: int, is_in: bool) -> int | None:
+        """§5.7: emulate a ring-1 `in`/`out`; anything else becomes a #GP(0) at slice end.
+        Returns the new EAX for an emulated `in`, else None."""
+        cpu = self.cpu
+        eip = cpu.reg(Reg.EIP)
+        self.stats.port_io[("in" if is_in else "out", port)] += 1
+        decoded = self._port_instruction(eip) if cpu.reg(Reg.CS) & 3 == 1 else None
+        if decoded is None or decoded[2] != is_in:
+            # Unicorn cannot redirect from inside a translated block; stop right after
+            # this instruction and deliver the fault from its address (a count-sliced stop
+            # is exact, so nothing after it runs).
+            self._deferred_gp = eip
+            self.stop()
+            return None
+        prefixed, opcode, _ = decoded
+        if not is_in:
+            return None
+        eax = cpu.reg(Reg.EAX)
+        if opcode & 1:
+            return 0xFFFFFFFF
+        return eax | (0xFFFF << 16 if prefixed else 0xFFFF)
+
+    def _on_port_in(self, port: int, size: int) -> int:
+        eax = self._port_access(port, True)
+        if eax is None:
+            return self.cpu.reg(Reg.EAX) & ((1 << 8 * size) - 1)  # leave EAX as it was
+        self.cpu.set_reg(Reg.EAX, eax)
+        return eax & ((1 << 8 * size) - 1)
+
+    def _on_port_out(self, port: int, size: int, value: int) -> None:
+        self._port_access(port, False)
+
+    def _on_cpuid(self) -> None:
+        eax, ebx, ecx, edx = cpu_model.cpuid(self.cpu.reg(Reg.EAX))
+        for reg, value in ((Reg.EAX, eax), (Reg.EBX, ebx), (Reg.ECX, ecx), (Reg.EDX, edx)):
+            self.cpu.set_reg(reg, value)
+
+    def _on_rdtsc(self) -> None:
+        tsc = cpu_model.tsc(self.clock.now_ns(self.position()), self.clock.ns_per_insn)
+        self.cpu.set_reg(Reg.EAX, tsc & 0xFFFFFFFF)
+        self.cpu.set_reg(Reg.EDX, tsc >> 32)
+
+    def _on_bad_access(self, kind: str, addr: int) -> None:
+        if kind == "protected":
+            raise GuestKilled("attempt to access switcher pages")
+        raise GuestKilled(f"bad page table entry (physical address {addr:#x} is not memory)")
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, max_instructions: int | None = None) -> LgemuExit:
+        """Run until the guest powers down, crashes, is killed or can never wake."""
+        try:
+            while self.outcome is None:
+                self._step(max_instructions)
+        except LgemuExit as outcome:
+            self.outcome = self.outcome or outcome
+        return self.outcome
+
+    def _step(self, max_instructions: int | None) -> None:
+        clock, interrupts = self.clock, self.interrupts
+        if clock.expired():
+            interrupts.raise_irq(IRQ_TIMER)
+        eip = self.cpu.reg(Reg.EIP)
+        if self.data is not None and interrupts.pending:
+            interrupts.maybe_interrupt(self.data, eip, self._wall_ns)
+        if interrupts.halted:
+            if clock.deadline_ns is None:
+                raise GuestStuck("halted with no timer set and no interrupt that can wake it")
+            clock.idle_until_timer()
+            return
+        limit = PENDING_SLICE if interrupts.pending else SLICE
+        if max_instructions is not None:
+            limit = min(limit, max_instructions - clock.executed)
+        budget = clock.slice_budget(limit)
+        self._slice_end_ns = clock.now_ns() + budget * clock.ns_per_insn
+        self._stop_requested = False
+        self._in_slice = True
+        try:
+            self.cpu.run(self.cpu.reg(Reg.EIP), budget)
+        except CpuError as e:
+            if self.outcome is None:
+                self.outcome = GuestKilled(f"CPU error: {e}")
+        finally:
+            self._in_slice = False
+        ran = min(self.cpu.slice_position, budget)
+        clock.end_slice(ran)
+        self.stats.slices += 1
+        if self.outcome is not None:
+            return
+        if ran < budget and not self._stop_requested:
+            raise GuestKilled(f"triple fault at {self.cpu.reg(Reg.EIP):#x}")
+        if self._deferred_gp is not None:
+            eip, self._deferred_gp = self._deferred_gp, None
+            self.traps.deliver(GP, eip, 0, direct=False)
+        if max_instructions is not None and clock.executed >= max_instructions:
+            raise GuestStuck(f"instruction limit {max_instructions} reached")

@@ -1,0 +1,209 @@
+"""Hypercalls (§3): `int $0x1f` at ring 1, number in EAX, arguments in EDX, EBX, ECX.
+
+One handler per call number, in a table; the async ring is drained before every synchronous
+call after LGUEST_INIT (§3.2, §3.5).  Handlers take the guest and the three arguments and
+return nothing: no 2.6.24 hypercall returns a value.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..abi import (
+    GDT_ENTRIES,
+    GDT_ENTRY_TLS_ENTRIES,
+    HCALL_STATUS_EMPTY,
+    LD_KERNEL_ADDRESS,
+    LD_NOIRQ_END,
+    LD_NOIRQ_START,
+    LD_PGDIR,
+    LD_RESERVE_MEM,
+    LD_SYSCALL_VEC,
+    LD_TSC_KHZ,
+    LGUEST_DATA_SIZE,
+    LHCALL_RING_SIZE,
+    RESERVE_MEM,
+    SWITCHER_PDE,
+    SYSCALL_VECTOR,
+    Hcall,
+)
+from ..errors import GuestCrashed, GuestKilled, PowerDown
+from .lguest_data import LguestData
+
+if TYPE_CHECKING:
+    from .guest import Guest
+
+CRASH_MESSAGE_BYTES = 128
+POWER_DOWN = "Power down"
+MAX_STACK_PAGES = 2
+
+Handler = Callable[["Guest", int, int, int], None]
+
+
+def lguest_init(g: Guest, addr: int, _a2: int, _a3: int) -> None:
+    """The first hypercall: register `struct lguest_data`, in the order of §3.4."""
+    if g.data is not None:
+        raise GuestKilled("already have lguest_data")
+    if not g.memory.valid(addr, LGUEST_DATA_SIZE):
+        raise GuestKilled(f"bad guest page {addr:#x}")
+    data = LguestData(g.memory, addr)
+    data.set_u32(LD_TSC_KHZ, 0)  # the guest takes its time from lguest_data.time
+    if data.u32(LD_SYSCALL_VEC) != SYSCALL_VECTOR:
+        raise GuestKilled("bad syscall vector")
+    g.interrupts.noirq = (data.u32(LD_NOIRQ_START), data.u32(LD_NOIRQ_END))
+    data.set_time(g.clock.wall_ns(g.position()))
+    kernel_address = data.u32(LD_KERNEL_ADDRESS)
+    data.set_u32(LD_RESERVE_MEM, RESERVE_MEM)
+    data.set_u32(LD_PGDIR, g.boot.pgdir)
+    if kernel_address >> 22 >= SWITCHER_PDE:
+        raise GuestKilled(f"bad kernel address {kernel_address:#x}")
+    g.paging.kernel_pde = kernel_address >> 22
+    g.data = g.traps.data = data
+    g.paging.flush(everything=True)
+
+
+def flush_async(g: Guest, _a1: int, _a2: int, _a3: int) -> None:
+    """Nothing: the ring was drained on the way in."""
+
+
+def crash(g: Guest, addr: int, _a2: int, _a3: int) -> None:
+    """LHCALL_CRASH: panic, or "Power down" from pm_power_off (§9.2)."""
+    raw = bytearray(g.memory.read(addr, CRASH_MESSAGE_BYTES))
+    raw[-1] = 0
+    message = raw[:raw.index(0)].decode("latin-1")
+    if message == POWER_DOWN:
+        raise PowerDown(message)
+    raise GuestCrashed(message)
+
+
+def load_gdt(g: Guest, addr: int, count: int, _a3: int) -> None:
+    """LHCALL_LOAD_GDT (§6)."""
+    if count > GDT_ENTRIES:
+        raise GuestKilled(f"too many gdt entries {count}")
+    raw = g.memory.read(addr, 8 * count)
+    g.gdt.load(list(struct.unpack(f"<{count}Q", raw)))
+
+
+def load_tls(g: Guest, addr: int, _cpu: int, _a3: int) -> None:
+    """LHCALL_LOAD_TLS: three descriptors into entries 6–8 (§6.3)."""
+    raw = g.memory.read(addr, 8 * GDT_ENTRY_TLS_ENTRIES)
+    g.gdt.load_tls(list(struct.unpack(f"<{GDT_ENTRY_TLS_ENTRIES}Q", raw)))
+
+
+def new_pgtable(g: Guest, pgdir: int, _a2: int, _a3: int) -> None:
+    """LHCALL_NEW_PGTABLE: the guest's write_cr3."""
+    g.paging.new_pgtable(pgdir)
+
+
+def flush_tlb(g: Guest, everything: int, _a2: int, _a3: int) -> None:
+    """LHCALL_FLUSH_TLB: kernel and user (nonzero) or user only (§7.4)."""
+    g.paging.flush(everything=bool(everything))
+    if everything and g.traps.stack_pages:
+        g.paging.pin_stack(g.traps.esp1, g.traps.stack_pages)
+
+
+def load_idt_entry(g: Guest, vector: int, lo: int, hi: int) -> None:
+    """LHCALL_LOAD_IDT_ENTRY (§5.1)."""
+    g.traps.load_idt_entry(vector, lo, hi)
+
+
+def set_stack(g: Guest, segment: int, esp: int, pages: int) -> None:
+    """LHCALL_SET_STACK: where traps from ring 3 land (§5.5)."""
+    if segment & 3 != 1:
+        raise GuestKilled(f"bad stack segment {segment}")
+    if pages > MAX_STACK_PAGES:
+        raise GuestKilled(f"bad stack pages {pages}")
+    g.traps.ss1, g.traps.esp1, g.traps.stack_pages = segment, esp, pages
+    g.paging.pin_stack(esp, pages)
+
+
+def task_switched(g: Guest, ts: int, _a2: int, _a3: int) -> None:
+    """LHCALL_TS: mirror the guest's TS flag into CR0 so FPU use raises #NM (§9.3)."""
+    g.set_ts(ts)
+
+
+def set_clockevent(g: Guest, delta_ns: int, _a2: int, _a3: int) -> None:
+    """LHCALL_SET_CLOCKEVENT: arm (or with 0 stop) the one-shot timer (§8)."""
+    g.set_timer(delta_ns)
+
+
+def halt(g: Guest, _a1: int, _a2: int, _a3: int) -> None:
+    """LHCALL_HALT: sleep until an interrupt is deliverable (§9.1)."""
+    g.halt()
+
+
+def set_pte(g: Guest, pgdir: int, vaddr: int, pte: int) -> None:
+    """LHCALL_SET_PTE: a hint, never a memory write (§7.2)."""
+    g.paging.set_pte(pgdir, vaddr, pte)
+
+
+def set_pmd(g: Guest, pgdir: int, index: int, _a3: int) -> None:
+    """LHCALL_SET_PMD (§7.3)."""
+    g.paging.set_pmd(pgdir, index)
+
+
+def notify(g: Guest, addr: int, _a2: int, _a3: int) -> None:
+    """LHCALL_NOTIFY: a virtqueue kick or an early-console string (§10.5)."""
+    g.notify(addr)
+
+
+HANDLERS: dict[int, Handler] = {
+    Hcall.FLUSH_ASYNC: flush_async,
+    Hcall.LGUEST_INIT: lguest_init,
+    Hcall.CRASH: crash,
+    Hcall.LOAD_GDT: load_gdt,
+    Hcall.NEW_PGTABLE: new_pgtable,
+    Hcall.FLUSH_TLB: flush_tlb,
+    Hcall.LOAD_IDT_ENTRY: load_idt_entry,
+    Hcall.SET_STACK: set_stack,
+    Hcall.TS: task_switched,
+    Hcall.SET_CLOCKEVENT: set_clockevent,
+    Hcall.HALT: halt,
+    Hcall.SET_PTE: set_pte,
+    Hcall.SET_PMD: set_pmd,
+    Hcall.LOAD_TLS: load_tls,
+    Hcall.NOTIFY: notify,
+}
+
+
+def run_hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
+    """Execute one call, synchronous or from the ring."""
+    handler = HANDLERS.get(nr)
+    if handler is None:
+        raise GuestKilled(f"Bad hypercall {nr}")
+    g.stats.hypercalls[nr] += 1
+    handler(g, a1, a2, a3)
+
+
+def _drain_ring_pass(g: Guest) -> bool:
+    """One pass over the async ring (§3.5); True if it stopped early at a NOTIFY."""
+    data = g.data
+    for _ in range(LHCALL_RING_SIZE):
+        slot = g.ring_cursor
+        if data.ring_status(slot) == HCALL_STATUS_EMPTY:
+            return False
+        g.ring_cursor = (slot + 1) % LHCALL_RING_SIZE
+        nr, a1, a2, a3 = data.ring_args(slot)
+        g.stats.async_hypercalls[nr] += 1
+        run_hypercall(g, nr, a1, a2, a3)
+        data.ring_done(slot)
+        if nr == Hcall.NOTIFY:
+            return True
+    return False
+
+
+def hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
+    """A synchronous hypercall, with lguest's order of work (§3.2)."""
+    if g.data is None:
+        if nr != Hcall.LGUEST_INIT:
+            raise GuestKilled(f"hypercall {nr} before INIT")
+        g.stats.hypercalls[nr] += 1
+        lguest_init(g, a1, a2, a3)
+        return
+    # lguest returned to the Launcher at a ring NOTIFY and drained the rest on re-entry;
+    # the Launcher's work is synchronous here, so that is simply another pass.
+    while _drain_ring_pass(g):
+        pass
+    run_hypercall(g, nr, a1, a2, a3)

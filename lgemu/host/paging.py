@@ -1,0 +1,199 @@
+"""Guest paging (§7): the guest's own page tables, under a host-owned page directory.
+
+lguest kept shadow page tables.  lgemu keeps only a *shadow page directory*: the CPU's CR3
+points at a host page whose entries are validated copies of the guest's PDEs, filled on
+demand when the guest faults (lguest's `demand_page`), while the PTE pages Unicorn walks are
+the guest's own, so Accessed and Dirty land in guest memory as on hardware.  What this buys:
+
+* PDE 1023 of every address space is the Host's: the switcher page table maps the GDT, the
+  TSS and emu_start's `until` page at 0xFFC00000, and the guest cannot remap them.
+* §7.1's directory checks happen exactly when lguest made them (first use of a PDE).
+* The paging hypercalls are what lguest made them: SET_PMD drops a shadow PDE, FLUSH_TLB
+  drops the user part or everything, NEW_PGTABLE switches (caching four directories).
+
+The guest's page-table memory is never written by the Host except for Accessed/Dirty bits
+of the walks it performs itself (trap frames, pinning).
+"""
+
+from __future__ import annotations
+
+from ..abi import (
+    PAGE_SIZE,
+    PDE_ALLOWED_FLAGS,
+    PTE_ACCESSED,
+    PTE_DIRTY,
+    PTE_PRESENT,
+    PTE_PSE,
+    PTE_PWT,
+    PTE_RW,
+    PTE_USER,
+    SWITCHER_PDE,
+    U32,
+)
+from ..errors import GuestKilled
+from ..machine.cpu import Cpu
+from ..machine.memory import (
+    HOST_GDT,
+    HOST_SHADOW_PGDIRS,
+    HOST_SWITCHER_PT,
+    HOST_TSS,
+    HOST_UNTIL,
+    SHADOW_SLOTS,
+    GuestMemory,
+    host_page_phys,
+)
+
+PF_PROTECTION, PF_WRITE, PF_USER = 1, 2, 4
+# Switcher PTEs are present, read-only, supervisor, with A and D preset: Unicorn never needs
+# to write the read-only host pages.
+SWITCHER_PTE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
+SWITCHER_PDE_VALUE = host_page_phys(HOST_SWITCHER_PT) | PTE_PRESENT | PTE_RW | PTE_ACCESSED
+
+
+class Paging:
+    """Shadow page directories and guest page-table walks for one guest."""
+
+    def __init__(self, memory: GuestMemory, cpu: Cpu) -> None:
+        self.memory = memory
+        self.cpu = cpu
+        self.kernel_pde = SWITCHER_PDE  # until LGUEST_INIT tells us kernel_address
+        host = memory.host
+        for index in (HOST_GDT, HOST_UNTIL, HOST_TSS):
+            U32.pack_into(host, host_page_phys(HOST_SWITCHER_PT) - host_page_phys(0) + 4 * index,
+                          host_page_phys(index) | SWITCHER_PTE)
+        self._slots: list[int | None] = [None] * SHADOW_SLOTS  # guest pgdir per slot
+        self._next_victim = 0
+        self.slot = 0
+        self.guest_pgdir = 0
+
+    # -- shadow directories --------------------------------------------------------------
+    def _shadow_offset(self, slot: int) -> int:
+        return (HOST_SHADOW_PGDIRS + slot) * PAGE_SIZE
+
+    def _blank(self, slot: int) -> None:
+        off = self._shadow_offset(slot)
+        self.memory.host[off:off + PAGE_SIZE] = bytes(PAGE_SIZE)
+        U32.pack_into(self.memory.host, off + 4 * SWITCHER_PDE, SWITCHER_PDE_VALUE)
+
+    def new_pgtable(self, pgdir: int) -> None:
+        """LHCALL_NEW_PGTABLE: run on `pgdir` (not validated until used, §3.3)."""
+        if pgdir in self._slots:
+            self.slot = self._slots.index(pgdir)
+        else:
+            # lguest replaced a random one; a round robin is as good and deterministic.
+            self.slot = self._next_victim
+            self._next_victim = (self._next_victim + 1) % SHADOW_SLOTS
+            self._slots[self.slot] = pgdir
+            self._blank(self.slot)
+        self.guest_pgdir = pgdir
+        self.cpu.set_cr3(host_page_phys(HOST_SHADOW_PGDIRS + self.slot))
+
+    def flush(self, everything: bool) -> None:
+        """LHCALL_FLUSH_TLB: all directories and the kernel part, or this one's user part."""
+        if everything:
+            for slot, pgdir in enumerate(self._slots):
+                if pgdir is not None:
+                    self._blank(slot)
+        else:
+            off = self._shadow_offset(self.slot)
+            self.memory.host[off:off + 4 * self.kernel_pde] = bytes(4 * self.kernel_pde)
+        self.cpu.flush_tlb()
+
+    def set_pmd(self, pgdir: int, index: int) -> None:
+        """LHCALL_SET_PMD: forget one PDE of a directory we shadow (§7.3)."""
+        if index < SWITCHER_PDE and pgdir in self._slots:
+            slot = self._slots.index(pgdir)
+            U32.pack_into(self.memory.host, self._shadow_offset(slot) + 4 * index, 0)
+            self.cpu.flush_tlb()
+
+    def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
+        """LHCALL_SET_PTE: the guest changed a PTE (already in its memory); `pte` is a hint
+        and 0 from flush_tlb_single means "forget", never "store 0" (§7.2)."""
+        if pte & (PTE_ACCESSED | PTE_DIRTY):
+            self._check_pte(pte)
+        self.cpu.flush_tlb()
+
+    def _check_pte(self, pte: int) -> None:
+        if pte & (PTE_PWT | PTE_PSE) or (pte >> 12) * PAGE_SIZE >= self.memory.limit:
+            raise GuestKilled("bad page table entry")
+
+    # -- demand paging (§7.1) --------------------------------------------------------------
+    def demand_fault(self, vaddr: int, error_code: int) -> bool:
+        """A #PF at `vaddr`: copy the guest's PDE into the shadow if that is all that was
+        missing.  True means retry the instruction; False means reflect the fault."""
+        index = vaddr >> 22
+        gpde = self.memory.u32(self.guest_pgdir + 4 * index)
+        if not gpde & PTE_PRESENT:
+            return False
+        if index == SWITCHER_PDE:
+            raise GuestKilled("attempt to access switcher pages")
+        off = self._shadow_offset(self.slot) + 4 * index
+        if U32.unpack_from(self.memory.host, off)[0] & PTE_PRESENT:
+            return False  # the directory was fine: the fault is the guest's
+        if gpde & ~PDE_ALLOWED_FLAGS & 0xFFF or (gpde >> 12) * PAGE_SIZE >= self.memory.limit:
+            raise GuestKilled("bad page directory entry")
+        gpte = self.memory.u32((gpde & ~0xFFF) + 4 * ((vaddr >> 12) & 0x3FF))
+        if gpte & PTE_PRESENT:
+            self._check_pte(gpte)
+        U32.pack_into(self.memory.host, off, gpde | PTE_ACCESSED)
+        return True
+
+    # -- walks the Host itself makes -------------------------------------------------------
+    def translate(self, vaddr: int, write: bool = False) -> int | None:
+        """Guest-physical address of `vaddr` in the current guest directory, as a ring-1
+        access would see it (WP: writes need RW), setting Accessed/Dirty; None if unmapped."""
+        index = vaddr >> 22
+        if index == SWITCHER_PDE:
+            return None
+        mem = self.memory
+        pde_addr = self.guest_pgdir + 4 * index
+        if not mem.valid(pde_addr, 4):
+            return None
+        gpde = U32.unpack_from(mem.ram, pde_addr)[0]
+        if not gpde & PTE_PRESENT or (write and not gpde & PTE_RW):
+            return None
+        pte_addr = (gpde & ~0xFFF) + 4 * ((vaddr >> 12) & 0x3FF)
+        if not mem.valid(pte_addr, 4):
+            return None
+        gpte = U32.unpack_from(mem.ram, pte_addr)[0]
+        if not gpte & PTE_PRESENT or (write and not gpte & PTE_RW):
+            return None
+        pa = (gpte & ~0xFFF) | (vaddr & 0xFFF)
+        if not mem.valid(pa & ~0xFFF, PAGE_SIZE - 1):
+            return None
+        new = gpte | PTE_ACCESSED | (PTE_DIRTY if write else 0)
+        if new != gpte:
+            U32.pack_into(mem.ram, pte_addr, new)
+        return pa
+
+    def write_virtual(self, vaddr: int, data: bytes) -> None:
+        """Store `data` at guest-virtual `vaddr` (kill "Bad address" if it is not writable)."""
+        done = 0
+        while done < len(data):
+            va = (vaddr + done) & 0xFFFFFFFF
+            pa = self.translate(va, write=True)
+            if pa is None:
+                raise GuestKilled(f"Bad address {va:#x}")
+            chunk = min(len(data) - done, PAGE_SIZE - (va & 0xFFF))
+            self.memory.ram[pa:pa + chunk] = data[done:done + chunk]
+            done += chunk
+
+    def read_virtual(self, vaddr: int, length: int) -> bytes:
+        """Bytes at guest-virtual `vaddr` (kill "Bad address" if unmapped)."""
+        out = bytearray()
+        while len(out) < length:
+            va = (vaddr + len(out)) & 0xFFFFFFFF
+            pa = self.translate(va)
+            if pa is None:
+                raise GuestKilled(f"Bad address {va:#x}")
+            chunk = min(length - len(out), PAGE_SIZE - (va & 0xFFF))
+            out += self.memory.ram[pa:pa + chunk]
+        return bytes(out)
+
+    def pin_stack(self, esp1: int, pages: int) -> None:
+        """Make sure the kernel stack below `esp1` is mapped and writable (§5.5)."""
+        for n in range(pages):
+            va = (esp1 - 1 - n * PAGE_SIZE) & 0xFFFFFFFF
+            if self.translate(va, write=True) is None:
+                raise GuestKilled(f"bad stack page {va:#x}")
+            self.demand_fault(va, PF_WRITE)

@@ -1,0 +1,94 @@
+"""The host-owned GDT (§6).
+
+The CPU's GDTR points at a host page that appears at 0xFFC00000+4K in every address space.
+The guest never writes it: LOAD_GDT and LOAD_TLS hand descriptors to the Host, which copies
+the guest-controlled entries and applies lguest's fix-ups (§6.2).  Entries 10, 11 and 16 are
+the Host's own; 31 (the double-fault TSS) is never installed.
+
+One hardening beyond 2.6.24: a present *system* descriptor (call gate, TSS, LDT) supplied by
+the guest is stored not-present.  Real lguest let such a call gate reach ring 0; in Unicorn a
+far call through one can even abort the process (unicorn-notes §8.1).  2.6.24 itself only
+places system descriptors in the host-owned slots, so nothing it does changes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..abi import (
+    DESC_GUEST_CS,
+    DESC_GUEST_DS,
+    DESC_LGUEST_CS,
+    DESC_LGUEST_DS,
+    GDT_ENTRIES,
+    GDT_ENTRY_DOUBLEFAULT_TSS,
+    GDT_ENTRY_KERNEL_CS,
+    GDT_ENTRY_KERNEL_DS,
+    GDT_ENTRY_LGUEST_CS,
+    GDT_ENTRY_LGUEST_DS,
+    GDT_ENTRY_TLS_ENTRIES,
+    GDT_ENTRY_TLS_MIN,
+    GDT_ENTRY_TSS,
+    PAGE_SIZE,
+)
+
+DESC_PRESENT = 1 << 47
+DESC_SYSTEM_BIT = 1 << 44  # S: 1 for code/data, 0 for system descriptors
+DESC_DPL_SHIFT = 45
+DESC_ACCESSED = 1 << 40
+TSS_LIMIT = 0x67
+# Entries whose guest-supplied value is ignored.
+HOST_ONLY = frozenset({GDT_ENTRY_LGUEST_CS, GDT_ENTRY_LGUEST_DS, GDT_ENTRY_TSS,
+                       GDT_ENTRY_DOUBLEFAULT_TSS})
+_GDT = struct.Struct(f"<{GDT_ENTRIES}Q")
+
+
+def tss_descriptor(base: int) -> int:
+    """A present, available 32-bit TSS descriptor (type 9, DPL 0) at `base`."""
+    return (TSS_LIMIT | (base & 0xFFFFFF) << 16 | 0x89 << 40 | ((base >> 24) & 0xFF) << 56)
+
+
+def fix_up(desc: int) -> int:
+    """lguest's fix-up (§6.2): DPL 0 becomes 1, accessed always set; plus system → absent."""
+    if desc & DESC_PRESENT and not desc & DESC_SYSTEM_BIT:
+        return desc & ~DESC_PRESENT
+    if (desc >> DESC_DPL_SHIFT) & 3 == 0:
+        desc |= 1 << DESC_DPL_SHIFT
+    return desc | DESC_ACCESSED
+
+
+class Gdt:
+    """The 32 GDT entries the guest's segment loads see, kept in a host page."""
+
+    def __init__(self, page: memoryview, tss_linear: int) -> None:
+        assert len(page) >= PAGE_SIZE
+        self._page = page
+        self.entries = [0] * GDT_ENTRIES
+        self.entries[GDT_ENTRY_KERNEL_CS] = DESC_GUEST_CS  # §2: the boot segments
+        self.entries[GDT_ENTRY_KERNEL_DS] = DESC_GUEST_DS
+        self._host = {GDT_ENTRY_LGUEST_CS: DESC_LGUEST_CS, GDT_ENTRY_LGUEST_DS: DESC_LGUEST_DS,
+                      GDT_ENTRY_TSS: tss_descriptor(tss_linear), GDT_ENTRY_DOUBLEFAULT_TSS: 0}
+        self._publish()
+
+    def load(self, descriptors: list[int]) -> None:
+        """LHCALL_LOAD_GDT: take entries 0..n-1, then fix up all 32 (§3.3, §6.2)."""
+        for i, desc in enumerate(descriptors):
+            self.entries[i] = desc
+        self._fix_up(range(GDT_ENTRIES))
+
+    def load_tls(self, descriptors: list[int]) -> None:
+        """LHCALL_LOAD_TLS: entries 6, 7 and 8 (§6.3)."""
+        for i, desc in enumerate(descriptors[:GDT_ENTRY_TLS_ENTRIES]):
+            self.entries[GDT_ENTRY_TLS_MIN + i] = desc
+        self._fix_up(range(GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_MIN + GDT_ENTRY_TLS_ENTRIES))
+
+    def _fix_up(self, indices: range) -> None:
+        for i in indices:
+            if i not in HOST_ONLY:
+                self.entries[i] = fix_up(self.entries[i])
+        self._publish()
+
+    def _publish(self) -> None:
+        for i, desc in self._host.items():
+            self.entries[i] = desc
+        _GDT.pack_into(self._page, 0, *self.entries)

@@ -1,0 +1,124 @@
+"""Traps: the guest's IDT as the Host keeps it, and reflection of traps into the guest (§5).
+
+Unicorn delivers nothing itself (unicorn-notes §0): every exception and every `int n` reaches
+the Host, which decides what real lguest's hardware or Host would have done:
+
+* *Direct* traps — vectors 0–31 except 7, 13, 14 and 31, and the syscall vector, when the
+  guest's gate is a trap gate — were handled by the real CPU through a copied gate: the gate's
+  DPL is checked for software `int n`, the pushed EFLAGS is the real one, `irq_enabled` is
+  left alone (§5.6).
+* Everything else went through the Host's own gates (DPL 0, except the hypercall gate at
+  DPL 1): a software `int n` from the guest to such a vector is a #GP with error code
+  `n*8+2`; faults are reflected with the IF bit taken from `irq_enabled`, and an interrupt
+  gate clears `irq_enabled` (§5.2).
+
+The frame is `[err] EIP CS EFLAGS [ESP SS]`, lowest address first, on the current stack for
+ring 1 or on `ss1:esp1` from ring 3.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..abi import (
+    ERROR_CODE_VECTORS,
+    GUEST_CS,
+    IDT_ENTRIES,
+    IGNORED_IDT_VECTORS,
+    LGUEST_TRAP_ENTRY,
+    SYSCALL_VECTOR,
+    X86_EFLAGS_IF,
+)
+from ..errors import GuestKilled
+from ..machine.cpu import Cpu, Reg
+from .paging import Paging
+
+GATE_INTERRUPT = 0xE
+GATE_TRAP = 0xF
+GATE_PRESENT = 0x8000
+# Vectors the Host always handles itself, even with a guest trap gate (§5.4, §5.6).
+HOST_HANDLED = frozenset({7, 13, 14, LGUEST_TRAP_ENTRY})
+GP = 13
+
+
+class Gate:
+    """One stored IDT entry (§5.1 step 5)."""
+
+    __slots__ = ("handler", "type", "dpl")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.handler = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+        self.type = (hi >> 8) & 0xF
+        self.dpl = (hi >> 13) & 3
+
+
+class Traps:
+    """The guest IDT, its kernel stack, and delivery of traps into ring 1."""
+
+    def __init__(self, cpu: Cpu, paging: Paging) -> None:
+        self.cpu = cpu
+        self.paging = paging
+        self.idt: list[Gate | None] = [None] * IDT_ENTRIES
+        self.ss1 = 0
+        self.esp1 = 0
+        self.stack_pages = 0
+        self.data = None  # LguestData once LGUEST_INIT ran
+
+    def load_idt_entry(self, vector: int, lo: int, hi: int) -> None:
+        """LHCALL_LOAD_IDT_ENTRY with lguest's checks (§5.1)."""
+        if vector >= IDT_ENTRIES:
+            raise GuestKilled(f"Setting idt entry {vector}")
+        if vector in IGNORED_IDT_VECTORS:
+            return
+        if not hi & GATE_PRESENT:
+            self.idt[vector] = None
+            return
+        gate_type = (hi >> 8) & 0xF
+        if gate_type not in (GATE_INTERRUPT, GATE_TRAP):
+            raise GuestKilled(f"bad IDT type {gate_type}")
+        self.idt[vector] = Gate(lo, hi & 0xFFFFEF00)
+
+    def is_direct(self, vector: int) -> bool:
+        """Would real lguest have let the CPU deliver this vector straight to the guest?"""
+        gate = self.idt[vector]
+        if gate is None or gate.type != GATE_TRAP:
+            return False
+        return vector == SYSCALL_VECTOR or (vector < 32 and vector not in HOST_HANDLED)
+
+    def software_interrupt_allowed(self, vector: int, cpl: int) -> bool:
+        """The gate-DPL check the CPU makes for `int n`, `int3` and `into` (§5.6)."""
+        if vector == LGUEST_TRAP_ENTRY:
+            return cpl <= 1
+        gate = self.idt[vector]
+        return self.is_direct(vector) and gate is not None and cpl <= gate.dpl
+
+    def deliver(self, vector: int, eip: int, error_code: int | None = None,
+                direct: bool = False) -> None:
+        """Push the trap frame and continue in the guest's handler at ring 1 (§5.2)."""
+        gate = self.idt[vector]
+        if gate is None:
+            detail = error_code if error_code is not None else 0
+            if vector == 14:
+                detail = self.cpu.reg(Reg.CR2)
+            raise GuestKilled(f"unhandled trap {vector} at {eip:#x} ({detail:#x})")
+        cpu = self.cpu
+        cs, ss, esp = cpu.reg(Reg.CS), cpu.reg(Reg.SS), cpu.reg(Reg.ESP)
+        eflags = cpu.reg(Reg.EFLAGS)
+        if not direct and not self.data.irq_enabled & X86_EFLAGS_IF:
+            eflags &= ~X86_EFLAGS_IF
+        frame = [eip, cs, eflags]
+        if ss & 3 != 1:  # from user mode: switch to the kernel stack
+            frame += [esp, ss]
+            ss, esp = self.ss1, self.esp1
+        if error_code is not None:
+            frame.insert(0, error_code)
+        esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
+        self.paging.write_virtual(esp, struct.pack(f"<{len(frame)}I", *frame))
+        cpu.enter(1, GUEST_CS, ss, gate.handler, esp)
+        if not direct and gate.type == GATE_INTERRUPT:
+            self.data.irq_enabled = 0
+
+    def reflect(self, vector: int, eip: int, error_code: int) -> None:
+        """Reflect a CPU exception, pushing the error code where the vector has one."""
+        self.deliver(vector, eip, error_code if vector in ERROR_CODE_VECTORS else None,
+                     direct=self.is_direct(vector))

@@ -1,0 +1,186 @@
+"""The Launcher: everything lguest's user-space half did before the guest's first instruction.
+
+In Linux 2.6.24 the Launcher (Documentation/lguest/lguest.c) mapped the guest's memory, copied
+the kernel in, faked a bootloader's zero page, built an identity page table, described the
+devices, and only then told the Host module where to start.  `launch` does the same, in the
+same order, into a `GuestMemory`:
+
+1. the initrd at the very top of RAM (``mem - I``, I its size rounded up to a page);
+2. the page directory and its PTE pages just below the initrd (`pagetables`);
+3. the kernel's segments at their physical addresses (`loader`);
+4. the zero page at 0 and the command line at 0x1000 (`bootparams`);
+5. the device page at ``mem`` and the vrings above it (`devicepage`), which fixes
+   ``pfn_limit``, the end of everything the guest may touch.
+
+Guest-physical layout afterwards (§1)::
+
+    0x0000 zero page | 0x1000 command line | 0x100000 kernel ... free RAM ...
+    | PTE pages | page directory | initrd | mem: device page | vrings | pfn_limit
+
+A kernel segment may live anywhere in ``[0x2000, page tables)``; a segment or initrd that would
+collide with the zero page, the command line, the page tables or each other is refused with a
+`UserError` before anything is copied (the guest never runs after a `UserError`, so the
+device checks that come last need no such care).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..abi import CMDLINE_ADDR, COMMAND_LINE_SIZE, MIB, PAGE_SIZE, ZERO_PAGE_ADDR
+from ..errors import UserError
+from ..machine.memory import MAX_RAM, GuestMemory
+from .bootparams import build_zero_page, command_line_bytes
+from .devicepage import (
+    DeviceLayout,
+    DevicePage,
+    DeviceSpec,
+    QueueLayout,
+    block_spec,
+    config_field,
+    console_spec,
+    lay_out_devices,
+    net_spec,
+)
+from .loader import KernelImage, Segment, load_kernel, open_regular_file
+from .pagetables import Ram, build_initial_page_tables, page_tables_base
+
+__all__ = [
+    "LOW_MEMORY_END",
+    "MIN_RAM",
+    "BootInfo",
+    "DeviceLayout",
+    "DevicePage",
+    "DeviceSpec",
+    "KernelImage",
+    "QueueLayout",
+    "Segment",
+    "block_spec",
+    "build_initial_page_tables",
+    "build_zero_page",
+    "check_memory_size",
+    "command_line_bytes",
+    "config_field",
+    "console_spec",
+    "launch",
+    "lay_out_devices",
+    "load_kernel",
+    "net_spec",
+]
+
+MIN_RAM = 8 * MIB
+# The zero page and the COMMAND_LINE_SIZE bytes the guest copies from CMDLINE_ADDR, rounded up
+# to a page: kernel segments must start at or above this.
+LOW_MEMORY_END = CMDLINE_ADDR + -(-COMMAND_LINE_SIZE // PAGE_SIZE) * PAGE_SIZE
+_ZERO_CHUNK = bytes(MIB)
+
+
+@dataclass
+class BootInfo:
+    """What the Host needs to start the guest (lguest's LHREQ_INITIALIZE), and where things went."""
+
+    entry: int  # initial EIP, a physical address
+    pgdir: int  # initial CR3
+    pfn_limit: int
+    initrd_addr: int  # 0 without an initrd
+    initrd_size: int  # page-rounded, as the zero page says
+    device_page: DevicePage
+    kernel: KernelImage
+
+
+def check_memory_size(mib: int) -> int:
+    """Bytes of guest RAM for a size given in MiB, or a `UserError` if lgemu can't run it."""
+    if mib <= 0:
+        raise UserError(f"memory size must be a positive number of MiB, not {mib}")
+    if mib * MIB < MIN_RAM:
+        raise UserError(f"too little memory: {mib} MiB (lgemu needs at least "
+                        f"{MIN_RAM // MIB} MiB)")
+    if mib * MIB > MAX_RAM:
+        raise UserError(f"too much memory: lgemu supports up to {MAX_RAM // MIB} MiB")
+    return mib * MIB
+
+
+def _size_text(size: int) -> str:
+    return f"{size // MIB} MiB" if size % MIB == 0 else f"{size:#x} bytes"
+
+
+def _check_kernel_fits(kernel: KernelImage, mem: int) -> None:
+    """Every segment must lie in [LOW_MEMORY_END, page tables) even without an initrd."""
+    ceiling = page_tables_base(mem, mem)
+    for segment in kernel.segments:
+        where = f"segment [{segment.paddr:#x}, {segment.end:#x})"
+        if segment.paddr < LOW_MEMORY_END:
+            raise UserError(f"{kernel.path}: {where} overlaps the zero page and command line "
+                            f"below {LOW_MEMORY_END:#x}")
+        if segment.end > ceiling:
+            raise UserError(f"{kernel.path}: {where} does not fit in {_size_text(mem)} of RAM")
+
+
+def _initrd_size(path: Path, size: int, mem: int, kernel: KernelImage) -> int:
+    """The page-rounded size I, after checking the initrd leaves room for kernel and tables."""
+    if size == 0:
+        raise UserError(f"{path}: initrd is empty")
+    rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
+    if rounded >= mem or page_tables_base(mem, mem - rounded) < kernel.end:
+        raise UserError(f"{path}: initrd of {size} bytes does not fit in {_size_text(mem)} of "
+                        f"RAM together with the kernel (which ends at {kernel.end:#x}) and the "
+                        "initial page tables")
+    return rounded
+
+
+def _load_initrd(memory: GuestMemory, path: Path, kernel: KernelImage) -> int:
+    """Copy the initrd to the top of RAM; returns its page-rounded size."""
+    mem = memory.ram_size
+    with open_regular_file(path) as f:
+        size = f.seek(0, 2)
+        rounded = _initrd_size(path, size, mem, kernel)
+        start = mem - rounded
+        f.seek(0)
+        with memoryview(memory.ram) as ram, ram[start:start + size] as target:
+            try:
+                got = f.readinto(target)
+            except OSError as exc:
+                raise UserError(f"{path}: {exc.strerror or exc}") from None
+        if got != size:
+            raise UserError(f"{path}: file changed while reading (got {got} of {size} bytes)")
+    _zero(memory.ram, start + size, mem)  # the rounding slack
+    return rounded
+
+
+def _zero(ram: Ram, start: int, end: int) -> None:
+    """Zero guest memory [start, end) without building one huge bytes object."""
+    for chunk in range(start, end, len(_ZERO_CHUNK)):
+        stop = min(end, chunk + len(_ZERO_CHUNK))
+        ram[chunk:stop] = _ZERO_CHUNK[:stop - chunk]
+
+
+def _place_segment(ram: Ram, segment: Segment) -> None:
+    """File bytes at p_paddr, then zeros to p_memsz (fresh memory is zero, but say so)."""
+    data_end = segment.paddr + len(segment.data)
+    ram[segment.paddr:data_end] = segment.data
+    _zero(ram, data_end, segment.end)
+
+
+def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str, initrd: Path | None,
+           devices: list[DeviceSpec]) -> BootInfo:
+    """Lay out a fresh guest in `memory` the way lguest's Launcher does; see the module doc.
+
+    `devices` are in creation order, the console last.  Sets ``memory.limit`` to the end of
+    the last vring.  Raises `UserError` for anything that doesn't fit.
+    """
+    mem = memory.ram_size
+    command_line = command_line_bytes(cmdline)
+    _check_kernel_fits(kernel, mem)
+    initrd_size = _load_initrd(memory, Path(initrd), kernel) if initrd is not None else 0
+    pgdir = build_initial_page_tables(memory.ram, mem, mem - initrd_size)
+    for segment in kernel.segments:
+        _place_segment(memory.ram, segment)
+    initrd_addr = mem - initrd_size if initrd_size else 0
+    memory.ram[ZERO_PAGE_ADDR:ZERO_PAGE_ADDR + PAGE_SIZE] = build_zero_page(
+        mem, initrd_addr, initrd_size)
+    memory.ram[CMDLINE_ADDR:CMDLINE_ADDR + len(command_line)] = command_line
+    device_page = lay_out_devices(memory.ram, mem, devices)
+    memory.limit = device_page.pfn_limit * PAGE_SIZE
+    return BootInfo(kernel.entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
+                    device_page, kernel)

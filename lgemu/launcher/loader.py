@@ -1,0 +1,271 @@
+"""Kernel images: reading a vmlinux or bzImage into the segments the Launcher will copy.
+
+lguest's Launcher accepts two kinds of kernel file (§1.1):
+
+* an ELF ``vmlinux``: each ``PT_LOAD`` segment's file bytes go to its *physical* address
+  (``p_paddr``, not ``p_vaddr``: the guest starts with paging mapping virtual = physical), the
+  rest of ``p_memsz`` is zero, and the entry point ``e_entry`` is the physical address of
+  ``startup_32``;
+* a ``bzImage``: everything after the real-mode setup sectors is copied to 0x100000 and entered
+  at the setup header's ``code32_start``.  The image's own setup header is not used for the
+  zero page; the Launcher builds that itself (`bootparams`).
+
+Reading is kept apart from placing.  `load_kernel` only reads and checks the file and returns
+its segments as bytes; `lgemu.launcher.launch` decides whether they fit in the guest's RAM.
+Everything a user can get wrong here — a missing file, a directory, a text file, a kernel for
+another machine, a file cut short — becomes one `UserError` sentence that names the file.
+pyelftools parses the headers, but every bound it would trust (header table size, segment file
+ranges) is checked here first, and anything it still raises is turned into a `UserError` too,
+so a hostile image can never escape as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.common.utils import struct_parse
+from elftools.elf.elffile import ELFFile
+
+from ..abi import KERNEL_LOAD_ADDR, SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET, U32
+from ..errors import UserError
+from ..machine.memory import MAX_RAM
+
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+ELFDATA2MSB = 2
+ELF32_EHDR_SIZE = 52
+ELF64_EHDR_SIZE = 64
+ELF32_PHDR_SIZE = 32
+MAX_PHNUM = 64  # a vmlinux has a handful; anything near this is not a kernel
+
+# bzImage setup header (Documentation/i386/boot.txt), as file offsets.
+BZ_SETUP_SECTS = 0x1F1
+BZ_CODE32_START = 0x214
+BZ_HEADER_END = BZ_CODE32_START + 4
+BZ_DEFAULT_SETUP_SECTS = 4  # "if setup_sects is 0, the real value is 4"
+SECTOR_SIZE = 512
+
+# What we read before deciding which kind of image this is: enough for either header.
+_HEAD_SIZE = max(ELF64_EHDR_SIZE, BZ_HEADER_END)
+
+# Readable names for the machines people are most likely to feed us by mistake; pyelftools
+# names the rest.
+_MACHINE_NAMES = {"EM_386": "i386", "EM_X86_64": "x86-64"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`data` goes to guest-physical `paddr`; the rest of `memsz` bytes is zero (BSS)."""
+
+    paddr: int
+    data: bytes
+    memsz: int
+
+    @property
+    def end(self) -> int:
+        """First guest-physical address after the segment's memory image."""
+        return self.paddr + self.memsz
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    """A checked kernel file: what to copy where, and where to start."""
+
+    path: Path
+    kind: str  # "elf" | "bzImage"
+    segments: tuple[Segment, ...]
+    entry: int
+
+    @property
+    def end(self) -> int:
+        """First guest-physical address above every segment."""
+        return max(segment.end for segment in self.segments)
+
+
+def _fail(path: Path, message: str) -> UserError:
+    return UserError(f"{path}: {message}")
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """Open a user-named file for reading, or raise a `UserError` saying why it can't be.
+
+    Only regular files are accepted: a directory, a FIFO or a device such as /dev/zero is
+    always a mistake for a kernel or initrd (and reading some of them would never end).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except PermissionError:
+        raise _fail(path, "permission denied") from None
+    except OSError as exc:
+        raise _fail(path, exc.strerror or str(exc)) from None
+    if stat.S_ISDIR(mode):
+        raise _fail(path, "is a directory")
+    if not stat.S_ISREG(mode):
+        raise _fail(path, "not a regular file")
+    try:
+        return path.open("rb")
+    except PermissionError:
+        raise _fail(path, "permission denied") from None
+    except OSError as exc:
+        raise _fail(path, exc.strerror or str(exc)) from None
+
+
+def _read_exactly(path: Path, f: BinaryIO, offset: int, length: int) -> bytes:
+    """`length` bytes at `offset`; the file was measured before, so a short read means it
+    shrank underneath us."""
+    try:
+        f.seek(offset)
+        data = f.read(length)
+    except OSError as exc:
+        raise _fail(path, exc.strerror or str(exc)) from None
+    if len(data) != length:
+        raise _fail(path, f"file changed while reading (short read at {offset:#x})")
+    return data
+
+
+def _check_in_ram(path: Path, paddr: int, memsz: int) -> None:
+    """No RAM size lgemu accepts could hold this segment (also rules out 32-bit wrap)."""
+    if paddr + memsz > MAX_RAM:
+        raise _fail(
+            path,
+            f"segment [{paddr:#x}, {paddr + memsz:#x}) does not fit in {MAX_RAM >> 20} MiB "
+            "of RAM (the most lgemu supports)",
+        )
+
+
+def load_kernel(path: str | Path) -> KernelImage:
+    """Read and check a vmlinux (ELF) or bzImage; raise `UserError` for anything else."""
+    path = Path(path)
+    with open_regular_file(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = _read_exactly(path, f, 0, min(size, _HEAD_SIZE))
+        # Like lguest's Launcher: ELF magic wins; otherwise it has to be a bzImage.
+        if head.startswith(ELF_MAGIC):
+            return _load_elf(path, f, size, head)
+        magic_end = SETUP_HEADER_MAGIC_OFFSET + len(SETUP_HEADER_MAGIC)
+        if head[SETUP_HEADER_MAGIC_OFFSET:magic_end] == SETUP_HEADER_MAGIC:
+            return _load_bzimage(path, f, size, head)
+    raise _fail(path, "not an ELF kernel or bzImage")
+
+
+# -- ELF ------------------------------------------------------------------------------------
+@contextmanager
+def _parsing(path: Path, what: str) -> Iterator[None]:
+    """Turn whatever pyelftools raises about `what` into one `UserError` line."""
+    try:
+        yield
+    except (ELFError, struct.error, ValueError, OSError) as exc:
+        raise _fail(path, f"malformed ELF {what} ({exc})") from None
+
+
+def _machine_name(elf: ELFFile) -> str:
+    machine = elf["e_machine"]
+    if machine in _MACHINE_NAMES:
+        return _MACHINE_NAMES[machine]
+    arch = elf.get_machine_arch()
+    return arch if arch != "<unknown>" else f"machine {machine}"
+
+
+def _check_elf_header(path: Path, elf: ELFFile, size: int) -> None:
+    """The Launcher's "Malformed elf header" test, one sentence per way to fail it."""
+    if elf.elfclass == 64:
+        if elf["e_machine"] == "EM_X86_64":
+            raise _fail(path, "64-bit ELF (x86-64): lgemu runs 32-bit non-PAE lguest guests")
+        raise _fail(path, f"64-bit ELF for {_machine_name(elf)}, not i386")
+    if elf["e_machine"] != "EM_386":
+        raise _fail(path, f"ELF for {_machine_name(elf)}, not i386")
+    if not elf.little_endian:
+        raise _fail(path, "big-endian ELF, not i386")
+    e_type = elf["e_type"]
+    if e_type != "ET_EXEC":
+        label = e_type if isinstance(e_type, str) else f"e_type {e_type:#x}"
+        raise _fail(path, f"not an executable ({label})")
+    phentsize, phnum, phoff = elf["e_phentsize"], elf["e_phnum"], elf["e_phoff"]
+    if phentsize != ELF32_PHDR_SIZE:
+        raise _fail(path, f"bad program header size {phentsize} (expected {ELF32_PHDR_SIZE})")
+    if phnum == 0:
+        raise _fail(path, "no program headers")
+    if phnum > MAX_PHNUM:
+        raise _fail(path, f"{phnum} program headers (lgemu accepts at most {MAX_PHNUM})")
+    table_end = phoff + phnum * ELF32_PHDR_SIZE
+    if table_end > size:
+        first_cut = max(0, size - phoff) // ELF32_PHDR_SIZE
+        raise _fail(
+            path,
+            f"truncated ELF (program header {first_cut} of {phnum} ends past the end of the "
+            f"{size:#x}-byte file)",
+        )
+
+
+def _load_elf(path: Path, f: BinaryIO, size: int, head: bytes) -> KernelImage:
+    elf_class, data_encoding = head[4:5], head[5:6]
+    if elf_class not in (bytes([ELFCLASS32]), bytes([ELFCLASS64])):
+        raise _fail(path, f"invalid ELF class {elf_class.hex() or 'missing'}")
+    if data_encoding not in (bytes([ELFDATA2LSB]), bytes([ELFDATA2MSB])):
+        raise _fail(path, f"invalid ELF data encoding {data_encoding.hex() or 'missing'}")
+    header_size = ELF32_EHDR_SIZE if elf_class[0] == ELFCLASS32 else ELF64_EHDR_SIZE
+    if size < header_size:
+        raise _fail(path, f"truncated ELF (file header is {size} of {header_size} bytes)")
+
+    with _parsing(path, "header"):
+        elf = ELFFile(f)
+    _check_elf_header(path, elf, size)
+
+    segments = []
+    for index in range(elf["e_phnum"]):
+        # Parse the bare header: pyelftools' Segment objects for PT_DYNAMIC or PT_NOTE would go
+        # on to read sections and notes, which a kernel loader has no business trusting.
+        with _parsing(path, f"program header {index}"):
+            phdr = struct_parse(elf.structs.Elf_Phdr, f, elf["e_phoff"] + index * ELF32_PHDR_SIZE)
+        if phdr.p_type != "PT_LOAD":
+            continue
+        offset, filesz, memsz, paddr = phdr.p_offset, phdr.p_filesz, phdr.p_memsz, phdr.p_paddr
+        if filesz > memsz:
+            raise _fail(
+                path, f"segment {index}: p_filesz {filesz:#x} is larger than p_memsz {memsz:#x}"
+            )
+        if offset + filesz > size:
+            raise _fail(
+                path,
+                f"truncated ELF (segment {index} needs file bytes [{offset:#x}, "
+                f"{offset + filesz:#x}) of a {size:#x}-byte file)",
+            )
+        if memsz == 0:
+            continue  # occupies no memory; nothing to place
+        _check_in_ram(path, paddr, memsz)
+        segments.append(Segment(paddr, _read_exactly(path, f, offset, filesz), memsz))
+    if not segments:
+        raise _fail(path, "ELF has no loadable segments")
+    return KernelImage(path, "elf", tuple(segments), elf["e_entry"])
+
+
+# -- bzImage --------------------------------------------------------------------------------
+def _load_bzimage(path: Path, f: BinaryIO, size: int, head: bytes) -> KernelImage:
+    if size < BZ_HEADER_END:
+        raise _fail(path, f"truncated bzImage (setup header is {size} of {BZ_HEADER_END} bytes)")
+    setup_sects = head[BZ_SETUP_SECTS] or BZ_DEFAULT_SETUP_SECTS
+    setup_size = (setup_sects + 1) * SECTOR_SIZE
+    if size <= setup_size:
+        raise _fail(
+            path,
+            f"truncated bzImage ({setup_sects} setup sectors need {setup_size} bytes before "
+            f"the kernel, the file has {size})",
+        )
+    payload_size = size - setup_size
+    _check_in_ram(path, KERNEL_LOAD_ADDR, payload_size)
+    payload = _read_exactly(path, f, setup_size, payload_size)
+    (code32_start,) = U32.unpack_from(head, BZ_CODE32_START)
+    segment = Segment(KERNEL_LOAD_ADDR, payload, payload_size)
+    return KernelImage(path, "bzImage", (segment,), code32_start)

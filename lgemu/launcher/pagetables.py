@@ -1,0 +1,72 @@
+"""The initial page tables: an identity map of guest RAM, built just below the initrd.
+
+An lguest guest starts with paging already on (§2), so before the first instruction the
+Launcher must supply a page directory.  2.6.24's is as simple as possible (§1.3): two-level,
+4 KiB pages, virtual = physical for every byte of RAM and nothing else — not the device page,
+not ``PAGE_OFFSET``.  The guest's ``lguest_entry`` then copies PDEs 0–31 to 768–799 itself,
+which is how it runs at 0xC0000000 until it switches to ``swapper_pg_dir``.
+
+The tables sit at the top of RAM, under the initrd: the directory in the page just below
+`top`, and its ``P = ceil(mem / 4 MiB)`` PTE pages directly below that, in order.  Every entry
+carries flags 0x007 (present, writable, user).  The guest never reserves these pages; once it
+has its own page tables they are ordinary free memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from array import array
+from collections.abc import Iterable
+from typing import TypeAlias
+
+from ..abi import LAUNCHER_PT_FLAGS, PAGE_SIZE
+
+Ram: TypeAlias = "bytearray | mmap.mmap"  # guest memory indexed by guest-physical address
+
+PTES_PER_PAGE = PAGE_SIZE // 4
+PDE_SPAN = PTES_PER_PAGE * PAGE_SIZE  # 4 MiB mapped by one page-directory entry
+
+
+def page_table_pages(mem: int) -> int:
+    """How many PTE pages map `mem` bytes of RAM: ``ceil(mem / 4 MiB)``."""
+    return -(-mem // PDE_SPAN)
+
+
+def page_tables_base(mem: int, top: int) -> int:
+    """Lowest address the page tables for `mem` bytes of RAM occupy when they end at `top`."""
+    return top - (page_table_pages(mem) + 1) * PAGE_SIZE
+
+
+def _page_of_entries(entries: Iterable[int], pages: int) -> bytes:
+    """`pages` pages of little-endian 32-bit entries, zero after the last given one."""
+    words = array("I", entries)
+    if sys.byteorder != "little":
+        words.byteswap()
+    raw = words.tobytes()
+    return raw + bytes(pages * PAGE_SIZE - len(raw))
+
+
+def build_initial_page_tables(ram: Ram, mem: int, top: int) -> int:
+    """Write the Launcher's identity map of `mem` bytes of RAM below `top` into `ram`.
+
+    `ram` is any writable buffer indexed by guest-physical address (`GuestMemory.ram`).
+    `top` is ``mem`` minus the page-rounded initrd size.  Returns the physical address of the
+    page directory (what the Host loads into CR3 and later reports in ``lguest_data.pgdir``).
+    Raises `ValueError` for arguments no caller should produce (unaligned or out of range);
+    user-caused overlaps are `launch`'s to report.
+    """
+    if mem <= 0 or mem % PAGE_SIZE or top % PAGE_SIZE or not 0 < top <= mem:
+        raise ValueError(f"page tables for mem={mem:#x} below top={top:#x}")
+    pages = page_table_pages(mem)
+    pgdir = top - PAGE_SIZE
+    base = page_tables_base(mem, top)
+    if base < 0 or top > len(ram):
+        raise ValueError(f"page tables for mem={mem:#x} do not fit below top={top:#x}")
+
+    ptes = range(LAUNCHER_PT_FLAGS, mem, PAGE_SIZE)  # PTE i -> page i, for i < mem/4096
+    pdes = range(base | LAUNCHER_PT_FLAGS, pgdir, PAGE_SIZE)  # PDE k -> PTE page k, k < P
+    assert len(pdes) == pages
+    ram[base:pgdir] = _page_of_entries(ptes, pages)
+    ram[pgdir:top] = _page_of_entries(pdes, 1)
+    return pgdir
