@@ -178,7 +178,8 @@ def test_command_line_is_args_each_followed_by_a_space(args: str | list[str],
 
 def test_command_line_limit_is_2048_bytes_with_nul() -> None:
     assert len(command_line_bytes("x" * 2046)) == 2048
-    with raises_user_error(r"^kernel command line is 2048 bytes long; the guest reads at most 2047$"):
+    with raises_user_error("^kernel command line is 2048 bytes long; the guest reads at most "
+                           "2047$"):
         command_line_bytes("x" * 2047)
 
 

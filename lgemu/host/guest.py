@@ -36,7 +36,7 @@ from .hypercalls import hypercall
 from .interrupts import Interrupts
 from .lguest_data import LguestData
 from .paging import Paging
-from .segments import Gdt, TSS_LIMIT
+from .segments import TSS_LIMIT, Gdt
 from .traps import GP, Traps
 
 SLICE = 1_000_000  # instructions per slice when nothing is waiting
@@ -176,15 +176,13 @@ class Guest:
 
     # -- exits inside a slice ------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:
-        cpu = self.cpu
-        eip = cpu.reg(Reg.EIP)
-        cpl = cpu.reg(Reg.CS) & 3
-        if vector == LGUEST_TRAP_ENTRY and cpl == 1:  # no CPU exception uses vector 31
-            hypercall(self, cpu.reg(Reg.EAX), cpu.reg(Reg.EDX), cpu.reg(Reg.EBX),
-                      cpu.reg(Reg.ECX))
+        cs, eax, edx, ebx, ecx = self.cpu.hypercall_registers()
+        if vector == LGUEST_TRAP_ENTRY and cs & 3 == 1:  # no CPU exception uses vector 31
+            hypercall(self, eax, edx, ebx, ecx)
         else:
-            self._trap(vector, eip, cpl)
-        self._after_exit()
+            self._trap(vector, self.cpu.reg(Reg.EIP), cs & 3)
+        if self.interrupts.pending:
+            self._after_exit()
 
     def _trap(self, vector: int, eip: int, cpl: int) -> None:
         cpu, traps = self.cpu, self.traps

@@ -26,7 +26,6 @@ from ..abi import (
     PTE_PSE,
     PTE_PWT,
     PTE_RW,
-    PTE_USER,
     SWITCHER_PDE,
     U32,
 )

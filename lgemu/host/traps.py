@@ -44,7 +44,7 @@ GP = 13
 class Gate:
     """One stored IDT entry (§5.1 step 5)."""
 
-    __slots__ = ("handler", "type", "dpl")
+    __slots__ = ("dpl", "handler", "type")
 
     def __init__(self, lo: int, hi: int) -> None:
         self.handler = (lo & 0xFFFF) | (hi & 0xFFFF0000)

@@ -125,6 +125,13 @@ class Cpu:
         self._is_int = ctypes.c_int32.from_address(base + OFF_EXCEPTION_IS_INT)
         self._old_exception = ctypes.c_int32.from_address(base + OFF_OLD_EXCEPTION)
         self._callbacks: list[object] = []  # ctypes callbacks must outlive Unicorn's use
+        # One C call for the registers every hypercall needs (CS, EAX, EDX, EBX, ECX).
+        batch = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
+        self._batch_ids = (ctypes.c_int * len(batch))(*batch)
+        self._batch_vals = (ctypes.c_uint64 * len(batch))()
+        self._batch_ptrs = (ctypes.c_void_p * len(batch))(
+            *[ctypes.addressof(self._batch_vals) + 8 * i for i in range(len(batch))])
+        self._batch_n = len(batch)
 
     # -- registers -------------------------------------------------------------------------
     def reg(self, reg: int) -> int:
@@ -132,6 +139,13 @@ class Cpu:
         self._buf.value = 0
         self._read(self._h, reg, self._ref)
         return self._buf.value
+
+    def hypercall_registers(self) -> tuple[int, int, int, int, int]:
+        """(CS, EAX, EDX, EBX, ECX) in one call: the hypercall fast path."""
+        uclib.uc_reg_read_batch(self._h, self._batch_ids, self._batch_ptrs, self._batch_n)
+        cs, eax, edx, ebx, ecx = self._batch_vals
+        return cs & 0xFFFF, eax & 0xFFFFFFFF, edx & 0xFFFFFFFF, ebx & 0xFFFFFFFF, \
+            ecx & 0xFFFFFFFF
 
     def set_reg(self, reg: int, value: int) -> None:
         """Write one register (not for SS/CS: use `enter`)."""

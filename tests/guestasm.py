@@ -1,0 +1,241 @@
+"""Tiny probe and hostile guest kernels, assembled from GNU as source at test time.
+
+`build_guest(tmp_path, body, data)` wraps `body` (AT&T syntax, 32-bit) in a prelude and links
+it at 0x100000 with the entry `_start`.  The Launcher starts it in ring 1 on its identity map
+(virtual = physical for all of RAM), CS 0x61, DS/SS 0x69, ESP 0, no IDT; `_start` loads a
+16 KiB stack from .bss and falls into `body`.  Nothing is registered with the Host: a body
+that wants to make hypercalls starts with `INIT`.
+
+What the prelude gives a body:
+
+* ``lguest_data``: 1136 bytes initialised like the 2.6.24 guest's (§4): ``blocked_interrupts``
+  1 (IRQ 0 blocked), every ``hcall_status`` 0xFF, ``kernel_address`` 0xC0000000,
+  ``syscall_vec`` 0x80, everything else 0 (so ``noirq_start``/``noirq_end`` are 0).
+  ``LD_*`` are its field offsets (``lguest_data+LD_PGDIR``).
+* ``LHCALL_*``: the hypercall numbers.
+* ``HCALL nr, a1, a2, a3``: EAX=nr, EDX=a1, EBX=a2, ECX=a3, then ``int $0x1f``.  Operands are
+  AT&T operands (``$5``, ``%esi``, ``some_label``), default ``$0``; they go through the stack,
+  so any operand works, registers included.  Clobbers EAX, EBX, ECX, EDX.
+* ``INIT``: LHCALL_LGUEST_INIT with ``$lguest_data``.
+* ``PUTS label``: LHCALL_NOTIFY with the address of the NUL-terminated string at ``label``
+  (the early console prints it as is).
+* ``PUTHEX operand``: print the operand as 8 lower-case hex digits (no newline); ``NEWLINE``
+  prints ``\\n``.  Both keep every register.
+* ``POWER_DOWN``: LHCALL_CRASH("Power down"), lgemu's exit status 0.
+* ``CRASH label``: LHCALL_CRASH with the string at ``label``.
+* ``ASYNC slot, nr, a1, a2, a3``: fill async ring slot ``slot`` (immediates or registers)
+  and mark it ready (status 0); nothing is run until the next synchronous hypercall.
+
+If the body ever falls off its end, the guest crashes with "fell off the end of the test
+body" (or, before INIT, is killed for a hypercall before INIT), so a Host that wrongly returns
+from a call that should have ended the run shows up as a failure, never as a hang.
+
+Builds are cached by source text, so a test that builds the same guest again costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+LOAD_ADDRESS = 0x100000
+STACK_SIZE = 16384
+LGUEST_DATA_SIZE = 1136
+
+HCALLS = {
+    "FLUSH_ASYNC": 0, "LGUEST_INIT": 1, "CRASH": 2, "LOAD_GDT": 3, "NEW_PGTABLE": 4,
+    "FLUSH_TLB": 5, "LOAD_IDT_ENTRY": 6, "SET_STACK": 7, "TS": 8, "SET_CLOCKEVENT": 9,
+    "HALT": 10, "SET_PTE": 14, "SET_PMD": 15, "LOAD_TLS": 16, "NOTIFY": 17,
+}
+LGUEST_DATA_FIELDS = {
+    "IRQ_ENABLED": 0, "BLOCKED": 4, "CR2": 8, "TIME": 12, "TIME_NSEC": 16,
+    "HCALL_STATUS": 20, "HCALLS": 84, "RESERVE_MEM": 1108, "TSC_KHZ": 1112, "PGDIR": 1116,
+    "NOIRQ_START": 1120, "NOIRQ_END": 1124, "KERNEL_ADDRESS": 1128, "SYSCALL_VEC": 1132,
+}
+
+_CONSTANTS = "\n".join(
+    [f"\t.set LHCALL_{name}, {nr}" for name, nr in HCALLS.items()]
+    + [f"\t.set LD_{name}, {off}" for name, off in LGUEST_DATA_FIELDS.items()]
+    + [f"\t.set STACK_SIZE, {STACK_SIZE}", f"\t.set LGUEST_DATA_SIZE, {LGUEST_DATA_SIZE}"])
+
+PRELUDE = _CONSTANTS + r"""
+
+	.macro HCALL nr, a1=$0, a2=$0, a3=$0
+	pushl	\a3
+	pushl	\a2
+	pushl	\a1
+	pushl	\nr
+	popl	%eax
+	popl	%edx
+	popl	%ebx
+	popl	%ecx
+	int	$0x1f
+	.endm
+
+	.macro INIT
+	HCALL	$LHCALL_LGUEST_INIT, $lguest_data
+	.endm
+
+	.macro PUTS label
+	HCALL	$LHCALL_NOTIFY, $\label
+	.endm
+
+	.macro PUTHEX src
+	pushl	\src
+	call	__puthex
+	addl	$4, %esp
+	.endm
+
+	.macro NEWLINE
+	pushal
+	PUTS	__newline
+	popal
+	.endm
+
+	.macro CRASH label
+	HCALL	$LHCALL_CRASH, $\label
+	ud2
+	.endm
+
+	.macro POWER_DOWN
+	CRASH	__power_down
+	.endm
+
+	.macro ASYNC slot, nr, a1=$0, a2=$0, a3=$0
+	movl	\nr, lguest_data + LD_HCALLS + 16 * \slot
+	movl	\a2, lguest_data + LD_HCALLS + 16 * \slot + 4
+	movl	\a3, lguest_data + LD_HCALLS + 16 * \slot + 8
+	movl	\a1, lguest_data + LD_HCALLS + 16 * \slot + 12
+	movb	$0, lguest_data + LD_HCALL_STATUS + \slot
+	.endm
+
+	.text
+	.code32
+	.globl	_start
+_start:
+	movl	$__stack_top, %esp
+	jmp	guest_main
+
+/* __puthex(value on the stack): NOTIFY 8 hex digits; keeps every register. */
+__puthex:
+	pushal
+	movl	36(%esp), %eax
+	movl	$__hexbuf, %edi
+	movl	$8, %ecx
+1:	roll	$4, %eax
+	movl	%eax, %edx
+	andl	$0xf, %edx
+	movb	__hexdigits(%edx), %dl
+	movb	%dl, (%edi)
+	incl	%edi
+	decl	%ecx
+	jnz	1b
+	movb	$0, (%edi)
+	HCALL	$LHCALL_NOTIFY, $__hexbuf
+	popal
+	ret
+
+	.data
+	.balign	4
+	.globl	lguest_data
+lguest_data:
+	.long	0			/* irq_enabled */
+	.long	1			/* blocked_interrupts: IRQ 0 */
+	.long	0			/* cr2 */
+	.long	0, 0			/* time */
+	.fill	64, 1, 0xff		/* hcall_status */
+	.fill	64 * 16, 1, 0		/* hcalls */
+	.long	0			/* reserve_mem */
+	.long	0			/* tsc_khz */
+	.long	0			/* pgdir */
+	.long	0, 0			/* noirq_start, noirq_end */
+	.long	0xC0000000		/* kernel_address */
+	.long	0x80			/* syscall_vec */
+	.if	. - lguest_data - LGUEST_DATA_SIZE
+	.error	"lguest_data is not 1136 bytes"
+	.endif
+__power_down:	.asciz	"Power down"
+__fell_off:	.asciz	"fell off the end of the test body"
+__newline:	.asciz	"\n"
+__hexdigits:	.ascii	"0123456789abcdef"
+
+	.bss
+	.balign	16
+__hexbuf:	.space	16
+__stack:	.space	STACK_SIZE
+__stack_top:
+
+	.text
+guest_main:
+"""
+
+EPILOGUE = r"""
+	.text
+	HCALL	$LHCALL_CRASH, $__fell_off
+	ud2
+"""
+
+_built: dict[str, Path] = {}
+
+
+def tools_or_skip() -> tuple[str, str]:
+    """Paths of `as` and `ld`, or skip the test when binutils are not installed."""
+    assembler, linker = shutil.which("as"), shutil.which("ld")
+    if assembler is None or linker is None:
+        pytest.skip("GNU binutils (as, ld) not installed")
+    return assembler, linker
+
+
+def source(body: str, data: str = "") -> str:
+    """The complete .S file for a body and its data."""
+    return PRELUDE + body + "\n" + EPILOGUE + "\n\t.data\n" + data + "\n"
+
+
+def build_guest(tmp_path: Path, body: str, data: str = "") -> Path:
+    """Assemble and link a guest; returns the ELF path (cached per source text)."""
+    text = source(body, data)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    cached = _built.get(key)
+    if cached is not None and cached.exists():
+        return cached
+    assembler, linker = tools_or_skip()
+    src, obj, elf = (tmp_path / f"guest-{key}{ext}" for ext in (".S", ".o", ".elf"))
+    src.write_text(text)
+    for cmd in ([assembler, "--32", "-o", str(obj), str(src)],
+                [linker, "-m", "elf_i386", f"-Ttext={LOAD_ADDRESS:#x}", "-e", "_start",
+                 "--build-id=none", "-o", str(elf), str(obj)]):
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            numbered = "\n".join(f"{n:4} {line}" for n, line in enumerate(text.splitlines(), 1))
+            raise AssertionError(f"{Path(cmd[0]).name} failed:\n{result.stderr}\n{numbered}")
+    _built[key] = elf
+    return elf
+
+
+def symbol_file_offset(elf: Path, name: str) -> int:
+    """Where the bytes of symbol `name` (in a PROGBITS section) are in the ELF file."""
+    from elftools.elf.elffile import ELFFile
+
+    with elf.open("rb") as f:
+        image = ELFFile(f)
+        symbols = image.get_section_by_name(".symtab").get_symbol_by_name(name)
+        if not symbols:
+            raise KeyError(name)
+        sym = symbols[0]
+        section = image.get_section(sym["st_shndx"])
+        return sym["st_value"] - section["sh_addr"] + section["sh_offset"]
+
+
+def symbol_address(elf: Path, name: str) -> int:
+    """The (virtual = physical) address of symbol `name`."""
+    from elftools.elf.elffile import ELFFile
+
+    with elf.open("rb") as f:
+        symbols = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)
+        if not symbols:
+            raise KeyError(name)
+        return symbols[0]["st_value"]
