@@ -146,9 +146,24 @@ lguest_noirq_start:
 	movl	%eax, %ss:lguest_data + LGUEST_DATA_irq_enabled
 	popl	%eax
 	iret
+	.size lguest_iret, . - lguest_iret
+
+/*
+ * noirq_spin(n) - for the conformance suite (tests/timer.c): a loop of n iterations that
+ * lies inside the noirq window too, so a test can sit in the window for as long as it likes
+ * and check that the Host holds a due interrupt back until EIP leaves it.  The Host reads the
+ * window once, at LGUEST_INIT, so the loop has to live here.  Nothing else calls it.
+ */
+	.globl noirq_spin
+	.type noirq_spin, @function
+noirq_spin:
+	movl	4(%esp), %ecx
+1:	decl	%ecx
+	jnz	1b
+	ret
+	.size noirq_spin, . - noirq_spin
 	.globl lguest_noirq_end
 lguest_noirq_end:
-	.size lguest_iret, . - lguest_iret
 
 	.section .rodata
 	.balign 4

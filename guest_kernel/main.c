@@ -27,6 +27,14 @@ static const struct guest_program {
 	{ "banner", program_banner },
 	{ "async_ring", test_async_ring },
 	{ "printk", test_printk_formats },
+	{ "segments", test_segments },
+	{ "traps", test_traps },
+	{ "usermode", test_usermode },
+	{ "timer", test_timer },
+	{ "paging", test_paging },
+	{ "ioports", test_ioports },
+	{ "cpuid", test_cpuid },
+	{ "async_batch", test_async_batch },
 };
 
 static const struct guest_program *select_program(void)

@@ -7,13 +7,14 @@ status; see `lgemu.errors.ExitStatus` and the README.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from . import __version__
-from .errors import ExitStatus, LgemuExit, UserError
+from .errors import ExitStatus, InternalError, LgemuExit, UserError
 
 DEFAULT_MEM_MIB = 64
 
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lgemu: interrupted", file=sys.stderr)
         return ExitStatus.INTERRUPTED
+    except Exception as bug:
+        if os.environ.get("LGEMU_DEBUG"):
+            raise
+        outcome = InternalError(f"{type(bug).__name__}: {bug}")
     if outcome.status != ExitStatus.POWER_DOWN:
         print(outcome.line(), file=sys.stderr)
     return outcome.status

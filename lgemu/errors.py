@@ -15,6 +15,7 @@ class ExitStatus:
     USAGE = 2  # bad option, file or image; Unicorn self-test failure
     KILLED = 3  # the Host killed the guest for a violation
     STUCK = 4  # halted with nothing that could ever wake it
+    INTERNAL = 70  # a bug in lgemu itself (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -70,3 +71,12 @@ class PowerDown(LgemuExit):
     """LHCALL_CRASH "Power down": the guest switched itself off."""
 
     status = ExitStatus.POWER_DOWN
+
+
+class InternalError(LgemuExit):
+    """A bug in lgemu: one line instead of a traceback (LGEMU_DEBUG=1 shows the traceback)."""
+
+    status = ExitStatus.INTERNAL
+
+    def line(self) -> str:
+        return f"lgemu: internal error: {self.message} (please report this)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .abi import DeviceType, hcall_name
@@ -22,7 +23,8 @@ def _console(stream: TextIO) -> Console:
 def describe_boot(stream: TextIO, info: BootInfo) -> None:
     """The Launcher's layout: kernel, entry, page tables, initrd and the device page."""
     con = _console(stream)
-    con.print(f"[bold]kernel[/] {info.kernel.path} ({info.kernel.kind}), entry {info.entry:#x}, "
+    con.print(f"[bold]kernel[/] {escape(str(info.kernel.path))} ({info.kernel.kind}), "
+              f"entry {info.entry:#x}, "
               f"pgdir {info.pgdir:#x}, pfn_limit {info.pfn_limit:#x}")
     if info.initrd_size:
         con.print(f"[bold]initrd[/] {info.initrd_addr:#x} + {info.initrd_size:#x}")
@@ -40,7 +42,7 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit) -> None:
     """A summary at exit: how it ended, instructions, time, hypercalls and traps."""
     con = _console(stream)
     clock = guest.clock
-    con.print(f"[bold]{outcome.line()}[/] (exit {outcome.status})")
+    con.print(f"[bold]{escape(outcome.line())}[/] (exit {outcome.status})")
     con.print(f"executed {clock.executed} instructions in {guest.stats.slices} slices; "
               f"guest time {clock.now_ns() / 1e9:.6f} s")
     table = Table(title="hypercalls")

@@ -8,6 +8,8 @@
   ``(exit_status, stdout_bytes, stderr_text)``.  A watchdog turns a guest that never ends
   into a test failure instead of a hung test run.
 * `lgemu_main(argv)` is the same for any command line.
+* `asm_guest(body, data="", mem=64, cmdline="", extra=())` builds a guest with
+  `guestasm.build_guest` and boots it in-process; it returns a `GuestRun`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from guestasm import GuestRun, build_guest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 60
 IN_PROCESS_TIMEOUT = 30
+
+if str(REPO_ROOT) not in sys.path:  # `pytest` as well as `python -m pytest` from the root
+    sys.path.insert(0, str(REPO_ROOT))
 
 Result = tuple[int, bytes, str]
 
@@ -98,4 +104,14 @@ def run_lgemu() -> Callable[..., subprocess.CompletedProcess]:
                               timeout=SUBPROCESS_TIMEOUT, check=False)
         proc.stderr = proc.stderr.decode("utf-8", errors="replace")
         return proc
+    return run
+
+
+@pytest.fixture
+def asm_guest(tmp_path: Path) -> Callable[..., GuestRun]:
+    def run(body: str, data: str = "", mem: int = 64, cmdline: str = "",
+            extra: Sequence[str] = ()) -> GuestRun:
+        elf = build_guest(tmp_path, body, data)
+        status, out, err = lgemu_main_in_process(boot_args(elf, cmdline, mem, extra))
+        return GuestRun(status, out, err, elf)
     return run

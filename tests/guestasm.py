@@ -25,6 +25,9 @@ What the prelude gives a body:
 * ``CRASH label``: LHCALL_CRASH with the string at ``label``.
 * ``ASYNC slot, nr, a1, a2, a3``: fill async ring slot ``slot`` (immediates or registers)
   and mark it ready (status 0); nothing is run until the next synchronous hypercall.
+* ``SET_GATE vector, handler, flags``: LHCALL_LOAD_IDT_ENTRY for a gate to ``handler`` with
+  selector 0x60; ``flags`` is the high word's low half (``GATE_TRAP`` 0x8F00, ``GATE_INT``
+  0x8E00, ``| GATE_DPL3`` 0x6000).  Keeps every register.
 
 If the body ever falls off its end, the guest crashes with "fell off the end of the test
 body" (or, before INIT, is killed for a hypercall before INIT), so a Host that wrongly returns
@@ -36,8 +39,10 @@ Builds are cached by source text, so a test that builds the same guest again cos
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -103,6 +108,22 @@ PRELUDE = _CONSTANTS + r"""
 
 	.macro POWER_DOWN
 	CRASH	__power_down
+	.endm
+
+	.set	GATE_TRAP, 0x8F00
+	.set	GATE_INT, 0x8E00
+	.set	GATE_DPL3, 0x6000
+
+	.macro SET_GATE vector, handler, flags
+	pushal
+	movl	$\handler, %esi
+	movl	%esi, %edi
+	andl	$0xFFFF, %esi
+	orl	$0x00600000, %esi
+	andl	$0xFFFF0000, %edi
+	orl	$(\flags), %edi
+	HCALL	$LHCALL_LOAD_IDT_ENTRY, $(\vector), %esi, %edi
+	popal
 	.endm
 
 	.macro ASYNC slot, nr, a1=$0, a2=$0, a3=$0
@@ -216,6 +237,19 @@ def build_guest(tmp_path: Path, body: str, data: str = "") -> Path:
     return elf
 
 
+def descriptor(base: int, limit: int = 0xFFFFF, access: int = 0x93, flags: int = 0xC) -> int:
+    """A GDT descriptor: `access` is P|DPL|S|type (0x93 data DPL 0, 0x9B code DPL 0,
+    0xF3 data DPL 3, 0xFB code DPL 3), `flags` G|D/B|L|AVL (0xC: 4 KiB granularity, 32-bit)."""
+    return ((limit & 0xFFFF) | (base & 0xFFFF) << 16 | ((base >> 16) & 0xFF) << 32
+            | access << 40 | ((limit >> 16) & 0xF) << 48 | flags << 52
+            | ((base >> 24) & 0xFF) << 56)
+
+
+def quads(*values: int) -> str:
+    """`.long` lines for 64-bit values (descriptor tables)."""
+    return "\n".join(f"\t.long {v & 0xFFFFFFFF:#x}, {v >> 32:#x}" for v in values)
+
+
 def symbol_file_offset(elf: Path, name: str) -> int:
     """Where the bytes of symbol `name` (in a PROGBITS section) are in the ELF file."""
     from elftools.elf.elffile import ELFFile
@@ -239,3 +273,49 @@ def symbol_address(elf: Path, name: str) -> int:
         if not symbols:
             raise KeyError(name)
         return symbols[0]["st_value"]
+
+
+@dataclass
+class GuestRun:
+    """How an lgemu run of a test guest ended."""
+
+    status: int
+    out: bytes
+    err: str
+    elf: Path | None = None
+
+    def symbol(self, name: str) -> int:
+        """Address of a symbol of the guest that ran."""
+        assert self.elf is not None
+        return symbol_address(self.elf, name)
+
+
+def assert_one_line(err: str) -> str:
+    """stderr is exactly one line (with its newline) and no traceback; returns the line."""
+    assert "Traceback" not in err
+    assert err.endswith("\n") and err.count("\n") == 1, repr(err)
+    return err[:-1]
+
+
+def assert_killed(run: GuestRun, reason: str | re.Pattern) -> None:
+    """Exit status 3 and exactly `lgemu: guest killed: <reason>` on stderr."""
+    line = assert_one_line(run.err)
+    assert run.status == 3, (run.status, run.err)
+    if isinstance(reason, re.Pattern):
+        assert re.fullmatch("lgemu: guest killed: " + reason.pattern, line), line
+    else:
+        assert line == f"lgemu: guest killed: {reason}"
+
+
+def assert_crashed(run: GuestRun, message: str) -> None:
+    """Exit status 1 and exactly `lgemu: guest crashed: <message>` on stderr."""
+    assert assert_one_line(run.err) == f"lgemu: guest crashed: {message}"
+    assert run.status == 1
+
+
+def assert_powered_down(run: GuestRun, out: bytes | None = None) -> None:
+    """Exit status 0, nothing on stderr, and (if given) exactly `out` on the console."""
+    assert (run.status, run.err) == (0, ""), (run.status, run.err, run.out)
+    if out is not None:
+        assert run.out == out
+

@@ -341,6 +341,7 @@ BAD_KERNELS = {
     "arm": (_elf(machine=EM_ARM), "vmlinux: ELF for ARM, not i386$"),
     "mips": (_elf(machine=EM_MIPS), "ELF for MIPS, not i386$"),
     "unknown machine": (_elf(machine=0x1234), "ELF for machine 4660, not i386$"),
+    "EM_NONE": (_elf(machine=0), "ELF for EM_NONE, not i386$"),
     "big-endian": (_elf(little_endian=False), "big-endian ELF, not i386$"),
     "bad class": (_elf(ident_class=7), "invalid ELF class 07$"),
     "bad data": (_elf(ident_data=0), "invalid ELF data encoding 00$"),
@@ -379,6 +380,20 @@ def test_load_kernel_rejects(case: str, tmp_path: Path) -> None:
     assert re.search(message, caught.value.message), caught.value.message
     assert caught.value.message.startswith(str(path) + ": ")
     assert caught.value.status == 2 and "\n" not in caught.value.line()
+
+
+def test_unreadable_files_are_user_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          memory: GuestMemory, kernel: KernelImage) -> None:
+    path = good_image().write(tmp_path / "secret")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with raises_user_error("secret: permission denied$"):
+        load_kernel(path)
+    with raises_user_error("secret: permission denied$"):
+        launch(memory, kernel, "", path, [console_spec()])
 
 
 # Fuzzing: whatever happens to the headers, load_kernel returns or raises UserError.

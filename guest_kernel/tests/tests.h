@@ -11,4 +11,14 @@
 void test_async_ring(void);
 void test_printk_formats(void);
 
+/* The conformance suite (ktest.h): each prints PASS/FAIL lines per case. */
+void test_segments(void);
+void test_traps(void);
+void test_usermode(void);
+void test_timer(void);
+void test_paging(void);
+void test_ioports(void);
+void test_cpuid(void);
+void test_async_batch(void);
+
 #endif

@@ -7,6 +7,7 @@ on.  Early-console strings (NOTIFY on a plain address) go to the same sink.
 
 from __future__ import annotations
 
+import os
 from typing import BinaryIO
 
 from ..abi import DeviceType
@@ -20,15 +21,31 @@ class ConsoleOutput:
     """Where guest console bytes go: a binary stream, flushed per write."""
 
     def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
+        self.stream: BinaryIO | None = stream
         self.bytes_written = 0
 
     def write(self, data: bytes) -> None:
-        """Write guest bytes exactly (no newline translation)."""
-        if data:
+        """Write guest bytes exactly (no newline translation).  If the reader has gone
+        (`lgemu boot | head`), the rest is discarded and the guest runs on."""
+        if not data or self.stream is None:
+            return
+        try:
             self.stream.write(data)
             self.stream.flush()
-            self.bytes_written += len(data)
+        except BrokenPipeError:
+            self._discard()
+            return
+        self.bytes_written += len(data)
+
+    def _discard(self) -> None:
+        # Point the descriptor at /dev/null so the interpreter's own flush at exit is quiet.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.stream = None
 
 
 class Console(Device):

@@ -12,6 +12,7 @@ Exits from hooks never raise through Unicorn: the outcome is stored, the CPU is 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from ..abi import (
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
 from ..devices.vring import Vring
-from ..errors import GuestKilled, GuestStuck, LgemuExit
+from ..errors import GuestKilled, GuestStuck, InternalError, LgemuExit
 from ..launcher import BootInfo
 from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
@@ -43,9 +44,17 @@ SLICE = 1_000_000  # instructions per slice when nothing is waiting
 PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
+UD = 6
+ICEBP = 0xF1
 OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # §5.7: opcode → length
 OPCODE_OUT = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1}
 OPSIZE_PREFIX = 0x66
+# What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
+EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
+TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
+# Prefixes that may precede `ins`/`outs`: operand/address size, rep, segment overrides.
+IO_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65})
+STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
 
 
 @dataclass
@@ -81,7 +90,9 @@ class Guest:
         self.outcome: LgemuExit | None = None
         self._stop_requested = False
         self._slice_end_ns = 0
-        self._deferred_gp: int | None = None  # EIP of a ring-3 port access (#GP at slice end)
+        # A fault an instruction hook found, delivered at slice end: (vector, EIP, error).
+        self._deferred_fault: tuple[int, int, int] | None = None
+        self._deferred_regs: tuple[tuple[Reg, int], ...] = ()  # undone before that #GP
         self.devices = devices
         self.queues: dict[int, tuple[Device, Vring]] = {}
         for device, layout in zip(devices, boot.device_page.devices, strict=True):
@@ -114,6 +125,8 @@ class Guest:
         cpu.on_port_in(self._guarded(self._on_port_in, 0))
         cpu.on_port_out(self._guarded(self._on_port_out, None))
         cpu.on_cpuid(self._guarded(self._on_cpuid, None))
+        cpu.on_sysenter(self._guarded(self._on_sysenter, None))
+        cpu.on_syscall(self._guarded(self._on_syscall, None))
         cpu.on_rdtsc(self._guarded(self._on_rdtsc, None))
         cpu.on_bad_access(self._guarded(self._on_bad_access, None))
 
@@ -124,7 +137,11 @@ class Guest:
                 return fn(*args)
             except LgemuExit as outcome:
                 self.finish(outcome)
-                return default
+            except Exception as bug:
+                if os.environ.get("LGEMU_DEBUG"):
+                    raise
+                self.finish(InternalError(f"{type(bug).__name__}: {bug}"))
+            return default
         return hook
 
     # -- helpers for hypercalls and devices ----------------------------------------------
@@ -176,21 +193,24 @@ class Guest:
 
     # -- exits inside a slice ------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:
-        cs, eax, edx, ebx, ecx = self.cpu.hypercall_registers()
+        cs, eax, edx, ebx, ecx = self.cpu.regs(EXIT_REGS)
         if vector == LGUEST_TRAP_ENTRY and cs & 3 == 1:  # no CPU exception uses vector 31
             hypercall(self, eax, edx, ebx, ecx)
         else:
-            self._trap(vector, self.cpu.reg(Reg.EIP), cs & 3)
+            eip, ss, esp, eflags = self.cpu.regs(TRAP_REGS)
+            self._trap(vector, eip, cs & 3, (cs, ss, esp, eflags))
         if self.interrupts.pending:
             self._after_exit()
 
-    def _trap(self, vector: int, eip: int, cpl: int) -> None:
+    def _trap(self, vector: int, eip: int, cpl: int,
+              context: tuple[int, int, int, int]) -> None:
         cpu, traps = self.cpu, self.traps
-        error_code, software = cpu.fault_info()
+        # Vectors from 32 up only come from `int n`; below, ask the CPU what happened.
+        error_code, software = cpu.fault_info() if vector < 32 else (0, True)
         self.stats.traps[vector] += 1
         if software:  # `int n`, `int3`, `into`: EIP is already past the instruction
             if traps.software_interrupt_allowed(vector, cpl):
-                traps.deliver(vector, eip, None, direct=True)
+                traps.deliver(vector, eip, None, direct=True, software=True, context=context)
             else:
                 start = eip - self._software_int_length(vector, eip)
                 traps.deliver(GP, start, vector * 8 + 2, direct=False)
@@ -199,6 +219,11 @@ class Guest:
             cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (spike O1)
             if self.paging.demand_fault(cr2, error_code):
                 cpu.ack_exception()
+                return
+            if self._is_string_io(eip):
+                # Unicorn touches memory before it asks about the port; the CPU checks the
+                # I/O privilege first, and the guest never has it (§5.7): #GP(0).
+                traps.deliver(GP, eip, 0, direct=False)
                 return
             if self.data is not None:
                 self.data.set_cr2(cr2)
@@ -217,8 +242,16 @@ class Guest:
         return 2
 
     def _on_invalid(self) -> None:
-        self.stats.traps[6] += 1
-        self.traps.reflect(6, self.cpu.reg(Reg.EIP), 0)
+        eip = self.cpu.reg(Reg.EIP)
+        pa = self.paging.translate(eip, mark=False)
+        if pa is not None and self.memory.ram[pa] == ICEBP:
+            # Unicorn has no #DB for icebp ("int1"); the CPU raises one, as a trap (EIP
+            # after it) with no gate DPL check.
+            self.stats.traps[1] += 1
+            self.traps.reflect(1, (eip + 1) & 0xFFFFFFFF, 0)
+        else:
+            self.stats.traps[6] += 1
+            self.traps.reflect(6, eip, 0)
         self._after_exit()
 
     def _after_exit(self) -> None:
@@ -251,8 +284,14 @@ class Guest:
         if decoded is None or decoded[2] != is_in:
             # Unicorn cannot redirect from inside a translated block; stop right after
             # this instruction and deliver the fault from its address (a count-sliced stop
-            # is exact, so nothing after it runs).
-            self._deferred_gp = eip
+            # is exact, so nothing after it runs).  The instruction still completes, but
+            # on hardware the #GP comes first: string I/O must not move ESI/EDI/ECX, so
+            # they are put back before the fault is delivered.  (Unicorn's `ins` has
+            # already stored to ES:EDI by now; that store cannot be undone.)
+            if self._deferred_fault is None:
+                self._deferred_fault = (GP, eip, 0)
+                self._deferred_regs = tuple((reg, cpu.reg(reg))
+                                            for reg in (Reg.ESI, Reg.EDI, Reg.ECX))
             self.stop()
             return None
         prefixed, opcode, _ = decoded
@@ -272,6 +311,30 @@ class Guest:
 
     def _on_port_out(self, port: int, size: int, value: int) -> None:
         self._port_access(port, False)
+
+    def _is_string_io(self, eip: int) -> bool:
+        """Is the instruction at `eip` `ins`/`outs` (after any prefixes)?"""
+        for i in range(15):  # the longest x86 instruction
+            pa = self.paging.translate((eip + i) & 0xFFFFFFFF, mark=False)
+            if pa is None:
+                return False
+            if self.memory.ram[pa] not in IO_PREFIXES:
+                return self.memory.ram[pa] in STRING_IO_OPCODES
+        return False
+
+    def _defer_fault(self, vector: int) -> None:
+        """Fault the instruction being executed once it is over (as for port I/O above)."""
+        if self._deferred_fault is None:
+            self._deferred_fault = (vector, self.cpu.reg(Reg.EIP), 0)
+        self.stop()
+
+    def _on_sysenter(self) -> None:
+        """lguest's Host zeroes SYSENTER_CS while the guest runs (§5.6): #GP(0)."""
+        self._defer_fault(GP)
+
+    def _on_syscall(self) -> None:
+        """`syscall` does not exist in 32-bit mode on the (Intel) CPU we advertise: #UD."""
+        self._defer_fault(UD)
 
     def _on_cpuid(self) -> None:
         eax, ebx, ecx, edx = cpu_model.cpuid(self.cpu.reg(Reg.EAX))
@@ -331,8 +394,12 @@ class Guest:
             return
         if ran < budget and not self._stop_requested:
             raise GuestKilled(f"triple fault at {self.cpu.reg(Reg.EIP):#x}")
-        if self._deferred_gp is not None:
-            eip, self._deferred_gp = self._deferred_gp, None
-            self.traps.deliver(GP, eip, 0, direct=False)
+        if self._deferred_fault is not None:
+            (vector, eip, error_code), self._deferred_fault = self._deferred_fault, None
+            for reg, value in self._deferred_regs:
+                self.cpu.set_reg(reg, value)
+            self._deferred_regs = ()
+            self.stats.traps[vector] += 1
+            self.traps.reflect(vector, eip, error_code)
         if max_instructions is not None and clock.executed >= max_instructions:
             raise GuestStuck(f"instruction limit {max_instructions} reached")

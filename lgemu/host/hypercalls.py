@@ -75,7 +75,9 @@ def crash(g: Guest, addr: int, _a2: int, _a3: int) -> None:
     message = raw[:raw.index(0)].decode("latin-1")
     if message == POWER_DOWN:
         raise PowerDown(message)
-    raise GuestCrashed(message)
+    # The reason is one line on the user's terminal: newlines and escape sequences from
+    # the guest are shown as \xNN, never interpreted.
+    raise GuestCrashed("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message))
 
 
 def load_gdt(g: Guest, addr: int, count: int, _a3: int) -> None:
@@ -93,8 +95,9 @@ def load_tls(g: Guest, addr: int, _cpu: int, _a3: int) -> None:
 
 
 def new_pgtable(g: Guest, pgdir: int, _a2: int, _a3: int) -> None:
-    """LHCALL_NEW_PGTABLE: the guest's write_cr3."""
-    g.paging.new_pgtable(pgdir)
+    """LHCALL_NEW_PGTABLE: the guest's write_cr3; a blank shadow re-pins the stack (§5.5)."""
+    if g.paging.new_pgtable(pgdir) and g.traps.stack_pages:
+        g.paging.pin_stack(g.traps.esp1, g.traps.stack_pages)
 
 
 def flush_tlb(g: Guest, everything: int, _a2: int, _a3: int) -> None:

@@ -74,9 +74,11 @@ class Paging:
         self.memory.host[off:off + PAGE_SIZE] = bytes(PAGE_SIZE)
         U32.pack_into(self.memory.host, off + 4 * SWITCHER_PDE, SWITCHER_PDE_VALUE)
 
-    def new_pgtable(self, pgdir: int) -> None:
-        """LHCALL_NEW_PGTABLE: run on `pgdir` (not validated until used, §3.3)."""
-        if pgdir in self._slots:
+    def new_pgtable(self, pgdir: int) -> bool:
+        """LHCALL_NEW_PGTABLE: run on `pgdir` (not validated until used, §3.3).  True when
+        it had to start a blank shadow (the caller re-pins the stack, §5.5)."""
+        blank = pgdir not in self._slots
+        if not blank:
             self.slot = self._slots.index(pgdir)
         else:
             # lguest replaced a random one; a round robin is as good and deterministic.
@@ -86,6 +88,7 @@ class Paging:
             self._blank(self.slot)
         self.guest_pgdir = pgdir
         self.cpu.set_cr3(host_page_phys(HOST_SHADOW_PGDIRS + self.slot))
+        return blank
 
     def flush(self, everything: bool) -> None:
         """LHCALL_FLUSH_TLB: all directories and the kernel part, or this one's user part."""
@@ -138,9 +141,10 @@ class Paging:
         return True
 
     # -- walks the Host itself makes -------------------------------------------------------
-    def translate(self, vaddr: int, write: bool = False) -> int | None:
+    def translate(self, vaddr: int, write: bool = False, mark: bool = True) -> int | None:
         """Guest-physical address of `vaddr` in the current guest directory, as a ring-1
-        access would see it (WP: writes need RW), setting Accessed/Dirty; None if unmapped."""
+        access would see it (WP: writes need RW), setting Accessed/Dirty unless `mark` is
+        False; None if unmapped."""
         index = vaddr >> 22
         if index == SWITCHER_PDE:
             return None
@@ -161,7 +165,7 @@ class Paging:
         if not mem.valid(pa & ~0xFFF, PAGE_SIZE - 1):
             return None
         new = gpte | PTE_ACCESSED | (PTE_DIRTY if write else 0)
-        if new != gpte:
+        if mark and new != gpte:
             U32.pack_into(mem.ram, pte_addr, new)
         return pa
 

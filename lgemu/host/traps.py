@@ -39,6 +39,9 @@ GATE_PRESENT = 0x8000
 # Vectors the Host always handles itself, even with a guest trap gate (§5.4, §5.6).
 HOST_HANDLED = frozenset({7, 13, 14, LGUEST_TRAP_ENTRY})
 GP = 13
+FRAME_REGS = (Reg.CS, Reg.SS, Reg.ESP, Reg.EFLAGS)
+# TF, NT, RF, VM: what the CPU clears in EFLAGS when it enters a handler through a gate.
+EFLAGS_CLEARED_BY_GATES = 0x100 | 0x4000 | 0x10000 | 0x20000
 
 
 class Gate:
@@ -93,8 +96,10 @@ class Traps:
         return self.is_direct(vector) and gate is not None and cpl <= gate.dpl
 
     def deliver(self, vector: int, eip: int, error_code: int | None = None,
-                direct: bool = False) -> None:
-        """Push the trap frame and continue in the guest's handler at ring 1 (§5.2)."""
+                direct: bool = False, software: bool = False,
+                context: tuple[int, int, int, int] | None = None) -> None:
+        """Push the trap frame and continue in the guest's handler at ring 1 (§5.2).
+        `context` is (CS, SS, ESP, EFLAGS) if the caller has already read them."""
         gate = self.idt[vector]
         if gate is None:
             detail = error_code if error_code is not None else 0
@@ -102,11 +107,11 @@ class Traps:
                 detail = self.cpu.reg(Reg.CR2)
             raise GuestKilled(f"unhandled trap {vector} at {eip:#x} ({detail:#x})")
         cpu = self.cpu
-        cs, ss, esp = cpu.reg(Reg.CS), cpu.reg(Reg.SS), cpu.reg(Reg.ESP)
-        eflags = cpu.reg(Reg.EFLAGS)
+        cs, ss, esp, eflags = context or cpu.regs(FRAME_REGS)
         if not direct and not self.data.irq_enabled & X86_EFLAGS_IF:
             eflags &= ~X86_EFLAGS_IF
         frame = [eip, cs, eflags]
+        frame_ss = ss
         if ss & 3 != 1:  # from user mode: switch to the kernel stack
             frame += [esp, ss]
             ss, esp = self.ss1, self.esp1
@@ -114,8 +119,16 @@ class Traps:
             frame.insert(0, error_code)
         esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
         self.paging.write_virtual(esp, struct.pack(f"<{len(frame)}I", *frame))
-        cpu.enter(1, GUEST_CS, ss, gate.handler, esp)
-        if not direct and gate.type == GATE_INTERRUPT:
+        if software and frame[1] == GUEST_CS and ss == frame_ss:
+            cpu.jump(esp, gate.handler)  # `int n` in ring 1: no ring change, nothing to ack
+        else:
+            cpu.enter(1, GUEST_CS, ss, gate.handler, esp)
+        if direct:
+            # The real CPU delivered these, and a gate always clears TF, NT, RF and VM (the
+            # handler must not be single-stepped).  2.6.24's set_guest_interrupt did not
+            # (§5.2), so the Host's own deliveries leave EFLAGS alone.
+            cpu.set_reg(Reg.EFLAGS, eflags & ~EFLAGS_CLEARED_BY_GATES)
+        elif gate.type == GATE_INTERRUPT:
             self.data.irq_enabled = 0
 
     def reflect(self, vector: int, eip: int, error_code: int) -> None:

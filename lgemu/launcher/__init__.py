@@ -25,6 +25,8 @@ device checks that come last need no such care).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from .devicepage import (
     lay_out_devices,
     net_spec,
 )
-from .loader import KernelImage, Segment, load_kernel, open_regular_file
+from .loader import KernelImage, Segment, file_errors, load_kernel, open_regular_file
 from .pagetables import Ram, build_initial_page_tables, page_tables_base
 
 __all__ = [
@@ -133,15 +135,12 @@ def _load_initrd(memory: GuestMemory, path: Path, kernel: KernelImage) -> int:
     """Copy the initrd to the top of RAM; returns its page-rounded size."""
     mem = memory.ram_size
     with open_regular_file(path) as f:
-        size = f.seek(0, 2)
+        size = os.fstat(f.fileno()).st_size
         rounded = _initrd_size(path, size, mem, kernel)
         start = mem - rounded
-        f.seek(0)
         with memoryview(memory.ram) as ram, ram[start:start + size] as target:
-            try:
+            with file_errors(path):
                 got = f.readinto(target)
-            except OSError as exc:
-                raise UserError(f"{path}: {exc.strerror or exc}") from None
         if got != size:
             raise UserError(f"{path}: file changed while reading (got {got} of {size} bytes)")
     _zero(memory.ram, start + size, mem)  # the rounding slack
@@ -162,12 +161,13 @@ def _place_segment(ram: Ram, segment: Segment) -> None:
     _zero(ram, data_end, segment.end)
 
 
-def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str, initrd: Path | None,
-           devices: list[DeviceSpec]) -> BootInfo:
+def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str],
+           initrd: Path | None, devices: list[DeviceSpec]) -> BootInfo:
     """Lay out a fresh guest in `memory` the way lguest's Launcher does; see the module doc.
 
-    `devices` are in creation order, the console last.  Sets ``memory.limit`` to the end of
-    the last vring.  Raises `UserError` for anything that doesn't fit.
+    `cmdline` is the kernel arguments (see `command_line_bytes`); `devices` are in creation
+    order, the console last.  Sets ``memory.limit`` to the end of the last vring.  Raises
+    `UserError` for anything that doesn't fit.
     """
     mem = memory.ram_size
     command_line = command_line_bytes(cmdline)

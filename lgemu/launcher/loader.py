@@ -21,6 +21,7 @@ so a hostile image can never escape as a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -96,47 +97,47 @@ def _fail(path: Path, message: str) -> UserError:
     return UserError(f"{path}: {message}")
 
 
+_OS_ERROR_TEXT = {errno.ENOENT: "no such file", errno.EACCES: "permission denied",
+                  errno.EISDIR: "is a directory"}
+
+
+@contextmanager
+def file_errors(path: Path) -> Iterator[None]:
+    """Report any `OSError` while touching the user's file `path` as a one-line `UserError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise _fail(path, _OS_ERROR_TEXT.get(exc.errno or 0, exc.strerror or str(exc))) from None
+
+
 def open_regular_file(path: Path) -> BinaryIO:
     """Open a user-named file for reading, or raise a `UserError` saying why it can't be.
 
     Only regular files are accepted: a directory, a FIFO or a device such as /dev/zero is
     always a mistake for a kernel or initrd (and reading some of them would never end).
     """
-    try:
+    with file_errors(path):
         mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise _fail(path, "no such file") from None
-    except PermissionError:
-        raise _fail(path, "permission denied") from None
-    except OSError as exc:
-        raise _fail(path, exc.strerror or str(exc)) from None
-    if stat.S_ISDIR(mode):
-        raise _fail(path, "is a directory")
-    if not stat.S_ISREG(mode):
-        raise _fail(path, "not a regular file")
-    try:
+        if stat.S_ISDIR(mode):
+            raise _fail(path, "is a directory")
+        if not stat.S_ISREG(mode):
+            raise _fail(path, "not a regular file")
         return path.open("rb")
-    except PermissionError:
-        raise _fail(path, "permission denied") from None
-    except OSError as exc:
-        raise _fail(path, exc.strerror or str(exc)) from None
 
 
 def _read_exactly(path: Path, f: BinaryIO, offset: int, length: int) -> bytes:
     """`length` bytes at `offset`; the file was measured before, so a short read means it
     shrank underneath us."""
-    try:
+    with file_errors(path):
         f.seek(offset)
         data = f.read(length)
-    except OSError as exc:
-        raise _fail(path, exc.strerror or str(exc)) from None
     if len(data) != length:
         raise _fail(path, f"file changed while reading (short read at {offset:#x})")
     return data
 
 
 def _check_in_ram(path: Path, paddr: int, memsz: int) -> None:
-    """No RAM size lgemu accepts could hold this segment (also rules out 32-bit wrap)."""
+    """Refuse a segment no RAM size lgemu accepts could hold (this also rules out wrapping)."""
     if paddr + memsz > MAX_RAM:
         raise _fail(
             path,
@@ -175,7 +176,9 @@ def _machine_name(elf: ELFFile) -> str:
     if machine in _MACHINE_NAMES:
         return _MACHINE_NAMES[machine]
     arch = elf.get_machine_arch()
-    return arch if arch != "<unknown>" else f"machine {machine}"
+    if arch != "<unknown>":
+        return arch
+    return machine if isinstance(machine, str) else f"machine {machine}"  # "EM_NONE", "machine 7"
 
 
 def _check_elf_header(path: Path, elf: ELFFile, size: int) -> None:

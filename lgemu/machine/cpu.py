@@ -90,6 +90,7 @@ class Reg(IntEnum):
     CR4 = X.UC_X86_REG_CR4
 
 
+SELECTORS = frozenset({Reg.CS, Reg.SS, Reg.DS, Reg.ES, Reg.FS, Reg.GS})
 GPRS = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI)
 
 
@@ -108,7 +109,9 @@ class Cpu:
         self.memory = memory
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self._h = uc._uch
-        uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.ram_address)
+        # Only [0, limit) is guest memory (§1.4): the unused rest of the device reserve stays
+        # unmapped, so a guest page pointing there is a bad access, not spare RAM.
+        uc.mem_map_ptr(0, memory.limit, UC_PROT_ALL, memory.ram_address)
         # Host pages: readable so segment loads and the `until` probe work, never writable.
         uc.mem_map_ptr(HOST_PHYS, len(memory.host), UC_PROT_READ | UC_PROT_EXEC,
                        memory.host_address)
@@ -125,13 +128,11 @@ class Cpu:
         self._is_int = ctypes.c_int32.from_address(base + OFF_EXCEPTION_IS_INT)
         self._old_exception = ctypes.c_int32.from_address(base + OFF_OLD_EXCEPTION)
         self._callbacks: list[object] = []  # ctypes callbacks must outlive Unicorn's use
-        # One C call for the registers every hypercall needs (CS, EAX, EDX, EBX, ECX).
-        batch = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
-        self._batch_ids = (ctypes.c_int * len(batch))(*batch)
-        self._batch_vals = (ctypes.c_uint64 * len(batch))()
-        self._batch_ptrs = (ctypes.c_void_p * len(batch))(
-            *[ctypes.addressof(self._batch_vals) + 8 * i for i in range(len(batch))])
-        self._batch_n = len(batch)
+        self._batches: dict[tuple[int, ...], tuple] = {}
+        self._jump_ids = (ctypes.c_int * 2)(Reg.ESP, Reg.EIP)
+        self._jump_vals = (ctypes.c_uint64 * 2)()
+        self._jump_ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(self._jump_vals),
+                                                 ctypes.addressof(self._jump_vals) + 8)
 
     # -- registers -------------------------------------------------------------------------
     def reg(self, reg: int) -> int:
@@ -140,12 +141,26 @@ class Cpu:
         self._read(self._h, reg, self._ref)
         return self._buf.value
 
-    def hypercall_registers(self) -> tuple[int, int, int, int, int]:
-        """(CS, EAX, EDX, EBX, ECX) in one call: the hypercall fast path."""
-        uclib.uc_reg_read_batch(self._h, self._batch_ids, self._batch_ptrs, self._batch_n)
-        cs, eax, edx, ebx, ecx = self._batch_vals
-        return cs & 0xFFFF, eax & 0xFFFFFFFF, edx & 0xFFFFFFFF, ebx & 0xFFFFFFFF, \
-            ecx & 0xFFFFFFFF
+    def regs(self, regs: tuple[int, ...]) -> list[int]:
+        """Several registers in one C call (the fast path for hypercalls and traps)."""
+        batch = self._batches.get(regs)
+        if batch is None:
+            ids = (ctypes.c_int * len(regs))(*regs)
+            vals = (ctypes.c_uint64 * len(regs))()
+            ptrs = (ctypes.c_void_p * len(regs))(
+                *[ctypes.addressof(vals) + 8 * i for i in range(len(regs))])
+            # Unicorn writes 2 bytes for a selector and 4 for the rest (spike O2): mask.
+            masks = tuple(0xFFFF if r in SELECTORS else 0xFFFFFFFF for r in regs)
+            batch = self._batches[regs] = (ids, vals, ptrs, len(regs), masks)
+        ids, vals, ptrs, n, masks = batch
+        uclib.uc_reg_read_batch(self._h, ids, ptrs, n)
+        return [v & m for v, m in zip(vals, masks, strict=True)]
+
+    def jump(self, esp: int, eip: int) -> None:
+        """Continue at `eip` with `esp`, same ring, nothing to acknowledge (one C call)."""
+        self._jump_vals[0] = esp
+        self._jump_vals[1] = eip
+        uclib.uc_reg_write_batch(self._h, self._jump_ids, self._jump_ptrs, 2)
 
     def set_reg(self, reg: int, value: int) -> None:
         """Write one register (not for SS/CS: use `enter`)."""
@@ -168,11 +183,11 @@ class Cpu:
 
     def enter(self, cpl: int, cs: int, ss: int, eip: int, esp: int) -> None:
         """Continue at cs:eip on ss:esp in ring `cpl`, acknowledging any exception."""
+        w, buf, ref, h = self._write, self._buf, self._ref, self._h
         uclib.uc_context_save(self._h, self._ctx.context)
         self._hflags.value = (self._hflags.value & ~3) | cpl
         self._old_exception.value = -1
         uclib.uc_context_restore(self._h, self._ctx.context)
-        w, buf, ref, h = self._write, self._buf, self._ref, self._h
         for reg, value in ((Reg.SS, ss), (Reg.CS, cs), (Reg.ESP, esp), (Reg.EIP, eip)):
             buf.value = value
             w(h, reg, ref)
@@ -250,6 +265,15 @@ class Cpu:
             fn()
             return True
         self.uc.hook_add(UC_HOOK_INSN, cb, None, 1, 0, X.UC_X86_INS_CPUID)
+
+    def on_sysenter(self, fn: Callable[[], None]) -> None:
+        """fn() for `sysenter`, which Unicorn otherwise treats as a no-op (unicorn-notes §3);
+        EIP is the instruction's own address inside fn."""
+        self.uc.hook_add(UC_HOOK_INSN, lambda uc, ud: fn(), None, 1, 0, X.UC_X86_INS_SYSENTER)
+
+    def on_syscall(self, fn: Callable[[], None]) -> None:
+        """fn() for `syscall` (a no-op in Unicorn otherwise), EIP as for `on_sysenter`."""
+        self.uc.hook_add(UC_HOOK_INSN, lambda uc, ud: fn(), None, 1, 0, X.UC_X86_INS_SYSCALL)
 
     def on_rdtsc(self, fn: Callable[[], None]) -> None:
         """fn() replaces `rdtsc` (the binding lacks this hook; unicorn-notes §5 workaround)."""
