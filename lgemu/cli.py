@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -47,9 +47,10 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("kernel",), dict(nargs="?", type=Path, metavar="VMLINUX",
                        help="lguest guest kernel: ELF vmlinux or bzImage "
                             "(default: the bundled guest)")),
-    (("-m", "--mem"), dict(type=_positive, default=DEFAULT_MEM_MIB, metavar="MIB",
+    (("-m", "--mem"), dict(type=_positive, default=DEFAULT_MEM_MIB, metavar="MIB", dest="mem_mib",
                            help="guest RAM in MiB (default %(default)s)")),
-    (("--append",), dict(default="", metavar="CMDLINE", help="kernel command line")),
+    (("--append",), dict(default="", metavar="CMDLINE", dest="cmdline",
+                         help="kernel command line")),
     (("--initrd",), dict(type=Path, metavar="FILE", help="initial ramdisk, loaded at the top "
                                                          "of RAM")),
     (("--clock",), dict(choices=("virtual", "realtime"), default="virtual",
@@ -82,17 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_boot(args: argparse.Namespace) -> BootConfig:
-    """Options → BootConfig (the kernel defaults to the bundled guest)."""
+    """Options → BootConfig: every option's `dest` is the BootConfig field of that name
+    (the kernel defaults to the bundled guest)."""
     from .firmware_path import bundled_guest
 
-    return BootConfig(kernel=args.kernel or bundled_guest(), mem_mib=args.mem,
-                      cmdline=args.append, initrd=args.initrd, clock=args.clock,
-                      ns_per_insn=args.ns_per_insn, verbose=args.verbose)
+    values = {f.name: getattr(args, f.name) for f in fields(BootConfig) if hasattr(args, f.name)}
+    values["kernel"] = args.kernel or bundled_guest()
+    return BootConfig(**values)
 
 
 def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
     """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
-    from .devices.console import Console, ConsoleOutput
+    from .debug import attach_debugging
+    from .devices import build_devices
+    from .devices.console import ConsoleOutput
     from .host.clock import Clock
     from .host.guest import Guest
     from .launcher import check_memory_size, launch, load_kernel
@@ -106,19 +110,25 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     except SelfTestError as e:
         raise UserError(f"unsupported Unicorn: {e}") from None
     output = ConsoleOutput(stdout)
-    devices = [Console(output)]  # the console is always last (§10.3)
-    memory = GuestMemory(mem)
-    info = launch(memory, kernel, config.cmdline, config.initrd, [d.spec() for d in devices])
-    clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
-    guest = Guest(memory, info, devices, output, clock)
-    if config.verbose and stderr is not None:
-        from .ui import describe_boot
-        describe_boot(stderr, info)
-    outcome = guest.run()
-    if config.verbose and stderr is not None:
-        from .ui import describe_run
-        describe_run(stderr, guest, outcome)
-    return outcome
+    devices = build_devices(config, output)  # command-line order, the console last (§10.3)
+    try:
+        memory = GuestMemory(mem)
+        info = launch(memory, kernel, config.cmdline, config.initrd,
+                      [d.spec() for d in devices])
+        clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
+        guest = Guest(memory, info, devices, output, clock)
+        if config.verbose and stderr is not None:
+            from .ui import describe_boot
+            describe_boot(stderr, info)
+        with attach_debugging(guest, config, stderr):
+            outcome = guest.run()
+        if config.verbose and stderr is not None:
+            from .ui import describe_run
+            describe_run(stderr, guest, outcome)
+        return outcome
+    finally:
+        for device in devices:
+            device.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..abi import (
+    FIRST_EXTERNAL_VECTOR,
     GUEST_CS,
     GUEST_DS,
     LGUEST_TRAP_ENTRY,
@@ -49,6 +51,9 @@ ICEBP = 0xF1
 OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # §5.7: opcode → length
 OPCODE_OUT = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1}
 OPSIZE_PREFIX = 0x66
+TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+              10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
+              19: "#XM"}
 # What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
@@ -93,6 +98,9 @@ class Guest:
         # A fault an instruction hook found, delivered at slice end: (vector, EIP, error).
         self._deferred_fault: tuple[int, int, int] | None = None
         self._deferred_regs: tuple[tuple[Reg, int], ...] = ()  # undone before that #GP
+        # Observers of lguest events (hypercalls, traps, interrupts, vring operations):
+        # callables (instruction count, kind, text); see `emit`.
+        self.observers: list[Callable[[int, str, str], None]] = []
         self.devices = devices
         self.queues: dict[int, tuple[Device, Vring]] = {}
         for device, layout in zip(devices, boot.device_page.devices, strict=True):
@@ -145,6 +153,13 @@ class Guest:
         return hook
 
     # -- helpers for hypercalls and devices ----------------------------------------------
+    def emit(self, kind: str, text: str) -> None:
+        """Tell the observers (tracers) about an lguest event; callers check
+        `self.observers` first so an untraced run pays nothing."""
+        icount = self.clock.executed + self.position()
+        for observer in self.observers:
+            observer(icount, kind, text)
+
     def position(self) -> int:
         """Instructions into the current slice (0 between slices)."""
         return self.cpu.slice_position if self._in_slice else 0
@@ -208,6 +223,11 @@ class Guest:
         # Vectors from 32 up only come from `int n`; below, ask the CPU what happened.
         error_code, software = cpu.fault_info() if vector < 32 else (0, True)
         self.stats.traps[vector] += 1
+        if self.observers:
+            detail = f" cr2={cpu.reg(Reg.CR2):#x}" if vector == 14 else ""
+            self.emit("trap", f"trap {TRAP_NAMES.get(vector, vector)} eip={eip:#x} "
+                              f"err={error_code:#x}{detail}" if not software
+                      else f"trap int ${vector:#x} eip={eip:#x} cpl={cpl}")
         if software:  # `int n`, `int3`, `into`: EIP is already past the instruction
             if traps.software_interrupt_allowed(vector, cpl):
                 traps.deliver(vector, eip, None, direct=True, software=True, context=context)
@@ -258,7 +278,12 @@ class Guest:
         """lguest checked for interrupts on every return to the guest (§3.2 step 5)."""
         if self.data is not None and self.interrupts.pending and not self.interrupts.halted \
                 and self.outcome is None:
-            self.interrupts.maybe_interrupt(self.data, self.cpu.reg(Reg.EIP), self._wall_ns)
+            self._inject(self.cpu.reg(Reg.EIP))
+
+    def _inject(self, eip: int) -> None:
+        line = self.interrupts.maybe_interrupt(self.data, eip, self._wall_ns)
+        if line is not None and self.observers:
+            self.emit("irq", f"irq {line} → vec {FIRST_EXTERNAL_VECTOR + line:#x} eip={eip:#x}")
 
     def _wall_ns(self) -> int:
         return self.clock.wall_ns(self.position())
@@ -367,7 +392,7 @@ class Guest:
             interrupts.raise_irq(IRQ_TIMER)
         eip = self.cpu.reg(Reg.EIP)
         if self.data is not None and interrupts.pending:
-            interrupts.maybe_interrupt(self.data, eip, self._wall_ns)
+            self._inject(eip)
         if interrupts.halted:
             if clock.deadline_ns is None:
                 raise GuestStuck("halted with no timer set and no interrupt that can wake it")

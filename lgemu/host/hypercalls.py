@@ -177,6 +177,8 @@ def run_hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
     if handler is None:
         raise GuestKilled(f"Bad hypercall {nr}")
     g.stats.hypercalls[nr] += 1
+    if g.observers:
+        g.emit("hcall", f"hcall {Hcall(nr).name} {a1:#x} {a2:#x} {a3:#x}")
     handler(g, a1, a2, a3)
 
 
@@ -203,6 +205,8 @@ def hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
         if nr != Hcall.LGUEST_INIT:
             raise GuestKilled(f"hypercall {nr} before INIT")
         g.stats.hypercalls[nr] += 1
+        if g.observers:
+            g.emit("hcall", f"hcall LGUEST_INIT {a1:#x}")
         lguest_init(g, a1, a2, a3)
         return
     # lguest returned to the Launcher at a ring NOTIFY and drained the rest on re-entry;

@@ -127,7 +127,8 @@ class Traps:
             # The real CPU delivered these, and a gate always clears TF, NT, RF and VM (the
             # handler must not be single-stepped).  2.6.24's set_guest_interrupt did not
             # (§5.2), so the Host's own deliveries leave EFLAGS alone.
-            cpu.set_reg(Reg.EFLAGS, eflags & ~EFLAGS_CLEARED_BY_GATES)
+            if eflags & EFLAGS_CLEARED_BY_GATES:
+                cpu.set_reg(Reg.EFLAGS, eflags & ~EFLAGS_CLEARED_BY_GATES)
         elif gate.type == GATE_INTERRUPT:
             self.data.irq_enabled = 0
 
