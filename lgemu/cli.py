@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from . import __version__
-from .errors import ExitStatus, InternalError, LgemuExit, UserError
+from .errors import ExitStatus, InternalError, LgemuExit, Terminated, UserError
 
 DEFAULT_MEM_MIB = 64
 
@@ -30,6 +32,8 @@ class BootConfig:
     clock: str = "virtual"
     ns_per_insn: int = 10
     verbose: int = 0
+    max_insns: int | None = None
+    timeout: float | None = None
 
 
 def _positive(text: str) -> int:
@@ -39,6 +43,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
 
 
@@ -59,6 +73,10 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--insn-ns",), dict(type=_positive, default=10, metavar="NS", dest="ns_per_insn",
                           help="virtual nanoseconds per instruction (default %(default)s: a "
                                "100 MHz virtual CPU)")),
+    (("--max-insns",), dict(type=_positive, metavar="N",
+                            help="stop after N guest instructions (exit status 5)")),
+    (("--timeout",), dict(type=_positive_float, metavar="SECONDS",
+                          help="stop after this much wall-clock time (exit status 6)")),
     (("-v", "--verbose"), dict(action="count", default=0,
                                help="print the boot layout and a summary on stderr")),
 ]
@@ -121,7 +139,7 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
             from .ui import describe_boot
             describe_boot(stderr, info)
         with attach_debugging(guest, config, stderr):
-            outcome = guest.run()
+            outcome = guest.run(config.max_insns, config.timeout)
         if config.verbose and stderr is not None:
             from .ui import describe_run
             describe_run(stderr, guest, outcome)
@@ -131,8 +149,23 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
             device.close()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lgemu` command; returns the exit status."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)  # end cleanly, devices closed
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config = parse_boot(args)

@@ -15,7 +15,10 @@ class ExitStatus:
     USAGE = 2  # bad option, file or image; Unicorn self-test failure
     KILLED = 3  # the Host killed the guest for a violation
     STUCK = 4  # halted with nothing that could ever wake it
+    INSN_LIMIT = 5  # --max-insns reached
+    TIMEOUT = 6  # --timeout reached
     INTERNAL = 70  # a bug in lgemu itself (EX_SOFTWARE)
+    TERMINATED = 143  # SIGTERM
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -80,3 +83,17 @@ class InternalError(LgemuExit):
 
     def line(self) -> str:
         return f"lgemu: internal error: {self.message} (please report this)"
+
+
+class LimitReached(LgemuExit):
+    """A bound the user set (--max-insns, --timeout) ended the run."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Terminated(LgemuExit):
+    """SIGTERM: end the run cleanly (devices flushed and closed)."""
+
+    status = ExitStatus.TERMINATED

@@ -34,6 +34,11 @@ body" (or, before INIT, is killed for a hypercall before INIT), so a Host that w
 from a call that should have ended the run shows up as a failure, never as a hang.
 
 Builds are cached by source text, so a test that builds the same guest again costs nothing.
+
+Python helpers for the tests: `descriptor` and `quads` write GDT entries, `symbol_address` and
+`symbol_file_offset` find a symbol in the built image (to name an EIP in an expected kill
+reason, or to patch data in the file), and `GuestRun` with `assert_killed`, `assert_crashed`,
+`assert_powered_down` and `assert_one_line` states how a run must end.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def assert_clean_end(status: int, err: str) -> None:
         assert assert_one_line(err).startswith(PREFIXES[status]), err
 
 
-# -- every hypercall that takes an address, given bad ones --
+# -- every hypercall that takes an address, given bad ones ----------------------------------------
 
 ADDRESSES = [0xFFFFFFFF, 0xFFFFFFF0, MEM, LIMIT, LIMIT - 1, 0xFFC00000, 0x80000000, 0]
 
@@ -147,7 +147,7 @@ def test_every_call_with_all_arguments_minus_one(asm_guest, nr, status, reason):
         assert_powered_down(run, b"")
 
 
-# -- faults with nobody to take them --
+# -- faults with nobody to take them --------------------------------------------------------------
 
 TRAPS = [
     ("ud2", 6, 0),
@@ -257,7 +257,7 @@ def test_halt_forever_is_stuck(asm_guest):
     assert (run.status, run.err, run.out) == (4, STUCK, b"")
 
 
-# -- reaching for the Switcher and for memory that isn't there --
+# -- reaching for the Switcher and for memory that isn't there ------------------------------------
 
 # Point PDE 1023 of the live directory somewhere present, so the guest can name the Switcher.
 SWITCHER_PDE_PRESENT = """
@@ -371,7 +371,7 @@ def test_ring_entry_halts_the_guest(asm_guest):
     assert (run.status, run.err) == (4, STUCK)
 
 
-# -- the same through the real command --
+# -- the same through the real command ------------------------------------------------------------
 
 @pytest.mark.parametrize(("body", "status", "err"), [
     ("INIT\n HCALL $LHCALL_NOTIFY, $0xFFFFFFFF", 3,
@@ -387,7 +387,7 @@ def test_outcomes_through_the_lgemu_command(run_lgemu, tmp_path, body, status, e
     assert proc.stdout == (b"oops" if status == 0 else b"")
 
 
-# -- random hypercalls --
+# -- random hypercalls ----------------------------------------------------------------------------
 
 FUZZ_CALLS = 3
 FUZZ_BODY = f"""
@@ -432,7 +432,7 @@ numbers = st.one_of(st.integers(0, 18), st.integers(0, 0xFFFFFFFF))
 calls = st.lists(st.tuples(numbers, words, words, words), min_size=1, max_size=FUZZ_CALLS)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(calls=calls)
 def test_random_hypercalls_end_cleanly(lgemu_main, fuzz_image, calls):

@@ -38,7 +38,7 @@ def hexwords(*values: int) -> bytes:
     return b"".join(f"{v & 0xFFFFFFFF:08x}".encode() for v in values)
 
 
-# -- LHCALL_LGUEST_INIT (§3.4) ------------------------------------------------------------------
+# -- LHCALL_LGUEST_INIT (§3.4) --------------------------------------------------------------------
 
 @pytest.mark.parametrize("nr", [0, 2, 5, 10, 17, 18])
 def test_any_hypercall_before_init_is_killed(asm_guest, nr):

@@ -13,6 +13,7 @@ Exits from hooks never raise through Unicorn: the outcome is stored, the CPU is 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,14 @@ from ..abi import (
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
 from ..devices.vring import Vring
-from ..errors import GuestKilled, GuestStuck, InternalError, LgemuExit
+from ..errors import (
+    ExitStatus,
+    GuestKilled,
+    GuestStuck,
+    InternalError,
+    LgemuExit,
+    LimitReached,
+)
 from ..launcher import BootInfo
 from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
@@ -377,11 +385,17 @@ class Guest:
         raise GuestKilled(f"bad page table entry (physical address {addr:#x} is not memory)")
 
     # -- the loop --------------------------------------------------------------------------
-    def run(self, max_instructions: int | None = None) -> LgemuExit:
-        """Run until the guest powers down, crashes, is killed or can never wake."""
+    def run(self, max_instructions: int | None = None,
+            timeout: float | None = None) -> LgemuExit:
+        """Run until the guest powers down, crashes, is killed or can never wake, or until
+        `max_instructions` have executed or `timeout` wall-clock seconds have passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while self.outcome is None:
                 self._step(max_instructions)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LimitReached(f"timeout: {timeout:g} s of wall-clock time",
+                                       ExitStatus.TIMEOUT)
         except LgemuExit as outcome:
             self.outcome = self.outcome or outcome
         return self.outcome
@@ -427,4 +441,5 @@ class Guest:
             self.stats.traps[vector] += 1
             self.traps.reflect(vector, eip, error_code)
         if max_instructions is not None and clock.executed >= max_instructions:
-            raise GuestStuck(f"instruction limit {max_instructions} reached")
+            raise LimitReached(f"instruction limit of {max_instructions} reached",
+                               ExitStatus.INSN_LIMIT)
