@@ -41,7 +41,7 @@ def test_sigterm_ends_the_run_with_one_line(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let it start spinning
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
     assert err.decode() == "lgemu: terminated by SIGTERM\n"
 
