@@ -94,7 +94,7 @@ class Guest:
         self.paging = Paging(memory, self.cpu)
         self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
                        switcher_linear(HOST_TSS))
-        self.traps = Traps(self.cpu, self.paging)
+        self.traps = Traps(self.cpu, self.paging, self.gdt)
         self.interrupts = Interrupts(self.traps)
         self.data: LguestData | None = None
         self.ring_cursor = 0
@@ -153,6 +153,8 @@ class Guest:
                 return fn(*args)
             except LgemuExit as outcome:
                 self.finish(outcome)
+            except CpuError as e:  # a segment the guest gave us would not load
+                self.finish(GuestKilled(f"unhandled trap 256 ({e})"))
             except Exception as bug:
                 if os.environ.get("LGEMU_DEBUG"):
                     raise

@@ -92,3 +92,15 @@ class Gdt:
         for i, desc in self._host.items():
             self.entries[i] = desc
         _GDT.pack_into(self._page, 0, *self.entries)
+
+    def stack_segment_ok(self, selector: int) -> bool:
+        """Could ring 1 load `selector` into SS: a present, writable data segment of DPL 1
+        with RPL 1?  (Checked before the Host switches stacks, so a bad SET_STACK is a kill,
+        not a confused CPU.)"""
+        index = selector >> 3
+        if selector & 3 != 1 or index >= GDT_ENTRIES or index in HOST_ONLY:
+            return False
+        desc = self.entries[index]
+        access = (desc >> 40) & 0xFF
+        # present (0x80), DPL 1 (0x20), S=1 (0x10), data (bit 3 clear), writable (0x02)
+        return access & 0xFA == 0xB2

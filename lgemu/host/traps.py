@@ -32,6 +32,7 @@ from ..abi import (
 from ..errors import GuestKilled
 from ..machine.cpu import Cpu, Reg
 from .paging import Paging
+from .segments import Gdt
 
 GATE_INTERRUPT = 0xE
 GATE_TRAP = 0xF
@@ -58,9 +59,10 @@ class Gate:
 class Traps:
     """The guest IDT, its kernel stack, and delivery of traps into ring 1."""
 
-    def __init__(self, cpu: Cpu, paging: Paging) -> None:
+    def __init__(self, cpu: Cpu, paging: Paging, gdt: Gdt) -> None:
         self.cpu = cpu
         self.paging = paging
+        self.gdt = gdt
         self.idt: list[Gate | None] = [None] * IDT_ENTRIES
         self.ss1 = 0
         self.esp1 = 0
@@ -115,6 +117,10 @@ class Traps:
         if ss & 3 != 1:  # from user mode: switch to the kernel stack
             frame += [esp, ss]
             ss, esp = self.ss1, self.esp1
+            if not self.gdt.stack_segment_ok(ss):
+                # lguest's switcher faulted reloading the guest's segments: "trap 256"
+                raise GuestKilled(f"unhandled trap 256 at {eip:#x} (stack segment {ss:#x} "
+                                  "from SET_STACK is not a usable ring-1 data segment)")
         if error_code is not None:
             frame.insert(0, error_code)
         esp = (esp - 4 * len(frame)) & 0xFFFFFFFF

@@ -190,7 +190,8 @@ class Cpu:
         uclib.uc_context_restore(self._h, self._ctx.context)
         for reg, value in ((Reg.SS, ss), (Reg.CS, cs), (Reg.ESP, esp), (Reg.EIP, eip)):
             buf.value = value
-            w(h, reg, ref)
+            if w(h, reg, ref):
+                raise CpuError(f"cannot load {Reg(reg).name} with {value:#x} in ring {cpl}")
 
     def ack_exception(self) -> None:
         """Forget the exception just handled (when resuming without a ring change)."""
