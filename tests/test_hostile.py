@@ -237,8 +237,6 @@ def test_fast_system_calls_fault(asm_guest, insn, vector):
     assert_killed(run, f"unhandled trap {vector} at {run.symbol('fault'):#x} (0x0)")
 
 
-@pytest.mark.xfail(strict=True, reason="lgemu bug: rdtscp (not in the virtual CPU's cpuid) "
-                                       "returns the host's TSC instead of #UD")
 def test_rdtscp_is_not_an_instruction_of_the_virtual_cpu(asm_guest):
     run = asm_guest("INIT\n fault: rdtscp\n POWER_DOWN")
     assert_killed(run, f"unhandled trap 6 at {run.symbol('fault'):#x} (0x0)")

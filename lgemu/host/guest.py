@@ -143,6 +143,7 @@ class Guest:
         cpu.on_cpuid(self._guarded(self._on_cpuid, None))
         cpu.on_sysenter(self._guarded(self._on_sysenter, None))
         cpu.on_syscall(self._guarded(self._on_syscall, None))
+        cpu.on_rdtscp(self._guarded(self._on_rdtscp, None))
         cpu.on_rdtsc(self._guarded(self._on_rdtsc, None))
         cpu.on_bad_access(self._guarded(self._on_bad_access, None))
 
@@ -369,6 +370,10 @@ class Guest:
 
     def _on_syscall(self) -> None:
         """`syscall` does not exist in 32-bit mode on the (Intel) CPU we advertise: #UD."""
+        self._defer_fault(UD)
+
+    def _on_rdtscp(self) -> None:
+        """The virtual CPU does not advertise RDTSCP: #UD (and never the host's TSC)."""
         self._defer_fault(UD)
 
     def _on_cpuid(self) -> None:

@@ -75,8 +75,9 @@ def crash(g: Guest, addr: int, _a2: int, _a3: int) -> None:
     message = raw[:raw.index(0)].decode("latin-1")
     if message == POWER_DOWN:
         raise PowerDown(message)
-    # The reason is one line on the user's terminal: newlines and escape sequences from
-    # the guest are shown as \xNN, never interpreted.
+    # The reason is one line on the user's terminal: a panic's closing newline is dropped,
+    # other newlines and escape sequences from the guest are shown as \xNN, never interpreted.
+    message = message.rstrip("\n")
     raise GuestCrashed("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message))
 
 

@@ -278,12 +278,19 @@ class Cpu:
 
     def on_rdtsc(self, fn: Callable[[], None]) -> None:
         """fn() replaces `rdtsc` (the binding lacks this hook; unicorn-notes §5 workaround)."""
+        self._raw_insn_hook(fn, X.UC_X86_INS_RDTSC)
+
+    def on_rdtscp(self, fn: Callable[[], None]) -> None:
+        """fn() replaces `rdtscp`, which would otherwise read the host's TSC."""
+        self._raw_insn_hook(fn, X.UC_X86_INS_RDTSCP)
+
+    def _raw_insn_hook(self, fn: Callable[[], None], instruction: int) -> None:
         def cb(uc: object, ud: object) -> int:
             fn()
-            return 1
+            return 1  # skip the real instruction
         callback = uccallback(self.uc, HOOK_INSN_CPUID_CFUNC)(cb)
         self._callbacks.append(callback)
-        self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
+        self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(instruction))
 
     def on_bad_access(self, fn: Callable[[str, int], None]) -> None:
         """fn(kind, physical address) when the guest reaches outside its memory or writes
