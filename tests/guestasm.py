@@ -52,19 +52,21 @@ from pathlib import Path
 
 import pytest
 
-LOAD_ADDRESS = 0x100000
-STACK_SIZE = 16384
-LGUEST_DATA_SIZE = 1136
+from lgemu import abi
 
-HCALLS = {
-    "FLUSH_ASYNC": 0, "LGUEST_INIT": 1, "CRASH": 2, "LOAD_GDT": 3, "NEW_PGTABLE": 4,
-    "FLUSH_TLB": 5, "LOAD_IDT_ENTRY": 6, "SET_STACK": 7, "TS": 8, "SET_CLOCKEVENT": 9,
-    "HALT": 10, "SET_PTE": 14, "SET_PMD": 15, "LOAD_TLS": 16, "NOTIFY": 17,
-}
+LOAD_ADDRESS = abi.KERNEL_LOAD_ADDR
+STACK_SIZE = 16384
+LGUEST_DATA_SIZE = abi.LGUEST_DATA_SIZE
+
+# The guest's view of the ABI comes from lgemu.abi, where every layout is defined once.
+HCALLS = {call.name: int(call) for call in abi.Hcall}
 LGUEST_DATA_FIELDS = {
-    "IRQ_ENABLED": 0, "BLOCKED": 4, "CR2": 8, "TIME": 12, "TIME_NSEC": 16,
-    "HCALL_STATUS": 20, "HCALLS": 84, "RESERVE_MEM": 1108, "TSC_KHZ": 1112, "PGDIR": 1116,
-    "NOIRQ_START": 1120, "NOIRQ_END": 1124, "KERNEL_ADDRESS": 1128, "SYSCALL_VEC": 1132,
+    "IRQ_ENABLED": abi.LD_IRQ_ENABLED, "BLOCKED": abi.LD_BLOCKED, "CR2": abi.LD_CR2,
+    "TIME": abi.LD_TIME, "TIME_NSEC": abi.LD_TIME + abi.Timespec.tv_nsec.offset,
+    "HCALL_STATUS": abi.LD_HCALL_STATUS, "HCALLS": abi.LD_HCALLS,
+    "RESERVE_MEM": abi.LD_RESERVE_MEM, "TSC_KHZ": abi.LD_TSC_KHZ, "PGDIR": abi.LD_PGDIR,
+    "NOIRQ_START": abi.LD_NOIRQ_START, "NOIRQ_END": abi.LD_NOIRQ_END,
+    "KERNEL_ADDRESS": abi.LD_KERNEL_ADDRESS, "SYSCALL_VEC": abi.LD_SYSCALL_VEC,
 }
 
 _CONSTANTS = "\n".join(
