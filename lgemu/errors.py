@@ -26,7 +26,8 @@ class LgemuExit(Exception):
     """Base: a run ends with `message` on stderr and `status`."""
 
     status = 1
-    prefix = "lgemu: "
+    prefix = "lgemu: "  # each kind of ending names itself here
+    suffix = ""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -34,7 +35,7 @@ class LgemuExit(Exception):
 
     def line(self) -> str:
         """The one line printed on stderr."""
-        return self.prefix + self.message
+        return self.prefix + self.message + self.suffix
 
 
 class UserError(LgemuExit):
@@ -47,27 +48,21 @@ class GuestKilled(LgemuExit):
     """The Host killed the guest (lguest's kill_guest); `message` is the reason."""
 
     status = ExitStatus.KILLED
-
-    def line(self) -> str:
-        return f"lgemu: guest killed: {self.message}"
+    prefix = "lgemu: guest killed: "
 
 
 class GuestCrashed(LgemuExit):
     """LHCALL_CRASH with a message other than "Power down"."""
 
     status = ExitStatus.CRASHED
-
-    def line(self) -> str:
-        return f"lgemu: guest crashed: {self.message}"
+    prefix = "lgemu: guest crashed: "
 
 
 class GuestStuck(LgemuExit):
     """The guest halted with interrupts that can never arrive."""
 
     status = ExitStatus.STUCK
-
-    def line(self) -> str:
-        return f"lgemu: guest stuck: {self.message}"
+    prefix = "lgemu: guest stuck: "
 
 
 class PowerDown(LgemuExit):
@@ -80,9 +75,8 @@ class InternalError(LgemuExit):
     """A bug in lgemu: one line instead of a traceback (LGEMU_DEBUG=1 shows the traceback)."""
 
     status = ExitStatus.INTERNAL
-
-    def line(self) -> str:
-        return f"lgemu: internal error: {self.message} (please report this)"
+    prefix = "lgemu: internal error: "
+    suffix = " (please report this)"
 
 
 class LimitReached(LgemuExit):

@@ -16,18 +16,10 @@ virtual time is deterministic.
 
 from __future__ import annotations
 
-import io
 import re
-import signal
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-
-from lgemu.cli import main
-
-TIMEOUT_S = 30  # a program runs in well under a second
+from conftest import lgemu_main_in_process
 
 # Every case each program must report as passed (names without the "<program>." prefix).
 EXPECTED: dict[str, tuple[str, ...]] = {
@@ -87,39 +79,9 @@ KNOWN_XFAIL = frozenset({"ioports.insb_memory"})
 RESULT = re.compile(r"^(PASS|FAIL|XFAIL) (\S+?)(?::|\r?$)", re.MULTILINE)
 
 
-class Timeout(AssertionError):
-    """The guest program did not power down in time."""
-
-
-@contextmanager
-def _watchdog(seconds: int) -> Iterator[None]:
-    """Raise Timeout in this thread if the block takes longer than `seconds` (lgemu returns
-    to Python between instruction slices, so the handler runs even while a guest spins)."""
-    def expire(signum: int, frame: object) -> None:
-        raise Timeout(f"the guest program did not finish within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def run_program(name: str) -> tuple[int, bytes, str]:
     """Boot the bundled guest with lgemu.test=NAME: (exit status, console bytes, stderr)."""
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
-    err = io.StringIO()
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
-        with _watchdog(TIMEOUT_S):
-            status = main(["boot", f"--append=lgemu.test={name}"])
-    finally:
-        sys.stdout, sys.stderr = saved
-    out.flush()
-    return status, out.buffer.getvalue(), err.getvalue()
+    return lgemu_main_in_process(["boot", f"--append=lgemu.test={name}"])
 
 
 def results(console: str) -> dict[str, list[str]]:
