@@ -123,7 +123,7 @@ ALL_MINUS_ONE = [
     (3, 3, "too many gdt entries 4294967295"),
     (4, 3, "bad read address 0xffffffff len 4"),
     (5, 0, None),
-    (6, 3, "Setting idt entry 4294967295"),
+    (6, 0, None),  # vectors past lguest's 64-entry IDT are ignored
     (7, 3, "bad stack segment 4294967295"),
     (8, 0, None),  # TS set: harmless without FPU use
     (9, 0, None),  # a timer 4.29 s away

@@ -132,8 +132,5 @@ void irq_init(void)
 
 void sleep_ticks(u32 ticks)
 {
-	u32 deadline = READ_ONCE(jiffies) + ticks;
-
 	wait_event_timeout(false, ticks);
-	(void)deadline;
 }

@@ -2,7 +2,12 @@
 
 The Launcher lays devices out on the device page (`launcher.devicepage`); the Host routes a
 LHCALL_NOTIFY whose page is a queue's to that queue's device (§10.5).  Devices never import
-the Host: they get their vrings and a way to raise an interrupt.
+the Host: they get their vrings, a way to raise an interrupt and the guest's wall clock.
+
+Work that comes from the host side (console input, received frames) is done in `poll`, which
+the Host calls at every slice boundary, never inside a kick.  A halted guest with no timer is
+only kept waiting if some device names an IRQ it could still raise (`wake_irqs`) and a host
+file descriptor to wait on (`wait_fds`); otherwise it is stuck.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class Device:
     def __init__(self) -> None:
         self.queues: list[Vring] = []
         self.raise_irq: Callable[[int], None] = lambda line: None
+        self.wall_ns: Callable[[], int] = lambda: 0  # the guest's wall clock (set by the Host)
 
     def config(self) -> bytes:
         """Device-specific config fields that follow the VIRTQUEUE fields."""
@@ -39,6 +45,22 @@ class Device:
 
     def kick(self, queue: Vring) -> None:
         """The guest notified `queue` (LHCALL_NOTIFY with its pfn << 12)."""
+
+    def poll(self) -> None:
+        """Slice boundary: move host input (if any) into buffers the guest has posted."""
+
+    def wake_irqs(self) -> list[int]:
+        """IRQ lines this device could still raise while the guest sleeps (host input that
+        may arrive into buffers already posted, on a queue that wants interrupts)."""
+        return []
+
+    def wait_fds(self) -> list[int]:
+        """Host file descriptors whose input the device is waiting for (for `select`)."""
+        return []
+
+    def summary(self) -> str:
+        """One line of what the device did, for `-v`."""
+        return ""
 
     def interrupt(self, queue: Vring) -> None:
         """Raise the queue's IRQ unless the guest asked for none (§11.3)."""

@@ -4,14 +4,32 @@ A queue lives in two guest pages at `pfn << 12`: descriptors, then the available
 host), then, page-aligned, the used ring (host → guest).  The Host pops a chain from `avail`,
 hands the device its buffers, and pushes `(head, len)` onto `used`.  Everything the guest
 wrote is untrusted: indices, lengths, addresses and chain links are checked here, once, and a
-violation kills the guest with a sentence naming the check, the queue and the index.
+violation kills the guest with a sentence naming the check, the queue and the index:
+
+* avail.idx may run at most `num` ahead of the chains the host has taken;
+* a head, or a `next` link, must be below `num`;
+* a chain may not be longer than `num` descriptors (that is how a loop shows);
+* device-writable ("in") descriptors come after all device-readable ("out") ones;
+* every buffer lies inside guest memory: it ends below `pfn_limit` and does not wrap;
+* no more than `num` chains are in flight (taken and not yet returned) at once.
+
+Devices add the checks of their own request layouts with `Vring.reject`.
+
+Host writes into guest buffers go through `write` (or `views` plus `wrote`), which remember
+the pages in a `WrittenPages`: Unicorn keeps running code it translated from a page the host
+overwrites (unicorn-notes §8), so the Host invalidates those pages before the guest runs on.
+The used ring's own bookkeeping is not logged: a guest executing its used ring only ever sees
+code it could have run anyway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..abi import (
+    PAGE_SHIFT,
     PAGE_SIZE,
     U16,
     VRING_AVAIL_F_NO_INTERRUPT,
@@ -44,32 +62,66 @@ class Chain:
 
     @property
     def readable(self) -> tuple[Buffer, ...]:
+        """The device-readable ("out") buffers, in order."""
         return tuple(b for b in self.buffers if not b.writable)
 
     @property
     def writable(self) -> tuple[Buffer, ...]:
+        """The device-writable ("in") buffers, in order."""
         return tuple(b for b in self.buffers if b.writable)
+
+
+def total_length(buffers: tuple[Buffer, ...] | list[Buffer]) -> int:
+    """Bytes in `buffers` together."""
+    return sum(b.length for b in buffers)
+
+
+class WrittenPages:
+    """Guest-physical pages the host wrote since the last `take` (for code invalidation)."""
+
+    def __init__(self) -> None:
+        self.pages: set[int] = set()
+
+    def add(self, addr: int, length: int) -> None:
+        """Remember that [addr, addr+length) was written."""
+        if length > 0:
+            self.pages.update(range(addr >> PAGE_SHIFT, ((addr + length - 1) >> PAGE_SHIFT) + 1))
+
+    def take(self) -> list[int]:
+        """The pages written so far, in order; forgets them."""
+        if not self.pages:
+            return []
+        pages = sorted(self.pages)
+        self.pages.clear()
+        return pages
 
 
 class Vring:
     """One virtqueue as the Host sees it."""
 
-    def __init__(self, memory: GuestMemory, name: str, pfn: int, num: int, irq: int) -> None:
+    def __init__(self, memory: GuestMemory, name: str, pfn: int, num: int, irq: int,
+                 written: WrittenPages | None = None) -> None:
         self.memory = memory
         self.name = name
         self.pfn = pfn
         self.num = num
         self.irq = irq
+        self.written = written if written is not None else WrittenPages()
         base = pfn * PAGE_SIZE
         desc, avail, used = vring_offsets(num)
         self.desc = base + desc
         self.avail = base + avail
         self.used = base + used
         self.last_avail = 0  # the host's free-running cursor into avail.ring
+        self.in_flight = 0  # chains popped and not yet pushed back
         memory.check(base, used + 4 + 8 * num)  # the whole ring is guest memory
 
     def _kill(self, what: str) -> GuestKilled:
         return GuestKilled(f"vring {self.name}: {what}")
+
+    def reject(self, chain: Chain, what: str) -> GuestKilled:
+        """The kill for a chain whose layout the device refuses (raise it)."""
+        return self._kill(f"request at head {chain.head}: {what}")
 
     def _u16(self, addr: int) -> int:
         return U16.unpack_from(self.memory.ram, addr)[0]
@@ -88,6 +140,8 @@ class Vring:
         if not self.pending():
             return None
         slot = self.last_avail % self.num
+        if self.in_flight >= self.num:
+            raise self._kill(f"more than {self.num} requests in flight at avail slot {slot}")
         head = self._u16(self.avail + 4 + 2 * slot)
         if head >= self.num:
             raise self._kill(f"head index {head} at avail slot {slot} is not below {self.num}")
@@ -95,10 +149,10 @@ class Vring:
         buffers: list[Buffer] = []
         index = head
         seen_writable = False
+        ram, valid = self.memory.ram, self.memory.valid
         while True:
-            addr, length, flags, nxt = VRING_DESC.unpack_from(self.memory.ram,
-                                                              self.desc + 16 * index)
-            if not self.memory.valid(addr, length):
+            addr, length, flags, nxt = VRING_DESC.unpack_from(ram, self.desc + 16 * index)
+            if not valid(addr, length):
                 raise self._kill(f"descriptor {index} buffer {addr:#x}+{length} is outside "
                                  "guest memory")
             writable = bool(flags & VRING_DESC_F_WRITE)
@@ -107,6 +161,7 @@ class Vring:
             seen_writable |= writable
             buffers.append(Buffer(addr, length, writable))
             if not flags & VRING_DESC_F_NEXT:
+                self.in_flight += 1
                 return Chain(head, tuple(buffers))
             if nxt >= self.num:
                 raise self._kill(f"descriptor {index} links to {nxt}, not below {self.num}")
@@ -116,6 +171,7 @@ class Vring:
 
     def push(self, head: int, written: int) -> None:
         """Return a chain to the guest with `written` bytes stored in its writable buffers."""
+        self.in_flight = max(0, self.in_flight - 1)
         used_idx = self._u16(self.used + 2)
         VRING_USED_ELEM.pack_into(self.memory.ram, self.used + 4 + 8 * (used_idx % self.num),
                                   head, written)
@@ -131,7 +187,41 @@ class Vring:
         flags = flags | VRING_USED_F_NO_NOTIFY if on else flags & ~VRING_USED_F_NO_NOTIFY
         U16.pack_into(self.memory.ram, self.used, flags)
 
+    # -- the buffers' bytes ------------------------------------------------------------------
     def gather(self, buffers: tuple[Buffer, ...]) -> bytes:
-        """The bytes of device-readable buffers, concatenated."""
+        """The bytes of device-readable buffers, concatenated (callers bound the total)."""
         ram = self.memory.ram
         return b"".join(ram[b.addr:b.addr + b.length] for b in buffers)
+
+    def write(self, buffers: tuple[Buffer, ...], data: bytes) -> int:
+        """Scatter `data` over writable buffers in order; returns the bytes stored (at most
+        what fits).  The pages are logged for code invalidation."""
+        ram, done = self.memory.ram, 0
+        for b in buffers:
+            if done >= len(data):
+                break
+            n = min(b.length, len(data) - done)
+            ram[b.addr:b.addr + n] = data[done:done + n]
+            self.written.add(b.addr, n)
+            done += n
+        return done
+
+    @contextmanager
+    def views(self, buffers: tuple[Buffer, ...]) -> Iterator[list[memoryview]]:
+        """Memoryviews of the buffers (for `os.preadv`/`pwritev` straight into guest memory),
+        released on exit.  Whoever writes through them calls `wrote` afterwards."""
+        with memoryview(self.memory.ram) as ram:
+            views = [ram[b.addr:b.addr + b.length] for b in buffers]
+            try:
+                yield views
+            finally:
+                for view in views:
+                    view.release()
+
+    def wrote(self, buffers: tuple[Buffer, ...], count: int) -> None:
+        """Log that the first `count` bytes of `buffers` were written (through `views`)."""
+        for b in buffers:
+            if count <= 0:
+                break
+            self.written.add(b.addr, min(count, b.length))
+            count -= b.length

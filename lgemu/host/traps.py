@@ -22,9 +22,11 @@ import struct
 
 from ..abi import (
     ERROR_CODE_VECTORS,
+    FIRST_EXTERNAL_VECTOR,
     GUEST_CS,
     IDT_ENTRIES,
     IGNORED_IDT_VECTORS,
+    LGUEST_IRQS,
     LGUEST_TRAP_ENTRY,
     SYSCALL_VECTOR,
     X86_EFLAGS_IF,
@@ -40,6 +42,7 @@ GATE_PRESENT = 0x8000
 # Vectors the Host always handles itself, even with a guest trap gate (§5.4, §5.6).
 HOST_HANDLED = frozenset({7, 13, 14, LGUEST_TRAP_ENTRY})
 GP = 13
+GUEST_IDT_VECTORS = FIRST_EXTERNAL_VECTOR + LGUEST_IRQS  # 64: the IDT lguest keeps
 FRAME_REGS = (Reg.CS, Reg.SS, Reg.ESP, Reg.EFLAGS)
 # TF, NT, RF, VM: what the CPU clears in EFLAGS when it enters a handler through a gate.
 EFLAGS_CLEARED_BY_GATES = 0x100 | 0x4000 | 0x10000 | 0x20000
@@ -70,10 +73,13 @@ class Traps:
         self.data = None  # LguestData once LGUEST_INIT ran
 
     def load_idt_entry(self, vector: int, lo: int, hi: int) -> None:
-        """LHCALL_LOAD_IDT_ENTRY with lguest's checks (§5.1)."""
-        if vector >= IDT_ENTRIES:
-            raise GuestKilled(f"Setting idt entry {vector}")
-        if vector in IGNORED_IDT_VECTORS:
+        """LHCALL_LOAD_IDT_ENTRY with lguest's checks (§5.1).
+
+        2.6.24 kept only the 32 trap vectors, the 32 IRQ vectors and the syscall vector, and
+        silently ignored the rest (its load_guest_idt_entry); killing with "Setting idt entry"
+        for vectors past the table came with 2.6.25's rework, so lgemu ignores them too."""
+        if vector in IGNORED_IDT_VECTORS or (vector >= GUEST_IDT_VECTORS
+                                             and vector != SYSCALL_VECTOR):
             return
         if not hi & GATE_PRESENT:
             self.idt[vector] = None
