@@ -35,6 +35,12 @@ static const struct guest_program {
 	{ "ioports", test_ioports },
 	{ "cpuid", test_cpuid },
 	{ "async_batch", test_async_batch },
+	{ "console_echo", test_console_echo },
+	{ "blk_read", test_blk_read },
+	{ "blk_write", test_blk_write },
+	{ "net_echo", test_net_echo },
+	{ "net_ping", test_net_ping },
+	{ "net_send", test_net_send },
 };
 
 static const struct guest_program *select_program(void)

@@ -11,9 +11,10 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, fields
+import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn, TextIO
 
 from . import __version__
 from .errors import ExitStatus, InternalError, LgemuExit, Terminated, UserError
@@ -34,6 +35,22 @@ class BootConfig:
     verbose: int = 0
     max_insns: int | None = None
     timeout: float | None = None
+    # --block and --net as ("block" | "net", value), in command-line order (§10.3)
+    devices: list[tuple[str, str]] = field(default_factory=list)
+    console_input: Path | None = None
+    # traces, the event log, coverage, the status line (lgemu.debug.trace / .coverage, ui)
+    trace: str | None = None
+    trace_format: str = "text"
+    trace_regs: bool = False
+    trace_filter: str | None = None
+    events: bool = False
+    coverage: Path | None = None
+    status: bool = False
+    # the gdb stub and instruction-count control (lgemu.debug.gdbstub, .stopat, .snapshot)
+    gdb: str | None = None
+    gdb_wait: bool = False
+    stop_at: int | None = None
+    snapshot_every: int = 10_000_000
 
 
 def _positive(text: str) -> int:
@@ -77,8 +94,47 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                             help="stop after N guest instructions (exit status 5)")),
     (("--timeout",), dict(type=_positive_float, metavar="SECONDS",
                           help="stop after this much wall-clock time (exit status 6)")),
+    (("--block",), dict(action="append", type=lambda v: ("block", v), default=[],
+                        dest="devices", metavar="FILE[,ro]",
+                        help="a virtio disk backed by FILE (vda, vdb, … in order); ,ro "
+                             "refuses writes")),
+    (("--net",), dict(action="append", type=lambda v: ("net", v), default=[], dest="devices",
+                      metavar="WIRE[,mac=M][,pcap=FILE]",
+                      help="a virtio network card (eth0, eth1, … in order) on WIRE: "
+                           "udp:LOCALPORT:HOST:PORT, tap:IFNAME or pcap:FILE")),
+    (("--console-input",), dict(type=Path, metavar="FILE",
+                                help="feed FILE to the console instead of stdin, reproducibly")),
+    (("--trace",), dict(metavar="FILE", help="write an instruction trace with lguest events "
+                                             "to FILE ('-': stdout, among the guest's output)")),
+    (("--trace-format",), dict(choices=("text", "jsonl", "tenet"), default="text",
+                               help="trace format (default %(default)s)")),
+    (("--trace-regs",), dict(action="store_true",
+                             help="add the registers each traced instruction changed")),
+    (("--trace-filter",), dict(metavar="SPEC",
+                               help="trace only sym:NAME, addr:A-B, ring:N, icount:A-B "
+                                    "(comma-separated)")),
+    (("--events",), dict(action="store_true",
+                         help="the lguest event log only (hypercalls, traps, interrupts, "
+                              "vrings), to the --trace FILE or else stderr")),
+    (("--coverage",), dict(type=Path, metavar="FILE",
+                           help="write the executed blocks to FILE (drcov, for Lighthouse)")),
+    (("--status",), dict(action="store_true",
+                         help="show the status line even when stderr is not a terminal")),
     (("-v", "--verbose"), dict(action="count", default=0,
                                help="print the boot layout and a summary on stderr")),
+    (("--gdb",), dict(metavar="tcp::PORT",
+                      help="serve gdb's remote protocol on 127.0.0.1:PORT")),
+    (("-s",), dict(action="store_const", const="tcp::1234", dest="gdb",
+                   help="shorthand for --gdb tcp::1234")),
+    (("-S",), dict(action="store_true", dest="gdb_wait",
+                   help="with --gdb: wait for gdb before the first instruction")),
+    (("--stop-at",), dict(type=_positive, metavar="ICOUNT",
+                          help="stop after exactly ICOUNT instructions (exit status 5; with "
+                               "--gdb, wait for gdb there)")),
+    (("--snapshot-every",), dict(type=_positive, default=10_000_000, metavar="ICOUNT",
+                                 help="while gdb is attached, snapshot the guest every ICOUNT "
+                                      "instructions for reverse execution "
+                                      "(default %(default)s)")),
 ]
 
 
@@ -97,7 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("boot", help="boot a guest kernel")
     for flags, kwargs in BOOT_OPTIONS:
         boot.add_argument(*flags, **kwargs)
+    info = sub.add_parser("info", help="describe a kernel image: ELF, lguest ABI, symbols")
+    info.add_argument("kernel", type=Path, metavar="VMLINUX", help="ELF vmlinux or bzImage")
     return parser
+
+
+def info(kernel: Path, stdout: TextIO) -> int:
+    """`lgemu info VMLINUX`: what lgemu sees in a kernel image (raises UserError)."""
+    from .debug.symbols import Symbols
+    from .launcher import load_kernel
+    from .ui import describe_kernel
+
+    image = load_kernel(kernel)  # the Launcher's checks: a bad file is one line, exit 2
+    describe_kernel(stdout, image, Symbols.load(kernel))
+    return 0
 
 
 def parse_boot(args: argparse.Namespace) -> BootConfig:
@@ -135,14 +204,18 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
                       [d.spec() for d in devices])
         clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
         guest = Guest(memory, info, devices, output, clock)
-        if config.verbose and stderr is not None:
-            from .ui import describe_boot
-            describe_boot(stderr, info)
         with attach_debugging(guest, config, stderr):
+            # Only now, with every file and port opened: bad input stays the only line.
+            if config.verbose and stderr is not None:
+                from .ui import describe_boot
+                describe_boot(stderr, info)
+            started = time.monotonic()
             outcome = guest.run(config.max_insns, config.timeout)
         if config.verbose and stderr is not None:
-            from .ui import describe_run
-            describe_run(stderr, guest, outcome)
+            from .ui import describe_run, is_terminal
+            wall = time.monotonic() - started  # shown where repeatability matters less
+            describe_run(stderr, guest, outcome,
+                         wall if config.verbose > 1 or is_terminal(stderr) else None)
         return outcome
     finally:
         for device in devices:
@@ -168,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "info":
+            return info(args.kernel, sys.stdout)
         config = parse_boot(args)
         outcome = boot(config, sys.stdout.buffer, sys.stderr)
     except LgemuExit as e:

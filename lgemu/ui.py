@@ -2,22 +2,91 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .abi import DeviceType, hcall_name
+from .abi import (
+    CONFIG_BLK_F,
+    CONFIG_BLK_F_CAPACITY,
+    CONFIG_BLK_F_SEG_MAX,
+    CONFIG_BLK_F_SIZE_MAX,
+    CONFIG_FIELD_HDR,
+    CONFIG_FIELD_USED,
+    CONFIG_NET_F,
+    CONFIG_NET_MAC_F,
+    DEVICE_DESC,
+    FIRST_EXTERNAL_VECTOR,
+    LGUEST_DATA_SIZE,
+    VQCONFIG,
+    DeviceStatus,
+    DeviceType,
+    hcall_name,
+)
+from .debug.tap import StreamTap, is_terminal, tap_console, untap_console
+from .host.events import TRAP_NAMES
 
 if TYPE_CHECKING:
+    from contextlib import ExitStack
+
+    from .cli import BootConfig
+    from .debug.symbols import Symbols
     from .errors import LgemuExit
     from .host.guest import Guest
-    from .launcher import BootInfo
+    from .launcher import BootInfo, DeviceLayout, KernelImage
+
+# Device-specific config field names (§10.2); type 0x02 is a VIRTQUEUE field.
+_FIELD_NAMES = {
+    DeviceType.BLOCK: {CONFIG_BLK_F: "features", CONFIG_BLK_F_CAPACITY: "capacity",
+                       CONFIG_BLK_F_SIZE_MAX: "size_max", CONFIG_BLK_F_SEG_MAX: "seg_max"},
+    DeviceType.NET: {CONFIG_NET_F: "features", CONFIG_NET_MAC_F: "mac"},
+}
+_STATUS_NAMES = {DeviceStatus.ACKNOWLEDGE: "ack", DeviceStatus.DRIVER: "driver",
+                 DeviceStatus.DRIVER_OK: "ok", DeviceStatus.FAILED: "failed"}
 
 
 def _console(stream: TextIO) -> Console:
     return Console(file=stream, highlight=False, soft_wrap=True)
+
+
+def _fields(device: DeviceLayout) -> list[tuple[int, str, bytes]]:
+    """(offset in the descriptor, name, payload) of every config field the Launcher wrote,
+    parsed from its own description of the device (never from guest memory)."""
+    fields, offset = [], DEVICE_DESC.size
+    vq_size = CONFIG_FIELD_HDR.size + VQCONFIG.size
+    for index in range(len(device.queues)):
+        fields.append((offset, f"vq{index}", b""))
+        offset += vq_size
+    config, at = device.spec.config, 0
+    names = _FIELD_NAMES.get(device.spec.type, {})
+    while at + CONFIG_FIELD_HDR.size <= len(config):
+        ftype, length = CONFIG_FIELD_HDR.unpack_from(config, at)
+        payload = config[at + CONFIG_FIELD_HDR.size:at + CONFIG_FIELD_HDR.size + length]
+        fields.append((offset + at, names.get(ftype, f"{ftype:#04x}"), payload))
+        at += CONFIG_FIELD_HDR.size + length
+    return fields
+
+
+def _field_value(name: str, payload: bytes) -> str:
+    if name == "mac" and len(payload) == 6:
+        return "mac " + ":".join(f"{b:02x}" for b in payload)
+    if name == "capacity" and len(payload) == 8:
+        return f"capacity {int.from_bytes(payload, 'little')}"  # 512-byte sectors
+    if name in ("seg_max", "size_max") and len(payload) == 4:
+        return f"{name} {int.from_bytes(payload, 'little')}"
+    return f"{name} {payload.hex()}"
+
+
+def status_text(status: int) -> str:
+    """A device status byte (§10.4) as ``0x07 ack|driver|ok``."""
+    bits = [name for bit, name in _STATUS_NAMES.items() if status & bit]
+    other = status & ~sum(_STATUS_NAMES)
+    if other:
+        bits.append(f"{other:#x}")
+    return f"{status:#04x} " + "|".join(bits) if bits else f"{status:#04x}"
 
 
 def describe_boot(stream: TextIO, info: BootInfo) -> None:
@@ -29,32 +98,205 @@ def describe_boot(stream: TextIO, info: BootInfo) -> None:
     if info.initrd_size:
         con.print(f"[bold]initrd[/] {info.initrd_addr:#x} + {info.initrd_size:#x}")
     table = Table(title=f"device page at {info.device_page.address:#x}")
-    for column in ("offset", "type", "queue", "num", "irq", "pfn"):
+    for column in ("offset", "type", "queue", "num", "irq", "pfn", "status"):
         table.add_column(column)
+    configs = []
     for dev in info.device_page.devices:
+        kind = DeviceType(dev.spec.type).name.lower()
         for q in dev.queues:
-            table.add_row(f"{dev.offset:#x}", DeviceType(dev.spec.type).name.lower(),
-                          str(q.index), str(q.num), str(q.irq), f"{q.pfn:#x}")
+            table.add_row(f"{dev.offset:#x}", kind, str(q.index), str(q.num), str(q.irq),
+                          f"{q.pfn:#x}", status_text(0) if q.index == 0 else "")
+        fields = [_field_value(name, payload) for _, name, payload in _fields(dev) if payload]
+        if fields:
+            configs.append(f"{kind} at {dev.offset:#x}: " + ", ".join(fields))
     con.print(table)
+    for line in configs:
+        con.print(escape(line))
 
 
-def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit) -> None:
-    """A summary at exit: how it ended, instructions, time, hypercalls and traps."""
+def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
+                 wall_s: float | None = None) -> None:
+    """A summary at exit: how it ended, instructions and time, then what the Host did:
+    hypercalls by name, traps by vector, interrupts by line, vring operations by queue.
+    `wall_s` (the run's wall-clock seconds) is shown when given: it differs between runs,
+    so the caller passes it only where that is wanted (a terminal, or -vv)."""
     con = _console(stream)
-    clock = guest.clock
+    clock, stats = guest.clock, guest.stats
     con.print(f"[bold]{escape(outcome.line())}[/] (exit {outcome.status})")
-    con.print(f"executed {clock.executed} instructions in {guest.stats.slices} slices; "
-              f"guest time {clock.now_ns() / 1e9:.6f} s")
+    wall = ""
+    if wall_s is not None:
+        rate = clock.executed / wall_s / 1e6 if wall_s > 0 else 0.0
+        wall = f"; wall time {wall_s:.3f} s ({rate:.1f} M instructions/s)"
+    con.print(f"executed {clock.executed} instructions in {stats.slices} slices; "
+              f"guest time {clock.now_ns() / 1e9:.6f} s{wall}")
     table = Table(title="hypercalls")
     table.add_column("call")
     table.add_column("sync", justify="right")
     table.add_column("async", justify="right")
-    stats = guest.stats
     for nr in sorted(set(stats.hypercalls) | set(stats.async_hypercalls)):
-        table.add_row(hcall_name(nr), str(stats.hypercalls[nr]), str(stats.async_hypercalls[nr]))
+        ring = stats.async_hypercalls[nr]
+        table.add_row(hcall_name(nr), str(stats.hypercalls[nr] - ring), str(ring))
     con.print(table)
-    if stats.traps:
-        con.print("traps: " + ", ".join(f"{v}×{n}" for v, n in sorted(stats.traps.items())))
-    delivered = {line: n for line, n in enumerate(guest.interrupts.delivered) if n}
-    if delivered:
-        con.print("interrupts: " + ", ".join(f"irq {k}×{n}" for k, n in delivered.items()))
+    events = Table(title="traps, interrupts and vrings")
+    for column, justify in (("event", "left"), ("which", "left"), ("count", "right")):
+        events.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for vector, n in sorted(stats.traps.items()):
+        name = TRAP_NAMES.get(vector, f"int ${vector:#x}" if vector >= 32 else str(vector))
+        events.add_row("trap", f"{name} (vector {vector})", str(n))
+    if stats.page_fills:
+        events.add_row("page fill", "#PF absorbed by the Host", str(stats.page_fills))
+    for line, n in enumerate(guest.interrupts.delivered):
+        if n:
+            events.add_row("interrupt", f"irq {line} → vector {FIRST_EXTERNAL_VECTOR + line:#x}",
+                           str(n))
+    for queue, n in sorted(stats.vring.items()):
+        events.add_row("vring", f"{queue} chains returned", str(n))
+    if events.row_count:
+        con.print(events)
+    describe_devices(con, guest)
+
+
+def describe_devices(con: Console, guest: Guest) -> None:
+    """The device page as the guest left it: status bits, the config fields it read (their
+    type byte has 0x80 set, §10.2), and what each device did."""
+    page = guest.boot.device_page
+    ram = guest.memory.ram
+    table = Table(title="devices at exit")
+    for column in ("offset", "device", "status", "fields read"):
+        table.add_column(column)
+    activity = []
+    for device, dev in zip(guest.devices, page.devices, strict=True):
+        base = page.address + dev.offset
+        read = [name for offset, name, _ in _fields(dev)
+                if ram[base + offset] & CONFIG_FIELD_USED]
+        name = "hvc0" if dev.spec.type == DeviceType.CONSOLE else device.name
+        table.add_row(f"{dev.offset:#x}", name, status_text(ram[base + 2]),
+                      ", ".join(read) or "-")
+        if device.summary():
+            activity.append(f"{name}: {device.summary()}")
+    con.print(table)
+    for line in activity:
+        con.print(escape(line))
+
+
+# -- the status line --------------------------------------------------------------------
+class StatusLine:
+    """A live line on stderr while a guest runs: instructions, rate, hypercalls, guest time.
+
+    A run-loop controller (`Guest.controllers`): it looks at the clock at run boundaries
+    and redraws at most every `PERIOD_S`.  On a terminal the line is redrawn in place
+    (carriage return, erase to end of line) and appears only once a run has lasted
+    `DELAY_S`; forced onto something else (``--status``) it prints whole lines.  It never
+    changes what the guest sees: it only reads counters."""
+
+    PERIOD_S = 0.25
+    DELAY_S = 0.5
+
+    def __init__(self, guest: Guest, stream: TextIO, terminal: bool) -> None:
+        self.guest = guest
+        self.stream = stream
+        self.terminal = terminal
+        self._start = time.monotonic()
+        self._next = self._start + (self.DELAY_S if terminal else 0.0)
+        self._last = (self._start, 0)
+        self._shown = False
+        self._console = guest.console
+        self._tap: StreamTap | None = None
+
+    def attach(self) -> None:
+        self.guest.controllers.insert(0, self)
+        if self.terminal:
+            self._tap = tap_console(self._console, lambda data: self.clear())
+
+    def boundary(self, guest: Guest) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.PERIOD_S
+            self.draw(now)
+
+    def text(self, now: float) -> str:
+        """The line itself (rate over the time since the previous one)."""
+        executed = self.guest.clock.executed
+        then, before = self._last
+        self._last = (now, executed)
+        rate = (executed - before) / (now - then) / 1e6 if now > then else 0.0
+        hcalls = sum(self.guest.stats.hypercalls.values())
+        return (f"lgemu: {executed:,} instructions, {rate:.1f} M/s, {hcalls:,} hypercalls, "
+                f"guest time {self.guest.clock.now_ns() / 1e9:.3f} s")
+
+    def draw(self, now: float) -> None:
+        line = self.text(now)
+        if self.terminal:
+            self.stream.write(f"\r{line}\x1b[K")
+            self._shown = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Take the line off the terminal (before guest output, and at the end)."""
+        if self._shown:
+            self._shown = False
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self in self.guest.controllers:
+            self.guest.controllers.remove(self)
+        untap_console(self._console, self._tap)
+        if self.terminal:
+            self.clear()
+        else:
+            self.draw(time.monotonic())
+
+
+def attach_status(stack: ExitStack, guest: Guest, config: BootConfig,
+                  stream: TextIO | None) -> None:
+    """The status line when stderr is a terminal or `--status` asks, for `stack`'s life."""
+    if stream is None or not (config.status or is_terminal(stream)):
+        return
+    status = StatusLine(guest, stream, is_terminal(stream))
+    status.attach()
+    stack.callback(status.close)
+
+
+# -- lgemu info ----------------------------------------------------------------------------
+def describe_kernel(stream: TextIO, image: KernelImage, symbols: Symbols) -> None:
+    """`lgemu info`: the image, its segments, whether it is an lguest guest (and of which
+    ABI era, as far as symbols tell), and the symbols that matter to lguest."""
+    from .debug.symbols import NOTABLE_SYMBOLS, lguest_profile
+
+    con = _console(stream)
+    entry = symbols.symbolize(image.entry)
+    where = f" ({entry[0]}+{entry[1]:#x})" if entry else ""
+    kind = "ELF vmlinux (i386)" if image.kind == "elf" else "bzImage"
+    con.print(f"[bold]{escape(str(image.path))}[/]: {kind}, entry {image.entry:#x}"
+              f"{escape(where)}")
+    segments = Table(title="loadable segments")
+    for column in ("virtual", "physical", "size", "flags"):
+        segments.add_column(column, justify="right" if column == "size" else "left")
+    if symbols.segments:
+        for s in symbols.segments:
+            segments.add_row(f"{s.vaddr:#010x}", f"{s.paddr:#010x}", f"{s.memsz:#x}", s.flags)
+    else:
+        for seg in image.segments:
+            segments.add_row("-", f"{seg.paddr:#010x}", f"{seg.memsz:#x}", "")
+    con.print(segments)
+    profile = lguest_profile(symbols, LGUEST_DATA_SIZE)
+    verdict = "yes" if profile.is_guest else "no"
+    con.print(f"lguest guest: [bold]{verdict}[/]; ABI: {escape(profile.era)}")
+    for line in profile.evidence:
+        con.print(f"  {escape(line)}")
+    dwarf = "DWARF line table" if symbols.lines is not None else "no DWARF line table"
+    con.print(f"{len(symbols.symbols)} symbols, {dwarf}")
+    for problem in symbols.problems:
+        con.print(f"[yellow]note[/]: {escape(problem)}")
+    found = Table(title="symbols lguest cares about")
+    for column in ("symbol", "address", "size", "kind"):
+        found.add_column(column, justify="right" if column == "size" else "left")
+    for name in NOTABLE_SYMBOLS:
+        for sym in symbols.named(name):
+            found.add_row(sym.name, f"{sym.address:#010x}", str(sym.size),
+                          sym.kind + ("" if sym.is_global else ", local"))
+    if found.row_count:
+        con.print(found)

@@ -46,8 +46,9 @@ void *ioremap(u32 phys, unsigned int pages)
 
 	if (!vmalloc_next)
 		vmalloc_next = vmalloc_start();
+	/* pages + the guard page must fit (with RAM near 1 GiB there may be no room at all) */
 	if (phys & ~PAGE_MASK || pages == 0 ||
-	    pages > (VMALLOC_END - vmalloc_next) / PAGE_SIZE - 1)
+	    pages >= (VMALLOC_END - vmalloc_next) / PAGE_SIZE)
 		return NULL;
 	va = vmalloc_next;
 	vmalloc_next += (pages + 1) * PAGE_SIZE;	/* + the guard page */

@@ -169,12 +169,16 @@ struct virtqueue *lg_find_vq(struct lguest_device *dev, const char *name,
 	why = "ring address above 4 GiB";
 	if (lvq->config.pfn >= (1U << (32 - PAGE_SHIFT)))
 		goto fail;
+	why = "ring size is not a power of 2 up to " STR(VRING_MAX_NUM);
+	if (!lvq->config.num || (lvq->config.num & (lvq->config.num - 1)) ||
+	    lvq->config.num > VRING_MAX_NUM)
+		goto fail;
 	lvq->npages = PAGE_ALIGN(vring_size(lvq->config.num)) >> PAGE_SHIFT;
 	why = "cannot map the ring";
 	lvq->pages = ioremap(lvq->config.pfn << PAGE_SHIFT, lvq->npages);
 	if (!lvq->pages)
 		goto fail;
-	why = "ring size is not a power of 2";
+	why = "out of memory";
 	vq = vring_new_virtqueue(lvq->config.num, lvq->pages, name, lg_notify, callback);
 	if (!vq) {
 		iounmap(lvq->pages, lvq->npages);

@@ -24,7 +24,8 @@
 	} while (0)
 
 /* Each virtqueue takes one page: the struct, then its token array. */
-#define MAX_NUM	((PAGE_SIZE - sizeof(struct virtqueue)) / sizeof(void *))
+_Static_assert(sizeof(struct virtqueue) + VRING_MAX_NUM * sizeof(void *) <= PAGE_SIZE,
+	       "a virtqueue and its tokens fit a page");
 
 static void *free_vq_pages;	/* pages of deleted virtqueues, linked through their first word */
 
@@ -45,7 +46,7 @@ struct virtqueue *vring_new_virtqueue(unsigned int num, void *pages, const char 
 	struct virtqueue *vq;
 	unsigned int i;
 
-	if (num == 0 || (num & (num - 1)) || num > MAX_NUM)
+	if (num == 0 || (num & (num - 1)) || num > VRING_MAX_NUM)
 		return NULL;
 	vq = vq_page_alloc();
 	vq->data = (void **)(vq + 1);

@@ -66,6 +66,9 @@ static inline void vring_init(struct vring *vr, unsigned int num, void *pages)
 	vr->used = (struct vring_used *)((u8 *)pages + PAGE_ALIGN(16 * num + 4 + 2 * num));
 }
 
+/* The largest ring we accept: one page holds a virtqueue and its token array. */
+#define VRING_MAX_NUM	512
+
 /* One buffer of a request, as a kernel virtual address in the RAM mapping (scatterlist). */
 struct vbuf {
 	void *addr;

@@ -21,4 +21,12 @@ void test_ioports(void);
 void test_cpuid(void);
 void test_async_batch(void);
 
+/* Device programs over the lguest bus (drivers/): console input, disks, network. */
+void test_console_echo(void);
+void test_blk_read(void);
+void test_blk_write(void);
+void test_net_echo(void);
+void test_net_ping(void);
+void test_net_send(void);
+
 #endif

@@ -15,8 +15,27 @@ if TYPE_CHECKING:
     from ..host.guest import Guest
 
 
+# BootConfig fields that ask for a trace or the event log (see lgemu.debug.trace).
+TRACE_OPTIONS = ("trace", "events", "trace_regs", "trace_filter")
+
+
 @contextmanager
 def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) -> Iterator[None]:
-    """Attach the configured debugging aids to `guest` for the duration of the run."""
-    with ExitStack():
+    """Attach the configured debugging aids to `guest` for the duration of the run.
+    Traces, coverage and the status line are imported only when asked for (capstone,
+    pyelftools and rich take a while to load)."""
+    from .gdbstub import attach_control
+    from .tap import is_terminal
+
+    with ExitStack() as stack:
+        if config.status or is_terminal(stderr):  # first: it taps the console stream
+            from ..ui import attach_status
+            attach_status(stack, guest, config, stderr)
+        if any(getattr(config, name) for name in TRACE_OPTIONS) or config.trace_format != "text":
+            from .trace import attach_trace
+            attach_trace(stack, guest, config, stderr)
+        if config.coverage is not None:
+            from .coverage import attach_coverage
+            attach_coverage(stack, guest, config)
+        attach_control(stack, guest, config, stderr)  # last: time travel rewinds the guest
         yield

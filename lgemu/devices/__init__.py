@@ -9,14 +9,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import Device
-from .console import Console, ConsoleOutput
+from .block import Block, parse_block_option
+from .console import Console, ConsoleOutput, open_console_input
+from .net import Net
+from .netback import parse_net_option
 
 if TYPE_CHECKING:
     from ..cli import BootConfig
 
 
 def build_devices(config: BootConfig, output: ConsoleOutput) -> list[Device]:
-    """The devices `config` asks for, then the console."""
+    """The devices `config` asks for (`--block`, `--net`, in order), then the console.
+    If one cannot be built, those already open are closed before the error goes up."""
     devices: list[Device] = []
-    devices.append(Console(output))
+    disks = nets = 0
+    try:
+        for kind, value in config.devices:
+            if kind == "block":
+                path, read_only = parse_block_option(value)
+                devices.append(Block(path, read_only, disks))
+                disks += 1
+            else:
+                devices.append(Net(parse_net_option(value), nets))
+                nets += 1
+        devices.append(Console(output, open_console_input(config.console_input)))
+    except BaseException:
+        for device in devices:
+            device.close()
+        raise
     return devices

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..launcher.devicepage import DeviceSpec
-from .vring import Vring
+from .vring import Chain, Vring
 
 
 class Device:
@@ -66,6 +66,17 @@ class Device:
         """Raise the queue's IRQ unless the guest asked for none (§11.3)."""
         if queue.wants_interrupt():
             self.raise_irq(queue.irq)
+
+    def serve(self, queue: Vring, handle: Callable[[Chain], int],
+              more: Callable[[], bool] = lambda: True) -> None:
+        """Complete available chains in order while `more()`: `handle` does the work and
+        returns the bytes it wrote into the guest's buffers; one interrupt for them all."""
+        served = False
+        while more() and (chain := queue.pop()) is not None:
+            queue.push(chain.head, handle(chain))
+            served = True
+        if served:
+            self.interrupt(queue)
 
     def close(self) -> None:
         """Release host resources (files, sockets)."""

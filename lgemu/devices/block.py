@@ -112,17 +112,17 @@ class Block(Device):
 
     # -- requests ----------------------------------------------------------------------------
     def kick(self, queue: Vring) -> None:
-        served = False
-        while (chain := queue.pop()) is not None:
-            header, status_buffer = self._layout(queue, chain)
-            status, written = self._serve(queue, chain, header)
-            if status != VIRTIO_BLK_S_OK:
-                self.stats["errors"] += 1
-            queue.write((status_buffer,), bytes([status]))
-            queue.push(chain.head, written + 1)
-            served = True
-        if served:
-            self.interrupt(queue)
+        self.serve(queue, lambda chain: self._request(queue, chain))
+
+    def _request(self, queue: Vring, chain: Chain) -> int:
+        """One request, its status byte written: returns the bytes written into the guest
+        (data read, then the status byte)."""
+        header, status_buffer = self._layout(queue, chain)
+        status, written = self._serve(queue, chain, header)
+        if status != VIRTIO_BLK_S_OK:
+            self.stats["errors"] += 1
+        queue.write((status_buffer,), bytes([status]))
+        return written + 1
 
     @staticmethod
     def _layout(queue: Vring, chain: Chain) -> tuple[Buffer, Buffer]:

@@ -3,18 +3,46 @@
 Output buffers are written to the host's stdout byte for byte and returned at once: the
 2.6.24 driver spins until its buffer comes back, so the kick is served before the guest runs
 on.  Early-console strings (NOTIFY on a plain address) go to the same sink.
+
+Input comes from one `ConsoleInput`: the file named by `--console-input`, or else stdin.  It
+is moved into the buffers the guest posts on the input queue at slice boundaries only, never
+inside a kick, so the guest needs no kicks there (the queue carries NO_NOTIFY).  A regular
+file — `--console-input FILE`, or stdin redirected from one — is read only when a buffer is
+waiting, so a scripted session reaches the guest at the same instructions on every run.  A
+terminal or a pipe is read whenever it has bytes, up to a bound; its timing is the host's.
+
+A terminal is switched to raw-ish mode as the 2.6.24 Launcher did (no echo, no line editing,
+no signals, so Ctrl-C reaches the guest) and restored when the console is closed, on every
+way out of lgemu.  Ctrl-] (the telnet escape) typed there ends the run (`KeyboardQuit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import BinaryIO
+import select
+import stat
+import sys
+import termios
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from ..abi import DeviceType
+from ..errors import ExitStatus, LgemuExit, UserError
+from ..launcher.loader import file_errors
 from .base import Device
-from .vring import Vring
+from .vring import Chain, Vring, total_length
 
 INPUT_QUEUE, OUTPUT_QUEUE = 0, 1
+QUIT_KEY = 0x1D  # Ctrl-]
+READ_CHUNK = 4096  # the 2.6.24 driver's input buffer
+BACKLOG = 64 * 1024  # input read ahead of the guest from a terminal or pipe
+
+
+class KeyboardQuit(LgemuExit):
+    """The user typed the quit key on the console terminal."""
+
+    status = ExitStatus.INTERRUPTED
 
 
 class ConsoleOutput:
@@ -48,6 +76,109 @@ class ConsoleOutput:
         self.stream = None
 
 
+class ConsoleInput:
+    """One source of console input: a file descriptor and what kind of thing it is.
+
+    `kind` is "file" (a regular file: read on demand, reproducible), "tty" (a terminal, in
+    raw mode while open) or "pipe" (anything else: pipes, sockets, character devices)."""
+
+    def __init__(self, fd: int, kind: str, owned: bool) -> None:
+        self.fd = fd
+        self.kind = kind
+        self.owned = owned
+        self.open = True
+        self._saved_tty: list[Any] | None = None
+        if kind == "tty":
+            self._raw_mode()
+
+    @property
+    def live(self) -> bool:
+        """True when bytes arrive on the host's schedule (terminal, pipe), not on demand."""
+        return self.kind != "file"
+
+    def _raw_mode(self) -> None:
+        try:
+            self._saved_tty = termios.tcgetattr(self.fd)
+        except termios.error:
+            self.kind = "pipe"
+            return
+        raw = termios.tcgetattr(self.fd)
+        raw[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
+        raw[6][termios.VMIN] = 1
+        raw[6][termios.VTIME] = 0
+        termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+
+    def ready(self) -> bool:
+        """Can `read` return without blocking?"""
+        if not self.open:
+            return False
+        if self.kind == "file":
+            return True
+        try:
+            return bool(select.select([self.fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # let read() report it
+
+    def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes (call when `ready`); b"" at end of input, which closes it."""
+        try:
+            data = os.read(self.fd, limit)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        """Stop reading; restore the terminal."""
+        if self._saved_tty is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved_tty)
+            self._saved_tty = None
+        if self.open and self.owned:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.open = False
+
+
+def _kind(fd: int) -> str:
+    mode = os.fstat(fd).st_mode
+    if os.isatty(fd):
+        return "tty"
+    return "file" if stat.S_ISREG(mode) else "pipe"
+
+
+def open_console_input(path: Path | None, stdin: object = None) -> ConsoleInput | None:
+    """The console's input: `path` if given (`--console-input`), else `stdin` (default
+    `sys.stdin`) unless it has no usable file descriptor (as under pytest)."""
+    if path is not None:
+        with file_errors(path):
+            if path.is_dir():
+                raise UserError(f"{path}: is a directory")
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        kind = _kind(fd)
+        return ConsoleInput(fd, "pipe" if kind == "tty" else kind, owned=True)
+    stream = sys.stdin if stdin is None else stdin
+    try:
+        fd = stream.fileno()  # type: ignore[union-attr]
+        kind = _kind(fd)
+    except (AttributeError, ValueError, OSError):
+        return None
+    if kind == "tty" and _background(fd):
+        return None  # `lgemu boot &`: a background job leaves the terminal alone
+    return ConsoleInput(fd, kind, owned=False)
+
+
+def _background(fd: int) -> bool:
+    """Is `fd` our controlling terminal, with another process group in the foreground?"""
+    try:
+        return os.tcgetpgrp(fd) != os.getpgrp()
+    except OSError:  # not our controlling terminal: no job control applies
+        return False
+
+
 class Console(Device):
     """hvc0: the guest's console."""
 
@@ -55,18 +186,73 @@ class Console(Device):
     name = "console"
     num_queues = 2
 
-    def __init__(self, output: ConsoleOutput) -> None:
+    def __init__(self, output: ConsoleOutput, source: ConsoleInput | None = None) -> None:
         super().__init__()
         self.output = output
+        self.source = source
+        self.backlog = b""  # input read from the host, not yet in a guest buffer
+        self.bytes_in = 0
+
+    def attach(self, queues: list[Vring], raise_irq: Any) -> None:
+        super().attach(queues, raise_irq)
+        queues[INPUT_QUEUE].set_no_notify(True)  # input is polled at slice boundaries
 
     def kick(self, queue: Vring) -> None:
-        if queue is not self.queues[OUTPUT_QUEUE]:
-            return  # input buffers posted: console input is served by the input side
-        returned = False
-        while (chain := queue.pop()) is not None:
-            data = queue.gather(chain.readable)
-            self.output.write(data)
-            queue.push(chain.head, len(data))
-            returned = True
-        if returned:
-            self.interrupt(queue)
+        if queue is self.queues[OUTPUT_QUEUE]:
+            self.serve(queue, lambda chain: self._print(queue, chain))
+        # input buffers posted: filled at the next slice boundary
+
+    def _print(self, queue: Vring, chain: Chain) -> int:
+        """Write an output chain to stdout; like the Launcher, report its length back."""
+        if chain.writable:
+            raise queue.reject(chain, "device-writable buffer in the output queue")
+        for buffer in chain.buffers:
+            self.output.write(queue.gather((buffer,)))
+        return total_length(chain.buffers)
+
+    # -- input ---------------------------------------------------------------------------------
+    def poll(self) -> None:
+        source = self.source
+        inq = self.queues[INPUT_QUEUE]
+        if source is not None and source.open:
+            if source.live:
+                if len(self.backlog) < BACKLOG and source.ready():
+                    self._take(source.read(BACKLOG - len(self.backlog)))
+            elif not self.backlog and inq.pending():
+                self._take(source.read(BACKLOG))
+        if self.backlog:
+            self.serve(inq, lambda chain: self._feed(inq, chain), lambda: bool(self.backlog))
+
+    def _feed(self, queue: Vring, chain: Chain) -> int:
+        """Fill an input buffer from the backlog."""
+        if chain.readable:
+            raise queue.reject(chain, "device-readable buffer in the input queue")
+        n = queue.write(chain.writable, self.backlog)
+        self.backlog = self.backlog[n:]
+        self.bytes_in += n
+        return n
+
+    def _take(self, data: bytes) -> None:
+        if self.source is not None and self.source.kind == "tty" and QUIT_KEY in data:
+            raise KeyboardQuit("quit from the keyboard (Ctrl-])")
+        self.backlog += data
+
+    def wake_irqs(self) -> list[int]:
+        inq = self.queues[INPUT_QUEUE]
+        if self.source is None or not self.source.open or not inq.wants_interrupt():
+            return []
+        return [inq.irq] if inq.pending() else []
+
+    def wait_fds(self) -> list[int]:
+        source = self.source
+        if source is None or not source.open or not source.live or len(self.backlog) >= BACKLOG:
+            return []
+        return [source.fd]
+
+    def summary(self) -> str:
+        return f"output {self.output.bytes_written} bytes, input {self.bytes_in} bytes"
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+

@@ -24,9 +24,9 @@ code it could have run anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..abi import (
     PAGE_SHIFT,
@@ -44,8 +44,7 @@ from ..errors import GuestKilled
 from ..machine.memory import GuestMemory
 
 
-@dataclass(frozen=True)
-class Buffer:
+class Buffer(NamedTuple):
     """One descriptor of a chain: guest-physical range, and whether the device writes it."""
 
     addr: int
@@ -53,8 +52,7 @@ class Buffer:
     writable: bool
 
 
-@dataclass(frozen=True)
-class Chain:
+class Chain(NamedTuple):
     """A request popped from the available ring."""
 
     head: int
@@ -98,6 +96,10 @@ class WrittenPages:
 
 class Vring:
     """One virtqueue as the Host sees it."""
+
+    # Told of every chain returned to the guest, fn(ring, head, written): the Host's
+    # event log and statistics (`Guest`); None when nobody asked.
+    on_push: Callable[[Vring, int, int], None] | None = None
 
     def __init__(self, memory: GuestMemory, name: str, pfn: int, num: int, irq: int,
                  written: WrittenPages | None = None) -> None:
@@ -176,6 +178,12 @@ class Vring:
         VRING_USED_ELEM.pack_into(self.memory.ram, self.used + 4 + 8 * (used_idx % self.num),
                                   head, written)
         U16.pack_into(self.memory.ram, self.used + 2, (used_idx + 1) & 0xFFFF)
+        if self.on_push is not None:
+            self.on_push(self, head, written)
+
+    def indices(self) -> tuple[int, int]:
+        """(avail.idx, used.idx) as they stand in guest memory."""
+        return self._u16(self.avail + 2), self._u16(self.used + 2)
 
     def wants_interrupt(self) -> bool:
         """False while the guest has set VRING_AVAIL_F_NO_INTERRUPT."""

@@ -35,6 +35,8 @@ class Clock:
         self.executed = 0  # instructions executed before the current slice
         self._slice_ns = 0  # guest time when the current slice began
         self.deadline_ns: int | None = None  # one-shot timer, guest time
+        # Host monotonic time (seconds) no realtime idle wait may pass: the run's --timeout.
+        self.wake_by: float | None = None
 
     def now_ns(self, position: int = 0) -> int:
         """Guest time since boot; `position` = instructions into the current slice."""
@@ -70,11 +72,14 @@ class Clock:
         self._slice_ns += ran * self.ns_per_insn
 
     def idle_until_timer(self) -> None:
-        """A halted guest waits for its timer: skip ahead, or sleep in realtime mode."""
+        """A halted guest waits for its timer: skip ahead, or sleep in realtime mode (never
+        past `wake_by`; the caller then finds the timer not yet expired and looks around)."""
         assert self.deadline_ns is not None
         if self.realtime:
-            wait = self.deadline_ns - self.now_ns()
+            wait = (self.deadline_ns - self.now_ns()) / 1e9
+            if self.wake_by is not None:
+                wait = min(wait, self.wake_by - time.monotonic())
             if wait > 0:
-                time.sleep(wait / 1e9)
+                time.sleep(wait)
         else:
             self._slice_ns = max(self._slice_ns, self.deadline_ns)

@@ -8,11 +8,29 @@ stopping, except HALT, a timer that falls due before the slice ends, and the end
 
 Exits from hooks never raise through Unicorn: the outcome is stored, the CPU is stopped, and
 `run()` returns it.
+
+Controllers (debuggers, trace windows, `--stop-at`) steer the loop without changing what the
+guest sees.  A *slice* is the guest's own schedule: its length, and the work done at its start,
+depend only on guest state, so two runs cut the same way.  A controller may cut a slice into
+several *runs* of the CPU; between runs nothing happens but the controller's call:
+
+* `Guest.controllers` holds objects with `boundary(guest) -> int | None`, called before every
+  run with the guest between two instructions (`guest.icount` of them executed).  The return
+  value caps the next run's length (None: no cap; at least 1), e.g. `N - guest.icount` to get
+  control back at exactly instruction N.  `boundary` may block (a debugger waiting for its
+  user), change registers or memory, or raise an `LgemuExit` to end the run.  A controller
+  that rewinds the guest (time travel) goes last.
+* From a code hook (`Cpu.on_code`), `guest.pause()` ends the current run *before* the
+  instruction the hook fired for; from a memory hook (`Cpu.on_mem_access`),
+  `guest.pause_after()` ends it once the current instruction is over; `Cpu.set_breakpoints`
+  ends it before any instruction at the given addresses.  Either way the slice goes on
+  after the next `boundary` call, as if it had never been cut.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +47,7 @@ from ..abi import (
 )
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
-from ..devices.vring import Vring
+from ..devices.vring import Vring, WrittenPages
 from ..errors import (
     ExitStatus,
     GuestKilled,
@@ -41,7 +59,7 @@ from ..errors import (
 from ..launcher import BootInfo
 from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
-from . import cpu_model
+from . import cpu_model, events
 from .clock import Clock
 from .hypercalls import hypercall
 from .interrupts import Interrupts
@@ -52,6 +70,7 @@ from .traps import GP, Traps
 
 SLICE = 1_000_000  # instructions per slice when nothing is waiting
 PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it
+IDLE_WAIT_MAX_S = 0.25  # longest wait on host input before the run loop looks around
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 UD = 6
@@ -59,9 +78,6 @@ ICEBP = 0xF1
 OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # §5.7: opcode → length
 OPCODE_OUT = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1}
 OPSIZE_PREFIX = 0x66
-TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
-              10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
-              19: "#XM"}
 # What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
@@ -78,6 +94,8 @@ class Stats:
     async_hypercalls: Counter = field(default_factory=Counter)
     traps: Counter = field(default_factory=Counter)
     port_io: Counter = field(default_factory=Counter)
+    page_fills: int = 0  # #PFs absorbed by filling the shadow page directory
+    vring: Counter = field(default_factory=Counter)  # chains returned, by queue name
     slices: int = 0
 
 
@@ -102,7 +120,11 @@ class Guest:
         self.stats = Stats()
         self.outcome: LgemuExit | None = None
         self._stop_requested = False
+        self._paused = False  # a controller's hook cut the current run (see `pause`)
+        self._slice_left = 0  # instructions left in the current slice (0: at a slice start)
         self._slice_end_ns = 0
+        # Whatever steers the loop from run boundaries (see the module docstring).
+        self.controllers: list[Any] = []
         # A fault an instruction hook found, delivered at slice end: (vector, EIP, error).
         self._deferred_fault: tuple[int, int, int] | None = None
         self._deferred_regs: tuple[tuple[Reg, int], ...] = ()  # undone before that #GP
@@ -111,10 +133,17 @@ class Guest:
         self.observers: list[Callable[[int, str, str], None]] = []
         self.devices = devices
         self.queues: dict[int, tuple[Device, Vring]] = {}
+        # Guest pages the devices wrote (DMA): their translated code is dropped before the
+        # guest runs on (unicorn-notes §8).
+        self.written = WrittenPages()
+        self._idle_episode: tuple[tuple[int, int] | None, float] = (None, 0.0)
         for device, layout in zip(devices, boot.device_page.devices, strict=True):
-            rings = [Vring(memory, f"{device.name}.{q.index}", q.pfn, q.num, q.irq)
-                     for q in layout.queues]
+            rings = [Vring(memory, f"{device.name}.{q.index}", q.pfn, q.num, q.irq,
+                           self.written) for q in layout.queues]
+            for ring in rings:
+                ring.on_push = self._vring_pushed
             device.attach(rings, self.interrupts.raise_irq)
+            device.wall_ns = self._wall_ns
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
         self._install_hooks()
         self._boot_cpu()
@@ -177,6 +206,23 @@ class Guest:
 
     _in_slice = False
 
+    @property
+    def icount(self) -> int:
+        """Instructions executed so far; inside a hook, including the one being executed."""
+        return self.clock.executed + self.position()
+
+    def pause(self) -> None:
+        """From a code hook: end this run before the instruction the hook fired for; the
+        slice resumes after the controllers' next `boundary` (the guest sees nothing)."""
+        self._paused = True
+        self.cpu.stop_before_current()
+
+    def pause_after(self) -> None:
+        """From a memory (or any) hook: end this run once the current instruction is over;
+        the slice resumes as for `pause`."""
+        self._paused = True
+        self.cpu.stop_after_current()
+
     def stop(self) -> None:
         """End the current slice after this instruction."""
         self._stop_requested = True
@@ -212,6 +258,7 @@ class Guest:
         if target is not None:
             device, ring = target
             device.kick(ring)
+            self._invalidate_written()
             return
         if addr >= self.memory.limit:
             raise GuestKilled(f"bad NOTIFY address {addr:#x}")
@@ -233,12 +280,14 @@ class Guest:
         cpu, traps = self.cpu, self.traps
         # Vectors from 32 up only come from `int n`; below, ask the CPU what happened.
         error_code, software = cpu.fault_info() if vector < 32 else (0, True)
-        self.stats.traps[vector] += 1
-        if self.observers:
-            detail = f" cr2={cpu.reg(Reg.CR2):#x}" if vector == 14 else ""
-            self.emit("trap", f"trap {TRAP_NAMES.get(vector, vector)} eip={eip:#x} "
-                              f"err={error_code:#x}{detail}" if not software
-                      else f"trap int ${vector:#x} eip={eip:#x} cpl={cpl}")
+        if software:
+            self.stats.traps[vector] += 1
+            if self.observers:
+                self.emit("trap", events.software_interrupt(vector, eip, cpl))
+        elif vector != 14:
+            self.stats.traps[vector] += 1
+            if self.observers:
+                self.emit("trap", events.trap(vector, eip, error_code))
         if software:  # `int n`, `int3`, `into`: EIP is already past the instruction
             if traps.software_interrupt_allowed(vector, cpl):
                 traps.deliver(vector, eip, None, direct=True, software=True, context=context)
@@ -249,8 +298,14 @@ class Guest:
         if vector == 14:
             cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (spike O1)
             if self.paging.demand_fault(cr2, error_code):
+                self.stats.page_fills += 1
+                if self.observers:
+                    self.emit("pgfill", events.page_fill(eip, cr2, error_code))
                 cpu.ack_exception()
                 return
+            self.stats.traps[14] += 1
+            if self.observers:
+                self.emit("trap", events.trap(14, eip, error_code, cr2))
             if self._is_string_io(eip):
                 # Unicorn touches memory before it asks about the port; the CPU checks the
                 # I/O privilege first, and the guest never has it (§5.7): #GP(0).
@@ -279,9 +334,13 @@ class Guest:
             # Unicorn has no #DB for icebp ("int1"); the CPU raises one, as a trap (EIP
             # after it) with no gate DPL check.
             self.stats.traps[1] += 1
+            if self.observers:
+                self.emit("trap", events.trap(1, (eip + 1) & 0xFFFFFFFF, 0))
             self.traps.reflect(1, (eip + 1) & 0xFFFFFFFF, 0)
         else:
             self.stats.traps[6] += 1
+            if self.observers:
+                self.emit("trap", events.trap(6, eip, 0))
             self.traps.reflect(6, eip, 0)
         self._after_exit()
 
@@ -294,7 +353,13 @@ class Guest:
     def _inject(self, eip: int) -> None:
         line = self.interrupts.maybe_interrupt(self.data, eip, self._wall_ns)
         if line is not None and self.observers:
-            self.emit("irq", f"irq {line} → vec {FIRST_EXTERNAL_VECTOR + line:#x} eip={eip:#x}")
+            self.emit("irq", events.irq(line, FIRST_EXTERNAL_VECTOR + line, eip))
+
+    def _vring_pushed(self, ring: Vring, head: int, written: int) -> None:
+        """A device returned a chain: count it, and tell the observers."""
+        self.stats.vring[ring.name] += 1
+        if self.observers:
+            self.emit("vring", events.vring(ring.name, head, written, *ring.indices()))
 
     def _wall_ns(self) -> int:
         return self.clock.wall_ns(self.position())
@@ -391,12 +456,55 @@ class Guest:
             raise GuestKilled("attempt to access switcher pages")
         raise GuestKilled(f"bad page table entry (physical address {addr:#x} is not memory)")
 
+    # -- devices between slices --------------------------------------------------------------
+    def _poll_devices(self) -> None:
+        """Slice boundary: host input (console bytes, received frames) into posted buffers."""
+        for device in self.devices:
+            device.poll()
+        self._invalidate_written()
+
+    def _invalidate_written(self) -> None:
+        """Drop translated code of the pages devices wrote, before the guest runs on."""
+        if self.written.pages:
+            self.cpu.invalidate_code(self.written.take())
+
+    def _idle(self) -> None:
+        """A halted guest waits for its timer, or for host input that can wake it: input
+        into buffers it posted on a queue whose IRQ it wants and has not blocked."""
+        clock = self.clock
+        blocked = self.data.blocked_interrupts if self.data is not None else ~0
+        fds = [fd for device in self.devices
+               if any(not blocked >> line & 1 for line in device.wake_irqs())
+               for fd in device.wait_fds()]
+        if not fds:
+            if clock.deadline_ns is None:
+                raise GuestStuck("halted with no timer set and no interrupt that can wake it")
+            clock.idle_until_timer()
+            return
+        # Wait on the host's clock (so such runs are not reproducible), in short steps so a
+        # wall-clock --timeout is still noticed.  Virtual time stands still while halted: the
+        # real time already waited for this deadline counts against it.
+        wait = IDLE_WAIT_MAX_S
+        if clock.deadline_ns is not None:
+            left = (clock.deadline_ns - clock.now_ns()) / 1e9
+            if not clock.realtime:
+                episode = (clock.deadline_ns, clock.executed)
+                if self._idle_episode[0] != episode:
+                    self._idle_episode = (episode, time.monotonic())
+                left -= time.monotonic() - self._idle_episode[1]
+            if left <= 0:
+                clock.idle_until_timer()
+                return
+            wait = min(wait, left)
+        select.select(fds, [], [], wait)  # the next step polls the devices
+
     # -- the loop --------------------------------------------------------------------------
     def run(self, max_instructions: int | None = None,
             timeout: float | None = None) -> LgemuExit:
         """Run until the guest powers down, crashes, is killed or can never wake, or until
         `max_instructions` have executed or `timeout` wall-clock seconds have passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.clock.wake_by = deadline  # a realtime halt must not sleep through the timeout
         try:
             while self.outcome is None:
                 self._step(max_instructions)
@@ -405,26 +513,34 @@ class Guest:
                                        ExitStatus.TIMEOUT)
         except LgemuExit as outcome:
             self.outcome = self.outcome or outcome
+        except CpuError as e:
+            # A delivery between slices met a segment the guest broke (as `_guarded` does).
+            self.outcome = self.outcome or GuestKilled(f"unhandled trap 256 ({e})")
         return self.outcome
 
     def _step(self, max_instructions: int | None) -> None:
         clock, interrupts = self.clock, self.interrupts
-        if clock.expired():
-            interrupts.raise_irq(IRQ_TIMER)
-        eip = self.cpu.reg(Reg.EIP)
-        if self.data is not None and interrupts.pending:
-            self._inject(eip)
-        if interrupts.halted:
-            if clock.deadline_ns is None:
-                raise GuestStuck("halted with no timer set and no interrupt that can wake it")
-            clock.idle_until_timer()
-            return
-        limit = PENDING_SLICE if interrupts.pending else SLICE
-        if max_instructions is not None:
-            limit = min(limit, max_instructions - clock.executed)
-        budget = clock.slice_budget(limit)
-        self._slice_end_ns = clock.now_ns() + budget * clock.ns_per_insn
+        if not self._slice_left:
+            # A slice starts: what lguest did before every guest entry.  Nothing here may
+            # depend on how controllers cut the previous slice into runs.
+            self._poll_devices()
+            if clock.expired():
+                interrupts.raise_irq(IRQ_TIMER)
+            eip = self.cpu.reg(Reg.EIP)
+            if self.data is not None and interrupts.pending:
+                self._inject(eip)
+            if interrupts.halted:
+                self._idle()
+                return
+            limit = PENDING_SLICE if interrupts.pending else SLICE
+            if max_instructions is not None:
+                limit = min(limit, max_instructions - clock.executed)
+            self._slice_left = clock.slice_budget(limit)
+            self._slice_end_ns = clock.now_ns() + self._slice_left * clock.ns_per_insn
+        caps = [cap for c in self.controllers if (cap := c.boundary(self)) is not None]
+        budget = max(1, min(self._slice_left, *caps)) if caps else self._slice_left
         self._stop_requested = False
+        self._paused = False
         self._in_slice = True
         try:
             self.cpu.run(self.cpu.reg(Reg.EIP), budget)
@@ -433,12 +549,15 @@ class Guest:
                 self.outcome = GuestKilled(f"CPU error: {e}")
         finally:
             self._in_slice = False
-        ran = min(self.cpu.slice_position, budget)
+        ran = self.cpu.completed
         clock.end_slice(ran)
+        self._slice_left -= ran
         self.stats.slices += 1
         if self.outcome is not None:
             return
-        if ran < budget and not self._stop_requested:
+        if self._stop_requested:
+            self._slice_left = 0  # the guest ended its slice (HALT, timer, fault, exit)
+        elif ran < budget and not (self._paused or self.cpu.at_breakpoint):
             raise GuestKilled(f"triple fault at {self.cpu.reg(Reg.EIP):#x}")
         if self._deferred_fault is not None:
             (vector, eip, error_code), self._deferred_fault = self._deferred_fault, None
@@ -446,6 +565,8 @@ class Guest:
                 self.cpu.set_reg(reg, value)
             self._deferred_regs = ()
             self.stats.traps[vector] += 1
+            if self.observers:
+                self.emit("trap", events.trap(vector, eip, error_code))
             self.traps.reflect(vector, eip, error_code)
         if max_instructions is not None and clock.executed >= max_instructions:
             raise LimitReached(f"instruction limit of {max_instructions} reached",

@@ -30,6 +30,7 @@ from ..abi import (
     Hcall,
 )
 from ..errors import GuestCrashed, GuestKilled, PowerDown
+from . import events
 from .lguest_data import LguestData
 
 if TYPE_CHECKING:
@@ -172,14 +173,15 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
-def run_hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
+def run_hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int,
+                  from_ring: bool = False) -> None:
     """Execute one call, synchronous or from the ring."""
     handler = HANDLERS.get(nr)
     if handler is None:
         raise GuestKilled(f"Bad hypercall {nr}")
     g.stats.hypercalls[nr] += 1
     if g.observers:
-        g.emit("hcall", f"hcall {Hcall(nr).name} {a1:#x} {a2:#x} {a3:#x}")
+        g.emit("hcall", events.hcall(nr, a1, a2, a3, from_ring))
     handler(g, a1, a2, a3)
 
 
@@ -193,7 +195,7 @@ def _drain_ring_pass(g: Guest) -> bool:
         g.ring_cursor = (slot + 1) % LHCALL_RING_SIZE
         nr, a1, a2, a3 = data.ring_args(slot)
         g.stats.async_hypercalls[nr] += 1
-        run_hypercall(g, nr, a1, a2, a3)
+        run_hypercall(g, nr, a1, a2, a3, from_ring=True)
         data.ring_done(slot)
         if nr == Hcall.NOTIFY:
             return True
@@ -207,7 +209,7 @@ def hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
             raise GuestKilled(f"hypercall {nr} before INIT")
         g.stats.hypercalls[nr] += 1
         if g.observers:
-            g.emit("hcall", f"hcall LGUEST_INIT {a1:#x}")
+            g.emit("hcall", events.hcall(nr, a1, a2, a3))
         lguest_init(g, a1, a2, a3)
         return
     # lguest returned to the Launcher at a ring NOTIFY and drained the rest on re-entry;

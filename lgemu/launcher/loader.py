@@ -38,6 +38,7 @@ from elftools.elf.elffile import ELFFile
 from ..abi import KERNEL_LOAD_ADDR, SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET, U32
 from ..errors import UserError
 from ..machine.memory import MAX_RAM
+from .guestcheck import check_lguest_guest
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -58,6 +59,7 @@ SECTOR_SIZE = 512
 
 # What we read before deciding which kind of image this is: enough for either header.
 _HEAD_SIZE = max(ELF64_EHDR_SIZE, BZ_HEADER_END)
+_MAGIC_END = SETUP_HEADER_MAGIC_OFFSET + len(SETUP_HEADER_MAGIC)
 
 # Readable names for the machines people are most likely to feed us by mistake; pyelftools
 # names the rest.
@@ -147,17 +149,21 @@ def _check_in_ram(path: Path, paddr: int, memsz: int) -> None:
 
 
 def load_kernel(path: str | Path) -> KernelImage:
-    """Read and check a vmlinux (ELF) or bzImage; raise `UserError` for anything else."""
+    """Read and check a vmlinux (ELF) or bzImage; raise `UserError` for anything else,
+    including a Linux kernel that is certainly not an lguest guest (`guestcheck`)."""
     path = Path(path)
     with open_regular_file(path) as f:
         size = os.fstat(f.fileno()).st_size
         head = _read_exactly(path, f, 0, min(size, _HEAD_SIZE))
         # Like lguest's Launcher: ELF magic wins; otherwise it has to be a bzImage.
+        kernel = None
         if head.startswith(ELF_MAGIC):
-            return _load_elf(path, f, size, head)
-        magic_end = SETUP_HEADER_MAGIC_OFFSET + len(SETUP_HEADER_MAGIC)
-        if head[SETUP_HEADER_MAGIC_OFFSET:magic_end] == SETUP_HEADER_MAGIC:
-            return _load_bzimage(path, f, size, head)
+            kernel = _load_elf(path, f, size, head)
+        elif head[SETUP_HEADER_MAGIC_OFFSET:_MAGIC_END] == SETUP_HEADER_MAGIC:
+            kernel = _load_bzimage(path, f, size, head)
+        if kernel is not None:
+            check_lguest_guest(path, f)
+            return kernel
     raise _fail(path, "not an ELF kernel or bzImage")
 
 

@@ -26,13 +26,17 @@ from enum import IntEnum
 import unicorn
 from unicorn import (
     UC_ARCH_X86,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ,
     UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_WRITE,
     UC_MODE_32,
     UC_PROT_ALL,
     UC_PROT_EXEC,
@@ -42,7 +46,13 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
-from unicorn.unicorn_py3.unicorn import uccallback, uclib
+from unicorn.unicorn_py3.unicorn import (
+    HOOK_CODE_CFUNC,
+    HOOK_EDGE_GEN_CFUNC,
+    HOOK_MEM_ACCESS_CFUNC,
+    uccallback,
+    uclib,
+)
 
 from ..abi import PAGE_SIZE
 from .memory import HOST_PHYS, HOST_UNTIL, GuestMemory, switcher_linear
@@ -57,6 +67,7 @@ OFF_ERROR_CODE = 5384
 OFF_EXCEPTION_IS_INT = 5388
 OFF_OLD_EXCEPTION = 5496
 OFF_EMU_COUNTER = 1368
+OFF_EMU_COUNT = 1376  # uc_struct.emu_count: the `count` limit the counter is checked against
 
 CR0_PE, CR0_MP, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 8, 0x10, 0x20, 0x10000, 0x80000000
 CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
@@ -88,6 +99,15 @@ class Reg(IntEnum):
     CR2 = X.UC_X86_REG_CR2
     CR3 = X.UC_X86_REG_CR3
     CR4 = X.UC_X86_REG_CR4
+    # The x87 unit's control registers (its data registers: `fp_register`).
+    FPCW = X.UC_X86_REG_FPCW
+    FPSW = X.UC_X86_REG_FPSW
+    FPTAG = X.UC_X86_REG_FPTAG  # the full tag word, two bits per register
+    FCS = X.UC_X86_REG_FCS
+    FIP = X.UC_X86_REG_FIP
+    FDS = X.UC_X86_REG_FDS
+    FDP = X.UC_X86_REG_FDP
+    FOP = X.UC_X86_REG_FOP
 
 
 SELECTORS = frozenset({Reg.CS, Reg.SS, Reg.DS, Reg.ES, Reg.FS, Reg.GS})
@@ -121,6 +141,11 @@ class Cpu:
         self._write = uclib.uc_reg_write
         self._counter = ctypes.c_uint64.from_address(
             ctypes.cast(self._h, ctypes.c_void_p).value + OFF_EMU_COUNTER)
+        self._count = ctypes.c_uint64.from_address(
+            ctypes.cast(self._h, ctypes.c_void_p).value + OFF_EMU_COUNT)
+        self._stopped_before = False  # the last run ended before the instruction it counted
+        self._breakpoints: frozenset[int] = frozenset()
+        self.at_breakpoint = False  # the last run ended at one of `set_breakpoints`
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value + CTX_HEADER
         self._hflags = ctypes.c_uint32.from_address(base + OFF_HFLAGS)
@@ -206,19 +231,55 @@ class Cpu:
     # -- running ---------------------------------------------------------------------------
     def run(self, eip: int, count: int) -> None:
         """Run from `eip` for at most `count` instructions (count slicing only, spike O7)."""
+        self._stopped_before = False
         try:
             self.uc.emu_start(eip, UNTIL, 0, count)
         except UcError as e:
             raise CpuError(f"{e} at eip {self.reg(Reg.EIP):#x}") from None
+        self.at_breakpoint = bool(self._breakpoints) and self.reg(Reg.EIP) in self._breakpoints
+        if self.reg(Reg.CS) & 3 == 3:
+            # Measured: a run that ends in ring 3 leaves a page fault in the CPU state (the
+            # exit looks at `until`, a supervisor page, as ring 3), and the guest's next
+            # fault would become a double fault.  No fault is pending between runs.
+            self.ack_exception()
 
     @property
     def slice_position(self) -> int:
         """Instruction attempts so far in the current `run` (valid inside hooks)."""
         return self._counter.value
 
+    @property
+    def completed(self) -> int:
+        """Instructions the last `run` completed.  Unicorn counts an instruction before its
+        code hooks run and stops (count exhausted) one attempt past the limit."""
+        done = min(self._counter.value, self._count.value)
+        return done - 1 if self._stopped_before else done
+
     def stop(self) -> None:
-        """Make `run` return after the current instruction (call from a hook)."""
+        """Make `run` return after the current instruction (call from a hook).
+
+        `emu_stop` alone stops in time, but measured: from an instruction hook (`out`,
+        `sysenter`) with no code hook but the count's installed, Unicorn counts one more
+        attempt, an instruction it never runs.  Lowering the count limit as well keeps
+        `completed` exact whatever hooks exist (a debugger's breakpoints must not change
+        the guest's instruction count)."""
+        self._count.value = min(self._count.value, self._counter.value)
         self.uc.emu_stop()
+
+    def stop_before_current(self) -> None:
+        """From a code hook: make `run` return before the instruction the hook fired for
+        (EIP stays on it; `completed` does not count it)."""
+        self._stopped_before = True
+        self.uc.emu_stop()
+
+    def stop_after_current(self) -> None:
+        """From any hook: let the current instruction finish, then make `run` return.
+
+        Lowers the running `count` limit to the instructions counted so far, so Unicorn's own
+        count check stops before the next one.  `emu_stop` from a memory hook would not do:
+        it abandons the instruction after its store and restarts it on the next run (the
+        store happens twice, and the attempt is counted twice)."""
+        self._count.value = self._counter.value
 
     def flush_tlb(self) -> None:
         """Forget every cached translation (guest page tables changed)."""
@@ -227,6 +288,10 @@ class Cpu:
     def set_cr3(self, pgdir: int) -> None:
         """Switch address space (implies a TLB flush)."""
         self.set_reg(Reg.CR3, pgdir)
+
+    def flush_code(self) -> None:
+        """Drop every translated block (after guest memory was replaced wholesale)."""
+        self.uc.ctl_flush_tb()
 
     def invalidate_code(self, pages: list[int]) -> None:
         """Drop translated code for physical pages the Host wrote (unicorn-notes §8.3)."""
@@ -292,6 +357,76 @@ class Cpu:
         self._callbacks.append(callback)
         self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(instruction))
 
+    def set_breakpoints(self, addresses: frozenset[int]) -> None:
+        """Make every run stop before executing an instruction at one of these linear
+        addresses (a run starting at one stops at once: leave it out to step over it).
+
+        These are Unicorn's exits: checked when code is translated, so they cost nothing
+        while the guest runs elsewhere, whereas a code hook, even on an address never
+        reached, makes every instruction of a count-sliced run slower (tools/bench).  The
+        price is paid on change: all translated code is dropped.  The instruction at the
+        exit is not counted; `at_breakpoint` tells the run loop why the run ended early."""
+        addresses = frozenset(addresses)
+        if addresses == self._breakpoints:
+            return
+        self._breakpoints = addresses
+        if addresses:
+            self.uc.ctl_exits_enabled(True)
+            self.uc.ctl_set_exits([UNTIL, *sorted(addresses)])
+        else:
+            self.uc.ctl_exits_enabled(False)
+        self.flush_code()
+
+    def on_code(self, fn: Callable[[int], None], begin: int, end: int) -> int:
+        """fn(address) before each instruction at a linear address in [begin, end]; returns a
+        handle for `remove_hook`.  Measured: with count slicing, one more code hook makes
+        every instruction about 1.5 times slower, wherever its range is (to stop at an
+        address, `set_breakpoints` costs nothing)."""
+        return self.uc.hook_add(UC_HOOK_CODE, lambda uc, address, size, ud: fn(address),
+                                None, begin, end)
+
+    def on_mem_access(self, fn: Callable[[bool, int, int, int], None], begin: int, end: int,
+                      read: bool, write: bool) -> int:
+        """fn(is_write, address, size, value) when an instruction reads or writes a linear
+        address in [begin, end] (before the access); returns a handle for `remove_hook`.
+        While any memory hook exists every load takes Unicorn's slow path (unicorn-notes §7):
+        install these only while they are wanted."""
+        kinds = (UC_HOOK_MEM_READ if read else 0) | (UC_HOOK_MEM_WRITE if write else 0)
+
+        def cb(uc: Uc, access: int, address: int, size: int, value: int, ud: object) -> None:
+            fn(access == UC_MEM_WRITE, address, size, value)
+        return self.uc.hook_add(kinds, cb, None, begin, end)
+
+    def remove_hook(self, handle: int) -> None:
+        """Remove a hook added by `on_code` or `on_mem_access` (call between runs).
+
+        Unicorn drops the translated code the hook was compiled into, looking its address up
+        through the current page tables; when that address is not mapped there, the failed
+        walk leaves a page fault in the CPU state, and the guest's next fault would become a
+        double fault (as with emu_start's `until`, spike O1).  No fault is pending between
+        runs, so it is acknowledged away."""
+        self.uc.hook_del(handle)
+        self.ack_exception()
+
+    # -- the x87 unit and whole-CPU state ---------------------------------------------------
+    def fp_register(self, index: int) -> tuple[int, int]:
+        """Physical x87 data register R`index` as (64-bit mantissa, 16-bit sign+exponent)."""
+        return self.uc.reg_read(X.UC_X86_REG_FP0 + index)
+
+    def set_fp_register(self, index: int, mantissa: int, exponent: int) -> None:
+        """Store physical x87 data register R`index`."""
+        self.uc.reg_write(X.UC_X86_REG_FP0 + index, (mantissa, exponent))
+
+    def save_state(self) -> object:
+        """Every CPU register, as an opaque value for `restore_state`."""
+        return self.uc.context_save()
+
+    def restore_state(self, state: object) -> None:
+        """Put back a `save_state` (guest memory is the caller's; translations are flushed)."""
+        self.uc.context_restore(state)
+        self.flush_tlb()
+        self.flush_code()
+
     def on_bad_access(self, fn: Callable[[str, int], None]) -> None:
         """fn(kind, physical address) when the guest reaches outside its memory or writes
         the host pages; the handler must stop the CPU."""
@@ -305,6 +440,73 @@ class Cpu:
         self.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED
                          | UC_HOOK_MEM_FETCH_UNMAPPED, unmapped)
         self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, protected)
+
+    # -- instrumentation for traces and coverage -----------------------------------------
+    # Bare ctypes callbacks (no binding wrapper): per-instruction work runs about twice as
+    # fast.  The handles go into the binding's table, so `remove_hook` works for them too.
+    # The callbacks must not raise: ctypes would print the exception and carry on.
+    # Unicorn decides which hooks a block calls when it translates the block: code
+    # translated before a code, block or memory hook was added never calls it (measured on
+    # 2.1.4), so adding one drops every translated block.
+    def _add_hook(self, kind: int, callback: object, begin: int, end: int) -> int:
+        handle = self.uc._Uc__do_hook_add(kind, callback, begin, end)
+        self.uc.ctl_flush_tb()
+        return handle
+
+    @property
+    def position_view(self) -> ctypes.c_uint64:
+        """The live counter behind `slice_position`, for hooks that read it on every
+        instruction (``view.value``; a property call would cost more than the read)."""
+        return self._counter
+
+    def on_instruction(self, fn: Callable[[int, int], None], begin: int = 1,
+                       end: int = 0) -> int:
+        """fn(address, size) before each instruction at a linear address in [begin, end]
+        (every address when begin > end); a handle for `remove_hook`.  As for `on_code`, a
+        range the guest never reaches costs nothing (unicorn-notes §6)."""
+        callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: fn(address, size))
+        return self._add_hook(unicorn.UC_HOOK_CODE, callback, begin, end)
+
+    def on_block(self, fn: Callable[[int, int], None], begin: int = 1, end: int = 0) -> int:
+        """fn(address, size) each time a translated block starting in [begin, end] runs
+        (size in bytes, as Unicorn translated it); a handle for `remove_hook`."""
+        callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: fn(address, size))
+        return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
+
+    def on_block_linked(self, fn: Callable[[int, int], None], begin: int = 1,
+                        end: int = 0) -> int:
+        """fn(address, size) when Unicorn links a block starting in [begin, end] to the block
+        that jumped to it (UC_HOOK_EDGE_GENERATED): a newly translated block, at the latest
+        when a direct jump first reaches it.  For caches keyed by code address."""
+        def cb(h: object, cur: ctypes._Pointer, prev: ctypes._Pointer, ud: object) -> None:
+            tb = cur.contents
+            fn(tb.pc, tb.size)
+        callback = HOOK_EDGE_GEN_CFUNC(cb)
+        return self.uc._Uc__do_hook_add(unicorn.UC_HOOK_EDGE_GENERATED, callback, begin, end)
+
+    def on_memory_values(self, fn: Callable[[bool, int, int, int], None], begin: int = 1,
+                         end: int = 0) -> int:
+        """fn(is_write, address, size, value) after each read (the value read) and before
+        each write (the value written) at a linear address in [begin, end]; a handle for
+        `remove_hook`.  Like any memory hook it slows every load (unicorn-notes §7)."""
+        def cb(h: object, access: int, address: int, size: int, value: int, ud: object) -> None:
+            fn(access == unicorn.UC_MEM_WRITE, address, size, value)
+        callback = HOOK_MEM_ACCESS_CFUNC(cb)
+        return self._add_hook(unicorn.UC_HOOK_MEM_READ_AFTER | unicorn.UC_HOOK_MEM_WRITE,
+                              callback, begin, end)
+
+    def read_code(self, address: int, size: int) -> bytes | None:
+        """`size` bytes at linear `address` through the current page tables (an instruction
+        being executed, say), or None if any of them is unmapped.  A failed walk would
+        overwrite CR2 (unicorn-notes §8.5); it is put back."""
+        buf = ctypes.create_string_buffer(size)
+        cr2 = self.reg(Reg.CR2)
+        status = uclib.uc_vmem_read(self._h, ctypes.c_uint64(address),
+                                    ctypes.c_int(UC_PROT_READ), buf, ctypes.c_size_t(size))
+        if status:
+            self.set_reg(Reg.CR2, cr2)
+            return None
+        return buf.raw
 
 
 # -- self-test --------------------------------------------------------------------------
@@ -350,3 +552,6 @@ def _self_test(mem: GuestMemory) -> None:
     want = [(0x1F, 2, 0, True, 1), (13, 4, 0x1230, False, 1), (13, 5, 0x1230, False, 1)]
     if seen != want:
         raise SelfTestError(f"Unicorn internals differ from {UNICORN_VERSION}: {seen} != {want}")
+    if cpu._count.value != 6 or cpu.completed != 6:
+        raise SelfTestError(f"Unicorn internals differ from {UNICORN_VERSION}: emu_count "
+                            f"{cpu._count.value}, completed {cpu.completed} (want 6)")

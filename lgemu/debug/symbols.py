@@ -1,0 +1,343 @@
+"""Addresses → names: a kernel's symbol table and DWARF line table, for traces and `info`.
+
+A trace line says ``startup_32+0x3`` and ``guest_kernel/boot.S:42`` instead of a bare EIP.
+Two things make that less obvious than a lookup:
+
+* **Physical aliases.**  A vmlinux is linked at PAGE_OFFSET (0xC0100000) but loaded at its
+  physical address, and lguest starts it there with paging mapping virtual = physical
+  (§1, §2): until `lguest_entry` jumps into the kernel window, EIP is 0x1000xx.  An address
+  inside a PT_LOAD segment's *physical* range (and no segment's virtual range) is looked up
+  at ``address - p_paddr + p_vaddr``, its link address.
+* **Size.**  A real vmlinux has tens of thousands of symbols and megabytes of DWARF.  The
+  symbol table is read with `struct` in one pass (pyelftools only finds the sections), and
+  line tables are decoded one compilation unit at a time, when an address in it is first
+  asked for (.debug_aranges says which unit).
+
+Nothing here trusts the file beyond what the Launcher already checked: a symbol table or
+DWARF that pyelftools cannot read leaves that part empty and says why in `problems`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import posixpath
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+ELF32_SYM = struct.Struct("<IIIBBH")
+STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
+STB_GLOBAL = 1
+SHN_LORESERVE = 0xFF00  # SHN_ABS, SHN_COMMON and friends start here
+PT_LOAD = "PT_LOAD"
+KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One symbol at its link (virtual) address."""
+
+    name: str
+    address: int
+    size: int
+    kind: str  # "function" | "object" | "label"
+    is_global: bool
+
+
+@dataclass(frozen=True)
+class LoadSegment:
+    """A PT_LOAD program header: where it is linked and where it is loaded."""
+
+    vaddr: int
+    paddr: int
+    memsz: int
+    flags: str  # "rwx" letters
+
+    def alias(self, address: int) -> int | None:
+        """The link address for `address` if it lies in this segment's physical range."""
+        if self.paddr <= address < self.paddr + self.memsz:
+            return address - self.paddr + self.vaddr
+        return None
+
+
+def _rank(sym: Symbol) -> tuple[bool, bool, bool, str]:
+    """Which of several symbols at one address names it: functions first, then sized
+    symbols, then globals; the name breaks ties so the choice never depends on file order."""
+    return (sym.kind != "function", sym.size == 0, not sym.is_global, sym.name)
+
+
+class LineTable:
+    """DWARF line information, decoded one compilation unit at a time."""
+
+    def __init__(self, elf: ELFFile) -> None:
+        self._dwarf = elf.get_dwarf_info()
+        self._aranges = self._dwarf.get_aranges()
+        # Per decoded unit: sorted row addresses and "file:line" (None after end_sequence).
+        self._units: dict[int, tuple[list[int], list[str | None]]] = {}
+        self._all: tuple[list[int], list[str | None]] | None = None
+
+    def source(self, address: int) -> str | None:
+        """``file:line`` of the instruction at link `address`, or None."""
+        if self._aranges is not None:
+            offset = self._aranges.cu_offset_at_addr(address)
+            if offset is None:
+                return None
+            rows = self._units.get(offset)
+            if rows is None:
+                rows = self._units[offset] = self._decode(self._dwarf.get_CU_at(offset))
+        else:  # no .debug_aranges: decode every unit once, into one table
+            if self._all is None:
+                merged = sorted(row for cu in self._dwarf.iter_CUs()
+                                for row in zip(*self._decode(cu), strict=True))
+                self._all = ([a for a, _ in merged], [s for _, s in merged])
+            rows = self._all
+        addrs, sources = rows
+        i = bisect.bisect_right(addrs, address) - 1
+        return sources[i] if i >= 0 else None
+
+    def _decode(self, cu: object) -> tuple[list[int], list[str | None]]:
+        program = self._dwarf.line_program_for_CU(cu)
+        if program is None:
+            return [], []
+        top = cu.get_top_DIE()
+        comp_dir = _text(top.attributes["DW_AT_comp_dir"].value) \
+            if "DW_AT_comp_dir" in top.attributes else ""
+        header = program.header
+        version = header["version"]
+        dirs = [_text(d) for d in header["include_directory"]]
+        files = header["file_entry"]
+        names: dict[int, str] = {}
+
+        def directory(d: int) -> str:
+            if version >= 5:  # entry 0 is the compilation directory itself
+                return (dirs[0] if dirs else comp_dir) if d == 0 \
+                    else posixpath.join(comp_dir, dirs[d])
+            return comp_dir if d == 0 else posixpath.join(comp_dir, dirs[d - 1])
+
+        def name(index: int) -> str:
+            if index not in names:
+                entry = files[index if version >= 5 else index - 1]
+                path = posixpath.join(directory(entry.dir_index), _text(entry.name))
+                if posixpath.isabs(comp_dir) and path.startswith(comp_dir + "/"):
+                    path = path[len(comp_dir) + 1:]  # a build tree's absolute paths
+                names[index] = posixpath.normpath(path)
+            return names[index]
+
+        rows: list[tuple[int, str | None]] = []
+        for entry in program.get_entries():
+            state = entry.state
+            if state is None:
+                continue
+            rows.append((state.address,
+                         None if state.end_sequence else f"{name(state.file)}:{state.line}"))
+        rows.sort(key=lambda r: r[0])  # stable: within one address, the row order stands
+        return [a for a, _ in rows], [s for _, s in rows]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+@dataclass
+class Symbols:
+    """Everything about a kernel image that turns an address into words."""
+
+    path: Path
+    segments: list[LoadSegment] = field(default_factory=list)
+    symbols: list[Symbol] = field(default_factory=list)  # sorted by address, then rank
+    entry: int = 0
+    lines: LineTable | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        best: dict[int, Symbol] = {}
+        for sym in self.symbols:
+            if sym.address not in best or _rank(sym) < _rank(best[sym.address]):
+                best[sym.address] = sym
+        self._starts = sorted(best)
+        self._names = [best[a] for a in self._starts]
+        self._by_name: dict[str, list[Symbol]] = {}
+        for sym in self.symbols:
+            self._by_name.setdefault(sym.name, []).append(sym)
+        self._vranges = sorted((s.vaddr, s.vaddr + s.memsz) for s in self.segments)
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path) -> Symbols:
+        """Read `path` (already accepted by `launcher.load_kernel`).  A bzImage, or an ELF
+        whose tables cannot be read, gives an object that knows fewer names."""
+        path = Path(path)
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return cls(path, problems=["not an ELF file: no symbols"])
+            f.seek(0)
+            try:
+                elf = ELFFile(f)
+                segments = [LoadSegment(s["p_vaddr"], s["p_paddr"], s["p_memsz"],
+                                        _flags(s["p_flags"]))
+                            for s in elf.iter_segments() if s["p_type"] == PT_LOAD]
+                entry = elf["e_entry"]
+            except Exception as e:  # pyelftools raises many kinds on hostile input
+                return cls(path, problems=[f"program headers unreadable ({e})"])
+            result = cls(path, segments, [], entry)
+            symbols: list[Symbol] = []
+            try:
+                symbols = list(_read_symbols(elf))
+            except Exception as e:
+                result.problems.append(f"symbol table unreadable ({e})")
+            try:
+                lines = LineTable(elf) if elf.has_dwarf_info() else None
+                if lines is not None:
+                    lines.source(entry)  # fail now, not in the middle of a trace
+            except Exception as e:
+                lines = None
+                result.problems.append(f"DWARF line table unreadable ({e})")
+            result = cls(path, segments, symbols, entry, lines, result.problems)
+            if not symbols and not result.problems:
+                result.problems.append("no symbol table")
+            return result
+
+    # -- questions -------------------------------------------------------------------------
+    def link_address(self, address: int) -> int | None:
+        """The address the image was linked for, for an address the CPU executed; None
+        outside every loaded segment."""
+        i = bisect.bisect_right(self._vranges, (address, 1 << 64)) - 1
+        if i >= 0 and address < self._vranges[i][1]:
+            return address
+        for segment in self.segments:
+            alias = segment.alias(address)
+            if alias is not None:
+                return alias
+        return None
+
+    def symbolize(self, address: int) -> tuple[str, int] | None:
+        """(name, offset) of the symbol at or before `address`, within its segment."""
+        link = self.link_address(address)
+        if link is None:
+            return None
+        i = bisect.bisect_right(self._starts, link) - 1
+        if i < 0:
+            return None
+        sym = self._names[i]
+        if self._segment_end(sym.address) <= link:
+            return None
+        return sym.name, link - sym.address
+
+    def source(self, address: int) -> str | None:
+        """``file:line`` for `address` when the image has DWARF line information."""
+        if self.lines is None:
+            return None
+        link = self.link_address(address)
+        if link is None:
+            return None
+        try:
+            return self.lines.source(link)
+        except Exception:  # a unit pyelftools cannot decode: no line for it
+            return None
+
+    def named(self, name: str) -> list[Symbol]:
+        """Every symbol called `name` (statics of several files may share one)."""
+        return self._by_name.get(name, [])
+
+    def has(self, name: str) -> bool:
+        return name in self._by_name
+
+    def ranges(self, name: str) -> list[tuple[int, int]]:
+        """[begin, end) address ranges the code of symbol `name` executes at: its link
+        range and, where a segment is loaded elsewhere, its physical alias.  A symbol
+        without a size extends to the next symbol."""
+        out = []
+        for sym in self.named(name):
+            end = sym.address + sym.size if sym.size else self._next_start(sym.address)
+            out.append((sym.address, end))
+            for segment in self.segments:
+                if segment.vaddr != segment.paddr and \
+                        segment.vaddr <= sym.address < segment.vaddr + segment.memsz:
+                    delta = segment.vaddr - segment.paddr
+                    out.append((sym.address - delta, end - delta))
+        return sorted(set(out))
+
+    def _next_start(self, address: int) -> int:
+        i = bisect.bisect_right(self._starts, address)
+        limit = self._segment_end(address)
+        return min(self._starts[i], limit) if i < len(self._starts) else limit
+
+    def _segment_end(self, link: int) -> int:
+        for begin, end in self._vranges:
+            if begin <= link < end:
+                return end
+        return link + 1  # not in a segment: only the symbol's own address
+
+
+def _flags(p_flags: int) -> str:
+    return "".join(c if p_flags & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
+
+
+def _read_symbols(elf: ELFFile) -> Iterator[Symbol]:
+    """Functions, objects and labels of .symtab (or .dynsym) in allocated sections."""
+    table = elf.get_section_by_name(".symtab") or elf.get_section_by_name(".dynsym")
+    if table is None:
+        return
+    strtab = elf.get_section(table["sh_link"]).data()
+    data = table.data()
+    for name_off, value, size, info, _other, shndx in ELF32_SYM.iter_unpack(
+            data[:len(data) - len(data) % ELF32_SYM.size]):
+        kind = info & 0xF
+        if kind not in KIND_NAMES or shndx == 0 or shndx >= SHN_LORESERVE:
+            continue
+        end = strtab.find(b"\0", name_off)
+        name = strtab[name_off:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+        if not name or name.startswith((".L", "$")):
+            continue
+        yield Symbol(name, value, size, KIND_NAMES[kind], info >> 4 == STB_GLOBAL)
+
+
+# -- is this an lguest guest, and of which era? -------------------------------------------
+# Every lguest guest has these (arch/x86/lguest/boot.c and i386_head.S).
+LGUEST_SYMBOLS = ("lguest_init", "lguest_entry", "lguest_data")
+# 2.6.23's guests talked to the Launcher over the DMA-based lguest bus, not virtio.
+DMA_ERA_SYMBOLS = ("lguest_send_dma", "lguest_bind_dma", "lguest_unbind_dma")
+# What `lgemu info` lists when present.
+NOTABLE_SYMBOLS = ("startup_32", *LGUEST_SYMBOLS, "lguest_iret", "lguest_noirq_start",
+                   "lguest_noirq_end", "lguest_devices", "start_kernel", *DMA_ERA_SYMBOLS)
+
+
+@dataclass(frozen=True)
+class LguestProfile:
+    """What the symbol table says about the lguest ABI a kernel was built for."""
+
+    is_guest: bool
+    era: str
+    evidence: tuple[str, ...]
+
+
+def lguest_profile(symbols: Symbols, data_size: int) -> LguestProfile:
+    """Judge from symbols alone (nothing here runs the kernel): the lguest entry points,
+    the size of `struct lguest_data` (`data_size` in 2.6.24), and 2.6.23's DMA calls."""
+    missing = [name for name in LGUEST_SYMBOLS if not symbols.has(name)]
+    if not symbols.symbols:
+        return LguestProfile(False, "unknown: no symbol table", ())
+    if missing:
+        return LguestProfile(False, "not an lguest guest",
+                             (f"no {', '.join(missing)}",))
+    evidence = [f"has {', '.join(LGUEST_SYMBOLS)}"]
+    dma = [name for name in DMA_ERA_SYMBOLS if symbols.has(name)]
+    size = max((s.size for s in symbols.named("lguest_data")), default=0)
+    if dma:
+        evidence.append(f"has {', '.join(dma)} (the DMA lguest bus)")
+        return LguestProfile(True, "2.6.23 (lguest bus before virtio): not the ABI lgemu "
+                                   "speaks", tuple(evidence))
+    evidence.append(f"no {', '.join(DMA_ERA_SYMBOLS)}")
+    if size == data_size:
+        evidence.append(f"lguest_data is {size} bytes, as in 2.6.24")
+        return LguestProfile(True, "2.6.24 (virtio over the lguest bus)", tuple(evidence))
+    if size == 0:
+        evidence.append("lguest_data has no recorded size")
+        return LguestProfile(True, "probably 2.6.24 (could not check lguest_data)",
+                             tuple(evidence))
+    evidence.append(f"lguest_data is {size} bytes, 2.6.24's is {data_size}")
+    return LguestProfile(True, "a later lguest ABI (struct lguest_data changed): lgemu "
+                               "speaks 2.6.24's", tuple(evidence))

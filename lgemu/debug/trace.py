@@ -1,0 +1,547 @@
+"""Instruction traces and the lguest event log (`--trace`, `--events`, `--trace-filter`).
+
+One `Tracer` per run.  It watches two things:
+
+* **Instructions**, through code hooks on the CPU (`Cpu.on_instruction`).  Each address is
+  decoded once — bytes read back through the page tables, capstone for the disassembly, the
+  symbol table and DWARF for ``symbol+offset`` and ``file:line`` — and rendered once per ring
+  into a line template, so the hot path is a dictionary lookup, a ``%`` and a write.  The
+  cache is keyed by address, so it must forget code that changed: when Unicorn links a block
+  (`Cpu.on_block_linked`, which a newly translated block meets at the latest when a direct
+  jump first reaches it) its bytes are compared with what was decoded, and a switch of
+  address space (NEW_PGTABLE) forgets everything below the kernel.  A rewrite in place of
+  kernel code reached only by indirect jumps would go unnoticed; kernels do not do that.
+* **lguest events**, as an observer of `Guest.emit` (wording: `lgemu.host.events`).
+
+The ring is not read per instruction (a register read costs more than the rest of the line):
+it can only change at an event (a trap, an interrupt, a hypercall), at a run boundary, or at
+an instruction that changes privilege by itself (iret, lret, far jmp/call, sysexit).  Those
+mark it unknown by pointing the line cache at an empty dictionary; the next instruction then
+takes the slow path, reads CS once, and switches to that ring's cache.
+
+`--trace-filter` (grammar in `parse_filter`) costs nothing outside what it selects where it
+can: symbol and address filters become range-limited code hooks, which Unicorn checks in C
+(unicorn-notes §6); instruction-count windows install and remove the hooks at run boundaries,
+the Tracer being a run-loop controller (`Guest.controllers`) that asks to stop exactly at
+each window edge.  A ring filter cannot be an address range: it costs a Python call per
+instruction in the other ring.  Tenet traces record memory with a memory hook, which slows
+every load while the trace window is open (unicorn-notes §7).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import capstone
+
+from ..errors import InternalError, LgemuExit, UserError
+from ..machine.cpu import Reg
+from .symbols import Symbols
+from .tap import StreamTap, is_terminal, tap_console, untap_console
+from .trace_formats import FORMATS, Access, Insn, TraceFormat
+
+if TYPE_CHECKING:
+    from contextlib import ExitStack
+
+    from ..cli import BootConfig
+    from ..host.guest import Guest
+
+KERNEL_BASE = 0xC0000000  # PAGE_OFFSET: a new address space keeps what is above
+ALL = (1, 0)  # a Unicorn hook range meaning "every address"
+MAX_ACCESSES = 64  # memory accesses kept per instruction for tenet (rep loops restart)
+RING_CHANGERS = frozenset({capstone.x86.X86_INS_IRET, capstone.x86.X86_INS_IRETD,
+                           capstone.x86.X86_INS_RETF, capstone.x86.X86_INS_RETFQ,
+                           capstone.x86.X86_INS_LJMP, capstone.x86.X86_INS_LCALL,
+                           capstone.x86.X86_INS_SYSEXIT, capstone.x86.X86_INS_SYSRET})
+FILTER_KINDS = ("sym", "addr", "ring", "icount")
+UNBOUNDED = 1 << 64
+SKIP = "%.0s"  # a line template that formats the count into nothing
+MAX_INSN = 15  # bytes in the longest x86 instruction
+MAX_BLOCK = 1 << 16  # more than any translated block
+PAGE = 4096
+
+
+# -- the filter -------------------------------------------------------------------------
+@dataclass
+class TraceFilter:
+    """What `--trace-filter` selects.  Terms of one kind are alternatives (either symbol);
+    terms of different kinds must all hold (this symbol, and in ring 1)."""
+
+    symbols: list[str] = field(default_factory=list)
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # [begin, end) addresses
+    rings: frozenset[int] | None = None
+    windows: list[tuple[int, int]] = field(default_factory=list)  # [first, end) icounts
+
+    def code_ranges(self, symbols: Symbols | None) -> list[tuple[int, int]] | None:
+        """Merged [begin, end) ranges the code hooks cover, None for everywhere."""
+        wanted = list(self.ranges)
+        for name in self.symbols:
+            found = symbols.ranges(name) if symbols is not None else []
+            if not found:
+                where = symbols.path if symbols is not None else "the kernel"
+                raise UserError(f"--trace-filter: no symbol {name!r} in {where}")
+            wanted.extend(found)
+        if not wanted:
+            return None
+        return _merge(wanted)
+
+    def window(self, n: int) -> tuple[bool, int | None]:
+        """Is instruction number `n` inside the windows, and the next number where that
+        changes (None: never)."""
+        if not self.windows:
+            return True, None
+        for first, end in self.windows:
+            if n < first:
+                return False, first
+            if n < end:
+                return True, end if end < UNBOUNDED else None
+        return False, None
+
+    def in_window(self, icount: int) -> bool:
+        return self.window(icount)[0]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(ranges):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def _number(text: str, term: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UserError(f"--trace-filter: {term!r}: {text!r} is not a number") from None
+
+
+def _span(value: str, term: str, open_end: bool) -> tuple[int, int]:
+    first, sep, last = value.partition("-")
+    if not sep:
+        raise UserError(f"--trace-filter: {term!r}: want START-END")
+    begin = _number(first, term)
+    if not last and open_end:
+        return begin, UNBOUNDED
+    end = _number(last, term)
+    if end <= begin:
+        raise UserError(f"--trace-filter: {term!r}: the end must come after the start")
+    return begin, end
+
+
+def parse_filter(text: str) -> TraceFilter:
+    """``sym:NAME``, ``addr:START-END``, ``ring:N``, ``icount:FIRST-END`` (or ``FIRST-``),
+    comma-separated; ranges include START and stop before END; numbers in C syntax."""
+    result = TraceFilter()
+    rings: set[int] = set()
+    for term in (t.strip() for t in text.split(",")):
+        kind, sep, value = term.partition(":")
+        if not sep or not value or kind not in FILTER_KINDS:
+            raise UserError(f"--trace-filter: {term!r}: want one of "
+                            + ", ".join(f"{k}:…" for k in FILTER_KINDS))
+        if kind == "sym":
+            result.symbols.append(value)
+        elif kind == "addr":
+            result.ranges.append(_span(value, term, open_end=False))
+        elif kind == "ring":
+            ring = _number(value, term)
+            if ring not in range(4):
+                raise UserError(f"--trace-filter: {term!r}: rings are 0 to 3")
+            rings.add(ring)
+        else:
+            first, end = _span(value, term, open_end=True)
+            if first < 1:
+                raise UserError(f"--trace-filter: {term!r}: instructions count from 1")
+            result.windows.append((first, end))
+    result.rings = frozenset(rings) if rings else None
+    result.windows = _merge(result.windows)
+    return result
+
+
+# -- where the lines go ------------------------------------------------------------------
+class TraceOutput:
+    """A text stream for trace lines: a file of its own, the guest's stdout (``-``, then
+    flushed at every event so guest output and trace interleave in order), or stderr."""
+
+    def __init__(self, stream: TextIO, name: str, interleaved: bool, owned: bool) -> None:
+        self.stream = stream
+        self.name = name
+        self.interleaved = interleaved
+        self._owned = owned
+        self.write = stream.write
+
+    @classmethod
+    def open(cls, destination: str, guest: Guest, stderr: TextIO | None) -> TraceOutput:
+        """`destination` is a path, ``-`` for stdout, or ``""`` for stderr."""
+        if destination == "-":
+            stream = io.TextIOWrapper(guest.console.stream, encoding="utf-8",
+                                      errors="replace", newline="\n")
+            return cls(stream, "stdout", interleaved=True, owned=False)
+        if not destination:
+            return cls(stderr or sys.stderr, "stderr", interleaved=True, owned=False)
+        try:
+            stream = open(destination, "w", encoding="utf-8", errors="replace",
+                          newline="\n", buffering=1 << 20)
+        except OSError as e:
+            raise UserError(f"{destination}: cannot write the trace "
+                            f"({e.strerror or e})") from None
+        return cls(stream, destination, interleaved=False, owned=True)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Flush; close a file of our own, leave stdout/stderr open."""
+        try:
+            self.stream.flush()
+        finally:
+            if self._owned:
+                self.stream.close()
+            elif isinstance(self.stream, io.TextIOWrapper) and self.name == "stdout":
+                self.stream.detach()
+
+    def discard(self) -> None:
+        """The reader went away (``| head``): write nothing more."""
+        self.write = lambda text: 0
+        self.flush = lambda: None  # type: ignore[method-assign]
+
+
+# -- the tracer --------------------------------------------------------------------------
+class Tracer:
+    """Writes one run's instructions and/or events through a `TraceFormat`."""
+
+    def __init__(self, guest: Guest, fmt: TraceFormat, out: TraceOutput,
+                 symbols: Symbols | None, trace_filter: TraceFilter,
+                 instructions: bool = True, events: bool = True) -> None:
+        self.guest = guest
+        self.cpu = guest.cpu
+        self.fmt = fmt
+        self.out = out
+        self.symbols = symbols
+        self.filter = trace_filter
+        self.instructions = instructions
+        self.events = events and fmt.carries_events
+        self.ranges = trace_filter.code_ranges(symbols) if instructions else None
+        self._rings = trace_filter.rings
+        self._disasm = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+        self._disasm.syntax = capstone.CS_OPT_SYNTAX_ATT
+        self._decoded: dict[int, Insn] = {}
+        self._caches: list[dict[int, str]] = [{}, {}, {}, {}]  # per ring: address → template
+        self._unknown: dict[int, str] = {}  # the ring is not known: every lookup misses
+        # For a ring the filter leaves out: address → SKIP, a template that writes nothing
+        # (instructions that change rings are never cached, so they are still noticed).
+        self._skips: list[dict[int, str]] = [{}, {}, {}, {}]
+        self._wanted = True
+        self._cache = self._unknown
+        self._ring = 1
+        self._blocks: dict[int, bytes | None] = {}  # block start → bytes when last linked
+        self._counter = self.cpu.position_view
+        self._base = 0  # instructions executed before the current run
+        self._hooks: list[int] = []
+        self._broken = False
+        self._write = out.write
+        # State mode: last register values, last traced instruction, accesses since.
+        self._regs = tuple(Reg[name.upper()] for name in fmt.state_registers)
+        self._last: list[int] | None = None
+        self._last_icount = 0
+        self._memory: list[Access] = []
+        # Trace to stdout: the console's last byte, and whether it wrote since our last line.
+        self._tap: StreamTap | None = None
+        self._console_last = b"\n"
+        self._console_wrote = False
+
+    # -- attaching ---------------------------------------------------------------------
+    def attach(self) -> None:
+        """Start watching (before the run)."""
+        header = self.fmt.header()
+        if header:
+            self._write(header)
+        if self.events or self.instructions:
+            self.guest.observers.append(self._on_event)
+        # Sharing a terminal with the guest's console: keep the two on separate lines.
+        if self.out.name == "stdout" or (self.out.name == "stderr"
+                                         and is_terminal(self.out.stream)):
+            self._tap = tap_console(self.guest.console, self._before_console)
+        if self.instructions:
+            self.guest.controllers.insert(0, self)  # before any controller that rewinds
+
+    def close(self) -> None:
+        """Finish the pending line, stop watching, flush (after the run, whatever the
+        outcome)."""
+        try:
+            if not self._broken and self.fmt.pending:
+                self._settle(self.guest.clock.executed)
+        except Exception as e:  # the run is over: report, do not raise from cleanup
+            self._fail(e)
+        self._unhook()
+        untap_console(self.guest.console, self._tap)
+        if self._on_event in self.guest.observers:
+            self.guest.observers.remove(self._on_event)
+        if self in self.guest.controllers:
+            self.guest.controllers.remove(self)
+        try:
+            self.out.close()
+        except OSError as e:
+            self._fail(e)
+
+    def _hook(self) -> None:
+        on_insn = self._on_state if self.fmt.stateful else self._on_insn
+        for begin, end in self.ranges or [ALL]:
+            last = end - 1 if (begin, end) != ALL else end
+            self._hooks.append(self.cpu.on_instruction(on_insn, begin, last))
+            self._hooks.append(self.cpu.on_block_linked(self._on_linked, begin, last))
+        if self.fmt.records_memory:
+            self._hooks.append(self.cpu.on_memory_values(self._on_memory))
+
+    def _unhook(self) -> None:
+        for handle in self._hooks:
+            self.cpu.remove_hook(handle)
+        self._hooks.clear()
+
+    # -- run boundaries (a Guest controller) -------------------------------------------
+    def boundary(self, guest: Guest) -> int | None:
+        """Before each run of the CPU: note the count, forget the ring, open or close the
+        instruction-count window; returns how far the next run may go."""
+        self._base = guest.clock.executed
+        self._cache = self._unknown
+        if self._broken:  # hooks are removed here, never from inside one (see `_fail`)
+            self._unhook()
+            return None
+        n = self._base + 1  # the number of the next instruction
+        active, change = self.filter.window(n)
+        if active and not self._hooks:
+            self._hook()
+            self._memory.clear()
+        elif not active and self._hooks:
+            if self.fmt.pending:  # the run stopped right after the window's last one
+                self._settle(self._base)
+            self._unhook()
+        return None if change is None else change - n
+
+    # -- instructions --------------------------------------------------------------------
+    def _on_insn(self, address: int, size: int) -> None:
+        """Fast mode: the line is cached for this address and ring, or `_slow` makes it."""
+        try:
+            self._write(self._cache[address] % (self._base + self._counter.value))
+        except KeyError:
+            self._slow(address, size)
+        except Exception as e:
+            self._fail(e)
+
+    def _slow(self, address: int, size: int) -> None:
+        try:
+            if self._broken:
+                return
+            line = self._template(address, size)
+            if self._wanted:
+                if self._console_wrote:
+                    self._resume_line()
+                self._write(line % (self._base + self._counter.value))
+        except Exception as e:
+            self._fail(e)
+
+    def _template(self, address: int, size: int) -> str:
+        """The line template for `address` in the current ring (SKIP in a ring the filter
+        leaves out), cached unless the instruction may change rings."""
+        if self._cache is self._unknown:
+            self._ring = self.cpu.cpl()
+            self._wanted = self._rings is None or self._ring in self._rings
+            self._cache = (self._caches if self._wanted else self._skips)[self._ring]
+        line = self._cache.get(address)
+        if line is None:
+            insn = self._insn(address, size)
+            line = self.fmt.template(insn, self._ring) if self._wanted else SKIP
+            if insn.changes_ring:
+                self._cache = self._unknown
+            else:
+                self._cache[address] = line
+        return line
+
+    def _on_state(self, address: int, size: int) -> None:
+        """State mode: registers (and memory) since the previous traced instruction."""
+        try:
+            if self._broken:
+                return
+            line = self._template(address, size)
+            if not self._wanted:
+                return
+            icount = self._base + self._counter.value
+            if self._console_wrote:
+                self._resume_line()
+            gap = icount - self._last_icount - 1 if self._last is not None else 0
+            memory = self._memory if gap == 0 else []  # accesses of untraced code: dropped
+            self._memory = []
+            self._write(self.fmt.step(icount, line, self._changes(), memory, gap))
+            self._last_icount = icount
+        except Exception as e:
+            self._fail(e)
+
+    def _changes(self) -> list[tuple[str, int]]:
+        values = self.cpu.regs(self._regs)
+        last, self._last = self._last, values
+        names = self.fmt.state_registers
+        if last is None:
+            return list(zip(names, values, strict=True))
+        return [(n, v) for n, v, old in zip(names, values, last, strict=True) if v != old]
+
+    def _settle(self, icount: int) -> None:
+        gap = max(0, icount - self._last_icount)
+        self._write(self.fmt.settle(self._changes(), gap))
+
+    def _on_memory(self, is_write: bool, address: int, size: int, value: int) -> None:
+        if len(self._memory) < MAX_ACCESSES:
+            self._memory.append((is_write, address, size, value))
+
+    def _insn(self, address: int, size: int) -> Insn:
+        """The decoded instruction at `address` (cached until its code changes)."""
+        insn = self._decoded.get(address)
+        if insn is not None and insn.size == size:
+            return insn
+        code = self.cpu.read_code(address, size) if 0 < size <= MAX_INSN else None
+        decoded = next(self._disasm.disasm(code, address, 1), None) if code else None
+        if decoded is None:
+            # Unicorn's size is a placeholder (or short) when translation stopped at this
+            # instruction because it faults (#UD, #NM, a fetch from an unmapped page).
+            longer = self._readable_prefix(address)
+            decoded = next(self._disasm.disasm(longer, address, 1), None) if longer else None
+            if decoded is not None:
+                code = longer[:decoded.size]
+        asm = f"{decoded.mnemonic} {decoded.op_str}".strip() if decoded else "(bad)"
+        where = self.symbols.symbolize(address) if self.symbols is not None else None
+        source = self.symbols.source(address) if self.symbols is not None else None
+        insn = Insn(address, size, code, asm, where[0] if where else None,
+                    where[1] if where else 0, source,
+                    decoded is not None and decoded.id in RING_CHANGERS)
+        self._decoded[address] = insn
+        return insn
+
+    def _readable_prefix(self, address: int) -> bytes | None:
+        """Up to 15 bytes at `address`, fewer if the page after it is not mapped."""
+        code = self.cpu.read_code(address, MAX_INSN)
+        if code is None:
+            code = self.cpu.read_code(address, PAGE - address % PAGE)
+        return code
+
+    def _forget(self, begin: int, end: int) -> None:
+        for address in [a for a in self._decoded if begin <= a < end]:
+            del self._decoded[address]
+            for cache in self._caches:
+                cache.pop(address, None)
+
+    def _on_linked(self, address: int, size: int) -> None:
+        """A block was linked: if its bytes changed since it was decoded, decode again."""
+        try:
+            code = self.cpu.read_code(address, size) if 0 < size <= MAX_BLOCK else None
+            if self._blocks.get(address, b"") != code:
+                self._blocks[address] = code
+                self._forget(address, address + size)
+        except Exception as e:
+            self._fail(e)
+
+    # -- events ----------------------------------------------------------------------------
+    def _on_event(self, icount: int, kind: str, text: str) -> None:
+        if kind == "pgfill" or self._broken:
+            return
+        try:
+            self._cache = self._unknown  # a trap, interrupt or hypercall may switch rings
+            if kind == "hcall" and text.startswith("hcall NEW_PGTABLE"):
+                self._forget(0, KERNEL_BASE)
+                self._blocks = {a: c for a, c in self._blocks.items() if a >= KERNEL_BASE}
+            if not self.filter.in_window(icount):
+                return
+            if self._console_wrote:
+                self._resume_line()
+            if self.fmt.pending:
+                self._settle(icount)
+            if self.events:
+                self._write(self.fmt.event(icount, kind, text))
+            if self.out.interleaved:
+                self.out.flush()
+        except Exception as e:
+            self._fail(e)
+
+    # -- sharing stdout with the guest ----------------------------------------------------
+    def _before_console(self, data: bytes) -> None:
+        """The console is about to write: our lines go out first; the next one starts on
+        a line of its own (and takes the slow path, which looks)."""
+        if data:
+            self.out.flush()
+            self._console_last = data[-1:]
+            self._console_wrote = True
+            self._cache = self._unknown
+
+    def _resume_line(self) -> None:
+        self._console_wrote = False
+        if self._console_last != b"\n":
+            self._write("\n")
+
+    # -- failures --------------------------------------------------------------------------
+    def _fail(self, error: BaseException) -> None:
+        """Stop tracing.  A reader that went away is not an error (the guest runs on, as
+        its console does); a trace file that cannot be written ends the run."""
+        if self._broken:
+            return
+        # The hooks stay until the next boundary: removing one from inside its own callback
+        # would free the ctypes thunk that is running.  They write nothing from now on.
+        self._broken = True
+        self._write = lambda text: 0
+        if isinstance(error, BrokenPipeError):
+            self.out.discard()
+            return
+        if isinstance(error, OSError):
+            outcome: LgemuExit = UserError(f"{self.out.name}: cannot write the trace "
+                                           f"({error.strerror or error})")
+        else:
+            if os.environ.get("LGEMU_DEBUG"):
+                import traceback
+                traceback.print_exception(error)
+            outcome = InternalError(f"trace: {type(error).__name__}: {error}")
+        self.out.discard()
+        self.guest.finish(outcome)
+
+
+def open_tracer(guest: Guest, trace: str | None, trace_format: str, regs: bool,
+                filter_text: str | None, events: bool, stderr: TextIO | None) -> Tracer:
+    """The tracer `--trace`/`--events` ask for, attached to `guest` (raises UserError)."""
+    fmt_class = FORMATS[trace_format]
+    if events and not fmt_class.carries_events:
+        raise UserError(f"--events: the {trace_format} format cannot carry events")
+    trace_filter = parse_filter(filter_text) if filter_text else TraceFilter()
+    instructions = trace is not None and not events
+    symbols = Symbols.load(Path(guest.boot.kernel.path)) if instructions else None
+    if symbols is not None and symbols.problems and stderr is not None:
+        for problem in symbols.problems:
+            print(f"lgemu: {guest.boot.kernel.path}: {problem}", file=stderr)
+    out = TraceOutput.open(trace or "", guest, stderr)
+    try:
+        tracer = Tracer(guest, fmt_class(regs), out, symbols, trace_filter, instructions,
+                        events=True)
+        tracer.attach()
+    except BaseException:
+        out.close()
+        raise
+    return tracer
+
+
+def attach_trace(stack: ExitStack, guest: Guest, config: BootConfig,
+                 stderr: TextIO | None) -> None:
+    """`--trace`, `--events` and their options, for the duration of `stack`."""
+    if config.trace is None and not config.events:
+        for option, given in (("--trace-regs", config.trace_regs),
+                              ("--trace-filter", config.trace_filter),
+                              ("--trace-format", config.trace_format != "text")):
+            if given:
+                raise UserError(f"{option} needs --trace FILE or --events")
+        return
+    if config.trace_regs and (config.events or config.trace is None):
+        raise UserError("--trace-regs: --events writes no instructions")
+    tracer = open_tracer(guest, config.trace, config.trace_format, config.trace_regs,
+                         config.trace_filter, config.events, stderr)
+    stack.callback(tracer.close)

@@ -1,0 +1,101 @@
+"""The lguest event log: every sentence the Host tells its observers, worded once.
+
+`Guest.emit(kind, text)` hands an event to whoever watches the run (the trace writers of
+`lgemu.debug`); this module is where each `text` is made, so the wording stays stable and is
+documented in one place (README, "Traces and the event log").  Events are things lguest's
+Host did on an exit from the guest:
+
+* ``hcall``  — ``hcall NAME args`` for every hypercall, synchronous or from the async ring
+  (``[async]`` at the end), arguments decoded by name: ``hcall LOAD_IDT_ENTRY vec=0x20
+  handler=0xc0100190 sel=0x60 type=intr dpl=0``;
+* ``trap``   — ``trap #PF eip=… err=… cr2=…`` for a CPU exception, ``trap int $0x80 eip=…
+  cpl=3`` for a software interrupt (EIP after the instruction);
+* ``irq``    — ``irq 1 → vec 0x21 eip=…``: an interrupt delivered into the guest;
+* ``vring``  — ``vring console.1 head=0 len=47 avail 3 → used 3``: a device returned a chain
+  (the guest's avail.idx then, the used.idx after the push);
+* ``pgfill`` — ``pgfill eip=… cr2=… err=…``: a #PF the Host absorbed by filling its shadow page
+  directory (lguest's demand_page); the guest never sees it, so trace writers leave it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..abi import Hcall
+
+TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+              10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
+              19: "#XM"}
+GATE_TYPES = {0x5: "task", 0xE: "intr", 0xF: "trap"}
+
+
+def _idt_entry(vector: int, lo: int, hi: int) -> str:
+    """A gate as lguest reads it (§5.1): handler, selector, type, DPL, present."""
+    handler = (hi & 0xFFFF0000) | (lo & 0xFFFF)
+    gate_type = (hi >> 8) & 0xF
+    text = (f"vec={vector:#x} handler={handler:#x} sel={lo >> 16:#x} "
+            f"type={GATE_TYPES.get(gate_type, hex(gate_type))} dpl={(hi >> 13) & 3}")
+    return text if hi & 0x8000 else text + " not-present"
+
+
+# Argument names per hypercall (§3.3); a callable where a plain format cannot say it.
+_ARGS: dict[int, str | Callable[[int, int, int], str]] = {
+    Hcall.FLUSH_ASYNC: "",
+    Hcall.LGUEST_INIT: "lguest_data={0:#x}",
+    Hcall.CRASH: "message={0:#x}",
+    Hcall.LOAD_GDT: "table={0:#x} entries={1}",
+    Hcall.NEW_PGTABLE: "pgdir={0:#x}",
+    Hcall.FLUSH_TLB: lambda a1, a2, a3: "user+kernel" if a1 else "user",
+    Hcall.LOAD_IDT_ENTRY: _idt_entry,
+    Hcall.SET_STACK: "ss={0:#x} esp={1:#x} pages={2}",
+    Hcall.TS: "ts={0}",
+    Hcall.SET_CLOCKEVENT: "delta_ns={0}",
+    Hcall.HALT: "",
+    Hcall.SET_PTE: "pgdir={0:#x} vaddr={1:#x} pte={2:#x}",
+    Hcall.SET_PMD: "pgdir={0:#x} index={1}",
+    Hcall.LOAD_TLS: "descriptors={0:#x} cpu={1}",
+    Hcall.NOTIFY: "addr={0:#x}",
+}
+
+
+def hcall(nr: int, a1: int, a2: int, a3: int, from_ring: bool = False) -> str:
+    """``hcall NAME args`` (``[async]`` when it came from the async ring)."""
+    spec = _ARGS.get(nr)
+    try:
+        name = Hcall(nr).name
+    except ValueError:
+        name = str(nr)
+    if spec is None:
+        args = f"{a1:#x} {a2:#x} {a3:#x}"
+    elif callable(spec):
+        args = spec(a1, a2, a3)
+    else:
+        args = spec.format(a1, a2, a3)
+    text = f"hcall {name} {args}" if args else f"hcall {name}"
+    return text + " [async]" if from_ring else text
+
+
+def trap(vector: int, eip: int, error_code: int, cr2: int | None = None) -> str:
+    """A CPU exception: ``trap #GP eip=… err=…`` (and ``cr2=…`` for #PF)."""
+    detail = f" cr2={cr2:#x}" if cr2 is not None else ""
+    return f"trap {TRAP_NAMES.get(vector, vector)} eip={eip:#x} err={error_code:#x}{detail}"
+
+
+def software_interrupt(vector: int, eip: int, cpl: int) -> str:
+    """``int $n`` (also int3, into): EIP is already past the instruction."""
+    return f"trap int ${vector:#x} eip={eip:#x} cpl={cpl}"
+
+
+def page_fill(eip: int, cr2: int, error_code: int) -> str:
+    """A #PF the Host absorbed by filling its shadow page directory."""
+    return f"pgfill eip={eip:#x} cr2={cr2:#x} err={error_code:#x}"
+
+
+def irq(line: int, vector: int, eip: int) -> str:
+    """An interrupt delivered through the guest's IDT."""
+    return f"irq {line} → vec {vector:#x} eip={eip:#x}"
+
+
+def vring(name: str, head: int, length: int, avail: int, used: int) -> str:
+    """A chain returned to the guest on queue `name`."""
+    return f"vring {name} head={head} len={length} avail {avail} → used {used}"

@@ -1,0 +1,106 @@
+"""`lgemu info VMLINUX`: what lgemu sees in a kernel image, and one line for a bad one.
+
+The verdict on the lguest ABI comes from symbols only; small guests assembled here carry
+exactly the symbols each verdict is about (a 2.6.23 DMA-bus call, a resized lguest_data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from elfimage import bzimage, elf_image
+from elftools.elf.elffile import ELFFile
+from guestasm import build_guest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = REPO_ROOT / "firmware" / "lgemu-guest.elf"
+
+LGUEST_SYMBOLS = """
+	.globl	lguest_init, lguest_entry
+lguest_init:
+lguest_entry:
+	POWER_DOWN
+"""
+
+
+def info(lgemu_main, path: Path | str) -> tuple[int, str, str]:
+    status, out, err = lgemu_main(["info", str(path)])
+    return status, out.decode(), err
+
+
+def test_bundled_guest(lgemu_main):
+    status, out, err = info(lgemu_main, BUNDLED)
+    assert (status, err) == (0, "")
+    with BUNDLED.open("rb") as f:
+        elf = ELFFile(f)
+        entry = elf["e_entry"]
+        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        lguest_init = elf.get_section_by_name(".symtab").get_symbol_by_name("lguest_init")[0]
+    assert f"entry {entry:#x} (startup_32+0x0)" in out
+    for seg in loads:
+        assert f"{seg['p_vaddr']:#010x}" in out and f"{seg['p_paddr']:#010x}" in out
+    assert "lguest guest: yes; ABI: 2.6.24" in out
+    assert "lguest_data is 1136 bytes, as in 2.6.24" in out
+    assert "DWARF line table" in out and "no DWARF" not in out
+    line = next(line for line in out.splitlines() if " lguest_init " in line)
+    assert f"{lguest_init['st_value']:#010x}" in line and "function" in line
+
+
+def test_a_guest_without_lguest_symbols(lgemu_main, tmp_path):
+    elf = build_guest(tmp_path, "\tPOWER_DOWN\n")
+    status, out, err = info(lgemu_main, elf)
+    assert (status, err) == (0, "")
+    assert "lguest guest: no; ABI: not an lguest guest" in out
+    assert "no lguest_init, lguest_entry" in out
+
+
+def test_a_2_6_23_guest_is_named(lgemu_main, tmp_path):
+    elf = build_guest(tmp_path, LGUEST_SYMBOLS + "\t.globl lguest_send_dma\nlguest_send_dma:\n")
+    status, out, _ = info(lgemu_main, elf)
+    assert status == 0
+    assert "lguest guest: yes; ABI: 2.6.23" in out
+    assert "has lguest_send_dma (the DMA lguest bus)" in out
+
+
+def test_a_resized_lguest_data_is_not_2_6_24(lgemu_main, tmp_path):
+    elf = build_guest(tmp_path, LGUEST_SYMBOLS + "\t.size lguest_data, 1200\n")
+    status, out, _ = info(lgemu_main, elf)
+    assert status == 0
+    assert "ABI: a later lguest ABI" in out
+    assert "lguest_data is 1200 bytes, 2.6.24's is 1136" in out
+
+
+def test_a_bzimage_has_no_symbols(lgemu_main, tmp_path):
+    path = tmp_path / "bzImage"
+    path.write_bytes(bzimage(b"\x90" * 64))
+    status, out, err = info(lgemu_main, path)
+    assert (status, err) == (0, "")
+    assert "bzImage" in out and "lguest guest: no; ABI: unknown: no symbol table" in out
+
+
+def test_an_elf_without_sections(lgemu_main, tmp_path):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(elf_image([(0x100000, b"\xf4" * 16, 16)], entry=0x100000))
+    status, out, err = info(lgemu_main, path)
+    assert (status, err) == (0, "")
+    assert "0 symbols, no DWARF line table" in out
+    assert "note: no symbol table" in out
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: d / "missing", "no such file"),
+    (lambda d: d, "is a directory"),
+    (lambda d: (d / "t.txt", (d / "t.txt").write_text("hello\n"))[0],
+     "not an ELF kernel or bzImage"),
+])
+def test_bad_input_is_one_line_and_status_2(lgemu_main, tmp_path, make, message):
+    status, out, err = info(lgemu_main, make(tmp_path))
+    assert (status, out) == (2, "")
+    assert err.startswith("lgemu: ") and message in err and err.count("\n") == 1
+
+
+def test_info_needs_a_file(lgemu_main):
+    status, out, err = lgemu_main(["info"])
+    assert (status, out) == (2, b"")
+    assert err.startswith("lgemu: ") and err.count("\n") == 1
