@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,16 +84,29 @@ def test_console_input_file_is_echoed_reproducibly(tmp_path: Path) -> None:
 
 @needs("--console-input")
 def test_console_input_from_a_stdin_pipe_is_echoed() -> None:
-    # A pipe is read on the host's schedule, and a polling console never makes the host wait
-    # for it, so idle ticks pass at emulation speed: allow many in case the bytes are late.
     proc = subprocess.run([sys.executable, "-m", "lgemu", "boot", "--append",
-                           "lgemu.test=console_echo console.idle=20000"], cwd=REPO_ROOT,
+                           "lgemu.test=console_echo"], cwd=REPO_ROOT,
                           input=CONSOLE_SCRIPT, capture_output=True,
                           timeout=SUBPROCESS_TIMEOUT, check=False)
     assert (proc.returncode, proc.stderr) == (0, b"")
     text = lines(proc.stdout)
     assert text[text.index(CONSOLE_ECHOES[0]):] == [
         *CONSOLE_ECHOES, "console_echo: quit after 2 lines", "lgemu guest: power down"]
+
+
+def test_an_idle_guest_waits_for_late_typing_in_real_time() -> None:
+    """The 2.6.24 console polls its input on timer ticks (no interrupt), so while the guest
+    sleeps lgemu waits for live input in real time instead of racing through virtual time:
+    a line typed two seconds late still arrives well inside the guest's 500-tick (5 s of
+    guest time) idle limit."""
+    proc = subprocess.Popen([sys.executable, "-m", "lgemu", "boot", "--append",
+                             "lgemu.test=console_echo"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(2.0)
+    out, err = proc.communicate(b"late\nquit\n", timeout=SUBPROCESS_TIMEOUT)
+    assert (proc.returncode, err) == (0, b"")
+    assert lines(out)[-3:] == ["echo: late", "console_echo: quit after 1 lines",
+                               "lgemu guest: power down"]
 
 
 @needs("--console-input")

@@ -82,6 +82,15 @@ def test_lguest_guests_and_non_linux_images_boot(lgemu_main, tmp_path, symbols):
     assert (status, err) == (0, "")
 
 
+def test_tools_that_only_describe_a_kernel_can_skip_the_check(tmp_path):
+    kernel = kernel_with(tmp_path, "start_kernel")
+    with pytest.raises(UserError):
+        load_kernel(kernel)
+    assert load_kernel(kernel, check_guest=False).kind == "elf"
+    with kernel.open("rb") as f:
+        assert guest_problem(f) == f"no lguest_init symbol {REMEDY}"
+
+
 def test_a_stripped_kernel_is_not_judged(lgemu_main, tmp_path):
     tools_or_skip()
     strip = shutil.which("strip")

@@ -285,6 +285,7 @@ def test_trace_to_stdout_interleaves_with_the_console(boot_guest):
     (["--trace-regs"], "--trace-regs needs --trace FILE or --events"),
     (["--events", "--trace", "T", "--trace-format", "tenet"], "cannot carry events"),
     (["--trace", "/nonexistent/dir/trace.out"], "cannot write the trace"),
+    (["--events", "--trace-filter", "sym:lguest_init"], "only icount: terms apply"),
 ])
 def test_bad_trace_options_are_one_line(boot_guest, tmp_path, options, message):
     options = [str(tmp_path / "t.out") if o == "T" else o for o in options]

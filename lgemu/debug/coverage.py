@@ -40,6 +40,11 @@ OTHER_MODULE = "[outside the kernel image]"
 MAX_BLOCK = 0xFFFF  # a size must fit the entry's uint16
 
 
+def _one_line(path: Path) -> str:
+    """A module path as drcov readers split it: one line, no ", " inside."""
+    return str(path).replace("\n", "?").replace(", ", ",")
+
+
 class Coverage:
     """Records the blocks one run executes and writes them as drcov."""
 
@@ -104,7 +109,7 @@ class Coverage:
                 "Module Table: version 2, count 2\n"
                 "Columns: id, base, end, entry, path\n"
                 f" 0, {self.base:#010x}, {self.end:#010x}, {entry:#010x}, "
-                f"{Path(self.guest.boot.kernel.path).resolve()}\n"
+                f"{_one_line(Path(self.guest.boot.kernel.path).resolve())}\n"
                 f" 1, {0:#010x}, {0xFFFFFFFF:#010x}, {0:#010x}, {OTHER_MODULE}\n"
                 f"BB Table: {len(entries)} bbs\n")
         return head.encode() + b"".join(BB_ENTRY.pack(*e) for e in entries)

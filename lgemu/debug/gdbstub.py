@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from ..host.guest import Guest
 
 DEFAULT_PORT = 1234  # `-s`
-ATTACHED_RUN = 100_000  # longest CPU run while gdb is attached (Ctrl-C latency ~1 ms)
+ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C latency ~1 ms)
 PACKET_SIZE = 0x4000
 SIGINT, SIGTRAP, SIGABRT, SIGKILL = 2, 5, 6, 9
 INTERRUPT = b"\x03"

@@ -138,7 +138,16 @@ class LineTable:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return _printable(value) if isinstance(value, bytes) else value
+
+
+def _printable(raw: bytes) -> str:
+    """A name from the file as one token: control characters and spaces as \\xNN (a hostile
+    name must not split a trace line or a table row)."""
+    text = raw.decode("utf-8", "replace")
+    if text.isprintable() and " " not in text:
+        return text
+    return "".join(c if c.isprintable() and c != " " else f"\\x{ord(c):02x}" for c in text)
 
 
 @dataclass
@@ -289,7 +298,7 @@ def _read_symbols(elf: ELFFile) -> Iterator[Symbol]:
         if kind not in KIND_NAMES or shndx == 0 or shndx >= SHN_LORESERVE:
             continue
         end = strtab.find(b"\0", name_off)
-        name = strtab[name_off:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+        name = _printable(strtab[name_off:end if end >= 0 else len(strtab)])
         if not name or name.startswith((".L", "$")):
             continue
         yield Symbol(name, value, size, KIND_NAMES[kind], info >> 4 == STB_GLOBAL)

@@ -515,6 +515,9 @@ def open_tracer(guest: Guest, trace: str | None, trace_format: str, regs: bool,
         raise UserError(f"--events: the {trace_format} format cannot carry events")
     trace_filter = parse_filter(filter_text) if filter_text else TraceFilter()
     instructions = trace is not None and not events
+    if not instructions and (trace_filter.symbols or trace_filter.ranges or trace_filter.rings):
+        raise UserError("--trace-filter: with --events only icount: terms apply "
+                        "(sym:, addr: and ring: select instructions)")
     symbols = Symbols.load(Path(guest.boot.kernel.path)) if instructions else None
     if symbols is not None and symbols.problems and stderr is not None:
         for problem in symbols.problems:

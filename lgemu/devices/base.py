@@ -58,6 +58,12 @@ class Device:
         """Host file descriptors whose input the device is waiting for (for `select`)."""
         return []
 
+    def polled_fds(self) -> list[int]:
+        """Live host input the guest collects by polling on its timer rather than through an
+        interrupt (the 2.6.24 console): while the guest sleeps, waiting for it in real time
+        keeps an idle interactive guest from spinning through virtual time."""
+        return []
+
     def summary(self) -> str:
         """One line of what the device did, for `-v`."""
         return ""

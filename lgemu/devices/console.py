@@ -249,6 +249,10 @@ class Console(Device):
             return []
         return [source.fd]
 
+    def polled_fds(self) -> list[int]:
+        inq = self.queues[INPUT_QUEUE]
+        return self.wait_fds() if not inq.wants_interrupt() and inq.pending() else []
+
     def summary(self) -> str:
         return f"output {self.output.bytes_written} bytes, input {self.bytes_in} bytes"
 

@@ -476,7 +476,11 @@ class Guest:
         fds = [fd for device in self.devices
                if any(not blocked >> line & 1 for line in device.wake_irqs())
                for fd in device.wait_fds()]
-        if not fds:
+        # Input the guest only polls for cannot wake it, but its next timer tick will look:
+        # wait for it in real time and bring that tick forward when it comes.
+        polled = [] if fds or clock.deadline_ns is None else \
+            [fd for device in self.devices for fd in device.polled_fds()]
+        if not fds and not polled:
             if clock.deadline_ns is None:
                 raise GuestStuck("halted with no timer set and no interrupt that can wake it")
             clock.idle_until_timer()
@@ -496,7 +500,9 @@ class Guest:
                 clock.idle_until_timer()
                 return
             wait = min(wait, left)
-        select.select(fds, [], [], wait)  # the next step polls the devices
+        ready, _, _ = select.select(fds or polled, [], [], wait)  # the next step polls devices
+        if ready and polled:
+            clock.idle_until_timer()
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, max_instructions: int | None = None,

@@ -148,9 +148,10 @@ def _check_in_ram(path: Path, paddr: int, memsz: int) -> None:
         )
 
 
-def load_kernel(path: str | Path) -> KernelImage:
+def load_kernel(path: str | Path, check_guest: bool = True) -> KernelImage:
     """Read and check a vmlinux (ELF) or bzImage; raise `UserError` for anything else,
-    including a Linux kernel that is certainly not an lguest guest (`guestcheck`)."""
+    including (unless `check_guest` is False, for tools that only describe the file) a Linux
+    kernel that is certainly not an lguest guest (`guestcheck`)."""
     path = Path(path)
     with open_regular_file(path) as f:
         size = os.fstat(f.fileno()).st_size
@@ -162,7 +163,8 @@ def load_kernel(path: str | Path) -> KernelImage:
         elif head[SETUP_HEADER_MAGIC_OFFSET:_MAGIC_END] == SETUP_HEADER_MAGIC:
             kernel = _load_bzimage(path, f, size, head)
         if kernel is not None:
-            check_lguest_guest(path, f)
+            if check_guest:
+                check_lguest_guest(path, f)
             return kernel
     raise _fail(path, "not an ELF kernel or bzImage")
 
