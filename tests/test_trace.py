@@ -331,3 +331,22 @@ def test_verbose_summary_counts_vring_chains(boot_guest, tmp_path):
     _, _, err = boot_guest(None, cmdline="lgemu.test=console_echo",
                            extra=["-v", "--console-input", str(script)])
     assert re.search(r"│ vring +│ console\.1 chains returned +│ +\d+ │", err)
+
+
+def test_rewritten_code_is_disassembled_again(asm_guest, tmp_path):
+    """The decode cache is keyed by address: code the guest rewrites must show anew."""
+    path = tmp_path / "smc.out"
+    run = asm_guest("""
+	INIT
+	call	patchme
+	movb	$0x40, patchme		/* nop → inc %eax */
+	call	patchme
+	POWER_DOWN
+patchme:
+	nop
+	ret
+""", extra=["--trace", str(path)])
+    run.assert_powered_down()
+    at_patchme = [m["rest"].split()[0] for m in instructions(path.read_text())
+                  if m["where"] == "patchme+0x0"]
+    assert at_patchme == ["nop", "incl"]

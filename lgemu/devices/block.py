@@ -100,7 +100,13 @@ class Block(Device):
         return block_spec(self.capacity)
 
     def close(self) -> None:
+        """Flush every completed write to the disk and close the image (every exit path)."""
         if self.fd >= 0:
+            if not self.read_only and self.stats["written"]:
+                try:
+                    os.fsync(self.fd)
+                except OSError:
+                    pass  # a pipe or device that cannot sync: the writes were made
             os.close(self.fd)
             self.fd = -1
 
