@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,14 @@ class Lgemu:
                 self.port = int(match.group(1))
                 self._port_known.set()
         self._port_known.set()
+
+    def wait_for(self, text: str) -> None:
+        """Wait until lgemu has written `text` on stderr."""
+        deadline = time.monotonic() + TIMEOUT
+        while text not in "".join(self._err):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"lgemu never said {text!r}: {''.join(self._err)!r}")
+            time.sleep(0.01)
 
     def finish(self) -> tuple[int, bytes, str]:
         """Wait for lgemu to end: (exit status, stdout, stderr)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from guestasm import assert_powered_down
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = REPO_ROOT / "firmware" / "lgemu-guest.elf"
@@ -174,6 +175,18 @@ def test_events_alone_go_to_stderr(boot_guest):
     assert texts[-1].startswith("hcall CRASH message=0x")
     counts = [int(EVENT.match(line)["icount"]) for line in lines]
     assert counts == sorted(counts)
+
+
+def test_async_hypercalls_are_marked(boot_guest):
+    _, _, err = boot_guest(None, cmdline="lgemu.test=async_ring", extra=["--events"])
+    ring = [EVENT.match(line) for line in err.splitlines() if line.endswith(" [async]")]
+    assert ring and all(m["text"].startswith("hcall ") for m in ring)
+    # Drained when the guest next makes a synchronous call: that call's count, and then the
+    # synchronous call itself follows under the same count.
+    first = int(ring[0]["icount"])
+    same = [EVENT.match(line)["text"] for line in err.splitlines()
+            if int(EVENT.match(line)["icount"]) == first]
+    assert not same[-1].endswith("[async]")
 
 
 def test_events_with_trace_file_hold_no_instructions(boot_guest, tmp_path):
@@ -346,7 +359,14 @@ patchme:
 	nop
 	ret
 """, extra=["--trace", str(path)])
-    run.assert_powered_down()
+    assert_powered_down(run)
     at_patchme = [m["rest"].split()[0] for m in instructions(path.read_text())
                   if m["where"] == "patchme+0x0"]
     assert at_patchme == ["nop", "incl"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_ends_the_run_with_one_line(boot_guest):
+    status, _, err = boot_guest(None, extra=["--trace", "/dev/full"])
+    assert status == 2
+    assert err == "lgemu: /dev/full: cannot write the trace (No space left on device)\n"

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from ..host.guest import Guest
 
 DEFAULT_PORT = 1234  # `-s`
-ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C latency ~1 ms)
+ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C answered in ms)
 PACKET_SIZE = 0x4000
 SIGINT, SIGTRAP, SIGABRT, SIGKILL = 2, 5, 6, 9
 INTERRUPT = b"\x03"
@@ -679,6 +679,7 @@ class GdbStub:
             va += n
         self.watchpoints[key] = (ranges, hooks)
         cpu.flush_tlb()  # loads and stores already in the TLB would pass the hooks by
+        cpu.flush_code()  # as would code translated before them (part of it, on 2.1.4)
 
     def _refresh_watchpoints(self) -> None:
         """Before a run: follow page-table changes of watched virtual ranges."""
@@ -728,6 +729,7 @@ class GdbStub:
         if self.mode == SEARCH and not self.search_hooks:
             self.search_hooks = [cpu.on_code(self._record_breakpoint, addr, addr)
                                  for addr in self.breakpoints]
+            cpu.flush_code()
         elif self.mode != SEARCH and self.search_hooks:
             self._disarm(self.search_hooks)
             self.search_hooks = []

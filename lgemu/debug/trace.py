@@ -200,12 +200,15 @@ class TraceOutput:
     def close(self) -> None:
         """Flush; close a file of our own, leave stdout/stderr open."""
         try:
-            self.stream.flush()
+            self.flush()
         finally:
             if self._owned:
                 self.stream.close()
             elif isinstance(self.stream, io.TextIOWrapper) and self.name == "stdout":
-                self.stream.detach()
+                try:
+                    self.stream.detach()
+                except (OSError, ValueError):  # a reader that went away, already discarded
+                    pass
 
     def discard(self) -> None:
         """The reader went away (``| head``): write nothing more."""
@@ -289,7 +292,9 @@ class Tracer:
         try:
             self.out.close()
         except OSError as e:
-            self._fail(e)
+            if not self._broken and not isinstance(e, BrokenPipeError):
+                raise UserError(f"{self.out.name}: cannot write the trace "
+                                f"({e.strerror or e})") from None
 
     def _hook(self) -> None:
         on_insn = self._on_state if self.fmt.stateful else self._on_insn
