@@ -38,13 +38,14 @@ def bundled_guest() -> Path:
 
 
 class Lgemu:
-    """`lgemu boot ARGS --gdb tcp::0` in a subprocess; `port` is the stub's."""
+    """`lgemu boot ARGS --gdb tcp::0` in a subprocess; `port` is the stub's.  With `piped`,
+    its stdin (the console's input) is a pipe the test writes to (`proc.stdin`)."""
 
-    def __init__(self, args: Sequence[str], wait: bool = True) -> None:
+    def __init__(self, args: Sequence[str], wait: bool = True, piped: bool = False) -> None:
         argv = [sys.executable, "-m", "lgemu", "boot", *map(str, args), "--gdb", "tcp::0"]
         self.proc = subprocess.Popen([*argv, *(["-S"] if wait else [])], cwd=REPO_ROOT,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                     stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._out = bytearray()
         self._err: list[str] = []
         self._port_known = threading.Event()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import lgemu_main_in_process
 from gdbrun import (
+    Lgemu,
     bundled_guest,
     instruction_before,
     needs_gdb,
@@ -255,3 +256,32 @@ def test_reverse_continue_to_a_watchpoint() -> None:
     assert before_write == instruction_before(elf, after_write)[0]
     assert "[Inferior 1 (Remote target) exited normally]" in run.gdb
     assert run.status == 0
+
+
+def test_console_input_from_a_pipe_is_not_replayed() -> None:
+    """Piped input read after a snapshot cannot be read again: reverse-continue stops where
+    the input came in (the start of what can be replayed), reverse-stepi before it is refused,
+    and the run still ends normally, its echo printed once."""
+    elf = bundled_guest()
+    lgemu = Lgemu(["--append", "lgemu.test=console_echo"], piped=True)
+    lgemu.proc.stdin.write(b"hello\n")
+    lgemu.proc.stdin.flush()
+    gdb = RspClient.connect(lgemu.port)
+    gdb.command("qSupported:swbreak+")
+    gdb.command(f"Z0,{symbol(elf, 'echo_line'):x},1")
+    assert gdb.command("c").startswith("T05swbreak")
+    at_echo = int(gdb.command("qlgemu.icount"), 16)
+    assert gdb.command("bc").startswith("T05replaylog:begin;")
+    input_came = int(gdb.command("qlgemu.icount"), 16)
+    assert 0 < input_came < at_echo
+    refused = gdb.command("bs")
+    assert refused.startswith("E.") and "terminal or pipe" in refused
+    gdb.command(f"z0,{symbol(elf, 'echo_line'):x},1")
+    lgemu.proc.stdin.close()  # end of input: the guest powers down
+    assert gdb.command("c") == "W00"
+    gdb.close()
+    status, out, err = lgemu.finish()
+    assert status == 0
+    assert out.count(b"echo: hello\n") == 1
+    assert b"console_echo: end of input after 1 lines" in out
+    assert "reverse-continue stops here: console input was read from a terminal or pipe" in err

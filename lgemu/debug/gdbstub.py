@@ -863,11 +863,13 @@ class GdbStub:
         if self.search_index == 0:
             self.timeline.restore(snapshots[0])
             return Stop(SIGTRAP, "replaylog")
-        self.search_index -= 1
-        error = self._search_from(self.search_index, snapshots[self.search_index + 1].icount)
+        error = self._search_from(self.search_index - 1, snapshots[self.search_index].icount)
         if error is not None:
-            self._say(f"gdb: reverse-continue: {error[2:].decode()}")
-            return Stop(SIGINT)
+            # What came before cannot be replayed: the history gdb can have starts here.
+            self.timeline.restore(snapshots[self.search_index])
+            self._say(f"gdb: reverse-continue stops here: {error[2:].decode()}")
+            return Stop(SIGTRAP, "replaylog")
+        self.search_index -= 1
         return None
 
     # -- ending ----------------------------------------------------------------------------------

@@ -102,11 +102,25 @@ class TraceFormat:
         return ""
 
 
+class LineFormat(TraceFormat):
+    """A format whose instruction line waits until the registers it changed are known, then
+    gets them appended by `settle`."""
+
+    _pending = ""
+
+    def step(self, icount: int, template: str, changed: list[tuple[str, int]],
+             memory: list[Access], gap: int) -> str:
+        out = self.settle(changed, gap)
+        self._pending = template % icount
+        self.pending = True
+        return out
+
+
 def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-class TextFormat(TraceFormat):
+class TextFormat(LineFormat):
     """Aligned columns for people (and grep)."""
 
     name = "text"
@@ -120,13 +134,6 @@ class TextFormat(TraceFormat):
     def event(self, icount: int, kind: str, text: str) -> str:
         return f"{icount:10d} -- {text}\n"
 
-    def step(self, icount: int, template: str, changed: list[tuple[str, int]],
-             memory: list[Access], gap: int) -> str:
-        out = self.settle(changed, gap)
-        self._pending = template % icount
-        self.pending = True
-        return out
-
     def settle(self, changed: list[tuple[str, int]], gap: int) -> str:
         if not self.pending:
             return ""
@@ -137,7 +144,7 @@ class TextFormat(TraceFormat):
         return f"{self._pending[:-1]}  | {regs}\n" if regs else self._pending
 
 
-class JsonlFormat(TraceFormat):
+class JsonlFormat(LineFormat):
     """One JSON object per line, for programs."""
 
     name = "jsonl"
@@ -151,13 +158,6 @@ class JsonlFormat(TraceFormat):
     def event(self, icount: int, kind: str, text: str) -> str:
         return json.dumps({"icount": icount, "event": kind, "text": text},
                           ensure_ascii=False, separators=(",", ":")) + "\n"
-
-    def step(self, icount: int, template: str, changed: list[tuple[str, int]],
-             memory: list[Access], gap: int) -> str:
-        out = self.settle(changed, gap)
-        self._pending = template % icount
-        self.pending = True
-        return out
 
     def settle(self, changed: list[tuple[str, int]], gap: int) -> str:
         if not self.pending:
