@@ -18,6 +18,7 @@ from guestasm import (
     descriptor,
     quads,
 )
+from virtioasm import DEVPT_BSS, map_device_pages
 
 MIB = 1 << 20
 MEM = 64 * MIB
@@ -279,22 +280,9 @@ def test_notify_beyond_memory_is_killed(asm_guest, addr):
     assert run.out == b"zero "
 
 
-# A page table for the device page and vrings, which the Launcher's identity map leaves out
-# (§1.3): PDE 16 of the 64 MiB guest's directory covers [MEM, MEM + 4 MiB).
-MAP_DEVICE_PAGES = """
-        movl	lguest_data+LD_PGDIR, %esi
-        movl	$devpt, %edi
-        movl	$0x04000007, %eax
-        movl	$5, %ecx			/* device page and two 2-page vrings */
-1:	movl	%eax, (%edi)
-        addl	$0x1000, %eax
-        addl	$4, %edi
-        loop	1b
-        movl	$devpt, %eax
-        orl	$7, %eax
-        movl	%eax, 16*4(%esi)
-"""
-DEVPT_BSS = "\t.bss\n\t.balign 4096\ndevpt:\t.space 4096\n"
+# The device page and the console's two vrings, which the Launcher's identity map leaves out
+# (§1.3), mapped virtual = physical.
+MAP_DEVICE_PAGES = map_device_pages(2)
 
 
 def test_notify_of_the_console_output_queue_prints_its_buffer(asm_guest):
