@@ -212,6 +212,12 @@ def test_register_and_code_writes_take_effect(tmp_path: Path) -> None:
         assert gdb.command("c").startswith("T05")
         assert register(gdb.command("g"), "eip") == here
         assert gdb.command("P0=33333333") == "OK"
+        regs = gdb.command("g")
+        assert register(regs, "eax") == 0x33333333
+        assert gdb.command("G" + regs) == "OK"  # unchanged selectors are fine in a G
+        assert gdb.command("Pa=73000000") == "E00"  # CS: the Host's, not gdb's to change
+        eflags = register(regs, "eflags")
+        assert gdb.command(f"P9={(eflags | 0x3000).to_bytes(4, 'little').hex()}") == "E00"
         assert gdb.command(f"M{f + 1:x},4:22222222") == "OK"
         assert gdb.command(f"m{f:x},5") == "b822222222"
         assert gdb.command(f"z0,{here:x},1") == "OK"

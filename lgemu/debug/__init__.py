@@ -24,7 +24,6 @@ def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) ->
     """Attach the configured debugging aids to `guest` for the duration of the run.
     Traces, coverage and the status line are imported only when asked for (capstone,
     pyelftools and rich take a while to load)."""
-    from .gdbstub import attach_control
     from .tap import is_terminal
 
     with ExitStack() as stack:
@@ -37,5 +36,7 @@ def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) ->
         if config.coverage is not None:
             from .coverage import attach_coverage
             attach_coverage(stack, guest, config)
-        attach_control(stack, guest, config, stderr)  # last: time travel rewinds the guest
+        if config.gdb is not None or config.gdb_wait or config.stop_at is not None:
+            from .gdbstub import attach_control
+            attach_control(stack, guest, config, stderr)  # last: time travel rewinds the guest
         yield

@@ -24,15 +24,17 @@ What gdb gets, and how:
   memory hooks guest-*physical* addresses, so a watched virtual range is translated when the
   watchpoint is set and again before every run: it follows the guest's page tables (a range
   not mapped yet is armed once it is, as a debug register would be) and sees the same memory
-  through any other mapping.  A hit ends the run after the accessing
-  instruction and is reported as `watch`/`rwatch`/`awatch`.  Accesses the Host makes on the
-  guest's behalf (trap frames, hypercall results) are not seen;
+  through any other mapping.  A hit ends the run after the accessing instruction and is
+  reported as `watch`/`rwatch`/`awatch`.  Accesses the Host makes on the guest's behalf (trap
+  frames, hypercall results) are not seen;
 * `s`, `c`, `vCont` (`c`, `s`), Ctrl-C (polled at every run boundary; runs are at most
-  `ATTACHED_RUN` instructions while gdb waits), `?`, `D` (the guest runs on; another gdb may
-  attach later), `k`;
+  `ATTACHED_RUN` instructions while gdb waits; a guest halted with no timer, waiting for
+  console input, notices it only when it next runs), `?`, `D` (the guest runs on; another gdb
+  may attach later), `k`, and `qlgemu.icount` (the instruction count, in hex);
 * reverse execution (`bs`, `bc`) by replay from snapshots (`lgemu.debug.snapshot`), taken
   every `--snapshot-every` instructions while gdb is attached; advertised only when this guest
-  can be replayed.
+  can be replayed, refused (`E.` with the reason) where console input from a terminal or pipe
+  would have to be read again.
 
 When the run ends while gdb waits for the guest, gdb is told: `W00` for a power down, `X06`
 (SIGABRT) for a crash, `X09` (SIGKILL) for anything else; lgemu then exits with its usual
@@ -61,7 +63,6 @@ if TYPE_CHECKING:
     from ..cli import BootConfig
     from ..host.guest import Guest
 
-DEFAULT_PORT = 1234  # `-s`
 ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C answered in ms)
 PACKET_SIZE = 0x4000
 SIGINT, SIGTRAP, SIGABRT, SIGKILL = 2, 5, 6, 9
