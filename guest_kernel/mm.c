@@ -9,16 +9,6 @@
 #include "hcall.h"
 #include "bootparam.h"
 
-#define _PAGE_PRESENT	0x001
-#define _PAGE_RW	0x002
-#define _PAGE_USER	0x004
-#define _PAGE_ACCESSED	0x020
-#define _PAGE_DIRTY	0x040
-/* A PDE may carry only P|RW|US|A|D (§7.1: anything else is "bad page directory entry"). */
-#define _PAGE_TABLE	(_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
-/* Kernel pages: no US, no PWT, no PSE (§7.1 step 4); A and D preset as Linux does. */
-#define _PAGE_KERNEL	(_PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY)
-
 /* Kernel virtual space ends where the Switcher begins (reserve_mem, §7.5): at most 1020 MiB
  * of RAM can be mapped, and PDE 1023 is never ours. */
 #define MAX_MAPPED	(SWITCHER_ADDR - PAGE_OFFSET)

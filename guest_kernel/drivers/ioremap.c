@@ -11,7 +11,6 @@
  */
 #include "ioremap.h"
 #include "hcall.h"
-#include "../tests/ktest.h"
 
 #define VMALLOC_OFFSET	(8UL << 20)
 /* Stay well below the Switcher's PDE 1023 (reserve_mem, §7.5). */

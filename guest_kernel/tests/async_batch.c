@@ -36,16 +36,6 @@ static int tls_loaded(void)
 	return -1;
 }
 
-static unsigned int pending_slots(void)
-{
-	unsigned int i, n = 0;
-
-	for (i = 0; i < LHCALL_RING_SIZE; i++)
-		if (READ_ONCE(lguest_data.hcall_status[i]) != LHCALL_SLOT_FREE)
-			n++;
-	return n;
-}
-
 static u32 nm_count;
 
 static void nm_handler(struct trap_frame *f)
@@ -85,16 +75,16 @@ void test_async_batch(void)
 	/* Queued calls wait for a synchronous hypercall, then run in order. */
 	async_hcall(LHCALL_LOAD_TLS, __pa(tls[1]), 0, 0);
 	async_hcall(LHCALL_LOAD_TLS, __pa(tls[2]), 0, 0);
-	queued = pending_slots();
+	queued = async_pending_slots();
 	before = tls_loaded();
 	hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0);
 	after = tls_loaded();
 	check(queued == 2 && before == 0, "async_batch.queued_calls_wait",
 	      "%u slots pending (want 2), TLS table %d in use before FLUSH_ASYNC (want 0)",
 	      queued, before);
-	check(after == 2 && pending_slots() == 0, "async_batch.flush_runs_in_order",
+	check(after == 2 && async_pending_slots() == 0, "async_batch.flush_runs_in_order",
 	      "TLS table %d after FLUSH_ASYNC (want 2), %u slots still pending", after,
-	      pending_slots());
+	      async_pending_slots());
 
 	/* The synchronous call runs after everything in the ring. */
 	async_hcall(LHCALL_LOAD_TLS, __pa(tls[2]), 0, 0);
@@ -124,13 +114,13 @@ void test_async_batch(void)
 
 			async_hcall(LHCALL_LOAD_IDT_ENTRY, 3, lo, hi);
 		}
-		queued = pending_slots();
+		queued = async_pending_slots();
 		hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0);
 		count = last_trap.count;
 		__asm__ __volatile__(PROBE_ASM("int3") : : : "memory");
-		if (queued != LHCALL_RING_SIZE || pending_slots() != 0)
+		if (queued != LHCALL_RING_SIZE || async_pending_slots() != 0)
 			fail(n ? "async_batch.full_ring_wrapped" : "async_batch.full_ring",
-			     "%u slots pending before, %u after", queued, pending_slots());
+			     "%u slots pending before, %u after", queued, async_pending_slots());
 		else
 			expect_trap(n ? "async_batch.full_ring_wrapped" : "async_batch.full_ring",
 				    count, 3, -1, probe_end);
@@ -143,9 +133,9 @@ void test_async_batch(void)
 	async_hcall(LHCALL_NOTIFY, __pa(ring_message), 0, 0);
 	async_hcall(LHCALL_LOAD_TLS, __pa(tls[2]), 0, 0);
 	hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0);
-	check(tls_loaded() == 2 && pending_slots() == 0, "async_batch.notify_in_ring",
+	check(tls_loaded() == 2 && async_pending_slots() == 0, "async_batch.notify_in_ring",
 	      "TLS table %d after the batch (want 2), %u slots pending", tls_loaded(),
-	      pending_slots());
+	      async_pending_slots());
 
 	trap_handlers[7] = NULL;
 	ktest_end();

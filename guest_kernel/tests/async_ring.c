@@ -10,8 +10,10 @@
  */
 #include "kernel.h"
 #include "hcall.h"
+#include "tests.h"
 
-static unsigned int pending_slots(void)
+/* How many ring slots hold a call the Host has not run yet (status byte not 0xFF). */
+unsigned int async_pending_slots(void)
 {
 	unsigned int i, n = 0;
 
@@ -27,18 +29,18 @@ void test_async_ring(void)
 
 	for (i = 0; i < 8; i++)
 		async_hcall(LHCALL_FLUSH_TLB, 0, 0, 0);
-	queued = pending_slots();
+	queued = async_pending_slots();
 	hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0);
-	after = pending_slots();
+	after = async_pending_slots();
 	printk("async_ring: queued 8, %u pending before FLUSH_ASYNC, %u after\n", queued, after);
 	if (queued != 8 || after != 0)
 		panic("async_ring: Host did not drain the ring (%u/%u)", queued, after);
 
 	for (i = 0; i < LHCALL_RING_SIZE; i++)
 		async_hcall(LHCALL_FLUSH_TLB, 0, 0, 0);
-	queued = pending_slots();
+	queued = async_pending_slots();
 	async_hcall(LHCALL_FLUSH_TLB, 0, 0, 0);	/* ring full: goes synchronous */
-	after = pending_slots();
+	after = async_pending_slots();
 	printk("async_ring: ring full with %u, one more call drained it to %u\n", queued, after);
 	if (queued != LHCALL_RING_SIZE || after != 0)
 		panic("async_ring: full ring not drained (%u/%u)", queued, after);

@@ -37,15 +37,6 @@
 #define GATE_INTERRUPT	0xE
 #define GATE_TRAP	0xF
 
-/* Page-table bits (§7). */
-#define _PAGE_PRESENT	0x001
-#define _PAGE_RW	0x002
-#define _PAGE_USER	0x004
-#define _PAGE_ACCESSED	0x020
-#define _PAGE_DIRTY	0x040
-#define _PAGE_TABLE	(_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
-#define _PAGE_KERNEL	(_PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY)
-
 /* What trapentry.S leaves on the stack, lowest address first.  Everything from eip on is
  * the frame the Host (or, for a direct trap, the CPU) pushed; esp/ss only from ring 3. */
 struct trap_frame {

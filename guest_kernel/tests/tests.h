@@ -9,6 +9,7 @@
 #define GUEST_TESTS_H
 
 void test_async_ring(void);
+unsigned int async_pending_slots(void);	/* async_ring.c, also for async_batch */
 void test_printk_formats(void);
 
 /* The conformance suite (ktest.h): each prints PASS/FAIL lines per case. */

@@ -203,6 +203,19 @@ static void check_probe(struct user_probe *p)
 	      p->vector, p->error_code, p->fault_eip, p->user_esp, ESP0 - 20, p->cr2);
 }
 
+/* The process's handlers: its system calls, the faults the probes expect, the tick; NULL
+ * handlers take them out again. */
+static void set_user_handlers(trap_fn sys, trap_fn fault, trap_fn timer)
+{
+	static const u8 fault_vectors[] = { 0, 5, 6, 13, 14 };
+	unsigned int i;
+
+	trap_handlers[SYSCALL_VECTOR] = sys;
+	for (i = 0; i < ARRAY_SIZE(fault_vectors); i++)
+		trap_handlers[fault_vectors[i]] = fault;
+	trap_handlers[0x20] = timer;
+}
+
 /* A page directory for the process: the kernel's PDEs (shared PTE pages, supervisor PTEs)
  * and PDE 1 with code (read-only), stack, and one supervisor-only page. */
 static u32 *build_user_pgdir(void)
@@ -233,13 +246,7 @@ void test_usermode(void)
 
 	load_linux_gdt();
 	trap_init();
-	trap_handlers[SYSCALL_VECTOR] = sys_handler;
-	trap_handlers[0] = user_fault;
-	trap_handlers[5] = user_fault;
-	trap_handlers[6] = user_fault;
-	trap_handlers[13] = user_fault;
-	trap_handlers[14] = user_fault;
-	trap_handlers[0x20] = tick_handler;
+	set_user_handlers(sys_handler, user_fault, tick_handler);
 
 	pgd = build_user_pgdir();
 	hcall(LHCALL_SET_STACK, GUEST_DS, ESP0, 2);
@@ -247,13 +254,7 @@ void test_usermode(void)
 	status = enter_user(USER_BASE, USER_STACK_TOP);
 	hcall(LHCALL_NEW_PGTABLE, __pa(swapper_pg_dir), 0, 0);
 	set_irq_enabled(0);
-	trap_handlers[SYSCALL_VECTOR] = NULL;
-	trap_handlers[0] = NULL;
-	trap_handlers[5] = NULL;
-	trap_handlers[6] = NULL;
-	trap_handlers[13] = NULL;
-	trap_handlers[14] = NULL;
-	trap_handlers[0x20] = NULL;
+	set_user_handlers(NULL, NULL, NULL);
 	hcall(LHCALL_SET_CLOCKEVENT, 0, 0, 0);
 	set_blocked(1);
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import Device
-from .block import Block, parse_block_option
 from .console import Console, ConsoleOutput, open_console_input
-from .net import Net
-from .netback import parse_net_option
 
 if TYPE_CHECKING:
     from ..cli import BootConfig
@@ -25,11 +22,18 @@ def build_devices(config: BootConfig, output: ConsoleOutput) -> list[Device]:
     disks = nets = 0
     try:
         for kind, value in config.devices:
+            # Block and network code is imported only when asked for: `lgemu boot` with
+            # just a console starts faster.
             if kind == "block":
+                from .block import Block, parse_block_option
+
                 path, read_only = parse_block_option(value)
                 devices.append(Block(path, read_only, disks))
                 disks += 1
             else:
+                from .net import Net
+                from .netback import parse_net_option
+
                 devices.append(Net(parse_net_option(value), nets))
                 nets += 1
         devices.append(Console(output, open_console_input(config.console_input)))
