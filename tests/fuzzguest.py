@@ -249,15 +249,20 @@ op_pde:
 	movl	%eax, (%edi)
 	jmp	next_op
 
-op_fill:
-	movl	4(%esi), %edi
-	movl	8(%esi), %eax
+	.macro	WORD_COUNT			/* ECX := the word count c, 0 to 1024 */
 	movl	12(%esi), %ecx
 	andl	$2047, %ecx
 	cmpl	$1024, %ecx
 	jbe	1f
 	subl	$1024, %ecx
-1:	movl	16(%esi), %edx
+1:
+	.endm
+
+op_fill:
+	movl	4(%esi), %edi
+	movl	8(%esi), %eax
+	WORD_COUNT
+	movl	16(%esi), %edx
 	jecxz	3f
 2:	movl	%eax, (%edi)
 	addl	$4, %edi
@@ -268,13 +273,9 @@ op_fill:
 
 op_copy:
 	movl	4(%esi), %edi
-	movl	12(%esi), %ecx
+	WORD_COUNT
 	movl	8(%esi), %esi
-	andl	$2047, %ecx
-	cmpl	$1024, %ecx
-	jbe	1f
-	subl	$1024, %ecx
-1:	rep movsl
+	rep movsl
 	jmp	next_op
 
 op_spin:

@@ -42,6 +42,21 @@ FIELD_VALUES = {
 }
 
 
+def boot_with_zero_page_changes(lgemu_main, monkeypatch, changes) -> tuple[int, bytes, str]:
+    """Boot the bundled guest with `changes` ((offset, value) pairs) written into the zero
+    page the Launcher builds; (status, out, err)."""
+    original = lgemu.launcher.build_zero_page
+
+    def corrupted(*args, **kwargs) -> bytes:
+        page = bytearray(original(*args, **kwargs))
+        for offset, value in changes:
+            struct.pack_into(FIELDS[offset], page, offset, value)
+        return bytes(page)
+
+    monkeypatch.setattr(lgemu.launcher, "build_zero_page", corrupted)
+    return lgemu_main(["boot", "--max-insns", MAX_INSNS])
+
+
 def field_changes():
     def value(offset: int):
         bits = 8 * struct.calcsize(FIELDS[offset])
@@ -53,16 +68,7 @@ def field_changes():
 @fuzz_settings(40)
 @given(changes=field_changes())
 def test_a_corrupt_zero_page_ends_cleanly(lgemu_main, monkeypatch, changes) -> None:
-    original = lgemu.launcher.build_zero_page
-
-    def corrupted(*args, **kwargs) -> bytes:
-        page = bytearray(original(*args, **kwargs))
-        for offset, value in changes:
-            struct.pack_into(FIELDS[offset], page, offset, value)
-        return bytes(page)
-
-    monkeypatch.setattr(lgemu.launcher, "build_zero_page", corrupted)
-    status, out, err = lgemu_main(["boot", "--max-insns", MAX_INSNS])
+    status, out, err = boot_with_zero_page_changes(lgemu_main, monkeypatch, changes)
     assert_clean_end(status, err, out)
 
 
@@ -73,15 +79,7 @@ def test_a_corrupt_zero_page_ends_cleanly(lgemu_main, monkeypatch, changes) -> N
     (0x2E0, 2, 1),  # e820 entry 0 is not RAM: the guest panics
 ])
 def test_zero_page_fields_the_guest_relies_on(lgemu_main, monkeypatch, offset, value, status):
-    original = lgemu.launcher.build_zero_page
-
-    def corrupted(*args, **kwargs) -> bytes:
-        page = bytearray(original(*args, **kwargs))
-        struct.pack_into(FIELDS[offset], page, offset, value)
-        return bytes(page)
-
-    monkeypatch.setattr(lgemu.launcher, "build_zero_page", corrupted)
-    got, out, err = lgemu_main(["boot", "--max-insns", MAX_INSNS])
+    got, out, err = boot_with_zero_page_changes(lgemu_main, monkeypatch, [(offset, value)])
     assert_clean_end(got, err, out)
     assert got == status, err
 

@@ -29,6 +29,13 @@ def info(lgemu_main, path: Path | str) -> tuple[int, str, str]:
     return status, out.decode(), err
 
 
+def guest_info(lgemu_main, tmp_path: Path, body: str) -> str:
+    """`lgemu info` on a small guest assembled from `body`: status 0, nothing on stderr."""
+    status, out, err = info(lgemu_main, build_guest(tmp_path, body))
+    assert (status, err) == (0, "")
+    return out
+
+
 def test_bundled_guest(lgemu_main):
     status, out, err = info(lgemu_main, BUNDLED)
     assert (status, err) == (0, "")
@@ -48,25 +55,20 @@ def test_bundled_guest(lgemu_main):
 
 
 def test_a_guest_without_lguest_symbols(lgemu_main, tmp_path):
-    elf = build_guest(tmp_path, "\tPOWER_DOWN\n")
-    status, out, err = info(lgemu_main, elf)
-    assert (status, err) == (0, "")
+    out = guest_info(lgemu_main, tmp_path, "\tPOWER_DOWN\n")
     assert "lguest guest: no; ABI: not an lguest guest" in out
     assert "no lguest_init, lguest_entry" in out
 
 
 def test_a_2_6_23_guest_is_named(lgemu_main, tmp_path):
-    elf = build_guest(tmp_path, LGUEST_SYMBOLS + "\t.globl lguest_send_dma\nlguest_send_dma:\n")
-    status, out, _ = info(lgemu_main, elf)
-    assert status == 0
+    out = guest_info(lgemu_main, tmp_path,
+                     LGUEST_SYMBOLS + "\t.globl lguest_send_dma\nlguest_send_dma:\n")
     assert "lguest guest: yes; ABI: 2.6.23" in out
     assert "has lguest_send_dma (the DMA lguest bus)" in out
 
 
 def test_a_resized_lguest_data_is_not_2_6_24(lgemu_main, tmp_path):
-    elf = build_guest(tmp_path, LGUEST_SYMBOLS + "\t.size lguest_data, 1200\n")
-    status, out, _ = info(lgemu_main, elf)
-    assert status == 0
+    out = guest_info(lgemu_main, tmp_path, LGUEST_SYMBOLS + "\t.size lguest_data, 1200\n")
     assert "ABI: a later lguest ABI" in out
     assert "lguest_data is 1200 bytes, 2.6.24's is 1136" in out
 

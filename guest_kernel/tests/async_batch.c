@@ -36,15 +36,6 @@ static int tls_loaded(void)
 	return -1;
 }
 
-static u32 nm_count;
-
-static void nm_handler(struct trap_frame *f)
-{
-	(void)f;
-	nm_count++;
-	hcall(LHCALL_TS, 0, 0, 0);
-}
-
 /* Does the FPU trap (#NM) right now?  Leaves TS clear either way. */
 static bool fpu_traps(void)
 {

@@ -84,6 +84,8 @@ void clear_gate(unsigned int vector);
 void trap_init(void);
 void load_linux_gdt(void);
 bool expect_trap(const char *name, u32 count_before, u32 vector, s32 error_code, u32 eip);
+void nm_handler(struct trap_frame *f);	/* a vector 7 handler: counts in nm_count, clears TS */
+extern u32 nm_count;
 u64 guest_time_ns(void);
 u64 rdtsc(void);
 void spin(u32 iterations);

@@ -107,16 +107,6 @@ static void test_page_faults(void)
 	trap_handlers[14] = NULL;
 }
 
-static u32 nm_count;
-
-/* 2.6.24's math_state_restore, minus the restore: clts (LHCALL_TS(0)) and retry. */
-static void nm_handler(struct trap_frame *f)
-{
-	(void)f;
-	nm_count++;
-	hcall(LHCALL_TS, 0, 0, 0);
-}
-
 static void test_fpu(void)
 {
 	u32 n, one = 0, two = 0;
