@@ -45,7 +45,7 @@ FIELD_VALUES = {
 def boot_with_zero_page_changes(lgemu_main, monkeypatch, changes) -> tuple[int, bytes, str]:
     """Boot the bundled guest with `changes` ((offset, value) pairs) written into the zero
     page the Launcher builds; (status, out, err)."""
-    original = lgemu.launcher.build_zero_page
+    original = lgemu.launcher.bootparams.build_zero_page  # never patched: no pile-up
 
     def corrupted(*args, **kwargs) -> bytes:
         page = bytearray(original(*args, **kwargs))
