@@ -203,29 +203,42 @@ def test_trap_frame_on_an_unmapped_stack_kills(asm_guest):
 
 
 def test_port_io_in_ring_1_is_emulated(asm_guest):
-    """§5.7: `out` does nothing; `in` reads all ones (16 bits for an even opcode)."""
+    """§5.7: `out` does nothing; `in` reads all ones (16 bits for an even opcode).  Before
+    LGUEST_INIT lguest's page_offset is 0, so every ring-1 instruction counts as kernel code
+    (this guest runs at its physical addresses); the results are printed after INIT."""
     run = asm_guest("""
-        INIT
         movl	$0x12345678, %eax
         inl	$0x60, %eax
-        PUTHEX	%eax
+        movl	%eax, got
         movl	$0x12345678, %eax
         inw	$0x64, %ax
-        PUTHEX	%eax
+        movl	%eax, got+4
         movl	$0x12345678, %eax
         movw	$0x3f8, %dx
         inb	%dx, %al
-        PUTHEX	%eax
+        movl	%eax, got+8
         movl	$0x12345678, %eax
         .byte	0x66				/* prefixed even opcode: the high half */
         inb	%dx, %al
-        PUTHEX	%eax
+        movl	%eax, got+12
         outb	%al, $0x80
         outl	%eax, %dx
+        INIT
+        PUTHEX	got
+        PUTHEX	got+4
+        PUTHEX	got+8
+        PUTHEX	got+12
         POWER_DOWN
-    """)
+    """, "got: .fill 4, 4, 0\n")
     # The odd opcode (inw is 66 E5) gives all ones whatever the width: lguest's quirk.
     assert_powered_down(run, b"ffffffff" b"ffffffff" b"1234ffff" b"ffff5678")
+
+
+def test_port_io_below_page_offset_is_not_emulated(asm_guest):
+    """lguest emulated `in`/`out` only for kernel addresses (EIP >= kernel_address): here
+    the same ring-1 instruction, below 0xC0000000 after LGUEST_INIT, is a #GP(0)."""
+    run = asm_guest("INIT\n fault: inb $0x60, %al\n POWER_DOWN")
+    assert_killed(run, f"unhandled trap 13 at {run.symbol('fault'):#x} (0x0)")
 
 
 @pytest.mark.parametrize(("insn", "vector"), [("sysenter", 13), ("syscall", 6)])

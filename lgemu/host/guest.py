@@ -117,6 +117,7 @@ class Guest:
         self.data: LguestData | None = None
         self.ring_cursor = 0
         self.ts = 0
+        self.kernel_address = 0  # lguest's page_offset: 0 until LGUEST_INIT reads it
         self.stats = Stats()
         self.outcome: LgemuExit | None = None
         self._stop_requested = False
@@ -381,7 +382,10 @@ class Guest:
         cpu = self.cpu
         eip = cpu.reg(Reg.EIP)
         self.stats.port_io[("in" if is_in else "out", port)] += 1
-        decoded = self._port_instruction(eip) if cpu.reg(Reg.CS) & 3 == 1 else None
+        # lguest emulated only kernel instructions (its emulate_insn reads the instruction
+        # through the linear map, so it refuses EIPs below page_offset).
+        emulate = cpu.reg(Reg.CS) & 3 == 1 and eip >= self.kernel_address
+        decoded = self._port_instruction(eip) if emulate else None
         if decoded is None or decoded[2] != is_in:
             # Unicorn cannot redirect from inside a translated block; stop right after
             # this instruction and deliver the fault from its address (a count-sliced stop
