@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import REPO_ROOT
@@ -36,10 +35,10 @@ def test_timeout_ends_a_runaway_guest(run_lgemu, tmp_path: Path) -> None:
 
 
 def test_sigterm_ends_the_run_with_one_line(tmp_path: Path) -> None:
-    elf = build_guest(tmp_path, SPIN)
+    elf = build_guest(tmp_path, "\tINIT\n\tPUTS ready\n1:\tjmp 1b\n", 'ready: .asciz "ready"\n')
     proc = subprocess.Popen([sys.executable, "-m", "lgemu", "boot", str(elf)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)  # let it start spinning
+    assert proc.stdout.read(5) == b"ready"  # spinning from now on
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
