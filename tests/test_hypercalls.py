@@ -1112,6 +1112,23 @@ def test_set_pte_validates_accessed_or_dirty_entries(asm_guest, pte, killed):
         assert_powered_down(run, hexwords(0x41414141, 0x41414141))
 
 
+@pytest.mark.parametrize(("pgdir", "vaddr"), [
+    ("$0x2000000", "$0x800000"),  # a directory the Host does not cache: ignored
+    ("%ebp", "$0x1000000"),  # the current one, but its PDE 4 was never used
+    ("%ebp", "$0xC0800000"),  # a kernel address no cached directory has a PDE for
+])
+def test_set_pte_checks_the_value_only_where_a_shadow_would_take_it(asm_guest, pgdir, vaddr):
+    """lguest's do_set_pte validated the value only when the shadow PDE covering `vaddr` was
+    present; without one, even a PTE past pfn_limit is only a hint (§7.2)."""
+    run = asm_guest(PAGING_SETUP + f"""
+        PUTHEX	0x800000
+        HCALL	$LHCALL_SET_PTE, {pgdir}, {vaddr}, ${LIMIT | 0x67:#x}
+        PUTHEX	0x800000
+        POWER_DOWN
+    """, PAGING_DATA)
+    assert_powered_down(run, hexwords(0x41414141, 0x41414141))
+
+
 # A fresh PDE (index 20, virtual 0x5000000) whose PTE 0 maps `page` with only P|RW|US.
 FRESH_MAPPING = """
         INIT

@@ -61,6 +61,7 @@ def lguest_init(g: Guest, addr: int, _a2: int, _a3: int) -> None:
     if kernel_address >> 22 >= SWITCHER_PDE:
         raise GuestKilled(f"bad kernel address {kernel_address:#x}")
     g.paging.kernel_pde = kernel_address >> 22
+    g.paging.kernel_address = kernel_address
     g.kernel_address = kernel_address
     g.data = g.traps.data = data
     g.paging.flush(everything=True)

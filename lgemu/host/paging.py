@@ -56,6 +56,7 @@ class Paging:
         self.memory = memory
         self.cpu = cpu
         self.kernel_pde = SWITCHER_PDE  # until LGUEST_INIT tells us kernel_address
+        self.kernel_address = 0  # lguest's page_offset (set with kernel_pde)
         host = memory.host
         for index in (HOST_GDT, HOST_UNTIL, HOST_TSS):
             U32.pack_into(host, host_page_phys(HOST_SWITCHER_PT) - host_page_phys(0) + 4 * index,
@@ -110,9 +111,18 @@ class Paging:
 
     def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
         """LHCALL_SET_PTE: the guest changed a PTE (already in its memory); `pte` is a hint
-        and 0 from flush_tlb_single means "forget", never "store 0" (§7.2)."""
+        and 0 from flush_tlb_single means "forget", never "store 0" (§7.2).  lguest checked
+        the value only where it would install it: a shadow whose PDE covering `vaddr` is
+        present (every cached directory for a kernel address, else `pgdir`'s, if cached)."""
         if pte & (PTE_ACCESSED | PTE_DIRTY):
-            self._check_pte(pte)
+            if vaddr >= self.kernel_address:
+                slots = [slot for slot, cached in enumerate(self._slots) if cached is not None]
+            else:
+                slots = [self._slots.index(pgdir)] if pgdir in self._slots else []
+            host, pde = self.memory.host, 4 * (vaddr >> 22)
+            if any(U32.unpack_from(host, self._shadow_offset(slot) + pde)[0] & PTE_PRESENT
+                   for slot in slots):
+                self._check_pte(pte)
         self.cpu.flush_tlb()
 
     def _check_pte(self, pte: int) -> None:
