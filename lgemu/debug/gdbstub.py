@@ -77,8 +77,7 @@ SELECTORS = frozenset(range(GENERAL.index(Reg.CS), FIRST_ST))
 # VIF, VIP: those would change what the guest may do, or how Unicorn runs it.
 EFLAGS_WRITABLE = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 \
     | 0x40000 | 0x200000
-# x86 prefixes, and the string instructions a `rep` prefix repeats in place.
-PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+# The string instructions a `rep` prefix repeats in place.
 STRING_OPS = frozenset({0x6C, 0x6D, 0x6E, 0x6F, 0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC,
                         0xAD, 0xAE, 0xAF})
 WATCH_KINDS = {2: "watch", 3: "rwatch", 4: "awatch"}
@@ -788,17 +787,9 @@ class GdbStub:
 
     def _repeats_in_place(self, address: int) -> bool:
         """Is the instruction at `address` a `rep`-prefixed string instruction?"""
-        paging, ram = self.guest.paging, self.guest.memory.ram
-        rep = False
-        for i in range(15):
-            pa = paging.translate((address + i) & 0xFFFFFFFF, mark=False)
-            if pa is None:
-                return False
-            byte = ram[pa]
-            if byte not in PREFIXES:
-                return rep and byte in STRING_OPS
-            rep = rep or byte in (0xF2, 0xF3)
-        return False
+        decoded = self.guest.paging.opcode_at(address)
+        return decoded is not None and bool(decoded[0] & {0xF2, 0xF3}) \
+            and decoded[1] in STRING_OPS
 
     def _v_cont(self, args: bytes) -> bytes | None:
         for action in args.split(b";"):

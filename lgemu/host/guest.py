@@ -81,8 +81,6 @@ OPSIZE_PREFIX = 0x66
 # What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
-# Prefixes that may precede `ins`/`outs`: operand/address size, rep, segment overrides.
-IO_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65})
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
 
 
@@ -419,13 +417,8 @@ class Guest:
 
     def _is_string_io(self, eip: int) -> bool:
         """Is the instruction at `eip` `ins`/`outs` (after any prefixes)?"""
-        for i in range(15):  # the longest x86 instruction
-            pa = self.paging.translate((eip + i) & 0xFFFFFFFF, mark=False)
-            if pa is None:
-                return False
-            if self.memory.ram[pa] not in IO_PREFIXES:
-                return self.memory.ram[pa] in STRING_IO_OPCODES
-        return False
+        decoded = self.paging.opcode_at(eip)
+        return decoded is not None and decoded[1] in STRING_IO_OPCODES
 
     def _defer_fault(self, vector: int) -> None:
         """Fault the instruction being executed once it is over (as for port I/O above)."""

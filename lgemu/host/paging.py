@@ -43,6 +43,9 @@ from ..machine.memory import (
 )
 
 PF_PROTECTION, PF_WRITE, PF_USER = 1, 2, 4
+# x86 legacy prefixes (lock, rep, segment overrides, operand and address size).
+LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
+MAX_INSTRUCTION_LENGTH = 15
 # Switcher PTEs are present, read-only, supervisor, with A and D preset: Unicorn never needs
 # to write the read-only host pages.
 SWITCHER_PTE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
@@ -178,6 +181,20 @@ class Paging:
         if mark and new != gpte:
             U32.pack_into(mem.ram, pte_addr, new)
         return pa
+
+    def opcode_at(self, vaddr: int) -> tuple[frozenset[int], int] | None:
+        """The legacy prefixes and the first opcode byte of the instruction at `vaddr`, read
+        without setting Accessed; None if it is unmapped or longer than an instruction can be."""
+        prefixes: set[int] = set()
+        for i in range(MAX_INSTRUCTION_LENGTH):
+            pa = self.translate((vaddr + i) & 0xFFFFFFFF, mark=False)
+            if pa is None:
+                return None
+            byte = self.memory.ram[pa]
+            if byte not in LEGACY_PREFIXES:
+                return frozenset(prefixes), byte
+            prefixes.add(byte)
+        return None
 
     def write_virtual(self, vaddr: int, data: bytes) -> None:
         """Store `data` at guest-virtual `vaddr` (kill "Bad address" if it is not writable)."""
