@@ -559,3 +559,14 @@ def test_launch_refuses_long_command_line(memory: GuestMemory, kernel: KernelIma
 def test_launch_refuses_too_many_devices(memory: GuestMemory, kernel: KernelImage) -> None:
     with raises_user_error("^Too many devices"):
         launch(memory, kernel, "", None, [block_spec(8)] * 40 + [console_spec()])
+
+
+def test_overlapping_segments_are_refused(tmp_path):
+    """Two PT_LOADs sharing physical memory: placing the second would zero or overwrite the
+    first's bytes, so the image is refused before anything is written."""
+    kernel = tmp_path / "overlap.elf"
+    ElfImage(0x100000, [ElfSegment(0x100000, b"\x90" * 16, 0x2000),
+                        ElfSegment(0x101000, b"\xcc" * 16, 0x1000)]).write(kernel)
+    with pytest.raises(UserError, match=r"segments \[0x100000, 0x102000\) and "
+                                        r"\[0x101000, 0x102000\) overlap"):
+        launch(GuestMemory(64 << 20), load_kernel(kernel), "", None, [console_spec()])

@@ -25,6 +25,7 @@ device checks that come last need no such care).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,8 +109,14 @@ def _size_text(size: int) -> str:
 
 
 def _check_kernel_fits(kernel: KernelImage, mem: int) -> None:
-    """Every segment must lie in [LOW_MEMORY_END, page tables) even without an initrd."""
+    """Every segment must lie in [LOW_MEMORY_END, page tables) even without an initrd, and
+    no two may overlap (placing one would zero the other's bytes)."""
     ceiling = page_tables_base(mem, mem)
+    placed = sorted(kernel.segments, key=lambda seg: seg.paddr)
+    for first, second in itertools.pairwise(placed):
+        if second.paddr < first.end:
+            raise UserError(f"{kernel.path}: segments [{first.paddr:#x}, {first.end:#x}) and "
+                            f"[{second.paddr:#x}, {second.end:#x}) overlap")
     for segment in kernel.segments:
         where = f"segment [{segment.paddr:#x}, {segment.end:#x})"
         if segment.paddr < LOW_MEMORY_END:
