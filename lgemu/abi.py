@@ -34,7 +34,6 @@ GDT_ENTRIES = 32
 IDT_ENTRIES = 256
 VIRTQUEUE_NUM = 128
 DEVICE_PAGES = 256
-VRING_PAGES = 2  # ceil(vring_size(128, 4096) / 4096)
 
 # -- §0/§6 selectors and GDT entries -------------------------------------------------------
 GDT_ENTRY_TLS_MIN = 6
@@ -45,7 +44,10 @@ GDT_ENTRY_KERNEL_CS = 12
 GDT_ENTRY_KERNEL_DS = 13
 GDT_ENTRY_TSS = 16
 GDT_ENTRY_DOUBLEFAULT_TSS = 31
-HOST_GDT_ENTRIES = (GDT_ENTRY_LGUEST_CS, GDT_ENTRY_LGUEST_DS, GDT_ENTRY_TSS)
+# Entries whose guest-supplied value the Host ignores: its own code, data and TSS, and the
+# double-fault TSS it never installs (§6.1).
+HOST_GDT_ENTRIES = frozenset({GDT_ENTRY_LGUEST_CS, GDT_ENTRY_LGUEST_DS, GDT_ENTRY_TSS,
+                              GDT_ENTRY_DOUBLEFAULT_TSS})
 KERNEL_CS = GDT_ENTRY_KERNEL_CS << 3  # 0x60
 KERNEL_DS = GDT_ENTRY_KERNEL_DS << 3  # 0x68
 GUEST_CS = KERNEL_CS | GUEST_PL  # 0x61
@@ -261,14 +263,7 @@ CONFIG_BLK_F_SEG_MAX = 0x43
 BLK_SEG_MAX = 126
 
 
-class VqConfig(ctypes.LittleEndianStructure):
-    """`struct lguest_vqconfig`: one VIRTQUEUE config field."""
-
-    _pack_ = 1
-    _fields_ = [("num", ctypes.c_uint16), ("irq", ctypes.c_uint16), ("pfn", ctypes.c_uint32)]
-
-
-VQCONFIG = struct.Struct("<HHI")
+VQCONFIG = struct.Struct("<HHI")  # struct lguest_vqconfig: num, irq, pfn
 
 # -- §11 vring ------------------------------------------------------------------------------
 VRING_DESC = struct.Struct("<QIHH")  # addr, len, flags, next
@@ -284,6 +279,9 @@ U32 = struct.Struct("<I")
 def vring_size(num: int, align: int = PAGE_SIZE) -> int:
     """Bytes a 2.6.24 vring of `num` entries occupies (§11.2)."""
     return ((18 * num + 4 + align - 1) & ~(align - 1)) + 4 + 8 * num
+
+
+VRING_PAGES = -(-vring_size(VIRTQUEUE_NUM) // PAGE_SIZE)  # 2 pages per 128-entry ring
 
 
 def vring_offsets(num: int, align: int = PAGE_SIZE) -> tuple[int, int, int]:

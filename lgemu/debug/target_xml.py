@@ -35,7 +35,6 @@ _X87_CONTROL = [Register(name, 32, "int", "float")
                 for name in ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")]
 
 REGISTERS: tuple[Register, ...] = (*_GENERAL, *_CONTROL, *_SELECTORS, *_X87_DATA, *_X87_CONTROL)
-REGISTER_NUMBERS = {reg.name: n for n, reg in enumerate(REGISTERS)}
 
 # gdb's names for the EFLAGS bits (its i386_eflags type), so `info registers eflags` decodes.
 _EFLAGS_BITS = ((0, "CF"), (1, ""), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"),

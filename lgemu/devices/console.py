@@ -35,7 +35,6 @@ from .vring import Chain, Vring, total_length
 
 INPUT_QUEUE, OUTPUT_QUEUE = 0, 1
 QUIT_KEY = 0x1D  # Ctrl-]
-READ_CHUNK = 4096  # the 2.6.24 driver's input buffer
 BACKLOG = 64 * 1024  # input read ahead of the guest from a terminal or pipe
 
 

@@ -57,16 +57,17 @@ class Chain(NamedTuple):
 
     head: int
     buffers: tuple[Buffer, ...]
+    first_writable: int  # `pop` enforces out-before-in, so one index splits the chain
 
     @property
     def readable(self) -> tuple[Buffer, ...]:
         """The device-readable ("out") buffers, in order."""
-        return tuple(b for b in self.buffers if not b.writable)
+        return self.buffers[:self.first_writable]
 
     @property
     def writable(self) -> tuple[Buffer, ...]:
         """The device-writable ("in") buffers, in order."""
-        return tuple(b for b in self.buffers if b.writable)
+        return self.buffers[self.first_writable:]
 
 
 def total_length(buffers: tuple[Buffer, ...] | list[Buffer]) -> int:
@@ -150,7 +151,7 @@ class Vring:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         buffers: list[Buffer] = []
         index = head
-        seen_writable = False
+        first_writable = -1
         ram, valid = self.memory.ram, self.memory.valid
         while True:
             addr, length, flags, nxt = VRING_DESC.unpack_from(ram, self.desc + 16 * index)
@@ -158,13 +159,15 @@ class Vring:
                 raise self._kill(f"descriptor {index} buffer {addr:#x}+{length} is outside "
                                  "guest memory")
             writable = bool(flags & VRING_DESC_F_WRITE)
-            if seen_writable and not writable:
+            if writable and first_writable < 0:
+                first_writable = len(buffers)
+            elif first_writable >= 0 and not writable:
                 raise self._kill(f"descriptor {index} is device-readable after a writable one")
-            seen_writable |= writable
             buffers.append(Buffer(addr, length, writable))
             if not flags & VRING_DESC_F_NEXT:
                 self.in_flight += 1
-                return Chain(head, tuple(buffers))
+                return Chain(head, tuple(buffers),
+                             first_writable if first_writable >= 0 else len(buffers))
             if nxt >= self.num:
                 raise self._kill(f"descriptor {index} links to {nxt}, not below {self.num}")
             if len(buffers) >= self.num:

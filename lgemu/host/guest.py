@@ -43,6 +43,7 @@ from ..abi import (
     GUEST_DS,
     LGUEST_TRAP_ENTRY,
     PAGE_SIZE,
+    TSS_SELECTOR,
     X86_CR0_TS,
 )
 from ..devices.base import Device
@@ -154,7 +155,7 @@ class Guest:
         self.paging.new_pgtable(self.boot.pgdir)
         cpu.set_reg(Reg.CR4, GUEST_CR4)
         cpu.set_reg(Reg.CR0, GUEST_CR0)
-        cpu.set_tr(0x80, switcher_linear(HOST_TSS), TSS_LIMIT)
+        cpu.set_tr(TSS_SELECTOR, switcher_linear(HOST_TSS), TSS_LIMIT)
         cpu.enter(1, GUEST_CS, GUEST_DS, self.boot.entry, 0)
         cpu.set_reg(Reg.DS, GUEST_DS)
         cpu.set_reg(Reg.ES, GUEST_DS)

@@ -42,7 +42,7 @@ from ..machine.memory import (
     host_page_phys,
 )
 
-PF_PROTECTION, PF_WRITE, PF_USER = 1, 2, 4
+PF_WRITE = 2  # #PF error code: the access was a write
 # x86 legacy prefixes (lock, rep, segment overrides, operand and address size).
 LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
 MAX_INSTRUCTION_LENGTH = 15

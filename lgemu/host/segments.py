@@ -29,6 +29,7 @@ from ..abi import (
     GDT_ENTRY_TLS_ENTRIES,
     GDT_ENTRY_TLS_MIN,
     GDT_ENTRY_TSS,
+    HOST_GDT_ENTRIES,
     PAGE_SIZE,
 )
 
@@ -37,9 +38,7 @@ DESC_SYSTEM_BIT = 1 << 44  # S: 1 for code/data, 0 for system descriptors
 DESC_DPL_SHIFT = 45
 DESC_ACCESSED = 1 << 40
 TSS_LIMIT = 0x67
-# Entries whose guest-supplied value is ignored.
-HOST_ONLY = frozenset({GDT_ENTRY_LGUEST_CS, GDT_ENTRY_LGUEST_DS, GDT_ENTRY_TSS,
-                       GDT_ENTRY_DOUBLEFAULT_TSS})
+
 _GDT = struct.Struct(f"<{GDT_ENTRIES}Q")
 
 
@@ -84,7 +83,7 @@ class Gdt:
 
     def _fix_up(self, indices: range) -> None:
         for i in indices:
-            if i not in HOST_ONLY:
+            if i not in HOST_GDT_ENTRIES:
                 self.entries[i] = fix_up(self.entries[i])
         self._publish()
 
@@ -98,7 +97,7 @@ class Gdt:
         with RPL 1?  (Checked before the Host switches stacks, so a bad SET_STACK is a kill,
         not a confused CPU.)"""
         index = selector >> 3
-        if selector & 3 != 1 or index >= GDT_ENTRIES or index in HOST_ONLY:
+        if selector & 3 != 1 or index >= GDT_ENTRIES or index in HOST_GDT_ENTRIES:
             return False
         desc = self.entries[index]
         access = (desc >> 40) & 0xFF
