@@ -215,7 +215,9 @@ def hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
         lguest_init(g, a1, a2, a3)
         return
     # lguest returned to the Launcher at a ring NOTIFY and drained the rest on re-entry;
-    # the Launcher's work is synchronous here, so that is simply another pass.
-    while _drain_ring_pass(g):
-        pass
+    # the Launcher's work is synchronous here, so that is simply another pass.  Most calls
+    # find the ring empty: look at the next slot's status byte before setting up a pass.
+    if g.data.ring_status(g.ring_cursor) != HCALL_STATUS_EMPTY:
+        while _drain_ring_pass(g):
+            pass
     run_hypercall(g, nr, a1, a2, a3)
