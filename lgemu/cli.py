@@ -1,4 +1,5 @@
-"""`lgemu`: the command line.  Options are declared as a table, parsed into a `BootConfig`.
+"""`lgemu`: the command line.  Options are declared as a table, parsed into a `BootConfig`
+(`lgemu.config`), which is checked whole before anything is loaded or opened.
 
 Every way a run ends maps to one line on stderr (nothing on a clean power-down) and an exit
 status; see `lgemu.errors.ExitStatus` and the README.
@@ -12,45 +13,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TextIO
 
 from . import __version__
+from .config import DEFAULT_MEM_MIB, BootConfig
 from .errors import ExitStatus, InternalError, LgemuExit, Terminated, UserError
-
-DEFAULT_MEM_MIB = 64
-
-
-@dataclass
-class BootConfig:
-    """Everything `lgemu boot` was asked to do."""
-
-    kernel: Path
-    mem_mib: int = DEFAULT_MEM_MIB
-    cmdline: str = ""
-    initrd: Path | None = None
-    clock: str = "virtual"
-    ns_per_insn: int = 10
-    verbose: int = 0
-    max_insns: int | None = None
-    timeout: float | None = None
-    # --block and --net as ("block" | "net", value), in command-line order (§10.3)
-    devices: list[tuple[str, str]] = field(default_factory=list)
-    console_input: Path | None = None
-    # traces, the event log, coverage, the status line (lgemu.debug.trace / .coverage, ui)
-    trace: str | None = None
-    trace_format: str = "text"
-    trace_regs: bool = False
-    trace_filter: str | None = None
-    events: bool = False
-    coverage: Path | None = None
-    status: bool = False
-    # the gdb stub and instruction-count control (lgemu.debug.gdbstub, .stopat, .snapshot)
-    gdb: str | None = None
-    gdb_wait: bool = False
-    stop_at: int | None = None
-    snapshot_every: int = 10_000_000
 
 
 def _positive(text: str) -> int:
@@ -179,6 +148,23 @@ def parse_boot(args: argparse.Namespace) -> BootConfig:
     return BootConfig(**values)
 
 
+def check_config(config: BootConfig) -> int:
+    """Every check of the options that needs nothing loaded or opened, so a bad command line
+    is refused before the kernel is read, Unicorn tested or a device opened (UserError).
+    Returns the guest RAM size in bytes."""
+    from .debug import check_options as check_debugging
+    from .devices import check_options as check_devices
+    from .launcher import check_memory_size
+
+    problem = config.contradictions()
+    if problem is not None:
+        raise UserError(problem)
+    mem = check_memory_size(config.mem_mib)
+    check_devices(config)
+    check_debugging(config)
+    return mem
+
+
 def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
     """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
     from .debug import attach_debugging
@@ -186,11 +172,11 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     from .devices.console import ConsoleOutput
     from .host.clock import Clock
     from .host.guest import Guest
-    from .launcher import check_memory_size, launch, load_kernel
+    from .launcher import launch, load_kernel
     from .machine.cpu import SelfTestError, self_test
     from .machine.memory import GuestMemory
 
-    mem = check_memory_size(config.mem_mib)
+    mem = check_config(config)
     kernel = load_kernel(config.kernel)
     try:
         self_test()

@@ -32,7 +32,7 @@ from .host.events import TRAP_NAMES
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
-    from .cli import BootConfig
+    from .config import BootConfig
     from .debug.symbols import Symbols
     from .errors import LgemuExit
     from .host.guest import Guest

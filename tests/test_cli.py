@@ -125,3 +125,21 @@ def test_help_lists_the_boot_options(run_lgemu):
     assert proc.stderr == ""
     for option in (b"--mem", b"--append", b"--initrd", b"--clock", b"--verbose"):
         assert option in proc.stdout
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["-S"], "lgemu: -S needs --gdb (or -s)"),
+    (["--trace-regs"], "lgemu: --trace-regs needs --trace FILE or --events"),
+    (["--events", "--trace-regs"], "lgemu: --trace-regs: --events writes no instructions"),
+    (["--gdb", "tcp::http"], "lgemu: --gdb tcp::http: bad port 'http'"),
+    (["--events", "--trace-filter", "ring:1"],
+     "lgemu: --trace-filter: with --events only icount: terms apply (sym:, addr: and ring: "
+     "select instructions)"),
+    (["--block", ",ro"], "lgemu: --block ,ro: no file named"),
+    (["--net", "udp:1"], "lgemu: --net udp:1: want udp:LOCALPORT:HOST:PORT"),
+    (["-m", "1"], "lgemu: too little memory: 1 MiB (lgemu needs at least 8 MiB)"),
+])
+def test_options_are_checked_before_the_kernel_is_read(run_lgemu, tmp_path, args, line):
+    """A command line that cannot work is refused as such, before any file is opened: here
+    the kernel does not even exist, and the complaint is still about the options."""
+    assert_user_error(run_lgemu(["boot", str(tmp_path / "missing"), *args]), line)

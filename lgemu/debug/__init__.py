@@ -11,12 +11,19 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from ..cli import BootConfig
+    from ..config import BootConfig
     from ..host.guest import Guest
 
 
-# BootConfig fields that ask for a trace or the event log (see lgemu.debug.trace).
-TRACE_OPTIONS = ("trace", "events", "trace_regs", "trace_filter")
+def check_options(config: BootConfig) -> None:
+    """Refuse debugging options that cannot work (UserError), before the machine is built:
+    a bad trace filter or format, a bad `--gdb` endpoint."""
+    if config.traced:
+        from .trace import check_options as check_trace
+        check_trace(config)
+    if config.gdb is not None:
+        from .gdbstub import parse_endpoint
+        parse_endpoint(config.gdb)
 
 
 @contextmanager
@@ -30,7 +37,7 @@ def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) ->
         if config.status or is_terminal(stderr):  # first: it taps the console stream
             from ..ui import attach_status
             attach_status(stack, guest, config, stderr)
-        if any(getattr(config, name) for name in TRACE_OPTIONS) or config.trace_format != "text":
+        if config.traced:
             from .trace import attach_trace
             attach_trace(stack, guest, config, stderr)
         if config.coverage is not None:

@@ -32,7 +32,7 @@ from .symbols import Symbols
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
-    from ..cli import BootConfig
+    from ..config import BootConfig
     from ..host.guest import Guest
 
 BB_ENTRY = struct.Struct("<IHH")

@@ -60,7 +60,7 @@ from .stopat import StopAt, stopped_line
 from .target_xml import REGISTERS, target_xml
 
 if TYPE_CHECKING:
-    from ..cli import BootConfig
+    from ..config import BootConfig
     from ..host.guest import Guest
 
 ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C answered in ms)
@@ -901,8 +901,6 @@ def attach_control(stack: ExitStack, guest: Guest, config: BootConfig,
                    stderr: TextIO | None) -> None:
     """Install the gdb stub (`--gdb`, `-s`, `-S`) or the `--stop-at` controller."""
     if config.gdb is None:
-        if config.gdb_wait:
-            raise UserError("-S needs --gdb (or -s)")
         if config.stop_at is not None:
             guest.controllers.append(StopAt(config.stop_at))
         return

@@ -48,7 +48,7 @@ from .trace_formats import FORMATS, Access, Insn, TraceFormat
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
-    from ..cli import BootConfig
+    from ..config import BootConfig
     from ..host.guest import Guest
 
 KERNEL_BASE = 0xC0000000  # PAGE_OFFSET: a new address space keeps what is above
@@ -512,17 +512,24 @@ class Tracer:
         self.guest.finish(outcome)
 
 
-def open_tracer(guest: Guest, trace: str | None, trace_format: str, regs: bool,
-                filter_text: str | None, events: bool, stderr: TextIO | None) -> Tracer:
-    """The tracer `--trace`/`--events` ask for, attached to `guest` (raises UserError)."""
-    fmt_class = FORMATS[trace_format]
-    if events and not fmt_class.carries_events:
-        raise UserError(f"--events: the {trace_format} format cannot carry events")
-    trace_filter = parse_filter(filter_text) if filter_text else TraceFilter()
-    instructions = trace is not None and not events
+def check_options(config: BootConfig) -> None:
+    """Refuse trace options that cannot work, before anything is loaded (UserError)."""
+    if config.events and not FORMATS[config.trace_format].carries_events:
+        raise UserError(f"--events: the {config.trace_format} format cannot carry events")
+    trace_filter = parse_filter(config.trace_filter) if config.trace_filter else TraceFilter()
+    instructions = config.trace is not None and not config.events
     if not instructions and (trace_filter.symbols or trace_filter.ranges or trace_filter.rings):
         raise UserError("--trace-filter: with --events only icount: terms apply "
                         "(sym:, addr: and ring: select instructions)")
+
+
+def open_tracer(guest: Guest, trace: str | None, trace_format: str, regs: bool,
+                filter_text: str | None, events: bool, stderr: TextIO | None) -> Tracer:
+    """The tracer `--trace`/`--events` ask for, attached to `guest` (raises UserError for
+    an unwritable file; the options were checked by `check_options`)."""
+    fmt_class = FORMATS[trace_format]
+    trace_filter = parse_filter(filter_text) if filter_text else TraceFilter()
+    instructions = trace is not None and not events
     symbols = Symbols.load(Path(guest.boot.kernel.path)) if instructions else None
     if symbols is not None and symbols.problems and stderr is not None:
         for problem in symbols.problems:
@@ -541,15 +548,8 @@ def open_tracer(guest: Guest, trace: str | None, trace_format: str, regs: bool,
 def attach_trace(stack: ExitStack, guest: Guest, config: BootConfig,
                  stderr: TextIO | None) -> None:
     """`--trace`, `--events` and their options, for the duration of `stack`."""
-    if config.trace is None and not config.events:
-        for option, given in (("--trace-regs", config.trace_regs),
-                              ("--trace-filter", config.trace_filter),
-                              ("--trace-format", config.trace_format != "text")):
-            if given:
-                raise UserError(f"{option} needs --trace FILE or --events")
+    if not config.traced:
         return
-    if config.trace_regs and (config.events or config.trace is None):
-        raise UserError("--trace-regs: --events writes no instructions")
     tracer = open_tracer(guest, config.trace, config.trace_format, config.trace_regs,
                          config.trace_filter, config.events, stderr)
     stack.callback(tracer.close)
