@@ -20,8 +20,17 @@ Host did on an exit from the guest:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from ..abi import Hcall
+
+
+class Observer(Protocol):
+    """Whoever watches the event log (`Guest.observers`): called with the number of the
+    instruction that caused the event, its kind (``hcall``, ``trap``, …) and its text."""
+
+    def __call__(self, icount: int, kind: str, text: str) -> None:
+        """One event."""
 
 TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
               10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",

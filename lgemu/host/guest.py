@@ -64,9 +64,9 @@ from . import cpu_model, events
 from .clock import Clock
 from .hypercalls import hypercall
 from .interrupts import Interrupts
-from .lguest_data import LguestData
 from .paging import Paging
 from .segments import TSS_LIMIT, Gdt
+from .state import LguestState
 from .traps import GP, Traps
 
 SLICE = 1_000_000  # instructions per slice when nothing is waiting
@@ -108,15 +108,14 @@ class Guest:
         self.console = console
         self.clock = clock
         self.cpu = Cpu(memory)
-        self.paging = Paging(memory, self.cpu)
+        # What the guest registered (lguest_data, kernel address, stack, …), stored once:
+        # the hypercalls write it, the components below read it.
+        self.lg = LguestState()
+        self.paging = Paging(memory, self.cpu, self.lg)
         self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
                        switcher_linear(HOST_TSS))
-        self.traps = Traps(self.cpu, self.paging, self.gdt)
-        self.interrupts = Interrupts(self.traps)
-        self.data: LguestData | None = None
-        self.ring_cursor = 0
-        self.ts = 0
-        self.kernel_address = 0  # lguest's page_offset: 0 until LGUEST_INIT reads it
+        self.traps = Traps(self.cpu, self.paging, self.gdt, self.lg)
+        self.interrupts = Interrupts(self.traps, self.lg)
         self.stats = Stats()
         self.outcome: LgemuExit | None = None
         self._stop_requested = False
@@ -246,7 +245,7 @@ class Guest:
             self.stop()
 
     def set_ts(self, ts: int) -> None:
-        self.ts = ts
+        """LHCALL_TS: the guest's TS flag, mirrored into CR0 (the only place it is kept)."""
         cr0 = self.cpu.reg(Reg.CR0)
         want = cr0 | X86_CR0_TS if ts else cr0 & ~X86_CR0_TS
         if want != cr0:
@@ -311,8 +310,8 @@ class Guest:
                 # I/O privilege first, and the guest never has it (§5.7): #GP(0).
                 traps.deliver(GP, eip, 0, direct=False)
                 return
-            if self.data is not None:
-                self.data.set_cr2(cr2)
+            if self.lg.data is not None:
+                self.lg.data.set_cr2(cr2)
             traps.deliver(14, eip, error_code, direct=False)
             return
         traps.reflect(vector, eip, error_code)
@@ -346,12 +345,12 @@ class Guest:
 
     def _after_exit(self) -> None:
         """lguest checked for interrupts on every return to the guest (§3.2 step 5)."""
-        if self.data is not None and self.interrupts.pending and not self.interrupts.halted \
+        if self.lg.data is not None and self.interrupts.pending and not self.interrupts.halted \
                 and self.outcome is None:
             self._inject(self.cpu.reg(Reg.EIP))
 
     def _inject(self, eip: int) -> None:
-        line = self.interrupts.maybe_interrupt(self.data, eip, self._wall_ns)
+        line = self.interrupts.maybe_interrupt(self.lg.data, eip, self._wall_ns)
         if line is not None and self.observers:
             self.emit("irq", events.irq(line, FIRST_EXTERNAL_VECTOR + line, eip))
 
@@ -383,7 +382,7 @@ class Guest:
         self.stats.port_io[("in" if is_in else "out", port)] += 1
         # lguest emulated only kernel instructions (its emulate_insn reads the instruction
         # through the linear map, so it refuses EIPs below page_offset).
-        emulate = cpu.reg(Reg.CS) & 3 == 1 and eip >= self.kernel_address
+        emulate = cpu.reg(Reg.CS) & 3 == 1 and eip >= self.lg.kernel_address
         decoded = self._port_instruction(eip) if emulate else None
         if decoded is None or decoded[2] != is_in:
             # Unicorn cannot redirect from inside a translated block; stop right after
@@ -470,7 +469,8 @@ class Guest:
         """A halted guest waits for its timer, or for host input that can wake it: input
         into buffers it posted on a queue whose IRQ it wants and has not blocked."""
         clock = self.clock
-        blocked = self.data.blocked_interrupts if self.data is not None else ~0
+        data = self.lg.data
+        blocked = data.blocked_interrupts if data is not None else ~0
         fds = [fd for device in self.devices
                if any(not blocked >> line & 1 for line in device.wake_irqs())
                for fd in device.wait_fds()]
@@ -531,7 +531,7 @@ class Guest:
             if clock.expired():
                 interrupts.raise_irq(IRQ_TIMER)
             eip = self.cpu.reg(Reg.EIP)
-            if self.data is not None and interrupts.pending:
+            if self.lg.data is not None and interrupts.pending:
                 self._inject(eip)
             if interrupts.halted:
                 self._idle()

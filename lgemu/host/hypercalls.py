@@ -1,15 +1,17 @@
 """Hypercalls (§3): `int $0x1f` at ring 1, number in EAX, arguments in EDX, EBX, ECX.
 
 One handler per call number, in a table; the async ring is drained before every synchronous
-call after LGUEST_INIT (§3.2, §3.5).  Handlers take the guest and the three arguments and
-return nothing: no 2.6.24 hypercall returns a value.
+call after LGUEST_INIT (§3.2, §3.5).  Handlers take the `Host` (the guest's lguest state `lg`
+and the parts of the Host they act on) and the three arguments, and return nothing: no 2.6.24
+hypercall returns a value.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from ..abi import (
     GDT_ENTRIES,
@@ -32,20 +34,70 @@ from ..abi import (
 from ..errors import GuestCrashed, GuestKilled, PowerDown
 from . import events
 from .lguest_data import LguestData
+from .state import LguestState
 
 if TYPE_CHECKING:
-    from .guest import Guest
+    from ..launcher import BootInfo
+    from ..machine.memory import GuestMemory
+    from .clock import Clock
+    from .interrupts import Interrupts
+    from .paging import Paging
+    from .segments import Gdt
+    from .traps import Traps
 
 CRASH_MESSAGE_BYTES = 128
 POWER_DOWN = "Power down"
 MAX_STACK_PAGES = 2
 
-Handler = Callable[["Guest", int, int, int], None]
 
 
-def lguest_init(g: Guest, addr: int, _a2: int, _a3: int) -> None:
+class HypercallStats(Protocol):
+    """The counters hypercalls add to (`lgemu.host.guest.Stats`)."""
+
+    hypercalls: Counter
+    async_hypercalls: Counter
+
+
+class Host(Protocol):
+    """What a hypercall handler is given: the guest's lguest state, the Host's components, and
+    the run loop's actions (`lgemu.host.guest.Guest` is the one implementation)."""
+
+    lg: LguestState
+    memory: GuestMemory
+    boot: BootInfo
+    clock: Clock
+    paging: Paging
+    gdt: Gdt
+    traps: Traps
+    interrupts: Interrupts
+    stats: HypercallStats
+    observers: Sequence[events.Observer]  # checked before `emit`: untraced runs pay nothing
+
+    def emit(self, kind: str, text: str) -> None:
+        """Tell the observers about an lguest event."""
+
+    def position(self) -> int:
+        """Instructions into the current slice."""
+
+    def set_ts(self, ts: int) -> None:
+        """Mirror the guest's TS flag into CR0."""
+
+    def set_timer(self, delta_ns: int) -> None:
+        """Arm (0: stop) the one-shot timer."""
+
+    def halt(self) -> None:
+        """Sleep until an interrupt is deliverable."""
+
+    def notify(self, addr: int) -> None:
+        """A virtqueue kick or an early-console string."""
+
+
+Handler = Callable[[Host, int, int, int], None]
+
+
+def lguest_init(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """The first hypercall: register `struct lguest_data`, in the order of §3.4."""
-    if g.data is not None:
+    if g.lg.data is not None:
         raise GuestKilled("already have lguest_data")
     if not g.memory.valid(addr, LGUEST_DATA_SIZE):
         raise GuestKilled(f"bad guest page {addr:#x}")
@@ -53,25 +105,22 @@ def lguest_init(g: Guest, addr: int, _a2: int, _a3: int) -> None:
     data.set_u32(LD_TSC_KHZ, 0)  # the guest takes its time from lguest_data.time
     if data.u32(LD_SYSCALL_VEC) != SYSCALL_VECTOR:
         raise GuestKilled("bad syscall vector")
-    g.interrupts.noirq = (data.u32(LD_NOIRQ_START), data.u32(LD_NOIRQ_END))
+    noirq = (data.u32(LD_NOIRQ_START), data.u32(LD_NOIRQ_END))
     data.set_time(g.clock.wall_ns(g.position()))
     kernel_address = data.u32(LD_KERNEL_ADDRESS)
     data.set_u32(LD_RESERVE_MEM, RESERVE_MEM)
     data.set_u32(LD_PGDIR, g.boot.pgdir)
     if kernel_address >> 22 >= SWITCHER_PDE:
         raise GuestKilled(f"bad kernel address {kernel_address:#x}")
-    g.paging.kernel_pde = kernel_address >> 22
-    g.paging.kernel_address = kernel_address
-    g.kernel_address = kernel_address
-    g.data = g.traps.data = data
+    g.lg.register(data, kernel_address, noirq)
     g.paging.flush(everything=True)
 
 
-def flush_async(g: Guest, _a1: int, _a2: int, _a3: int) -> None:
+def flush_async(g: Host, _a1: int, _a2: int, _a3: int) -> None:
     """Nothing: the ring was drained on the way in."""
 
 
-def crash(g: Guest, addr: int, _a2: int, _a3: int) -> None:
+def crash(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """LHCALL_CRASH: panic, or "Power down" from pm_power_off (§9.2)."""
     raw = bytearray(g.memory.read(addr, CRASH_MESSAGE_BYTES))
     raw[-1] = 0
@@ -84,7 +133,7 @@ def crash(g: Guest, addr: int, _a2: int, _a3: int) -> None:
     raise GuestCrashed("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message))
 
 
-def load_gdt(g: Guest, addr: int, count: int, _a3: int) -> None:
+def load_gdt(g: Host, addr: int, count: int, _a3: int) -> None:
     """LHCALL_LOAD_GDT (§6)."""
     if count > GDT_ENTRIES:
         raise GuestKilled(f"too many gdt entries {count}")
@@ -92,66 +141,66 @@ def load_gdt(g: Guest, addr: int, count: int, _a3: int) -> None:
     g.gdt.load(list(struct.unpack(f"<{count}Q", raw)))
 
 
-def load_tls(g: Guest, addr: int, _cpu: int, _a3: int) -> None:
+def load_tls(g: Host, addr: int, _cpu: int, _a3: int) -> None:
     """LHCALL_LOAD_TLS: three descriptors into entries 6–8 (§6.3)."""
     raw = g.memory.read(addr, 8 * GDT_ENTRY_TLS_ENTRIES)
     g.gdt.load_tls(list(struct.unpack(f"<{GDT_ENTRY_TLS_ENTRIES}Q", raw)))
 
 
-def new_pgtable(g: Guest, pgdir: int, _a2: int, _a3: int) -> None:
+def new_pgtable(g: Host, pgdir: int, _a2: int, _a3: int) -> None:
     """LHCALL_NEW_PGTABLE: the guest's write_cr3; a blank shadow re-pins the stack (§5.5)."""
-    if g.paging.new_pgtable(pgdir) and g.traps.stack_pages:
-        g.paging.pin_stack(g.traps.esp1, g.traps.stack_pages)
+    if g.paging.new_pgtable(pgdir) and g.lg.stack_pages:
+        g.paging.pin_stack(g.lg.esp1, g.lg.stack_pages)
 
 
-def flush_tlb(g: Guest, everything: int, _a2: int, _a3: int) -> None:
+def flush_tlb(g: Host, everything: int, _a2: int, _a3: int) -> None:
     """LHCALL_FLUSH_TLB: kernel and user (nonzero) or user only (§7.4)."""
     g.paging.flush(everything=bool(everything))
-    if everything and g.traps.stack_pages:
-        g.paging.pin_stack(g.traps.esp1, g.traps.stack_pages)
+    if everything and g.lg.stack_pages:
+        g.paging.pin_stack(g.lg.esp1, g.lg.stack_pages)
 
 
-def load_idt_entry(g: Guest, vector: int, lo: int, hi: int) -> None:
+def load_idt_entry(g: Host, vector: int, lo: int, hi: int) -> None:
     """LHCALL_LOAD_IDT_ENTRY (§5.1)."""
     g.traps.load_idt_entry(vector, lo, hi)
 
 
-def set_stack(g: Guest, segment: int, esp: int, pages: int) -> None:
+def set_stack(g: Host, segment: int, esp: int, pages: int) -> None:
     """LHCALL_SET_STACK: where traps from ring 3 land (§5.5)."""
     if segment & 3 != 1:
         raise GuestKilled(f"bad stack segment {segment}")
     if pages > MAX_STACK_PAGES:
         raise GuestKilled(f"bad stack pages {pages}")
-    g.traps.ss1, g.traps.esp1, g.traps.stack_pages = segment, esp, pages
+    g.lg.set_stack(segment, esp, pages)
     g.paging.pin_stack(esp, pages)
 
 
-def task_switched(g: Guest, ts: int, _a2: int, _a3: int) -> None:
+def task_switched(g: Host, ts: int, _a2: int, _a3: int) -> None:
     """LHCALL_TS: mirror the guest's TS flag into CR0 so FPU use raises #NM (§9.3)."""
     g.set_ts(ts)
 
 
-def set_clockevent(g: Guest, delta_ns: int, _a2: int, _a3: int) -> None:
+def set_clockevent(g: Host, delta_ns: int, _a2: int, _a3: int) -> None:
     """LHCALL_SET_CLOCKEVENT: arm (or with 0 stop) the one-shot timer (§8)."""
     g.set_timer(delta_ns)
 
 
-def halt(g: Guest, _a1: int, _a2: int, _a3: int) -> None:
+def halt(g: Host, _a1: int, _a2: int, _a3: int) -> None:
     """LHCALL_HALT: sleep until an interrupt is deliverable (§9.1)."""
     g.halt()
 
 
-def set_pte(g: Guest, pgdir: int, vaddr: int, pte: int) -> None:
+def set_pte(g: Host, pgdir: int, vaddr: int, pte: int) -> None:
     """LHCALL_SET_PTE: a hint, never a memory write (§7.2)."""
     g.paging.set_pte(pgdir, vaddr, pte)
 
 
-def set_pmd(g: Guest, pgdir: int, index: int, _a3: int) -> None:
+def set_pmd(g: Host, pgdir: int, index: int, _a3: int) -> None:
     """LHCALL_SET_PMD (§7.3)."""
     g.paging.set_pmd(pgdir, index)
 
 
-def notify(g: Guest, addr: int, _a2: int, _a3: int) -> None:
+def notify(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """LHCALL_NOTIFY: a virtqueue kick or an early-console string (§10.5)."""
     g.notify(addr)
 
@@ -175,7 +224,7 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
-def run_hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int,
+def run_hypercall(g: Host, nr: int, a1: int, a2: int, a3: int,
                   from_ring: bool = False) -> None:
     """Execute one call, synchronous or from the ring."""
     handler = HANDLERS.get(nr)
@@ -187,14 +236,15 @@ def run_hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int,
     handler(g, a1, a2, a3)
 
 
-def _drain_ring_pass(g: Guest) -> bool:
+def _drain_ring_pass(g: Host) -> bool:
     """One pass over the async ring (§3.5); True if it stopped early at a NOTIFY."""
-    data = g.data
+    lg = g.lg
+    data = lg.data
     for _ in range(LHCALL_RING_SIZE):
-        slot = g.ring_cursor
+        slot = lg.ring_cursor
         if data.ring_status(slot) == HCALL_STATUS_EMPTY:
             return False
-        g.ring_cursor = (slot + 1) % LHCALL_RING_SIZE
+        lg.ring_cursor = (slot + 1) % LHCALL_RING_SIZE
         nr, a1, a2, a3 = data.ring_args(slot)
         g.stats.async_hypercalls[nr] += 1
         run_hypercall(g, nr, a1, a2, a3, from_ring=True)
@@ -204,9 +254,10 @@ def _drain_ring_pass(g: Guest) -> bool:
     return False
 
 
-def hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
+def hypercall(g: Host, nr: int, a1: int, a2: int, a3: int) -> None:
     """A synchronous hypercall, with lguest's order of work (§3.2)."""
-    if g.data is None:
+    data = g.lg.data
+    if data is None:
         if nr != Hcall.LGUEST_INIT:
             raise GuestKilled(f"hypercall {nr} before INIT")
         g.stats.hypercalls[nr] += 1
@@ -217,7 +268,7 @@ def hypercall(g: Guest, nr: int, a1: int, a2: int, a3: int) -> None:
     # lguest returned to the Launcher at a ring NOTIFY and drained the rest on re-entry;
     # the Launcher's work is synchronous here, so that is simply another pass.  Most calls
     # find the ring empty: look at the next slot's status byte before setting up a pass.
-    if g.data.ring_status(g.ring_cursor) != HCALL_STATUS_EMPTY:
+    if data.ring_status(g.lg.ring_cursor) != HCALL_STATUS_EMPTY:
         while _drain_ring_pass(g):
             pass
     run_hypercall(g, nr, a1, a2, a3)

@@ -16,16 +16,17 @@ from collections.abc import Callable
 
 from ..abi import FIRST_EXTERNAL_VECTOR, LGUEST_IRQS, X86_EFLAGS_IF
 from .lguest_data import LguestData
+from .state import LguestState
 from .traps import Traps
 
 
 class Interrupts:
     """Pending IRQ lines and the noirq window of one guest."""
 
-    def __init__(self, traps: Traps) -> None:
+    def __init__(self, traps: Traps, lg: LguestState | None = None) -> None:
         self.traps = traps
+        self.lg = lg if lg is not None else traps.lg  # the noirq window, from LGUEST_INIT
         self.pending = 0
-        self.noirq = (0, 0)
         self.halted = False
         self.delivered = [0] * LGUEST_IRQS
 
@@ -44,7 +45,8 @@ class Interrupts:
         candidates = self.candidates(data)
         if not candidates:
             return None
-        if self.noirq[0] <= eip < self.noirq[1]:
+        noirq_start, noirq_end = self.lg.noirq
+        if noirq_start <= eip < noirq_end:
             return None
         if self.halted:
             data.irq_enabled = X86_EFLAGS_IF

@@ -41,6 +41,7 @@ from ..machine.memory import (
     GuestMemory,
     host_page_phys,
 )
+from .state import LguestState
 
 PF_WRITE = 2  # #PF error code: the access was a write
 # x86 legacy prefixes (lock, rep, segment overrides, operand and address size).
@@ -55,11 +56,10 @@ SWITCHER_PDE_VALUE = host_page_phys(HOST_SWITCHER_PT) | PTE_PRESENT | PTE_RW | P
 class Paging:
     """Shadow page directories and guest page-table walks for one guest."""
 
-    def __init__(self, memory: GuestMemory, cpu: Cpu) -> None:
+    def __init__(self, memory: GuestMemory, cpu: Cpu, lg: LguestState | None = None) -> None:
         self.memory = memory
         self.cpu = cpu
-        self.kernel_pde = SWITCHER_PDE  # until LGUEST_INIT tells us kernel_address
-        self.kernel_address = 0  # lguest's page_offset (set with kernel_pde)
+        self.lg = lg if lg is not None else LguestState()  # kernel_address, from LGUEST_INIT
         host = memory.host
         for index in (HOST_GDT, HOST_UNTIL, HOST_TSS):
             U32.pack_into(host, host_page_phys(HOST_SWITCHER_PT) - host_page_phys(0) + 4 * index,
@@ -102,7 +102,8 @@ class Paging:
                     self._blank(slot)
         else:
             off = self._shadow_offset(self.slot)
-            self.memory.host[off:off + 4 * self.kernel_pde] = bytes(4 * self.kernel_pde)
+            kernel_pde = self.lg.kernel_pde
+            self.memory.host[off:off + 4 * kernel_pde] = bytes(4 * kernel_pde)
         self.cpu.flush_tlb()
 
     def set_pmd(self, pgdir: int, index: int) -> None:
@@ -118,7 +119,7 @@ class Paging:
         the value only where it would install it: a shadow whose PDE covering `vaddr` is
         present (every cached directory for a kernel address, else `pgdir`'s, if cached)."""
         if pte & (PTE_ACCESSED | PTE_DIRTY):
-            if vaddr >= self.kernel_address:
+            if vaddr >= self.lg.kernel_address:
                 slots = [slot for slot, cached in enumerate(self._slots) if cached is not None]
             else:
                 slots = [self._slots.index(pgdir)] if pgdir in self._slots else []

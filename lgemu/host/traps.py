@@ -35,6 +35,7 @@ from ..errors import GuestKilled
 from ..machine.cpu import Cpu, Reg
 from .paging import Paging
 from .segments import Gdt
+from .state import LguestState
 
 GATE_INTERRUPT = 0xE
 GATE_TRAP = 0xF
@@ -62,15 +63,12 @@ class Gate:
 class Traps:
     """The guest IDT, its kernel stack, and delivery of traps into ring 1."""
 
-    def __init__(self, cpu: Cpu, paging: Paging, gdt: Gdt) -> None:
+    def __init__(self, cpu: Cpu, paging: Paging, gdt: Gdt, lg: LguestState | None = None) -> None:
         self.cpu = cpu
         self.paging = paging
         self.gdt = gdt
+        self.lg = lg if lg is not None else paging.lg  # lguest_data and the ring-1 stack
         self.idt: list[Gate | None] = [None] * IDT_ENTRIES
-        self.ss1 = 0
-        self.esp1 = 0
-        self.stack_pages = 0
-        self.data = None  # LguestData once LGUEST_INIT ran
 
     def load_idt_entry(self, vector: int, lo: int, hi: int) -> None:
         """LHCALL_LOAD_IDT_ENTRY with lguest's checks (§5.1).
@@ -116,13 +114,13 @@ class Traps:
             raise GuestKilled(f"unhandled trap {vector} at {eip:#x} ({detail:#x})")
         cpu = self.cpu
         cs, ss, esp, eflags = context or cpu.regs(FRAME_REGS)
-        if not direct and not self.data.irq_enabled & X86_EFLAGS_IF:
+        if not direct and not self.lg.data.irq_enabled & X86_EFLAGS_IF:
             eflags &= ~X86_EFLAGS_IF
         frame = [eip, cs, eflags]
         frame_ss = ss
         if ss & 3 != 1:  # from user mode: switch to the kernel stack
             frame += [esp, ss]
-            ss, esp = self.ss1, self.esp1
+            ss, esp = self.lg.ss1, self.lg.esp1
             if not self.gdt.stack_segment_ok(ss):
                 # lguest's switcher faulted reloading the guest's segments: "trap 256"
                 raise GuestKilled(f"unhandled trap 256 at {eip:#x} (stack segment {ss:#x} "
@@ -142,7 +140,7 @@ class Traps:
             if eflags & EFLAGS_CLEARED_BY_GATES:
                 cpu.set_reg(Reg.EFLAGS, eflags & ~EFLAGS_CLEARED_BY_GATES)
         elif gate.type == GATE_INTERRUPT:
-            self.data.irq_enabled = 0
+            self.lg.data.irq_enabled = 0
 
     def reflect(self, vector: int, eip: int, error_code: int) -> None:
         """Reflect a CPU exception, pushing the error code where the vector has one."""
