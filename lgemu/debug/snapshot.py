@@ -13,9 +13,9 @@ the mmap the Host reads.  So a snapshot is lgemu's own:
   snapshot costs one compare of RAM (about 15 ms per 64 MiB) plus a copy of what changed;
 * the host pages (shadow page directories, GDT, TSS);
 * the CPU's registers (a Unicorn CPU context), translations flushed on restore;
-* the Host's Python state: the attributes of the Guest, clock, interrupts, paging, GDT, traps,
-  vrings and console objects, taken generically (containers copied, other objects kept by
-  reference), so state added to those classes later is covered without a list to maintain;
+* the Host's state, which every component saves and restores itself (`lgemu.persist`):
+  `Guest.save_state` gathers the lguest state, clock, interrupts, paging, GDT, traps, vrings,
+  devices and the run loop's position;
 * the console: how much output this timeline has produced (a replay does not print it again)
   and where its input stood.
 
@@ -31,20 +31,17 @@ of the old one are dropped.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..abi import PAGE_SIZE, DeviceType
 
 if TYPE_CHECKING:
-    from ..host.guest import Guest
+    from ..devices.console import Console, ConsoleInput
+    from ..host.guest import Guest, GuestState
 
 MAX_SNAPSHOTS = 64  # beyond this, every other old snapshot is dropped (replays get longer)
-# Guest attributes that are attachments of the run, not guest state.
-NOT_STATE = frozenset({"observers", "controllers"})
 
 
 class TimeTravelError(Exception):
@@ -79,24 +76,13 @@ class ReplayedOutput:
         here on is new."""
         self.shown = self.position
 
+    def save_state(self) -> int:
+        """Persist: how far this timeline's output has got (what was shown stays shown)."""
+        return self.position
 
-def _copied(value: Any) -> Any:
-    """A snapshot's copy of one attribute value: containers and dataclasses by value,
-    everything else (components, immutable values) by reference."""
-    if isinstance(value, (list, dict, set, bytearray)):
-        return copy.copy(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return copy.deepcopy(value)
-    return value
-
-
-def _capture(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
-    return {name: _copied(value) for name, value in vars(obj).items() if name not in skip}
-
-
-def _restore(obj: Any, state: dict[str, Any]) -> None:
-    for name, value in state.items():
-        setattr(obj, name, _copied(value))
+    def restore_state(self, state: int) -> None:
+        """Persist: back to `state`."""
+        self.position = state
 
 
 @dataclass
@@ -107,7 +93,8 @@ class Snapshot:
     ram: tuple[bytes, ...]
     host: bytes
     cpu: object
-    objects: list[tuple[Any, dict[str, Any]]]
+    host_state: GuestState
+    output_position: int
     input_taken: int  # console input bytes read from the host so far
     input_offset: int | None  # file position of a regular-file console input
 
@@ -119,9 +106,10 @@ class Timeline:
         self.guest = guest
         self.every = every
         self.snapshots: list[Snapshot] = []  # by increasing icount
-        self.console = next((d for d in guest.devices if d.type == DeviceType.CONSOLE), None)
+        self.console: Console | None = next(
+            (d for d in guest.devices if d.type == DeviceType.CONSOLE), None)  # type: ignore[misc]
         self.output: ReplayedOutput | None = None
-        self._hidden_source: Any = None  # the console's input while a replay runs
+        self._hidden_source: ConsoleInput | None = None  # the console's input while replaying
         self._input_seen = 0
         self.unavailable = self._why_unavailable()
         if self.unavailable is None:
@@ -143,11 +131,6 @@ class Timeline:
     def available(self) -> bool:
         return self.unavailable is None
 
-    @property
-    def start(self) -> int | None:
-        """The earliest instruction count that can be gone back to."""
-        return self.snapshots[0].icount if self.snapshots else None
-
     # -- taking ----------------------------------------------------------------------------
     def due(self, icount: int) -> bool:
         """Should a snapshot be taken at `icount` (none there yet, and on the grid or first)?"""
@@ -167,8 +150,8 @@ class Timeline:
         icount = guest.icount
         previous = self.at_or_before(icount)
         snap = Snapshot(icount, self._ram_pages(previous.ram if previous else None),
-                        bytes(guest.memory.host), guest.cpu.save_state(),
-                        [(obj, _capture(obj, skip)) for obj, skip in self._objects()],
+                        bytes(guest.memory.host), guest.cpu.save_state(), guest.save_state(),
+                        self.output.save_state() if self.output is not None else 0,
                         *self._input_position())
         index = sum(1 for s in self.snapshots if s.icount < icount)
         self.snapshots.insert(index, snap)
@@ -186,23 +169,11 @@ class Timeline:
         return tuple(old if (page := ram[off:off + PAGE_SIZE]) == old else page
                      for off, old in zip(range(0, size, PAGE_SIZE), previous, strict=True))
 
-    def _objects(self) -> list[tuple[Any, frozenset[str]]]:
-        guest = self.guest
-        objects: list[tuple[Any, frozenset[str]]] = [
-            (guest, NOT_STATE), (guest.clock, frozenset()), (guest.interrupts, frozenset()),
-            (guest.paging, frozenset()), (guest.gdt, frozenset()), (guest.traps, frozenset()),
-            (guest.console, frozenset())]
-        objects += [(ring, frozenset()) for _, ring in guest.queues.values()]
-        objects += [(device, frozenset()) for device in guest.devices]
-        if self.output is not None:
-            objects.append((self.output, frozenset({"stream", "shown"})))
-        return objects
-
     def replaying(self, on: bool) -> None:
         """A replay towards a point already executed starts (True) or ends (False): the
         console reads nothing from a terminal or pipe meanwhile (a file is read again)."""
         console = self.console
-        if console is None or not hasattr(console, "source"):
+        if console is None:
             return
         if on and console.source is not None and console.source.live:
             self._hidden_source, console.source = console.source, None
@@ -214,7 +185,7 @@ class Timeline:
         if console input arrived from a terminal or pipe since the last call."""
         taken, _ = self._input_position()
         seen, self._input_seen = self._input_seen, taken
-        source = getattr(self.console, "source", None)
+        source = self.console.source if self.console is not None else None
         if taken == seen or source is None or not source.live:
             return False
         self.diverge(icount)
@@ -224,8 +195,9 @@ class Timeline:
         console = self.console
         if console is None:
             return 0, None
-        source = getattr(console, "source", None)
-        taken = getattr(console, "bytes_in", 0) + len(getattr(console, "backlog", b""))
+        source = console.source
+        backlog, bytes_in = console.save_state()
+        taken = bytes_in + len(backlog)
         offset = None
         if source is not None and source.open and not source.live:
             try:
@@ -255,8 +227,9 @@ class Timeline:
             if ram[off:off + PAGE_SIZE] != page:
                 ram[off:off + PAGE_SIZE] = page
         guest.memory.host[:] = snap.host
-        for obj, state in snap.objects:
-            _restore(obj, state)
+        guest.restore_state(snap.host_state)
+        if self.output is not None:
+            self.output.restore_state(snap.output_position)
         guest.cpu.restore_state(snap.cpu)
         self._input_seen = snap.input_taken
 
@@ -264,7 +237,7 @@ class Timeline:
         taken, _ = self._input_position()
         if taken == snap.input_taken:
             return
-        source = self._hidden_source or getattr(self.console, "source", None)
+        source = self._hidden_source or (self.console.source if self.console else None)
         if snap.input_offset is None or source is None or not source.open:
             raise TimeTravelError("console input was read from a terminal or pipe since then "
                                   "and cannot be read again")

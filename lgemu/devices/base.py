@@ -84,5 +84,13 @@ class Device:
         if served:
             self.interrupt(queue)
 
+    def save_state(self) -> object:
+        """Persist: the device's own state beyond its vrings (None: it keeps none that can be
+        replayed; `lgemu.debug.snapshot` refuses time travel with such devices)."""
+        return None
+
+    def restore_state(self, state: object) -> None:
+        """Persist: back to `state`."""
+
     def close(self) -> None:
         """Release host resources (files, sockets)."""

@@ -51,6 +51,14 @@ class ConsoleOutput:
         self.stream: BinaryIO | None = stream
         self.bytes_written = 0
 
+    def save_state(self) -> int:
+        """Persist: bytes written (where they went is not guest state)."""
+        return self.bytes_written
+
+    def restore_state(self, state: int) -> None:
+        """Persist: back to `state`."""
+        self.bytes_written = state
+
     def write(self, data: bytes) -> None:
         """Write guest bytes exactly (no newline translation).  If the reader has gone
         (`lgemu boot | head`), the rest is discarded and the guest runs on."""
@@ -254,6 +262,15 @@ class Console(Device):
 
     def summary(self) -> str:
         return f"output {self.output.bytes_written} bytes, input {self.bytes_in} bytes"
+
+    def save_state(self) -> tuple[bytes, int]:
+        """Persist: input read from the host and not yet given to the guest, and how much has
+        been given.  Where input comes from is the run's (`Timeline.replaying` hides it)."""
+        return self.backlog, self.bytes_in
+
+    def restore_state(self, state: object) -> None:
+        """Persist: back to `state`."""
+        self.backlog, self.bytes_in = state  # type: ignore[misc]
 
     def close(self) -> None:
         if self.source is not None:

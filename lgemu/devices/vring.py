@@ -119,6 +119,14 @@ class Vring:
         self.in_flight = 0  # chains popped and not yet pushed back
         memory.check(base, used + 4 + 8 * num)  # the whole ring is guest memory
 
+    def save_state(self) -> tuple[int, int]:
+        """Persist: (last_avail, in_flight); the ring itself is guest memory."""
+        return self.last_avail, self.in_flight
+
+    def restore_state(self, state: tuple[int, int]) -> None:
+        """Persist: back to `state`."""
+        self.last_avail, self.in_flight = state
+
     def _kill(self, what: str) -> GuestKilled:
         return GuestKilled(f"vring {self.name}: {what}")
 

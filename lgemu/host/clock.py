@@ -16,10 +16,20 @@ Unicorn really executes here, so guest time and wall time stay in the same ballp
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 DEFAULT_NS_PER_INSN = 10
 # Guest wall clock at boot in virtual mode: 2.6.24's release day, 2008-01-24 00:00:00 UTC.
 DEFAULT_EPOCH_NS = 1_201_132_800 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """What a snapshot keeps of the clock (virtual time only: realtime cannot go back)."""
+
+    executed: int
+    slice_ns: int
+    deadline_ns: int | None
 
 
 class Clock:
@@ -70,6 +80,15 @@ class Clock:
         """Account a slice of `ran` instructions."""
         self.executed += ran
         self._slice_ns += ran * self.ns_per_insn
+
+    def save_state(self) -> ClockState:
+        """Persist: the instruction count, guest time and the timer."""
+        return ClockState(self.executed, self._slice_ns, self.deadline_ns)
+
+    def restore_state(self, state: ClockState) -> None:
+        """Persist: back to `state`."""
+        self.executed, self._slice_ns, self.deadline_ns = \
+            state.executed, state.slice_ns, state.deadline_ns
 
     def idle_until_timer(self) -> None:
         """A halted guest waits for its timer: skip ahead, or sleep in realtime mode (never

@@ -61,13 +61,13 @@ from ..launcher import BootInfo
 from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
 from . import cpu_model, events
-from .clock import Clock
+from .clock import Clock, ClockState
 from .hypercalls import hypercall
-from .interrupts import Interrupts
-from .paging import Paging
+from .interrupts import Interrupts, InterruptsState
+from .paging import Paging, PagingState
 from .segments import TSS_LIMIT, Gdt
 from .state import LguestState
-from .traps import GP, Traps
+from .traps import GP, Gate, Traps
 
 SLICE = 1_000_000  # instructions per slice when nothing is waiting
 PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it
@@ -96,6 +96,42 @@ class Stats:
     page_fills: int = 0  # #PFs absorbed by filling the shadow page directory
     vring: Counter = field(default_factory=Counter)  # chains returned, by queue name
     slices: int = 0
+
+    def copy(self) -> Stats:
+        """A copy whose counters later counting cannot change."""
+        return Stats(Counter(self.hypercalls), Counter(self.async_hypercalls),
+                     Counter(self.traps), Counter(self.port_io), self.page_fills,
+                     Counter(self.vring), self.slices)
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """Persist: where the run loop stands between two runs of the CPU."""
+
+    stats: Stats
+    outcome: LgemuExit | None
+    slice_left: int
+    slice_end_ns: int
+    deferred_fault: tuple[int, int, int] | None
+    deferred_regs: tuple[tuple[Reg, int], ...]
+    idle_episode: tuple[tuple[int, int] | None, float]
+
+
+@dataclass(frozen=True)
+class GuestState:
+    """Persist: the Host's whole state for one guest, component by component (guest memory,
+    the host pages and the CPU's registers are saved beside it, by `lgemu.debug.snapshot`)."""
+
+    lg: LguestState
+    clock: ClockState
+    interrupts: InterruptsState
+    paging: PagingState
+    gdt: tuple[int, ...]
+    traps: tuple[Gate | None, ...]
+    vrings: tuple[tuple[int, int], ...]  # in `Guest.queues` order
+    devices: tuple[object, ...]  # in `Guest.devices` order
+    console_output: int
+    loop: LoopState
 
 
 class Guest:
@@ -146,6 +182,38 @@ class Guest:
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
         self._install_hooks()
         self._boot_cpu()
+
+    # -- Persist ---------------------------------------------------------------------------
+    def save_state(self) -> GuestState:
+        """The Host's state for this guest, between two runs (see `GuestState`)."""
+        return GuestState(
+            self.lg.save_state(), self.clock.save_state(), self.interrupts.save_state(),
+            self.paging.save_state(), self.gdt.save_state(), self.traps.save_state(),
+            tuple(ring.save_state() for _, ring in self.queues.values()),
+            tuple(device.save_state() for device in self.devices),
+            self.console.save_state(),
+            LoopState(self.stats.copy(), self.outcome, self._slice_left, self._slice_end_ns,
+                      self._deferred_fault, self._deferred_regs, self._idle_episode))
+
+    def restore_state(self, state: GuestState) -> None:
+        """Put the Host's state back as `save_state` saw it."""
+        self.lg.restore_state(state.lg)
+        self.clock.restore_state(state.clock)
+        self.interrupts.restore_state(state.interrupts)
+        self.paging.restore_state(state.paging)
+        self.gdt.restore_state(state.gdt)
+        self.traps.restore_state(state.traps)
+        for (_, ring), ring_state in zip(self.queues.values(), state.vrings, strict=True):
+            ring.restore_state(ring_state)
+        for device, device_state in zip(self.devices, state.devices, strict=True):
+            device.restore_state(device_state)
+        self.console.restore_state(state.console_output)
+        loop = state.loop
+        self.stats = loop.stats.copy()
+        self.outcome = loop.outcome
+        self._slice_left, self._slice_end_ns = loop.slice_left, loop.slice_end_ns
+        self._deferred_fault, self._deferred_regs = loop.deferred_fault, loop.deferred_regs
+        self._idle_episode = loop.idle_episode
 
     # -- the state of §2 ----------------------------------------------------------------
     def _boot_cpu(self) -> None:

@@ -13,11 +13,21 @@ means (`lguest_iret` can store an EFLAGS word with IF clear).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..abi import FIRST_EXTERNAL_VECTOR, LGUEST_IRQS, X86_EFLAGS_IF
 from .lguest_data import LguestData
 from .state import LguestState
 from .traps import Traps
+
+
+@dataclass(frozen=True)
+class InterruptsState:
+    """Persist: pending lines, whether the guest halted, deliveries per line."""
+
+    pending: int
+    halted: bool
+    delivered: tuple[int, ...]
 
 
 class Interrupts:
@@ -29,6 +39,15 @@ class Interrupts:
         self.pending = 0
         self.halted = False
         self.delivered = [0] * LGUEST_IRQS
+
+    def save_state(self) -> InterruptsState:
+        """Persist: what is pending and delivered (the noirq window is `LguestState`'s)."""
+        return InterruptsState(self.pending, self.halted, tuple(self.delivered))
+
+    def restore_state(self, state: InterruptsState) -> None:
+        """Persist: back to `state`."""
+        self.pending, self.halted = state.pending, state.halted
+        self.delivered = list(state.delivered)
 
     def raise_irq(self, line: int) -> None:
         """Mark IRQ `line` pending (the timer is 0, virtqueues 1 and up)."""

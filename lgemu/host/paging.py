@@ -17,6 +17,8 @@ of the walks it performs itself (trap frames, pinning).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..abi import (
     PAGE_SIZE,
     PDE_ALLOWED_FLAGS,
@@ -53,6 +55,17 @@ SWITCHER_PTE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
 SWITCHER_PDE_VALUE = host_page_phys(HOST_SWITCHER_PT) | PTE_PRESENT | PTE_RW | PTE_ACCESSED
 
 
+@dataclass(frozen=True)
+class PagingState:
+    """Persist: which guest directory each shadow slot holds, and which one runs.  (The
+    shadows themselves are host pages, saved with them.)"""
+
+    slots: tuple[int | None, ...]
+    next_victim: int
+    slot: int
+    guest_pgdir: int
+
+
 class Paging:
     """Shadow page directories and guest page-table walks for one guest."""
 
@@ -68,6 +81,16 @@ class Paging:
         self._next_victim = 0
         self.slot = 0
         self.guest_pgdir = 0
+
+    def save_state(self) -> PagingState:
+        """Persist: the shadow slots' owners and the current directory."""
+        return PagingState(tuple(self._slots), self._next_victim, self.slot, self.guest_pgdir)
+
+    def restore_state(self, state: PagingState) -> None:
+        """Persist: back to `state` (CR3 is the CPU's, restored with it)."""
+        self._slots = list(state.slots)
+        self._next_victim, self.slot, self.guest_pgdir = \
+            state.next_victim, state.slot, state.guest_pgdir
 
     # -- shadow directories --------------------------------------------------------------
     def _shadow_offset(self, slot: int) -> int:

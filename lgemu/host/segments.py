@@ -92,6 +92,15 @@ class Gdt:
             self.entries[i] = desc
         _GDT.pack_into(self._page, 0, *self.entries)
 
+    def save_state(self) -> tuple[int, ...]:
+        """Persist: the 32 descriptors (the host page holding them is saved with guest
+        memory)."""
+        return tuple(self.entries)
+
+    def restore_state(self, state: tuple[int, ...]) -> None:
+        """Persist: back to `state`."""
+        self.entries = list(state)
+
     def stack_segment_ok(self, selector: int) -> bool:
         """Could ring 1 load `selector` into SS: a present, writable data segment of DPL 1
         with RPL 1?  (Checked before the Host switches stacks, so a bad SET_STACK is a kill,

@@ -70,6 +70,14 @@ class Traps:
         self.lg = lg if lg is not None else paging.lg  # lguest_data and the ring-1 stack
         self.idt: list[Gate | None] = [None] * IDT_ENTRIES
 
+    def save_state(self) -> tuple[Gate | None, ...]:
+        """Persist: the guest's IDT (gates are never changed in place)."""
+        return tuple(self.idt)
+
+    def restore_state(self, state: tuple[Gate | None, ...]) -> None:
+        """Persist: back to `state`."""
+        self.idt = list(state)
+
     def load_idt_entry(self, vector: int, lo: int, hi: int) -> None:
         """LHCALL_LOAD_IDT_ENTRY with lguest's checks (§5.1).
 
