@@ -183,7 +183,7 @@ def describe_devices(con: Console, guest: Guest) -> None:
 class StatusLine:
     """A live line on stderr while a guest runs: instructions, rate, hypercalls, guest time.
 
-    A run-loop controller (`Guest.controllers`): it looks at the clock at run boundaries
+    A run-loop controller (`Guest.add_controller`): it looks at the clock at run boundaries
     and redraws at most every `PERIOD_S`.  On a terminal the line is redrawn in place
     (carriage return, erase to end of line) and appears only once a run has lasted
     `DELAY_S`; forced onto something else (``--status``) it prints whole lines.  It never
@@ -204,7 +204,9 @@ class StatusLine:
         self._tap: StreamTap | None = None
 
     def attach(self) -> None:
-        self.guest.controllers.insert(0, self)
+        from .host.guest import Stage  # here: `lgemu info` needs no run loop
+
+        self.guest.add_controller(self, Stage.STATUS)
         if self.terminal:
             self._tap = tap_console(self._console, lambda data: self.clear())
 
@@ -241,8 +243,7 @@ class StatusLine:
             self.stream.flush()
 
     def close(self) -> None:
-        if self in self.guest.controllers:
-            self.guest.controllers.remove(self)
+        self.guest.remove_controller(self)
         untap_console(self._console, self._tap)
         if self.terminal:
             self.clear()

@@ -29,7 +29,7 @@ from rspclient import RspClient
 from test_gdb import with_client
 
 from lgemu.debug.snapshot import Timeline
-from lgemu.host.guest import Guest
+from lgemu.host.guest import Guest, Stage
 from lgemu.machine.cpu import GPRS, Reg
 
 PROGRAMS = ["banner", "timer", "usermode", "traps", "paging", "ioports"]
@@ -99,7 +99,7 @@ def test_cutting_runs_changes_nothing(boot_with: Callable[..., tuple], program: 
     plain = boot_with(program)
     assert plain[0] == 0
     cuts = RandomCuts(seed=len(program), longest=300)
-    cut = boot_with(program, lambda g: g.controllers.append(cuts))
+    cut = boot_with(program, lambda g: g.add_controller(cuts, Stage.STEER))
     assert cuts.calls > 1000
     assert cut == plain
 
@@ -114,7 +114,7 @@ def test_breakpoint_and_watchpoint_stops_change_nothing(boot_with: Callable[...,
 
     def attach(guest: Guest) -> None:
         stops = seen["stops"] = BreakpointStops(guest, hot)
-        guest.controllers.append(stops)
+        guest.add_controller(stops, Stage.STEER)
         writes = seen["writes"] = []
 
         def on_write(is_write: bool, address: int, size: int, value: int) -> None:
@@ -168,7 +168,7 @@ def test_snapshot_restore_replays_exactly(boot_with: Callable[..., tuple], progr
                 if guest.icount < goal:
                     return goal - guest.icount
             return None
-    replayed = boot_with(program, lambda g: g.controllers.append(BackAndForth(g)))
+    replayed = boot_with(program, lambda g: g.add_controller(BackAndForth(g), Stage.STEER))
     assert len(looks) == 2 and looks[0] == looks[1]
     assert replayed == plain
 

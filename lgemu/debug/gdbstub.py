@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..abi import PAGE_SIZE
 from ..errors import ExitStatus, LgemuExit, UserError
+from ..host.guest import Stage
 from ..machine.cpu import Reg
 from .snapshot import Timeline, TimeTravelError
 from .stopat import StopAt, stopped_line
@@ -902,9 +903,9 @@ def attach_control(stack: ExitStack, guest: Guest, config: BootConfig,
     """Install the gdb stub (`--gdb`, `-s`, `-S`) or the `--stop-at` controller."""
     if config.gdb is None:
         if config.stop_at is not None:
-            guest.controllers.append(StopAt(config.stop_at))
+            guest.add_controller(StopAt(config.stop_at), Stage.STEER)
         return
     stub = GdbStub(guest, parse_endpoint(config.gdb), config.gdb_wait, config.stop_at,
                    config.snapshot_every, stderr)
-    guest.controllers.append(stub)
+    guest.add_controller(stub, Stage.STEER)
     stack.callback(lambda: stub.close(guest.outcome))

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, TextIO
 import capstone
 
 from ..errors import InternalError, LgemuExit, UserError
+from ..host.guest import Stage
 from ..machine.cpu import Reg
 from .symbols import Symbols
 from .tap import StreamTap, is_terminal, tap_console, untap_console
@@ -267,13 +268,13 @@ class Tracer:
         if header:
             self._write(header)
         if self.events or self.instructions:
-            self.guest.observers.append(self._on_event)
+            self.guest.add_observer(self._on_event)
         # Sharing a terminal with the guest's console: keep the two on separate lines.
         if self.out.name == "stdout" or (self.out.name == "stderr"
                                          and is_terminal(self.out.stream)):
             self._tap = tap_console(self.guest.console, self._before_console)
         if self.instructions:
-            self.guest.controllers.insert(0, self)  # before any controller that rewinds
+            self.guest.add_controller(self, Stage.TRACE)
 
     def close(self) -> None:
         """Finish the pending line, stop watching, flush (after the run, whatever the
@@ -285,10 +286,8 @@ class Tracer:
             self._fail(e)
         self._unhook()
         untap_console(self.guest.console, self._tap)
-        if self._on_event in self.guest.observers:
-            self.guest.observers.remove(self._on_event)
-        if self in self.guest.controllers:
-            self.guest.controllers.remove(self)
+        self.guest.remove_observer(self._on_event)
+        self.guest.remove_controller(self)
         try:
             self.out.close()
         except OSError as e:

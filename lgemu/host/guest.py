@@ -14,12 +14,14 @@ guest sees.  A *slice* is the guest's own schedule: its length, and the work don
 depend only on guest state, so two runs cut the same way.  A controller may cut a slice into
 several *runs* of the CPU; between runs nothing happens but the controller's call:
 
-* `Guest.controllers` holds objects with `boundary(guest) -> int | None`, called before every
-  run with the guest between two instructions (`guest.icount` of them executed).  The return
-  value caps the next run's length (None: no cap; at least 1), e.g. `N - guest.icount` to get
-  control back at exactly instruction N.  `boundary` may block (a debugger waiting for its
-  user), change registers or memory, or raise an `LgemuExit` to end the run.  A controller
-  that rewinds the guest (time travel) goes last.
+* `Guest.add_controller(controller, stage)` adds a `Controller`: its `boundary(guest) ->
+  int | None` is called before every run with the guest between two instructions
+  (`guest.icount` of them executed).  The return value caps the next run's length (None:
+  no cap; at least 1), e.g. `N - guest.icount` to get control back at exactly instruction N.
+  `boundary` may block (a debugger waiting for its user), change registers or memory, or
+  raise an `LgemuExit` to end the run.  Controllers are asked in the order of their `Stage`,
+  then of their adding: watchers first, and what may rewind the guest (time travel) last.
+* `Guest.add_observer(observer)` adds an `events.Observer` of the lguest event log.
 * From a code hook (`Cpu.on_code`), `guest.pause()` ends the current run *before* the
   instruction the hook fired for; from a memory hook (`Cpu.on_mem_access`),
   `guest.pause_after()` ends it once the current instruction is over; `Cpu.set_breakpoints`
@@ -33,9 +35,9 @@ import os
 import select
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import IntEnum
+from typing import Any, Protocol
 
 from ..abi import (
     FIRST_EXTERNAL_VECTOR,
@@ -83,6 +85,22 @@ OPSIZE_PREFIX = 0x66
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
+
+
+class Stage(IntEnum):
+    """When a controller is asked at a run boundary, relative to the others."""
+
+    TRACE = 0  # trace windows (lgemu.debug.trace): they see the guest before anyone moves it
+    STATUS = 1  # the status line (lgemu.ui): reads counters only
+    STEER = 2  # --stop-at and the gdb stub, whose time travel rewinds the guest: last
+
+
+class Controller(Protocol):
+    """Steers the run loop from run boundaries (see the module docstring)."""
+
+    def boundary(self, guest: Guest) -> int | None:
+        """Called between two instructions before every run; returns a cap on the next
+        run's length, or None."""
 
 
 @dataclass
@@ -158,14 +176,16 @@ class Guest:
         self._paused = False  # a controller's hook cut the current run (see `pause`)
         self._slice_left = 0  # instructions left in the current slice (0: at a slice start)
         self._slice_end_ns = 0
-        # Whatever steers the loop from run boundaries (see the module docstring).
-        self.controllers: list[Any] = []
+        # Whatever steers the loop from run boundaries, in the order they are asked (see the
+        # module docstring); changed only by add_controller/remove_controller.
+        self.controllers: tuple[Controller, ...] = ()
+        self._staged: list[tuple[Stage, Controller]] = []
         # A fault an instruction hook found, delivered at slice end: (vector, EIP, error).
         self._deferred_fault: tuple[int, int, int] | None = None
         self._deferred_regs: tuple[tuple[Reg, int], ...] = ()  # undone before that #GP
-        # Observers of lguest events (hypercalls, traps, interrupts, vring operations):
-        # callables (instruction count, kind, text); see `emit`.
-        self.observers: list[Callable[[int, str, str], None]] = []
+        # Observers of lguest events (hypercalls, traps, interrupts, vring operations), in
+        # the order they were added; see `emit`.
+        self.observers: tuple[events.Observer, ...] = ()
         self.devices = devices
         self.queues: dict[int, tuple[Device, Vring]] = {}
         # Guest pages the devices wrote (DMA): their translated code is dropped before the
@@ -258,6 +278,27 @@ class Guest:
                 self.finish(InternalError(f"{type(bug).__name__}: {bug}"))
             return default
         return hook
+
+    # -- what is attached to a run ------------------------------------------------------
+    def add_controller(self, controller: Controller, stage: Stage) -> None:
+        """Ask `controller` at every run boundary, after those of earlier stages and those
+        of its stage added before it."""
+        self._staged.append((stage, controller))
+        self._staged.sort(key=lambda staged: staged[0])  # stable: adding order within a stage
+        self.controllers = tuple(c for _, c in self._staged)
+
+    def remove_controller(self, controller: Controller) -> None:
+        """Stop asking `controller` (nothing if it was not added)."""
+        self._staged = [(s, c) for s, c in self._staged if c is not controller]
+        self.controllers = tuple(c for _, c in self._staged)
+
+    def add_observer(self, observer: events.Observer) -> None:
+        """Tell `observer` every lguest event from now on."""
+        self.observers = (*self.observers, observer)
+
+    def remove_observer(self, observer: events.Observer) -> None:
+        """Stop telling `observer` (nothing if it was not added)."""
+        self.observers = tuple(o for o in self.observers if o != observer)
 
     # -- helpers for hypercalls and devices ----------------------------------------------
     def emit(self, kind: str, text: str) -> None:
