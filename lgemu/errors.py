@@ -6,6 +6,11 @@ once in `lgemu.cli` and turned into one line on stderr and an exit status.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .kills import Kill
+
 
 class ExitStatus:
     """Process exit statuses (documented in the README)."""
@@ -45,10 +50,15 @@ class UserError(LgemuExit):
 
 
 class GuestKilled(LgemuExit):
-    """The Host killed the guest (lguest's kill_guest); `message` is the reason."""
+    """The Host killed the guest (lguest's kill_guest): `kill` is the rule broken and with
+    what (`lgemu.kills`), `message` its wording."""
 
     status = ExitStatus.KILLED
     prefix = "lgemu: guest killed: "
+
+    def __init__(self, kill: Kill) -> None:
+        super().__init__(kill.text())
+        self.kill = kill
 
 
 class GuestCrashed(LgemuExit):

@@ -57,18 +57,32 @@ def _watchdog(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+# How the last in-process run ended, as `lgemu.cli.boot` returned it (None if it raised or
+# was not a boot): tests read the kind of a kill from it (`GuestRun.kill`).
+last_outcome: list[object] = [None]
+
+
 def lgemu_main_in_process(argv: Sequence[str]) -> Result:
     """`lgemu.cli.main(argv)` with stdout/stderr captured: (status, stdout bytes, stderr)."""
-    from lgemu.cli import main
+    from lgemu import cli
 
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
     err = io.StringIO()
     saved = sys.stdout, sys.stderr
+    boot = cli.boot
+
+    def recording_boot(*args: object, **kwargs: object) -> object:
+        last_outcome[0] = outcome = boot(*args, **kwargs)
+        return outcome
+
+    last_outcome[0] = None
     sys.stdout, sys.stderr = out, err
+    cli.boot = recording_boot
     try:
         with _watchdog(IN_PROCESS_TIMEOUT):
-            status = main(list(argv))
+            status = cli.main(list(argv))
     finally:
+        cli.boot = boot
         sys.stdout, sys.stderr = saved
     out.flush()
     return status, out.buffer.getvalue(), err.getvalue()
@@ -113,5 +127,5 @@ def asm_guest(tmp_path: Path) -> Callable[..., GuestRun]:
             extra: Sequence[str] = ()) -> GuestRun:
         elf = build_guest(tmp_path, body, data)
         status, out, err = lgemu_main_in_process(boot_args(elf, cmdline, mem, extra))
-        return GuestRun(status, out, err, elf)
+        return GuestRun(status, out, err, elf, last_outcome[0])
     return run

@@ -44,15 +44,17 @@ reason, or to patch data in the file), and `GuestRun` with `assert_killed`, `ass
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from lgemu import abi
+from lgemu.errors import GuestKilled
+from lgemu.kills import Kill
 
 LOAD_ADDRESS = abi.KERNEL_LOAD_ADDR
 STACK_SIZE = 16384
@@ -290,6 +292,12 @@ class GuestRun:
     out: bytes
     err: str
     elf: Path | None = None
+    outcome: object = None  # what `lgemu.cli.boot` returned (an `LgemuExit`), if it did
+
+    @property
+    def kill(self) -> Kill | None:
+        """The kind of kill (with its values) if the Host killed the guest."""
+        return self.outcome.kill if isinstance(self.outcome, GuestKilled) else None
 
     def symbol(self, name: str) -> int:
         """Address of a symbol of the guest that ran."""
@@ -304,14 +312,19 @@ def assert_one_line(err: str) -> str:
     return err[:-1]
 
 
-def assert_killed(run: GuestRun, reason: str | re.Pattern) -> None:
-    """Exit status 3 and exactly `lgemu: guest killed: <reason>` on stderr."""
+def assert_killed(run: GuestRun, reason: Kill | type[Kill] | Callable[[Kill], bool]) -> None:
+    """Exit status 3, killed for `reason` — a kind with its values, only a kind, or a test
+    of the kill — and exactly `lgemu: guest killed: <its text>` on stderr (the wording of
+    each kind is pinned down in test_kills.py)."""
     line = assert_one_line(run.err)
     assert run.status == 3, (run.status, run.err)
-    if isinstance(reason, re.Pattern):
-        assert re.fullmatch("lgemu: guest killed: " + reason.pattern, line), line
+    if isinstance(reason, Kill):
+        assert run.kill == reason, (run.kill, line)
+    elif isinstance(reason, type):
+        assert isinstance(run.kill, reason), (run.kill, line)
     else:
-        assert line == f"lgemu: guest killed: {reason}"
+        assert run.kill is not None and reason(run.kill), (run.kill, line)
+    assert line == f"lgemu: guest killed: {run.kill.text()}"
 
 
 def assert_crashed(run: GuestRun, message: str) -> None:

@@ -17,6 +17,8 @@ import pytest
 from guestasm import assert_killed, assert_one_line, assert_powered_down
 from virtioasm import DEVPT_BSS, MACROS, chain, hexwords, map_device_pages, report
 
+from lgemu.kills import BadRequest
+
 SECTOR = 512
 T_IN, T_OUT, T_SCSI, T_BARRIER = 0, 1, 2, 0x80000000
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
@@ -212,7 +214,7 @@ def test_malformed_requests_kill_the_guest(asm_guest, tmp_path, buffers, reason)
     before = image.read_bytes()
     run = asm_guest(guest(chain(0, buffers)), header("h", T_IN, 0) + BUF_BSS + DEVPT_BSS,
                     extra=["--block", str(image)])
-    assert_killed(run, f"vring vda.0: request at head 0: {reason}")
+    assert_killed(run, BadRequest("vda.0", 0, reason))
     assert image.read_bytes() == before
 
 

@@ -8,7 +8,6 @@ what the outcome is, the test says it exactly.
 
 from __future__ import annotations
 
-import re
 import shutil
 import struct
 
@@ -23,6 +22,24 @@ from guestasm import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from lgemu.kills import (
+    AlreadyInitialized,
+    BadGuestAddress,
+    BadHypercall,
+    BadLguestData,
+    BadNotifyAddress,
+    BadPageDirectoryEntry,
+    BadPageTableEntry,
+    BadStackPage,
+    BadStackSegment,
+    BadSyscallVector,
+    BadVirtualAddress,
+    NotMemory,
+    SwitcherAccess,
+    TooManyGdtEntries,
+    UnhandledTrap,
+)
 
 MIB = 1 << 20
 MEM = 64 * MIB
@@ -54,38 +71,39 @@ ADDRESSES = [0xFFFFFFFF, 0xFFFFFFF0, MEM, LIMIT, LIMIT - 1, 0xFFC00000, 0x800000
 def expect_crash(addr):
     if valid(addr, 128):
         return (1, None)  # whatever bytes are there become the message
-    return (3, f"bad read address {addr:#x} len 128")
+    return (3, BadGuestAddress("read", addr, 128))
 
 
 def expect_read(length):
     def expect(addr):
-        return (0, None) if valid(addr, length) else (3, f"bad read address {addr:#x} len "
-                                                         f"{length}")
+        return (0, None) if valid(addr, length) else (3, BadGuestAddress("read", addr, length))
     return expect
 
 
 def expect_notify(addr):
-    return (0, None) if addr < LIMIT else (3, f"bad NOTIFY address {addr:#x}")
+    return (0, None) if addr < LIMIT else (3, BadNotifyAddress(addr))
 
 
 def expect_init(addr):
     # Inside memory the range check passes and the (zero) syscall_vec fails instead.
-    return (3, "bad syscall vector") if valid(addr, 1136) else (3, f"bad guest page {addr:#x}")
+    return (3, BadSyscallVector()) if valid(addr, 1136) else (3, BadLguestData(addr))
 
 
 def expect_pgtable(addr):
     # The next instruction fetch (PDE 0 of the new directory) reads 4 bytes at addr.
     if not valid(addr, 4):
-        return (3, f"bad read address {addr:#x} len 4")
+        return (3, BadGuestAddress("read", addr, 4))
     if addr == MEM:  # the device page: "03 14 00 02" is a PDE with flag 0x400 set
-        return (3, "bad page directory entry")
-    return (3, re.compile(r"unhandled trap 14 at (0x[0-9a-f]+) \(\1\)"))  # zeros: not present
+        return (3, BadPageDirectoryEntry())
+    # zeros: not present, and the fault is the instruction fetch itself (CR2 = EIP)
+    return (3, lambda kill: isinstance(kill, UnhandledTrap) and kill.vector == 14
+            and kill.detail == kill.eip)
 
 
 def expect_stack(addr):
     # SET_STACK pins the page below ESP: mapped only inside the Launcher's map of RAM.
     below = (addr - 1) & 0xFFFFFFFF
-    return (0, None) if below < MEM else (3, f"bad stack page {below:#x}")
+    return (0, None) if below < MEM else (3, BadStackPage(below))
 
 
 ADDRESS_CALLS = {
@@ -118,21 +136,21 @@ def test_bad_address_to_each_call(asm_guest, call, addr):
 M1 = "0xFFFFFFFF"
 ALL_MINUS_ONE = [
     (0, 0, None),
-    (1, 3, "already have lguest_data"),
-    (2, 3, "bad read address 0xffffffff len 128"),
-    (3, 3, "too many gdt entries 4294967295"),
-    (4, 3, "bad read address 0xffffffff len 4"),
+    (1, 3, AlreadyInitialized()),
+    (2, 3, BadGuestAddress("read", 0xFFFFFFFF, 128)),
+    (3, 3, TooManyGdtEntries(4294967295)),
+    (4, 3, BadGuestAddress("read", 0xFFFFFFFF, 4)),
     (5, 0, None),
     (6, 0, None),  # vectors past lguest's 64-entry IDT are ignored
-    (7, 3, "bad stack segment 4294967295"),
+    (7, 3, BadStackSegment(4294967295)),
     (8, 0, None),  # TS set: harmless without FPU use
     (9, 0, None),  # a timer 4.29 s away
     (10, 4, None),
-    (11, 3, "Bad hypercall 11"),
-    (14, 3, "bad page table entry"),
+    (11, 3, BadHypercall(11)),
+    (14, 3, BadPageTableEntry()),
     (15, 0, None),  # PDE index >= 1023 is ignored
-    (16, 3, "bad read address 0xffffffff len 24"),
-    (17, 3, "bad NOTIFY address 0xffffffff"),
+    (16, 3, BadGuestAddress("read", 0xFFFFFFFF, 24)),
+    (17, 3, BadNotifyAddress(0xFFFFFFFF)),
 ]
 
 
@@ -187,7 +205,7 @@ def test_trap_without_a_guest_idt_kills(asm_guest, insn, vector, detail, init):
     if insn == "divl %ecx":
         setup += "xorl %ecx, %ecx\n"
     run = asm_guest(("INIT\n" if init else "") + setup + f"fault: {insn}\n POWER_DOWN")
-    assert_killed(run, f"unhandled trap {vector} at {run.symbol('fault'):#x} ({detail:#x})")
+    assert_killed(run, UnhandledTrap(vector, run.symbol('fault'), detail))
 
 
 def test_trap_frame_on_an_unmapped_stack_kills(asm_guest):
@@ -199,7 +217,7 @@ def test_trap_frame_on_an_unmapped_stack_kills(asm_guest):
     handler:
         POWER_DOWN
     """)
-    assert_killed(run, f"Bad address {0x5000000 - 12:#x}")
+    assert_killed(run, BadVirtualAddress(0x5000000 - 12))
 
 
 def test_port_io_in_ring_1_is_emulated(asm_guest):
@@ -238,7 +256,7 @@ def test_port_io_below_page_offset_is_not_emulated(asm_guest):
     """lguest emulated `in`/`out` only for kernel addresses (EIP >= kernel_address): here
     the same ring-1 instruction, below 0xC0000000 after LGUEST_INIT, is a #GP(0)."""
     run = asm_guest("INIT\n fault: inb $0x60, %al\n POWER_DOWN")
-    assert_killed(run, f"unhandled trap 13 at {run.symbol('fault'):#x} (0x0)")
+    assert_killed(run, UnhandledTrap(13, run.symbol('fault'), 0x0))
 
 
 @pytest.mark.parametrize(("insn", "vector"), [("sysenter", 13), ("syscall", 6)])
@@ -247,12 +265,12 @@ def test_fast_system_calls_fault(asm_guest, insn, vector):
     not exist in 32-bit mode on the Intel CPU lgemu advertises (#UD).  Unicorn itself would
     run both as no-ops."""
     run = asm_guest(f"INIT\n fault: {insn}\n POWER_DOWN")
-    assert_killed(run, f"unhandled trap {vector} at {run.symbol('fault'):#x} (0x0)")
+    assert_killed(run, UnhandledTrap(vector, run.symbol('fault'), 0x0))
 
 
 def test_rdtscp_is_not_an_instruction_of_the_virtual_cpu(asm_guest):
     run = asm_guest("INIT\n fault: rdtscp\n POWER_DOWN")
-    assert_killed(run, f"unhandled trap 6 at {run.symbol('fault'):#x} (0x0)")
+    assert_killed(run, UnhandledTrap(6, run.symbol('fault'), 0x0))
 
 
 def test_crash_message_is_not_markup_for_the_verbose_summary(asm_guest):
@@ -284,13 +302,13 @@ SWITCHER_PDE_PRESENT = """
                                     "jmp 0xFFC00000"])
 def test_touching_the_switcher_through_a_present_pde_kills(asm_guest, access):
     run = asm_guest(SWITCHER_PDE_PRESENT + access + "\n POWER_DOWN")
-    assert_killed(run, "attempt to access switcher pages")
+    assert_killed(run, SwitcherAccess())
 
 
 @pytest.mark.parametrize("target", [0x5000000, MEM, LIMIT, 0xC0000000, 0xFFFFFFF0])
 def test_jump_outside_ram_kills(asm_guest, target):
     run = asm_guest(f"INIT\n movl ${target:#x}, %eax\n jmp *%eax")
-    assert_killed(run, f"unhandled trap 14 at {target:#x} ({target:#x})")
+    assert_killed(run, UnhandledTrap(14, target, target))
 
 
 # Map virtual 0x3FF000 (PTE 1023 of PDE 0, which is already in use) to FRAME.
@@ -309,7 +327,7 @@ MAP_IN_USE_PDE = """
 @pytest.mark.parametrize("frame", [0x8000000, 0x40000000, 0xFFFFF000])
 def test_page_outside_all_memory_kills(asm_guest, frame):
     run = asm_guest(MAP_IN_USE_PDE.replace("FRAME", f"{frame | 0x67:#x}"))
-    assert_killed(run, re.compile(r"bad page table entry.*"))
+    assert_killed(run, NotMemory(frame))
     assert run.out == b""
 
 
@@ -318,7 +336,7 @@ def test_page_between_pfn_limit_and_the_device_reserve_kills(asm_guest, frame):
     """Frames at or above pfn_limit are not guest memory (§1.4, §7.1 step 4), even though
     the Launcher reserved 256 pages above RAM for devices."""
     run = asm_guest(MAP_IN_USE_PDE.replace("FRAME", f"{frame | 0x67:#x}"))
-    assert_killed(run, re.compile(r"bad page table entry.*"))
+    assert_killed(run, NotMemory(frame))
     assert run.out == b""
 
 
@@ -339,13 +357,13 @@ FRESH_PDE = """
 
 
 @pytest.mark.parametrize(("pde", "pte", "reason"), [
-    (0x2000000 | 0xE7, 0x100067, "bad page directory entry"),  # PSE (4 MiB page)
-    (0x2000000 | 0x17, 0x100067, "bad page directory entry"),  # PCD
-    (0x2000000 | 0x167, 0x100067, "bad page directory entry"),  # Global
-    (LIMIT | 0x67, 0x100067, "bad page directory entry"),  # table beyond memory
-    (0x2000000 | 0x67, LIMIT | 0x67, "bad page table entry"),
-    (0x2000000 | 0x67, 0x100067 | 0x08, "bad page table entry"),  # PWT
-    (0x2000000 | 0x67, 0x100067 | 0x80, "bad page table entry"),  # bit 7
+    (0x2000000 | 0xE7, 0x100067, BadPageDirectoryEntry()),  # PSE (4 MiB page)
+    (0x2000000 | 0x17, 0x100067, BadPageDirectoryEntry()),  # PCD
+    (0x2000000 | 0x167, 0x100067, BadPageDirectoryEntry()),  # Global
+    (LIMIT | 0x67, 0x100067, BadPageDirectoryEntry()),  # table beyond memory
+    (0x2000000 | 0x67, LIMIT | 0x67, BadPageTableEntry()),
+    (0x2000000 | 0x67, 0x100067 | 0x08, BadPageTableEntry()),  # PWT
+    (0x2000000 | 0x67, 0x100067 | 0x80, BadPageTableEntry()),  # bit 7
 ])
 def test_bad_fresh_page_table_entries_kill(asm_guest, pde, pte, reason):
     run = asm_guest(FRESH_PDE.replace("$PDE", f"${pde:#x}").replace("$PTE", f"${pte:#x}"))

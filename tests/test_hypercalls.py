@@ -20,6 +20,24 @@ from guestasm import (
 )
 from virtioasm import DEVPT_BSS, map_device_pages
 
+from lgemu.kills import (
+    AlreadyInitialized,
+    BadGuestAddress,
+    BadHypercall,
+    BadIdtType,
+    BadKernelAddress,
+    BadLguestData,
+    BadNotifyAddress,
+    BadPageTableEntry,
+    BadStackPage,
+    BadStackPages,
+    BadStackSegment,
+    BadSyscallVector,
+    HypercallBeforeInit,
+    TooManyGdtEntries,
+    UnhandledTrap,
+)
+
 MIB = 1 << 20
 MEM = 64 * MIB
 # pfn_limit with only the console (§1.4): device page, then two 2-page vrings.
@@ -44,7 +62,7 @@ def hexwords(*values: int) -> bytes:
 @pytest.mark.parametrize("nr", [0, 2, 5, 10, 17, 18])
 def test_any_hypercall_before_init_is_killed(asm_guest, nr):
     run = asm_guest(f"HCALL ${nr}, $s_zero\n PUTS s_one", NOTIFY_STRINGS)
-    assert_killed(run, f"hypercall {nr} before INIT")
+    assert_killed(run, HypercallBeforeInit(nr))
     assert run.out == b""
 
 
@@ -106,7 +124,7 @@ def test_launcher_pgdir_given_at_init_is_the_live_directory(asm_guest):
 
 def test_second_init_is_killed(asm_guest):
     run = asm_guest("INIT\n PUTS s_zero\n INIT\n PUTS s_one", NOTIFY_STRINGS)
-    assert_killed(run, "already have lguest_data")
+    assert_killed(run, AlreadyInitialized())
     assert run.out == b"zero "
 
 
@@ -120,21 +138,21 @@ def test_second_init_is_killed(asm_guest):
 ])
 def test_init_with_a_bad_address_is_killed(asm_guest, addr):
     run = asm_guest(f"HCALL $LHCALL_LGUEST_INIT, ${addr:#x}\n PUTS s_zero", NOTIFY_STRINGS)
-    assert_killed(run, f"bad guest page {addr:#x}")
+    assert_killed(run, BadLguestData(addr))
 
 
 def test_init_just_inside_memory_is_accepted_but_reads_zero_syscall_vec(asm_guest):
     """[LIMIT-1137, LIMIT-1) is valid guest memory (zeros), so the range check passes and
     the zero syscall_vec is what gets the guest killed."""
     run = asm_guest(f"HCALL $LHCALL_LGUEST_INIT, ${LIMIT - 1137:#x}")
-    assert_killed(run, "bad syscall vector")
+    assert_killed(run, BadSyscallVector())
 
 
 @pytest.mark.parametrize("vec", [0x81, 0, 0x180, 0xFFFFFFFF])
 def test_init_rejects_a_syscall_vector_other_than_0x80(asm_guest, vec):
     run = asm_guest(f"movl ${vec:#x}, lguest_data+LD_SYSCALL_VEC\n INIT\n PUTS s_zero",
                     NOTIFY_STRINGS)
-    assert_killed(run, "bad syscall vector")
+    assert_killed(run, BadSyscallVector())
     assert run.out == b""
 
 
@@ -142,7 +160,7 @@ def test_init_rejects_a_syscall_vector_other_than_0x80(asm_guest, vec):
 def test_init_rejects_a_kernel_address_in_the_switcher_slot(asm_guest, kernel_address):
     run = asm_guest(f"movl ${kernel_address:#x}, lguest_data+LD_KERNEL_ADDRESS\n INIT\n"
                     " PUTS s_zero", NOTIFY_STRINGS)
-    assert_killed(run, f"bad kernel address {kernel_address:#x}")
+    assert_killed(run, BadKernelAddress(kernel_address))
 
 
 @pytest.mark.parametrize("kernel_address", [0xFFBFFFFF, 0x80000000, 0x400000])
@@ -186,7 +204,7 @@ def test_registers_come_back_unchanged(asm_guest):
 @pytest.mark.parametrize("nr", [11, 12, 13, 18, 19, 0x100, 0x7FFFFFFF, 0xFFFFFFFF])
 def test_unknown_hypercall_is_killed(asm_guest, nr):
     run = asm_guest(f"INIT\n PUTS s_zero\n HCALL ${nr:#x}\n PUTS s_one", NOTIFY_STRINGS)
-    assert_killed(run, f"Bad hypercall {nr}")
+    assert_killed(run, BadHypercall(nr))
     assert run.out == b"zero "
 
 
@@ -244,7 +262,7 @@ def test_crash_message_is_one_printable_line(asm_guest, source, shown):
 @pytest.mark.parametrize("addr", [0xFFFFFFFF, 0xFFFFFF90, LIMIT - 128, LIMIT, 0x80000000])
 def test_crash_at_a_bad_address_is_killed(asm_guest, addr):
     run = asm_guest(f"INIT\n HCALL $LHCALL_CRASH, ${addr:#x}\n PUTS s_zero", NOTIFY_STRINGS)
-    assert_killed(run, f"bad read address {addr:#x} len 128")
+    assert_killed(run, BadGuestAddress("read", addr, 128))
     assert run.out == b""
 
 
@@ -276,7 +294,7 @@ def test_notify_of_a_long_string_prints_all_of_it(asm_guest):
 def test_notify_beyond_memory_is_killed(asm_guest, addr):
     run = asm_guest(f"INIT\n PUTS s_zero\n HCALL $LHCALL_NOTIFY, ${addr:#x}\n PUTS s_one",
                     NOTIFY_STRINGS)
-    assert_killed(run, f"bad NOTIFY address {addr:#x}")
+    assert_killed(run, BadNotifyAddress(addr))
     assert run.out == b"zero "
 
 
@@ -415,15 +433,15 @@ def test_ring_arguments_are_in_hcall_args_order(asm_guest):
         ASYNC	0, $LHCALL_LOAD_IDT_ENTRY, $3, $0x11, $0x8500
         HCALL	$LHCALL_FLUSH_ASYNC
     """)
-    assert_killed(run, "bad IDT type 5")
+    assert_killed(run, BadIdtType(5))
 
 
 @pytest.mark.parametrize(("call", "reason"), [
-    ("$12", "Bad hypercall 12"),
-    ("$LHCALL_LGUEST_INIT, $lguest_data", "already have lguest_data"),
-    (f"$LHCALL_NOTIFY, ${LIMIT:#x}", f"bad NOTIFY address {LIMIT:#x}"),
-    ("$LHCALL_LOAD_GDT, $0, $33", "too many gdt entries 33"),
-    ("$LHCALL_SET_STACK, $0x68, $0, $1", "bad stack segment 104"),
+    ("$12", BadHypercall(12)),
+    ("$LHCALL_LGUEST_INIT, $lguest_data", AlreadyInitialized()),
+    (f"$LHCALL_NOTIFY, ${LIMIT:#x}", BadNotifyAddress(LIMIT)),
+    ("$LHCALL_LOAD_GDT, $0, $33", TooManyGdtEntries(33)),
+    ("$LHCALL_SET_STACK, $0x68, $0, $1", BadStackSegment(104)),
 ])
 def test_ring_entries_are_checked_like_synchronous_calls(asm_guest, call, reason):
     run = asm_guest(f"""
@@ -481,7 +499,7 @@ def gdt_table(entries: dict[int, int], count: int) -> str:
 @pytest.mark.parametrize("count", [33, 64, 0xFFFFFFFF])
 def test_load_gdt_with_too_many_entries_is_killed(asm_guest, count):
     run = asm_guest(f"INIT\n HCALL $LHCALL_LOAD_GDT, $gdt, ${count:#x}", gdt_table({}, 32))
-    assert_killed(run, f"too many gdt entries {count}")
+    assert_killed(run, TooManyGdtEntries(count))
 
 
 @pytest.mark.parametrize(("addr", "count"), [
@@ -494,7 +512,7 @@ def test_load_gdt_with_too_many_entries_is_killed(asm_guest, count):
 def test_load_gdt_at_a_bad_address_is_killed(asm_guest, addr, count):
     run = asm_guest(f"INIT\n HCALL $LHCALL_LOAD_GDT, ${addr:#x}, ${count}\n PUTS s_zero",
                     NOTIFY_STRINGS)
-    assert_killed(run, f"bad read address {addr:#x} len {8 * count}")
+    assert_killed(run, BadGuestAddress("read", addr, 8 * count))
     assert run.out == b""
 
 
@@ -537,7 +555,7 @@ def test_load_gdt_cannot_replace_host_entries(asm_guest):
         movw	%ax, %ds
         POWER_DOWN
     """, gdt_table({10: descriptor(0, access=0xB3), 11: descriptor(0, access=0xB3)}, 32))
-    assert_killed(run, f"unhandled trap 13 at {run.symbol('load'):#x} (0x50)")
+    assert_killed(run, UnhandledTrap(13, run.symbol('load'), 0x50))
 
 
 def test_load_gdt_stores_system_descriptors_not_present(asm_guest):
@@ -551,7 +569,7 @@ def test_load_gdt_stores_system_descriptors_not_present(asm_guest):
         lcall	$0xA1, $0
         POWER_DOWN
     """, gdt_table({20: gate}, 21))
-    assert_killed(run, f"unhandled trap 11 at {run.symbol('call'):#x} (0xa0)")
+    assert_killed(run, UnhandledTrap(11, run.symbol('call'), 0xa0))
 
 
 def test_load_tls_installs_entries_6_to_8(asm_guest):
@@ -576,7 +594,7 @@ def test_load_tls_installs_entries_6_to_8(asm_guest):
 @pytest.mark.parametrize("addr", [0xFFFFFFFF, 0xFFFFFFF0, LIMIT - 24, LIMIT, 0x80000000])
 def test_load_tls_at_a_bad_address_is_killed(asm_guest, addr):
     run = asm_guest(f"INIT\n HCALL $LHCALL_LOAD_TLS, ${addr:#x}\n PUTS s_zero", NOTIFY_STRINGS)
-    assert_killed(run, f"bad read address {addr:#x} len 24")
+    assert_killed(run, BadGuestAddress("read", addr, 24))
 
 
 # -- LHCALL_LOAD_IDT_ENTRY (§5.1) -----------------------------------------------------------------
@@ -594,7 +612,7 @@ def test_idt_vectors_lguest_does_not_keep_are_ignored(asm_guest, vector):
 def test_present_gate_of_a_bad_type_is_killed(asm_guest, vector, gate_type):
     hi = 0x8000 | gate_type << 8
     run = asm_guest(f"INIT\n HCALL $LHCALL_LOAD_IDT_ENTRY, ${vector:#x}, $0x600000, ${hi:#x}")
-    assert_killed(run, f"bad IDT type {gate_type}")
+    assert_killed(run, BadIdtType(gate_type))
 
 
 @pytest.mark.parametrize("vector", [2, 8, 15, 31])
@@ -622,7 +640,7 @@ def test_not_present_gate_of_any_type_clears_the_entry(asm_guest):
     handler:
         POWER_DOWN
     """)
-    assert_killed(run, f"unhandled trap 6 at {run.symbol('fault'):#x} (0x0)")
+    assert_killed(run, UnhandledTrap(6, run.symbol('fault'), 0x0))
 
 
 @pytest.mark.parametrize(("insn", "vector", "flags", "delivered"), [
@@ -650,8 +668,7 @@ def test_software_interrupts_follow_direct_gate_rules(asm_guest, insn, vector, f
     if delivered:
         assert_powered_down(run, b"one ")
     else:
-        assert_killed(run, f"unhandled trap 13 at {run.symbol('fault'):#x} "
-                           f"({vector * 8 + 2:#x})")
+        assert_killed(run, UnhandledTrap(13, run.symbol("fault"), vector * 8 + 2))
 
 
 def test_general_protection_fault_reaches_the_guest_handler(asm_guest):
@@ -729,13 +746,13 @@ def test_page_fault_writes_cr2_and_pushes_the_error_code(asm_guest):
 @pytest.mark.parametrize("segment", [0x68, 0x6B, 0, 0x7B, 0xFFFFFFFF])
 def test_set_stack_with_a_segment_not_of_rpl_1_is_killed(asm_guest, segment):
     run = asm_guest(f"INIT\n HCALL $LHCALL_SET_STACK, ${segment:#x}, $__stack_top, $1")
-    assert_killed(run, f"bad stack segment {segment}")
+    assert_killed(run, BadStackSegment(segment))
 
 
 @pytest.mark.parametrize("pages", [3, 4, 0x100, 0xFFFFFFFF])
 def test_set_stack_with_too_many_pages_is_killed(asm_guest, pages):
     run = asm_guest(f"INIT\n HCALL $LHCALL_SET_STACK, $0x69, $__stack_top, ${pages:#x}")
-    assert_killed(run, f"bad stack pages {pages}")
+    assert_killed(run, BadStackPages(pages))
 
 
 @pytest.mark.parametrize("pages", [0, 1, 2])
@@ -748,7 +765,7 @@ def test_set_stack_with_a_mapped_stack_is_accepted(asm_guest, pages):
 def test_set_stack_pins_every_page(asm_guest):
     """Two pages below ESP 0x1000: 0xFFF is RAM, 0xFFFFFFFF is not mapped."""
     run = asm_guest("INIT\n HCALL $LHCALL_SET_STACK, $0x69, $0x1000, $2")
-    assert_killed(run, "bad stack page 0xffffffff")
+    assert_killed(run, BadStackPage(0xffffffff))
 
 
 # The stack is the page below 0x801000 (PDE 2).  `newdir` maps only PDE 0 (our code).
@@ -783,7 +800,7 @@ def test_stack_is_re_pinned(asm_guest, steps, killed):
     run = asm_guest("INIT\n" + NEWDIR + steps + "\n PUTS s_zero\n POWER_DOWN",
                     NOTIFY_STRINGS + PIN_DATA)
     if killed:
-        assert_killed(run, "bad stack page 0x800fff")
+        assert_killed(run, BadStackPage(0x800fff))
     else:
         assert_powered_down(run, b"zero ")
 
@@ -834,14 +851,14 @@ def test_hypercall_from_user_mode_is_a_general_protection_fault(asm_guest):
     """The hypercall gate has DPL 1 (§3.1): int $0x1f from ring 3 is #GP(0xFA), and with no
     guest GP handler the guest is killed."""
     run = asm_guest(USER_MODE.format(gates="", user="hcall: int $0x1f"), USER_DATA)
-    assert_killed(run, f"unhandled trap 13 at {run.symbol('hcall'):#x} (0xfa)")
+    assert_killed(run, UnhandledTrap(13, run.symbol('hcall'), 0xfa))
 
 
 # -- LHCALL_TS (§9.3) -----------------------------------------------------------------------------
 
 def test_ts_makes_fpu_use_trap(asm_guest):
     run = asm_guest("INIT\n HCALL $LHCALL_TS, $8\n fpu: fldz\n POWER_DOWN")
-    assert_killed(run, f"unhandled trap 7 at {run.symbol('fpu'):#x} (0x0)")
+    assert_killed(run, UnhandledTrap(7, run.symbol('fpu'), 0x0))
 
 
 def test_ts_cleared_lets_the_fpu_run(asm_guest):
@@ -1107,7 +1124,7 @@ def test_set_pte_validates_accessed_or_dirty_entries(asm_guest, pte, killed):
         POWER_DOWN
     """, PAGING_DATA)
     if killed:
-        assert_killed(run, "bad page table entry")
+        assert_killed(run, BadPageTableEntry())
     else:
         assert_powered_down(run, hexwords(0x41414141, 0x41414141))
 
@@ -1175,4 +1192,4 @@ def test_ring_1_write_to_a_read_only_page_faults(asm_guest):
         movl	$1, 0x5000000
         POWER_DOWN
     """, FRESH_DATA)
-    assert_killed(run, f"unhandled trap 14 at {run.symbol('fault'):#x} (0x5000000)")
+    assert_killed(run, UnhandledTrap(14, run.symbol('fault'), 0x5000000))

@@ -36,6 +36,7 @@ from lgemu.abi import VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY
 from lgemu.devices.net import BACKLOG_FRAMES, Net, default_mac
 from lgemu.devices.netback import Link, NetOption
 from lgemu.errors import GuestKilled
+from lgemu.kills import BadRequest
 
 HDR = 8  # struct virtio_net_hdr in 2.6.24
 ETHERTYPE = b"\x88\xb5"  # IEEE local experimental
@@ -151,7 +152,7 @@ def test_malformed_rx_buffers_kill(buffers, reason):
     link.arrived.append(frame(MAC_A, MAC_B, b"x"))
     with pytest.raises(GuestKilled) as caught:
         net.poll()
-    assert caught.value.message == f"vring eth0.0: request at head 0: {reason}"
+    assert caught.value.kill == BadRequest("eth0.0", 0, reason)
 
 
 # -- transmit -----------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def test_malformed_tx_chains_kill(buffers, reason):
     rings.rings[1].chain(0, buffers)
     with pytest.raises(GuestKilled) as caught:
         net.kick(rings.vrings[1])
-    assert caught.value.message == f"vring eth0.1: request at head 0: {reason}"
+    assert caught.value.kill == BadRequest("eth0.1", 0, reason)
 
 
 def test_an_oversized_tx_chain_is_dropped_without_being_read():
@@ -381,8 +382,8 @@ def test_a_malformed_tx_chain_from_a_guest_kills_it(asm_guest):
     body = MACROS + "\tINIT\n" + map_device_pages(4) + chain(
         TX, [("$ping", "$60", False)]) + "\tPOWER_DOWN\n"
     run = asm_guest(body, ping_data(MAC_B, MAC_A), extra=["--net", "pcap:/dev/null"])
-    assert_killed(run, "vring eth0.1: request at head 0: first buffer is 60 bytes, not the "
-                       "8-byte virtio_net_hdr")
+    assert_killed(run, BadRequest("eth0.1", 0, "first buffer is 60 bytes, not the 8-byte "
+                                               "virtio_net_hdr"))
 
 
 # -- options -------------------------------------------------------------------------------

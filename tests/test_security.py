@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from virtioasm import AVAIL, DEVPT_BSS, MACROS, USED, map_device_pages, ring
 
 from lgemu.errors import UserError
+from lgemu.kills import BrokenVring, SegmentLoad
 from lgemu.launcher.guestcheck import guest_problem
 from lgemu.launcher.loader import load_kernel
 
@@ -189,7 +190,7 @@ handler:
 ])
 def test_delivery_through_a_broken_kernel_code_segment_kills(asm_guest, trigger):
     run = asm_guest(BROKEN_KERNEL_CS.replace("TRIGGER", trigger), "gdt: .fill 26, 4, 0\n")
-    assert_killed(run, "unhandled trap 256 (cannot load CS with 0x61 in ring 1)")
+    assert_killed(run, SegmentLoad("cannot load CS with 0x61 in ring 1"))
 
 
 # -- limits while the guest is halted ------------------------------------------------------------
@@ -352,7 +353,7 @@ def attack(asm_guest, setup: str):
 ])
 def test_classic_vring_attacks_kill_with_the_check_named(asm_guest, setup, reason):
     run = attack(asm_guest, setup)
-    assert_killed(run, f"vring console.1: {reason}")
+    assert_killed(run, BrokenVring("console.1", reason))
     assert run.out == b""
 
 
@@ -398,8 +399,8 @@ def test_a_guest_offering_more_than_the_ring_between_kicks_is_killed(asm_guest):
     """129 buffers offered before a kick: avail.idx ran past what the ring can hold."""
     body = desc(0, MSG, 1) + "".join(offer(0) for _ in range(129)) + KICK
     run = attack(asm_guest, body)
-    assert_killed(run, "vring console.1: avail index moved from 0 to 129, more than the ring "
-                       "size 128")
+    assert_killed(run, BrokenVring("console.1", "avail index moved from 0 to 129, more than "
+                                                "the ring size 128"))
 
 
 @pytest.mark.parametrize(("where", "insn"), [(OUT + USED, "movl"), (OUT + USED + 4, "movl"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from guestasm import assert_killed
+
+from lgemu.kills import UnusableStackSegment
 
 USER_TRAP = r"""
 	INIT
@@ -45,6 +48,5 @@ def test_trap_from_ring_3_needs_a_usable_stack_segment(asm_guest, segment: int,
     if not killed:
         assert (run.status, run.err) == (0, "")
         return
-    assert run.status == 3
-    assert run.err.startswith("lgemu: guest killed: unhandled trap 256 at ")
-    assert f"stack segment {segment:#x}" in run.err and run.err.count("\n") == 1
+    assert_killed(run, lambda kill: isinstance(kill, UnusableStackSegment)
+                  and kill.segment == segment)

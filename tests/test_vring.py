@@ -22,6 +22,7 @@ from lgemu.abi import (
 from lgemu.devices.base import Device
 from lgemu.devices.vring import Buffer, Vring, WrittenPages
 from lgemu.errors import GuestKilled
+from lgemu.kills import BrokenVring, Kill
 from lgemu.machine.memory import GuestMemory
 
 NUM = 128
@@ -36,10 +37,10 @@ def one_ring() -> HandRing:
     return HandRings(1).rings[0]
 
 
-def killed(ring: HandRing) -> str:
+def killed(ring: HandRing) -> Kill:
     with pytest.raises(GuestKilled) as caught:
         ring.vring.pop()
-    return caught.value.line()
+    return caught.value.kill
 
 
 # -- well-formed rings -----------------------------------------------------------------------
@@ -98,16 +99,14 @@ def test_a_buffer_may_end_just_below_the_limit():
 def test_head_index_not_below_num_kills():
     r = one_ring()
     r.offer(NUM)
-    assert killed(r) == ("lgemu: guest killed: vring test.0: head index 128 at avail slot 0 "
-                         "is not below 128")
+    assert killed(r) == BrokenVring("test.0", "head index 128 at avail slot 0 is not below 128")
 
 
 def test_next_index_not_below_num_kills():
     r = one_ring()
     r.desc(3, 0x1000, 8, NEXT, 200)
     r.offer(3)
-    assert killed(r) == ("lgemu: guest killed: vring test.0: descriptor 3 links to 200, not "
-                         "below 128")
+    assert killed(r) == BrokenVring("test.0", "descriptor 3 links to 200, not below 128")
 
 
 @pytest.mark.parametrize("links", [[(0, 0)], [(0, 1), (1, 2), (2, 0)]])
@@ -116,8 +115,7 @@ def test_a_loop_kills(links):
     for index, nxt in links:
         r.desc(index, 0x1000, 8, NEXT, nxt)
     r.offer(0)
-    assert killed(r) == ("lgemu: guest killed: vring test.0: chain from head 0 is longer than "
-                         "128 (a loop)")
+    assert killed(r) == BrokenVring("test.0", "chain from head 0 is longer than 128 (a loop)")
 
 
 def test_a_chain_longer_than_num_kills():
@@ -125,7 +123,7 @@ def test_a_chain_longer_than_num_kills():
     for i in range(NUM):
         r.desc(i, 0x1000, 8, NEXT, (i + 1) % NUM)  # 129th descriptor would be 0 again
     r.offer(0)
-    assert killed(r).endswith("chain from head 0 is longer than 128 (a loop)")
+    assert killed(r) == BrokenVring("test.0", "chain from head 0 is longer than 128 (a loop)")
 
 
 @pytest.mark.parametrize(("avail_idx", "text"), [
@@ -135,7 +133,7 @@ def test_a_chain_longer_than_num_kills():
 def test_avail_index_running_too_far_ahead_kills(avail_idx, text):
     r = one_ring()
     r.avail_idx = avail_idx
-    assert killed(r) == f"lgemu: guest killed: vring test.0: {text}"
+    assert killed(r) == BrokenVring("test.0", text)
 
 
 def test_readable_after_writable_kills():
@@ -143,8 +141,8 @@ def test_readable_after_writable_kills():
     r.desc(0, 0x1000, 8, NEXT | WRITE, 1)
     r.desc(1, 0x2000, 8)
     r.offer(0)
-    assert killed(r) == ("lgemu: guest killed: vring test.0: descriptor 1 is device-readable "
-                         "after a writable one")
+    assert killed(r) == BrokenVring("test.0",
+                                    "descriptor 1 is device-readable after a writable one")
 
 
 @pytest.mark.parametrize(("addr", "length"), [
@@ -160,8 +158,8 @@ def test_buffer_outside_guest_memory_kills(addr, length):
     r.desc(0, 0x1000, 8, NEXT, 7)
     r.desc(7, addr, length)
     r.offer(0)
-    assert killed(r) == (f"lgemu: guest killed: vring test.0: descriptor 7 buffer {addr:#x}"
-                         f"+{length} is outside guest memory")
+    assert killed(r) == BrokenVring(
+        "test.0", f"descriptor 7 buffer {addr:#x}+{length} is outside guest memory")
 
 
 def test_more_requests_in_flight_than_the_ring_holds_kills():
@@ -173,8 +171,7 @@ def test_more_requests_in_flight_than_the_ring_holds_kills():
     for _ in range(NUM):
         r.vring.pop()
     r.offer(0)
-    assert killed(r) == ("lgemu: guest killed: vring test.0: more than 128 requests in flight "
-                         "at avail slot 0")
+    assert killed(r) == BrokenVring("test.0", "more than 128 requests in flight at avail slot 0")
     r.vring.push(0, 0)  # one returned: one more may be taken
     assert r.vring.pop().head == 0
 
@@ -234,5 +231,5 @@ def test_a_hostile_console_ring_kills_the_guest_with_one_line(asm_guest):
 	KICK	{out:#x}
 	POWER_DOWN
 """, 'msg:\t.ascii "oops"\n' + DEVPT_BSS)
-    assert_killed(run, "vring console.1: descriptor 0 links to 300, not below 128")
+    assert_killed(run, BrokenVring("console.1", "descriptor 0 links to 300, not below 128"))
     assert run.out == b""

@@ -41,6 +41,7 @@ from ..abi import (
     vring_offsets,
 )
 from ..errors import GuestKilled
+from ..kills import BadRequest, BrokenVring
 from ..machine.memory import GuestMemory
 
 
@@ -128,11 +129,11 @@ class Vring:
         self.last_avail, self.in_flight = state
 
     def _kill(self, what: str) -> GuestKilled:
-        return GuestKilled(f"vring {self.name}: {what}")
+        return GuestKilled(BrokenVring(self.name, what))
 
     def reject(self, chain: Chain, what: str) -> GuestKilled:
         """The kill for a chain whose layout the device refuses (raise it)."""
-        return self._kill(f"request at head {chain.head}: {what}")
+        return GuestKilled(BadRequest(self.name, chain.head, what))
 
     def _u16(self, addr: int) -> int:
         return U16.unpack_from(self.memory.ram, addr)[0]

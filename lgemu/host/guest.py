@@ -59,8 +59,16 @@ from ..errors import (
     LgemuExit,
     LimitReached,
 )
+from ..kills import (
+    BadNotifyAddress,
+    CpuFailure,
+    NotMemory,
+    SegmentLoad,
+    SwitcherAccess,
+    TripleFault,
+)
 from ..launcher import BootInfo
-from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
+from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg, SegmentLoadError
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
 from . import cpu_model, events
 from .clock import Clock, ClockState
@@ -150,6 +158,15 @@ class GuestState:
     devices: tuple[object, ...]  # in `Guest.devices` order
     console_output: int
     loop: LoopState
+
+
+def cpu_kill(error: CpuError) -> GuestKilled:
+    """What a CPU error means for the guest: a segment that would not load is lguest's
+    "trap 256" (its switcher faulted reloading the guest's segments); anything else Unicorn
+    could not run."""
+    if isinstance(error, SegmentLoadError):
+        return GuestKilled(SegmentLoad(str(error)))
+    return GuestKilled(CpuFailure(str(error)))
 
 
 class Guest:
@@ -271,7 +288,7 @@ class Guest:
             except LgemuExit as outcome:
                 self.finish(outcome)
             except CpuError as e:  # a segment the guest gave us would not load
-                self.finish(GuestKilled(f"unhandled trap 256 ({e})"))
+                self.finish(cpu_kill(e))
             except Exception as bug:
                 if os.environ.get("LGEMU_DEBUG"):
                     raise
@@ -369,7 +386,7 @@ class Guest:
             self._invalidate_written()
             return
         if addr >= self.memory.limit:
-            raise GuestKilled(f"bad NOTIFY address {addr:#x}")
+            raise GuestKilled(BadNotifyAddress(addr))
         self.console.write(self.memory.cstring(addr, self.memory.limit - addr))
 
     # -- exits inside a slice ------------------------------------------------------------
@@ -559,8 +576,8 @@ class Guest:
 
     def _on_bad_access(self, kind: str, addr: int) -> None:
         if kind == "protected":
-            raise GuestKilled("attempt to access switcher pages")
-        raise GuestKilled(f"bad page table entry (physical address {addr:#x} is not memory)")
+            raise GuestKilled(SwitcherAccess())
+        raise GuestKilled(NotMemory(addr))
 
     # -- devices between slices --------------------------------------------------------------
     def _poll_devices(self) -> None:
@@ -628,7 +645,7 @@ class Guest:
             self.outcome = self.outcome or outcome
         except CpuError as e:
             # A delivery between slices met a segment the guest broke (as `_guarded` does).
-            self.outcome = self.outcome or GuestKilled(f"unhandled trap 256 ({e})")
+            self.outcome = self.outcome or cpu_kill(e)
         return self.outcome
 
     def _step(self, max_instructions: int | None) -> None:
@@ -659,7 +676,7 @@ class Guest:
             self.cpu.run(self.cpu.reg(Reg.EIP), budget)
         except CpuError as e:
             if self.outcome is None:
-                self.outcome = GuestKilled(f"CPU error: {e}")
+                self.outcome = cpu_kill(e)
         finally:
             self._in_slice = False
         ran = self.cpu.completed
@@ -671,7 +688,7 @@ class Guest:
         if self._stop_requested:
             self._slice_left = 0  # the guest ended its slice (HALT, timer, fault, exit)
         elif ran < budget and not (self._paused or self.cpu.at_breakpoint):
-            raise GuestKilled(f"triple fault at {self.cpu.reg(Reg.EIP):#x}")
+            raise GuestKilled(TripleFault(self.cpu.reg(Reg.EIP)))
         if self._deferred_fault is not None:
             (vector, eip, error_code), self._deferred_fault = self._deferred_fault, None
             for reg, value in self._deferred_regs:

@@ -32,6 +32,17 @@ from ..abi import (
     Hcall,
 )
 from ..errors import GuestCrashed, GuestKilled, PowerDown
+from ..kills import (
+    AlreadyInitialized,
+    BadHypercall,
+    BadKernelAddress,
+    BadLguestData,
+    BadStackPages,
+    BadStackSegment,
+    BadSyscallVector,
+    HypercallBeforeInit,
+    TooManyGdtEntries,
+)
 from . import events
 from .lguest_data import LguestData
 from .state import LguestState
@@ -98,20 +109,20 @@ Handler = Callable[[Host, int, int, int], None]
 def lguest_init(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """The first hypercall: register `struct lguest_data`, in the order of §3.4."""
     if g.lg.data is not None:
-        raise GuestKilled("already have lguest_data")
+        raise GuestKilled(AlreadyInitialized())
     if not g.memory.valid(addr, LGUEST_DATA_SIZE):
-        raise GuestKilled(f"bad guest page {addr:#x}")
+        raise GuestKilled(BadLguestData(addr))
     data = LguestData(g.memory, addr)
     data.set_u32(LD_TSC_KHZ, 0)  # the guest takes its time from lguest_data.time
     if data.u32(LD_SYSCALL_VEC) != SYSCALL_VECTOR:
-        raise GuestKilled("bad syscall vector")
+        raise GuestKilled(BadSyscallVector())
     noirq = (data.u32(LD_NOIRQ_START), data.u32(LD_NOIRQ_END))
     data.set_time(g.clock.wall_ns(g.position()))
     kernel_address = data.u32(LD_KERNEL_ADDRESS)
     data.set_u32(LD_RESERVE_MEM, RESERVE_MEM)
     data.set_u32(LD_PGDIR, g.boot.pgdir)
     if kernel_address >> 22 >= SWITCHER_PDE:
-        raise GuestKilled(f"bad kernel address {kernel_address:#x}")
+        raise GuestKilled(BadKernelAddress(kernel_address))
     g.lg.register(data, kernel_address, noirq)
     g.paging.flush(everything=True)
 
@@ -136,7 +147,7 @@ def crash(g: Host, addr: int, _a2: int, _a3: int) -> None:
 def load_gdt(g: Host, addr: int, count: int, _a3: int) -> None:
     """LHCALL_LOAD_GDT (§6)."""
     if count > GDT_ENTRIES:
-        raise GuestKilled(f"too many gdt entries {count}")
+        raise GuestKilled(TooManyGdtEntries(count))
     raw = g.memory.read(addr, 8 * count)
     g.gdt.load(list(struct.unpack(f"<{count}Q", raw)))
 
@@ -168,9 +179,9 @@ def load_idt_entry(g: Host, vector: int, lo: int, hi: int) -> None:
 def set_stack(g: Host, segment: int, esp: int, pages: int) -> None:
     """LHCALL_SET_STACK: where traps from ring 3 land (§5.5)."""
     if segment & 3 != 1:
-        raise GuestKilled(f"bad stack segment {segment}")
+        raise GuestKilled(BadStackSegment(segment))
     if pages > MAX_STACK_PAGES:
-        raise GuestKilled(f"bad stack pages {pages}")
+        raise GuestKilled(BadStackPages(pages))
     g.lg.set_stack(segment, esp, pages)
     g.paging.pin_stack(esp, pages)
 
@@ -229,7 +240,7 @@ def run_hypercall(g: Host, nr: int, a1: int, a2: int, a3: int,
     """Execute one call, synchronous or from the ring."""
     handler = HANDLERS.get(nr)
     if handler is None:
-        raise GuestKilled(f"Bad hypercall {nr}")
+        raise GuestKilled(BadHypercall(nr))
     g.stats.hypercalls[nr] += 1
     if g.observers:
         g.emit("hcall", events.hcall(nr, a1, a2, a3, from_ring))
@@ -259,7 +270,7 @@ def hypercall(g: Host, nr: int, a1: int, a2: int, a3: int) -> None:
     data = g.lg.data
     if data is None:
         if nr != Hcall.LGUEST_INIT:
-            raise GuestKilled(f"hypercall {nr} before INIT")
+            raise GuestKilled(HypercallBeforeInit(nr))
         g.stats.hypercalls[nr] += 1
         if g.observers:
             g.emit("hcall", events.hcall(nr, a1, a2, a3))

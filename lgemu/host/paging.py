@@ -32,6 +32,13 @@ from ..abi import (
     U32,
 )
 from ..errors import GuestKilled
+from ..kills import (
+    BadPageDirectoryEntry,
+    BadPageTableEntry,
+    BadStackPage,
+    BadVirtualAddress,
+    SwitcherAccess,
+)
 from ..machine.cpu import Cpu
 from ..machine.memory import (
     HOST_GDT,
@@ -154,7 +161,7 @@ class Paging:
 
     def _check_pte(self, pte: int) -> None:
         if pte & (PTE_PWT | PTE_PSE) or (pte >> 12) * PAGE_SIZE >= self.memory.limit:
-            raise GuestKilled("bad page table entry")
+            raise GuestKilled(BadPageTableEntry())
 
     # -- demand paging (§7.1) --------------------------------------------------------------
     def demand_fault(self, vaddr: int, error_code: int) -> bool:
@@ -165,12 +172,12 @@ class Paging:
         if not gpde & PTE_PRESENT:
             return False
         if index == SWITCHER_PDE:
-            raise GuestKilled("attempt to access switcher pages")
+            raise GuestKilled(SwitcherAccess())
         off = self._shadow_offset(self.slot) + 4 * index
         if U32.unpack_from(self.memory.host, off)[0] & PTE_PRESENT:
             return False  # the directory was fine: the fault is the guest's
         if gpde & ~PDE_ALLOWED_FLAGS & 0xFFF or (gpde >> 12) * PAGE_SIZE >= self.memory.limit:
-            raise GuestKilled("bad page directory entry")
+            raise GuestKilled(BadPageDirectoryEntry())
         gpte = self.memory.u32((gpde & ~0xFFF) + 4 * ((vaddr >> 12) & 0x3FF))
         if gpte & PTE_PRESENT:
             self._check_pte(gpte)
@@ -227,7 +234,7 @@ class Paging:
             va = (vaddr + done) & 0xFFFFFFFF
             pa = self.translate(va, write=True)
             if pa is None:
-                raise GuestKilled(f"Bad address {va:#x}")
+                raise GuestKilled(BadVirtualAddress(va))
             chunk = min(len(data) - done, PAGE_SIZE - (va & 0xFFF))
             self.memory.ram[pa:pa + chunk] = data[done:done + chunk]
             done += chunk
@@ -239,7 +246,7 @@ class Paging:
             va = (vaddr + len(out)) & 0xFFFFFFFF
             pa = self.translate(va)
             if pa is None:
-                raise GuestKilled(f"Bad address {va:#x}")
+                raise GuestKilled(BadVirtualAddress(va))
             chunk = min(length - len(out), PAGE_SIZE - (va & 0xFFF))
             out += self.memory.ram[pa:pa + chunk]
         return bytes(out)
@@ -249,5 +256,5 @@ class Paging:
         for n in range(pages):
             va = (esp1 - 1 - n * PAGE_SIZE) & 0xFFFFFFFF
             if self.translate(va, write=True) is None:
-                raise GuestKilled(f"bad stack page {va:#x}")
+                raise GuestKilled(BadStackPage(va))
             self.demand_fault(va, PF_WRITE)

@@ -32,6 +32,7 @@ from ..abi import (
     X86_EFLAGS_IF,
 )
 from ..errors import GuestKilled
+from ..kills import BadIdtType, UnhandledTrap, UnusableStackSegment
 from ..machine.cpu import Cpu, Reg
 from .paging import Paging
 from .segments import Gdt
@@ -92,7 +93,7 @@ class Traps:
             return
         gate_type = (hi >> 8) & 0xF
         if gate_type not in (GATE_INTERRUPT, GATE_TRAP):
-            raise GuestKilled(f"bad IDT type {gate_type}")
+            raise GuestKilled(BadIdtType(gate_type))
         self.idt[vector] = Gate(lo, hi & 0xFFFFEF00)
 
     def is_direct(self, vector: int) -> bool:
@@ -119,7 +120,7 @@ class Traps:
             detail = error_code if error_code is not None else 0
             if vector == 14:
                 detail = self.cpu.reg(Reg.CR2)
-            raise GuestKilled(f"unhandled trap {vector} at {eip:#x} ({detail:#x})")
+            raise GuestKilled(UnhandledTrap(vector, eip, detail))
         cpu = self.cpu
         cs, ss, esp, eflags = context or cpu.regs(FRAME_REGS)
         if not direct and not self.lg.data.irq_enabled & X86_EFLAGS_IF:
@@ -131,8 +132,7 @@ class Traps:
             ss, esp = self.lg.ss1, self.lg.esp1
             if not self.gdt.stack_segment_ok(ss):
                 # lguest's switcher faulted reloading the guest's segments: "trap 256"
-                raise GuestKilled(f"unhandled trap 256 at {eip:#x} (stack segment {ss:#x} "
-                                  "from SET_STACK is not a usable ring-1 data segment)")
+                raise GuestKilled(UnusableStackSegment(eip, ss))
         if error_code is not None:
             frame.insert(0, error_code)
         esp = (esp - 4 * len(frame)) & 0xFFFFFFFF

@@ -118,6 +118,10 @@ class CpuError(Exception):
     """Unicorn stopped in a way the Host did not ask for (message says how)."""
 
 
+class SegmentLoadError(CpuError):
+    """A selector the Host put into a segment register would not load (message says which)."""
+
+
 class SelfTestError(Exception):
     """This Unicorn build does not behave like the one lgemu was written for."""
 
@@ -216,7 +220,8 @@ class Cpu:
         for reg, value in ((Reg.SS, ss), (Reg.CS, cs), (Reg.ESP, esp), (Reg.EIP, eip)):
             buf.value = value
             if w(h, reg, ref):
-                raise CpuError(f"cannot load {Reg(reg).name} with {value:#x} in ring {cpl}")
+                raise SegmentLoadError(f"cannot load {Reg(reg).name} with {value:#x} in ring "
+                                       f"{cpl}")
 
     def ack_exception(self) -> None:
         """Forget the exception just handled (when resuming without a ring change)."""

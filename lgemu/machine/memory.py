@@ -18,6 +18,7 @@ import mmap
 
 from ..abi import DEVICE_PAGES, PAGE_SIZE, SWITCHER_ADDR, U32
 from ..errors import GuestKilled
+from ..kills import BadGuestAddress
 
 HOST_PHYS = 0xF0000000  # far above any RAM size lgemu accepts
 HOST_SWITCHER_PT = 0  # page indices inside the host region
@@ -76,7 +77,7 @@ class GuestMemory:
     def check(self, pa: int, length: int, what: str = "read") -> None:
         """Kill the guest ("bad read address …") unless [pa, pa+length) is valid."""
         if not self.valid(pa, length):
-            raise GuestKilled(f"bad {what} address {pa:#x} len {length}")
+            raise GuestKilled(BadGuestAddress(what, pa, length))
 
     def read(self, pa: int, length: int) -> bytes:
         """Bytes of guest memory at a guest-supplied address (checked)."""
@@ -101,7 +102,7 @@ class GuestMemory:
     def cstring(self, pa: int, maxlen: int) -> bytes:
         """The NUL-terminated string at `pa`, at most `maxlen` bytes, never past the limit."""
         if not 0 <= pa < self.limit:
-            raise GuestKilled(f"bad read address {pa:#x} len 1")
+            raise GuestKilled(BadGuestAddress("read", pa, 1))
         end = min(pa + maxlen, self.limit)
         nul = self.ram.find(b"\0", pa, end)
         return self.ram[pa:nul if nul >= 0 else end]

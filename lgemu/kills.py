@@ -1,0 +1,276 @@
+"""Why the Host kills a guest: one kind per rule broken, with the values that broke it.
+
+lguest's kill_guest took a format string; lgemu's Host raises `GuestKilled(kind)` with one of
+the kinds below, so a caller (a test, a fuzzer, a tool) can tell *which* rule was broken, and
+with what, without reading prose.  The sentence the user sees, `lgemu: guest killed: <text>`,
+is made here and nowhere else (README, "Exit statuses"; SECURITY.md lists where each is
+checked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Kill:
+    """A reason to kill the guest; `text()` is the wording on stderr."""
+
+    def text(self) -> str:
+        """The reason as the user reads it."""
+        raise NotImplementedError
+
+
+# -- guest memory and the Host's own pages ---------------------------------------------------
+@dataclass(frozen=True)
+class BadGuestAddress(Kill):
+    """A guest-physical range the guest handed over is not inside its memory (§1.4)."""
+
+    access: str  # "read" or "write"
+    addr: int
+    length: int
+
+    def text(self) -> str:
+        return f"bad {self.access} address {self.addr:#x} len {self.length}"
+
+
+@dataclass(frozen=True)
+class BadVirtualAddress(Kill):
+    """The Host had to access a guest-virtual address that is not mapped (writable)."""
+
+    vaddr: int
+
+    def text(self) -> str:
+        return f"Bad address {self.vaddr:#x}"
+
+
+@dataclass(frozen=True)
+class SwitcherAccess(Kill):
+    """The guest's page tables reach for the switcher's address range."""
+
+    def text(self) -> str:
+        return "attempt to access switcher pages"
+
+
+@dataclass(frozen=True)
+class NotMemory(Kill):
+    """A page table entry points beyond guest memory, found by the CPU's walk."""
+
+    addr: int
+
+    def text(self) -> str:
+        return f"bad page table entry (physical address {self.addr:#x} is not memory)"
+
+
+@dataclass(frozen=True)
+class BadPageTableEntry(Kill):
+    """A PTE the Host would shadow has flags or a frame lguest refuses (§7.1, §7.2)."""
+
+    def text(self) -> str:
+        return "bad page table entry"
+
+
+@dataclass(frozen=True)
+class BadPageDirectoryEntry(Kill):
+    """A PDE the Host would shadow has flags or a frame lguest refuses (§7.1)."""
+
+    def text(self) -> str:
+        return "bad page directory entry"
+
+
+# -- hypercalls ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BadHypercall(Kill):
+    """A hypercall number 2.6.24 does not have."""
+
+    nr: int
+
+    def text(self) -> str:
+        return f"Bad hypercall {self.nr}"
+
+
+@dataclass(frozen=True)
+class HypercallBeforeInit(Kill):
+    """Any hypercall but LGUEST_INIT comes first."""
+
+    nr: int
+
+    def text(self) -> str:
+        return f"hypercall {self.nr} before INIT"
+
+
+@dataclass(frozen=True)
+class AlreadyInitialized(Kill):
+    """A second LGUEST_INIT."""
+
+    def text(self) -> str:
+        return "already have lguest_data"
+
+
+@dataclass(frozen=True)
+class BadLguestData(Kill):
+    """LGUEST_INIT's `struct lguest_data` is not inside guest memory."""
+
+    addr: int
+
+    def text(self) -> str:
+        return f"bad guest page {self.addr:#x}"
+
+
+@dataclass(frozen=True)
+class BadSyscallVector(Kill):
+    """lguest_data.syscall_vec is not 0x80."""
+
+    def text(self) -> str:
+        return "bad syscall vector"
+
+
+@dataclass(frozen=True)
+class BadKernelAddress(Kill):
+    """lguest_data.kernel_address lies in the switcher's slot."""
+
+    addr: int
+
+    def text(self) -> str:
+        return f"bad kernel address {self.addr:#x}"
+
+
+@dataclass(frozen=True)
+class TooManyGdtEntries(Kill):
+    """LOAD_GDT with more than 32 entries."""
+
+    count: int
+
+    def text(self) -> str:
+        return f"too many gdt entries {self.count}"
+
+
+@dataclass(frozen=True)
+class BadStackSegment(Kill):
+    """SET_STACK with a segment whose RPL is not 1."""
+
+    segment: int
+
+    def text(self) -> str:
+        return f"bad stack segment {self.segment}"
+
+
+@dataclass(frozen=True)
+class BadStackPages(Kill):
+    """SET_STACK with more than two pages."""
+
+    pages: int
+
+    def text(self) -> str:
+        return f"bad stack pages {self.pages}"
+
+
+@dataclass(frozen=True)
+class BadStackPage(Kill):
+    """A page of the kernel stack is not mapped writable when it is pinned (§5.5)."""
+
+    vaddr: int
+
+    def text(self) -> str:
+        return f"bad stack page {self.vaddr:#x}"
+
+
+@dataclass(frozen=True)
+class BadIdtType(Kill):
+    """LOAD_IDT_ENTRY with a present gate that is neither an interrupt nor a trap gate."""
+
+    gate_type: int
+
+    def text(self) -> str:
+        return f"bad IDT type {self.gate_type}"
+
+
+@dataclass(frozen=True)
+class BadNotifyAddress(Kill):
+    """NOTIFY on an address that is neither a queue nor guest memory."""
+
+    addr: int
+
+    def text(self) -> str:
+        return f"bad NOTIFY address {self.addr:#x}"
+
+
+# -- traps and the CPU ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class UnhandledTrap(Kill):
+    """A trap to deliver, and no gate for it in the guest's IDT."""
+
+    vector: int
+    eip: int
+    detail: int  # the error code, or CR2 for a #PF
+
+    def text(self) -> str:
+        return f"unhandled trap {self.vector} at {self.eip:#x} ({self.detail:#x})"
+
+
+@dataclass(frozen=True)
+class UnusableStackSegment(Kill):
+    """A trap from ring 3 needs the SET_STACK segment, which ring 1 cannot load (lguest's
+    switcher faulted: "trap 256")."""
+
+    eip: int
+    segment: int
+
+    def text(self) -> str:
+        return (f"unhandled trap 256 at {self.eip:#x} (stack segment {self.segment:#x} "
+                "from SET_STACK is not a usable ring-1 data segment)")
+
+
+@dataclass(frozen=True)
+class SegmentLoad(Kill):
+    """Entering the guest failed to load a segment it gave the Host ("trap 256")."""
+
+    detail: str  # the CPU's words: which register, which selector, which ring
+
+    def text(self) -> str:
+        return f"unhandled trap 256 ({self.detail})"
+
+
+@dataclass(frozen=True)
+class CpuFailure(Kill):
+    """The emulated CPU itself stopped with an error."""
+
+    detail: str
+
+    def text(self) -> str:
+        return f"CPU error: {self.detail}"
+
+
+@dataclass(frozen=True)
+class TripleFault(Kill):
+    """The CPU stopped short of its budget with nothing to explain it: a fault it could not
+    deliver (a triple fault on hardware)."""
+
+    eip: int
+
+    def text(self) -> str:
+        return f"triple fault at {self.eip:#x}"
+
+
+# -- virtqueues ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BrokenVring(Kill):
+    """A virtqueue's indices or descriptors break the ring's rules (§11)."""
+
+    queue: str  # e.g. "console.1"
+    detail: str
+
+    def text(self) -> str:
+        return f"vring {self.queue}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class BadRequest(Kill):
+    """A chain whose buffers are not what the device's protocol needs."""
+
+    queue: str
+    head: int
+    detail: str
+
+    def text(self) -> str:
+        return f"vring {self.queue}: request at head {self.head}: {self.detail}"

@@ -1,0 +1,92 @@
+"""The wording of every kind of kill, exactly as the user reads it after
+`lgemu: guest killed: `.  Other tests assert which kind a run was killed for (and with what);
+this table is where the sentences themselves are pinned down, so changing one is a visible
+decision, and a new kind without its sentence here fails `test_every_kind_is_worded_here`."""
+
+from __future__ import annotations
+
+import pytest
+
+from lgemu import kills
+from lgemu.errors import ExitStatus, GuestKilled
+from lgemu.kills import (
+    AlreadyInitialized,
+    BadGuestAddress,
+    BadHypercall,
+    BadIdtType,
+    BadKernelAddress,
+    BadLguestData,
+    BadNotifyAddress,
+    BadPageDirectoryEntry,
+    BadPageTableEntry,
+    BadRequest,
+    BadStackPage,
+    BadStackPages,
+    BadStackSegment,
+    BadSyscallVector,
+    BadVirtualAddress,
+    BrokenVring,
+    CpuFailure,
+    HypercallBeforeInit,
+    Kill,
+    NotMemory,
+    SegmentLoad,
+    SwitcherAccess,
+    TooManyGdtEntries,
+    TripleFault,
+    UnhandledTrap,
+    UnusableStackSegment,
+)
+
+WORDING: list[tuple[Kill, str]] = [
+    (BadGuestAddress("read", 0xFFFFFFFF, 128), "bad read address 0xffffffff len 128"),
+    (BadGuestAddress("write", 0x1000, 4), "bad write address 0x1000 len 4"),
+    (BadVirtualAddress(0x4fffff4), "Bad address 0x4fffff4"),
+    (SwitcherAccess(), "attempt to access switcher pages"),
+    (NotMemory(0x8000000), "bad page table entry (physical address 0x8000000 is not memory)"),
+    (BadPageTableEntry(), "bad page table entry"),
+    (BadPageDirectoryEntry(), "bad page directory entry"),
+    (BadHypercall(12), "Bad hypercall 12"),
+    (HypercallBeforeInit(3), "hypercall 3 before INIT"),
+    (AlreadyInitialized(), "already have lguest_data"),
+    (BadLguestData(0x3fffff0), "bad guest page 0x3fffff0"),
+    (BadSyscallVector(), "bad syscall vector"),
+    (BadKernelAddress(0xffc00000), "bad kernel address 0xffc00000"),
+    (TooManyGdtEntries(33), "too many gdt entries 33"),
+    (BadStackSegment(104), "bad stack segment 104"),
+    (BadStackPages(3), "bad stack pages 3"),
+    (BadStackPage(0x800fff), "bad stack page 0x800fff"),
+    (BadIdtType(5), "bad IDT type 5"),
+    (BadNotifyAddress(0xffffffff), "bad NOTIFY address 0xffffffff"),
+    (UnhandledTrap(13, 0x100042, 0xfa), "unhandled trap 13 at 0x100042 (0xfa)"),
+    (UnusableStackSegment(0x100042, 0x79),
+     "unhandled trap 256 at 0x100042 (stack segment 0x79 from SET_STACK is not a usable "
+     "ring-1 data segment)"),
+    (SegmentLoad("cannot load CS with 0x61 in ring 1"),
+     "unhandled trap 256 (cannot load CS with 0x61 in ring 1)"),
+    (CpuFailure("Invalid instruction (UC_ERR_INSN_INVALID) at eip 0x100000"),
+     "CPU error: Invalid instruction (UC_ERR_INSN_INVALID) at eip 0x100000"),
+    (TripleFault(0x100000), "triple fault at 0x100000"),
+    (BrokenVring("console.1", "descriptor 0 links to 300, not below 128"),
+     "vring console.1: descriptor 0 links to 300, not below 128"),
+    (BadRequest("vda.0", 0, "no device-writable status byte"),
+     "vring vda.0: request at head 0: no device-writable status byte"),
+]
+
+
+@pytest.mark.parametrize(("kill", "text"), WORDING, ids=[type(k).__name__ for k, _ in WORDING])
+def test_the_line_a_user_reads(kill: Kill, text: str) -> None:
+    killed = GuestKilled(kill)
+    assert killed.line() == f"lgemu: guest killed: {text}"
+    assert killed.status == ExitStatus.KILLED and killed.kill is kill
+
+
+def test_every_kind_is_worded_here() -> None:
+    kinds = {obj for obj in vars(kills).values()
+             if isinstance(obj, type) and issubclass(obj, Kill) and obj is not Kill}
+    assert kinds == {type(kill) for kill, _ in WORDING}
+
+
+def test_kinds_compare_by_their_values() -> None:
+    assert BadHypercall(12) == BadHypercall(12) != BadHypercall(13)
+    assert HypercallBeforeInit(12) != BadHypercall(12)
