@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from enum import IntEnum
+from typing import NamedTuple
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -65,10 +66,56 @@ DESC_GUEST_DS = 0x00CFB3000000FFFF
 DESC_LGUEST_CS = 0x00CF9B000000FFFF
 DESC_LGUEST_DS = 0x00CF93000000FFFF
 
+# -- §5 trap vectors and IDT gates --------------------------------------------------------
+class Vector(IntEnum):
+    """The x86 exceptions by their mnemonic (`#PF` is `Vector.PF`)."""
+
+    DE = 0  # divide error
+    DB = 1  # debug
+    BP = 3  # breakpoint (int3)
+    OF = 4  # overflow (into)
+    BR = 5  # bound range
+    UD = 6  # invalid opcode
+    NM = 7  # device not available (FPU use with CR0.TS set)
+    DF = 8  # double fault
+    TS = 10  # invalid TSS
+    NP = 11  # segment not present
+    SS = 12  # stack-segment fault
+    GP = 13  # general protection
+    PF = 14  # page fault
+    MF = 16  # x87 floating point
+    AC = 17  # alignment check
+    XM = 19  # SIMD floating point
+
+
+NMI_VECTOR = 2  # an interrupt, not an exception: no mnemonic
+RESERVED_VECTOR = 15
+FIRST_NON_EXCEPTION = 32  # 0-31 are the CPU's; above, only `int n` and interrupts
 # Vectors whose exception pushes an error code (§5.2).
-ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17})
+ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP,
+                                Vector.PF, Vector.AC})
 # Vectors a guest can never own (§5.1).
-IGNORED_IDT_VECTORS = frozenset({2, 8, 15, 31})
+IGNORED_IDT_VECTORS = frozenset({NMI_VECTOR, Vector.DF, RESERVED_VECTOR, LGUEST_TRAP_ENTRY})
+
+GATE_INTERRUPT = 0xE
+GATE_TRAP = 0xF
+GATE_PRESENT = 0x8000
+
+
+class Gate(NamedTuple):
+    """An IDT entry as LOAD_IDT_ENTRY hands it over, two 32-bit words (§5.1), decoded."""
+
+    handler: int
+    selector: int
+    type: int
+    dpl: int
+    present: bool
+
+    @classmethod
+    def decode(cls, lo: int, hi: int) -> Gate:
+        """The fields of the gate whose low and high words are `lo` and `hi`."""
+        return cls((lo & 0xFFFF) | (hi & 0xFFFF0000), lo >> 16, (hi >> 8) & 0xF,
+                   (hi >> 13) & 3, bool(hi & GATE_PRESENT))
 
 
 class Hcall(IntEnum):
@@ -91,7 +138,7 @@ class Hcall(IntEnum):
     NOTIFY = 17
 
 
-def hcall_name(nr: int) -> str:
+def hcall_name(nr: int) -> str:  # the one place a hypercall gets its name
     """Name of hypercall `nr` as in the kernel (`LOAD_IDT_ENTRY`), or its number."""
     try:
         return Hcall(nr).name

@@ -30,13 +30,10 @@ class Device:
         self.raise_irq: Callable[[int], None] = lambda line: None
         self.wall_ns: Callable[[], int] = lambda: 0  # the guest's wall clock (set by the Host)
 
-    def config(self) -> bytes:
-        """Device-specific config fields that follow the VIRTQUEUE fields."""
-        return b""
-
     def spec(self) -> DeviceSpec:
-        """How the Launcher describes this device on the device page."""
-        return DeviceSpec(self.type, self.num_queues, self.config())
+        """How the Launcher describes this device on the device page (a device with config
+        fields of its own says so here)."""
+        return DeviceSpec(self.type, self.num_queues, b"")
 
     def attach(self, queues: list[Vring], raise_irq: Callable[[int], None]) -> None:
         """Receive the vrings the Launcher allocated, in queue order."""

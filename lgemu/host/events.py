@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..abi import Hcall
+from ..abi import GATE_INTERRUPT, GATE_TRAP, Gate, Hcall, Vector, hcall_name
 
 
 class Observer(Protocol):
@@ -32,19 +32,17 @@ class Observer(Protocol):
     def __call__(self, icount: int, kind: str, text: str) -> None:
         """One event."""
 
-TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
-              10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
-              19: "#XM"}
-GATE_TYPES = {0x5: "task", 0xE: "intr", 0xF: "trap"}
+TRAP_NAMES = {int(vector): f"#{vector.name}" for vector in Vector}  # NMI (2) has no mnemonic
+GATE_TASK = 0x5
+GATE_TYPES = {GATE_TASK: "task", GATE_INTERRUPT: "intr", GATE_TRAP: "trap"}
 
 
 def _idt_entry(vector: int, lo: int, hi: int) -> str:
     """A gate as lguest reads it (§5.1): handler, selector, type, DPL, present."""
-    handler = (hi & 0xFFFF0000) | (lo & 0xFFFF)
-    gate_type = (hi >> 8) & 0xF
-    text = (f"vec={vector:#x} handler={handler:#x} sel={lo >> 16:#x} "
-            f"type={GATE_TYPES.get(gate_type, hex(gate_type))} dpl={(hi >> 13) & 3}")
-    return text if hi & 0x8000 else text + " not-present"
+    gate = Gate.decode(lo, hi)
+    text = (f"vec={vector:#x} handler={gate.handler:#x} sel={gate.selector:#x} "
+            f"type={GATE_TYPES.get(gate.type, hex(gate.type))} dpl={gate.dpl}")
+    return text if gate.present else text + " not-present"
 
 
 # Argument names per hypercall (§3.3); a callable where a plain format cannot say it.
@@ -70,10 +68,7 @@ _ARGS: dict[int, str | Callable[[int, int, int], str]] = {
 def hcall(nr: int, a1: int, a2: int, a3: int, from_ring: bool = False) -> str:
     """``hcall NAME args`` (``[async]`` when it came from the async ring)."""
     spec = _ARGS.get(nr)
-    try:
-        name = Hcall(nr).name
-    except ValueError:
-        name = str(nr)
+    name = hcall_name(nr)
     if spec is None:
         args = f"{a1:#x} {a2:#x} {a3:#x}"
     elif callable(spec):

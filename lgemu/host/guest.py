@@ -41,12 +41,15 @@ from typing import Any, Protocol
 
 from ..abi import (
     FIRST_EXTERNAL_VECTOR,
+    FIRST_NON_EXCEPTION,
     GUEST_CS,
     GUEST_DS,
     LGUEST_TRAP_ENTRY,
     PAGE_SIZE,
     TSS_SELECTOR,
     X86_CR0_TS,
+    Gate,
+    Vector,
 )
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
@@ -77,18 +80,19 @@ from .interrupts import Interrupts, InterruptsState
 from .paging import Paging, PagingState
 from .segments import TSS_LIMIT, Gdt
 from .state import LguestState
-from .traps import GP, Gate, Traps
+from .traps import GP, Traps
 
 SLICE = 1_000_000  # instructions per slice when nothing is waiting
 PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it
 IDLE_WAIT_MAX_S = 0.25  # longest wait on host input before the run loop looks around
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
-UD = 6
 ICEBP = 0xF1
-OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # §5.7: opcode → length
-OPCODE_OUT = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1}
+OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # §5.7: in al/ax/eax, imm8 or dx
+OPCODE_OUT = frozenset({0xE6, 0xE7, 0xEE, 0xEF})
 OPSIZE_PREFIX = 0x66
+# The prefixes lguest's emulate_insn understood in front of in/out: none, or one 0x66.
+EMULATED_PREFIXES = (frozenset(), frozenset({OPSIZE_PREFIX}))
 # What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
@@ -404,12 +408,12 @@ class Guest:
               context: tuple[int, int, int, int]) -> None:
         cpu, traps = self.cpu, self.traps
         # Vectors from 32 up only come from `int n`; below, ask the CPU what happened.
-        error_code, software = cpu.fault_info() if vector < 32 else (0, True)
+        error_code, software = cpu.fault_info() if vector < FIRST_NON_EXCEPTION else (0, True)
         if software:
             self.stats.traps[vector] += 1
             if self.observers:
                 self.emit("trap", events.software_interrupt(vector, eip, cpl))
-        elif vector != 14:
+        elif vector != Vector.PF:
             self.stats.traps[vector] += 1
             if self.observers:
                 self.emit("trap", events.trap(vector, eip, error_code))
@@ -420,7 +424,7 @@ class Guest:
                 start = eip - self._software_int_length(vector, eip)
                 traps.deliver(GP, start, vector * 8 + 2, direct=False)
             return
-        if vector == 14:
+        if vector == Vector.PF:
             cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (spike O1)
             if self.paging.demand_fault(cr2, error_code):
                 self.stats.page_fills += 1
@@ -428,9 +432,9 @@ class Guest:
                     self.emit("pgfill", events.page_fill(eip, cr2, error_code))
                 cpu.ack_exception()
                 return
-            self.stats.traps[14] += 1
+            self.stats.traps[Vector.PF] += 1
             if self.observers:
-                self.emit("trap", events.trap(14, eip, error_code, cr2))
+                self.emit("trap", events.trap(Vector.PF, eip, error_code, cr2))
             if self._is_string_io(eip):
                 # Unicorn touches memory before it asks about the port; the CPU checks the
                 # I/O privilege first, and the guest never has it (§5.7): #GP(0).
@@ -438,13 +442,13 @@ class Guest:
                 return
             if self.lg.data is not None:
                 self.lg.data.set_cr2(cr2)
-            traps.deliver(14, eip, error_code, direct=False)
+            traps.deliver(Vector.PF, eip, error_code, direct=False)
             return
         traps.reflect(vector, eip, error_code)
 
     def _software_int_length(self, vector: int, next_eip: int) -> int:
         """`int3` (CC) and `into` (CE) are one byte; `int n` (CD nn) is two."""
-        if vector in (3, 4):
+        if vector in (Vector.BP, Vector.OF):
             try:
                 if self.paging.read_virtual(next_eip - 1, 1)[0] in (0xCC, 0xCE):
                     return 1
@@ -458,15 +462,15 @@ class Guest:
         if pa is not None and self.memory.ram[pa] == ICEBP:
             # Unicorn has no #DB for icebp ("int1"); the CPU raises one, as a trap (EIP
             # after it) with no gate DPL check.
-            self.stats.traps[1] += 1
+            self.stats.traps[Vector.DB] += 1
             if self.observers:
-                self.emit("trap", events.trap(1, (eip + 1) & 0xFFFFFFFF, 0))
-            self.traps.reflect(1, (eip + 1) & 0xFFFFFFFF, 0)
+                self.emit("trap", events.trap(Vector.DB, (eip + 1) & 0xFFFFFFFF, 0))
+            self.traps.reflect(Vector.DB, (eip + 1) & 0xFFFFFFFF, 0)
         else:
-            self.stats.traps[6] += 1
+            self.stats.traps[Vector.UD] += 1
             if self.observers:
-                self.emit("trap", events.trap(6, eip, 0))
-            self.traps.reflect(6, eip, 0)
+                self.emit("trap", events.trap(Vector.UD, eip, 0))
+            self.traps.reflect(Vector.UD, eip, 0)
         self._after_exit()
 
     def _after_exit(self) -> None:
@@ -491,13 +495,15 @@ class Guest:
 
     def _port_instruction(self, eip: int) -> tuple[bool, int, bool] | None:
         """Decode an emulatable `in`/`out` at `eip`: (prefixed, opcode, is_in), or None."""
-        code = self.paging.read_virtual(eip, 2)
-        prefixed = code[0] == OPSIZE_PREFIX
-        opcode = code[1] if prefixed else code[0]
-        if opcode in OPCODE_IN:
-            return prefixed, opcode, True
-        if opcode in OPCODE_OUT:
-            return prefixed, opcode, False
+        decoded = self.paging.opcode_at(eip)
+        if decoded is None or decoded.prefixes not in EMULATED_PREFIXES \
+                or decoded.prefix_bytes != len(decoded.prefixes):
+            return None
+        prefixed = bool(decoded.prefixes)
+        if decoded.opcode in OPCODE_IN:
+            return prefixed, decoded.opcode, True
+        if decoded.opcode in OPCODE_OUT:
+            return prefixed, decoded.opcode, False
         return None
 
     def _port_access(self, port: int, is_in: bool) -> int | None:
@@ -544,7 +550,7 @@ class Guest:
     def _is_string_io(self, eip: int) -> bool:
         """Is the instruction at `eip` `ins`/`outs` (after any prefixes)?"""
         decoded = self.paging.opcode_at(eip)
-        return decoded is not None and decoded[1] in STRING_IO_OPCODES
+        return decoded is not None and decoded.opcode in STRING_IO_OPCODES
 
     def _defer_fault(self, vector: int) -> None:
         """Fault the instruction being executed once it is over (as for port I/O above)."""
@@ -558,11 +564,11 @@ class Guest:
 
     def _on_syscall(self) -> None:
         """`syscall` does not exist in 32-bit mode on the (Intel) CPU we advertise: #UD."""
-        self._defer_fault(UD)
+        self._defer_fault(Vector.UD)
 
     def _on_rdtscp(self) -> None:
         """The virtual CPU does not advertise RDTSCP: #UD (and never the host's TSC)."""
-        self._defer_fault(UD)
+        self._defer_fault(Vector.UD)
 
     def _on_cpuid(self) -> None:
         eax, ebx, ecx, edx = cpu_model.cpuid(self.cpu.reg(Reg.EAX))

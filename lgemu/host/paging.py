@@ -18,6 +18,7 @@ of the walks it performs itself (trap frames, pinning).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..abi import (
     PAGE_SIZE,
@@ -60,6 +61,15 @@ MAX_INSTRUCTION_LENGTH = 15
 # to write the read-only host pages.
 SWITCHER_PTE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
 SWITCHER_PDE_VALUE = host_page_phys(HOST_SWITCHER_PT) | PTE_PRESENT | PTE_RW | PTE_ACCESSED
+
+
+class Opcode(NamedTuple):
+    """The start of an instruction: its legacy prefixes, its first opcode byte, and how many
+    prefix bytes came before that byte (a prefix may repeat)."""
+
+    prefixes: frozenset[int]
+    opcode: int
+    prefix_bytes: int
 
 
 @dataclass(frozen=True)
@@ -213,9 +223,10 @@ class Paging:
             U32.pack_into(mem.ram, pte_addr, new)
         return pa
 
-    def opcode_at(self, vaddr: int) -> tuple[frozenset[int], int] | None:
+    def opcode_at(self, vaddr: int) -> Opcode | None:
         """The legacy prefixes and the first opcode byte of the instruction at `vaddr`, read
-        without setting Accessed; None if it is unmapped or longer than an instruction can be."""
+        byte by byte (no further than that opcode) without setting Accessed; None if it is
+        unmapped or longer than an instruction can be.  The one x86 decoder of the Host."""
         prefixes: set[int] = set()
         for i in range(MAX_INSTRUCTION_LENGTH):
             pa = self.translate((vaddr + i) & 0xFFFFFFFF, mark=False)
@@ -223,7 +234,7 @@ class Paging:
                 return None
             byte = self.memory.ram[pa]
             if byte not in LEGACY_PREFIXES:
-                return frozenset(prefixes), byte
+                return Opcode(frozenset(prefixes), byte, i)
             prefixes.add(byte)
         return None
 

@@ -23,6 +23,10 @@ import struct
 from ..abi import (
     ERROR_CODE_VECTORS,
     FIRST_EXTERNAL_VECTOR,
+    FIRST_NON_EXCEPTION,
+    GATE_INTERRUPT,
+    GATE_PRESENT,
+    GATE_TRAP,
     GUEST_CS,
     IDT_ENTRIES,
     IGNORED_IDT_VECTORS,
@@ -30,6 +34,8 @@ from ..abi import (
     LGUEST_TRAP_ENTRY,
     SYSCALL_VECTOR,
     X86_EFLAGS_IF,
+    Gate,
+    Vector,
 )
 from ..errors import GuestKilled
 from ..kills import BadIdtType, UnhandledTrap, UnusableStackSegment
@@ -38,27 +44,13 @@ from .paging import Paging
 from .segments import Gdt
 from .state import LguestState
 
-GATE_INTERRUPT = 0xE
-GATE_TRAP = 0xF
-GATE_PRESENT = 0x8000
 # Vectors the Host always handles itself, even with a guest trap gate (§5.4, §5.6).
-HOST_HANDLED = frozenset({7, 13, 14, LGUEST_TRAP_ENTRY})
-GP = 13
+HOST_HANDLED = frozenset({Vector.NM, Vector.GP, Vector.PF, LGUEST_TRAP_ENTRY})
+GP = Vector.GP
 GUEST_IDT_VECTORS = FIRST_EXTERNAL_VECTOR + LGUEST_IRQS  # 64: the IDT lguest keeps
 FRAME_REGS = (Reg.CS, Reg.SS, Reg.ESP, Reg.EFLAGS)
 # TF, NT, RF, VM: what the CPU clears in EFLAGS when it enters a handler through a gate.
 EFLAGS_CLEARED_BY_GATES = 0x100 | 0x4000 | 0x10000 | 0x20000
-
-
-class Gate:
-    """One stored IDT entry (§5.1 step 5)."""
-
-    __slots__ = ("dpl", "handler", "type")
-
-    def __init__(self, lo: int, hi: int) -> None:
-        self.handler = (lo & 0xFFFF) | (hi & 0xFFFF0000)
-        self.type = (hi >> 8) & 0xF
-        self.dpl = (hi >> 13) & 3
 
 
 class Traps:
@@ -91,17 +83,18 @@ class Traps:
         if not hi & GATE_PRESENT:
             self.idt[vector] = None
             return
-        gate_type = (hi >> 8) & 0xF
-        if gate_type not in (GATE_INTERRUPT, GATE_TRAP):
-            raise GuestKilled(BadIdtType(gate_type))
-        self.idt[vector] = Gate(lo, hi & 0xFFFFEF00)
+        gate = Gate.decode(lo, hi & 0xFFFFEF00)  # what lguest kept of it (§5.1 step 5)
+        if gate.type not in (GATE_INTERRUPT, GATE_TRAP):
+            raise GuestKilled(BadIdtType(gate.type))
+        self.idt[vector] = gate
 
     def is_direct(self, vector: int) -> bool:
         """Would real lguest have let the CPU deliver this vector straight to the guest?"""
         gate = self.idt[vector]
         if gate is None or gate.type != GATE_TRAP:
             return False
-        return vector == SYSCALL_VECTOR or (vector < 32 and vector not in HOST_HANDLED)
+        return vector == SYSCALL_VECTOR or (vector < FIRST_NON_EXCEPTION
+                                            and vector not in HOST_HANDLED)
 
     def software_interrupt_allowed(self, vector: int, cpl: int) -> bool:
         """The gate-DPL check the CPU makes for `int n`, `int3` and `into` (§5.6)."""
@@ -118,7 +111,7 @@ class Traps:
         gate = self.idt[vector]
         if gate is None:
             detail = error_code if error_code is not None else 0
-            if vector == 14:
+            if vector == Vector.PF:
                 detail = self.cpu.reg(Reg.CR2)
             raise GuestKilled(UnhandledTrap(vector, eip, detail))
         cpu = self.cpu

@@ -113,11 +113,6 @@ class DevicePage:
     devices: list[DeviceLayout]
     pfn_limit: int
 
-    @property
-    def limit(self) -> int:
-        """First guest-physical address past the last vring."""
-        return self.pfn_limit << PAGE_SHIFT
-
     def queues(self) -> list[QueueLayout]:
         """Every queue, in creation order."""
         return [queue for device in self.devices for queue in device.queues]
