@@ -9,7 +9,7 @@ Two things make that less obvious than a lookup:
   inside a PT_LOAD segment's *physical* range (and no segment's virtual range) is looked up
   at ``address - p_paddr + p_vaddr``, its link address.
 * **Size.**  A real vmlinux has tens of thousands of symbols and megabytes of DWARF.  The
-  symbol table is read with `struct` in one pass (pyelftools only finds the sections), and
+  symbol table is read with `struct` in one pass (`lgemu.elf`, not pyelftools), and
   line tables are decoded one compilation unit at a time, when an address in it is first
   asked for (.debug_aranges says which unit).
 
@@ -20,18 +20,29 @@ DWARF that pyelftools cannot read leaves that part empty and says why in `proble
 from __future__ import annotations
 
 import bisect
+import os
 import posixpath
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from elftools.elf.elffile import ELFFile
 
-ELF32_SYM = struct.Struct("<IIIBBH")
-STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
-STB_GLOBAL = 1
-SHN_LORESERVE = 0xFF00  # SHN_ABS, SHN_COMMON and friends start here
+from ..elf import (
+    SHN_LORESERVE,
+    SHN_UNDEF,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    iter_symbols,
+    name_at,
+    symbol_table,
+)
+from ..launcher.guestcheck import LGUEST_SYMBOLS, NAMES, judge
+
 PT_LOAD = "PT_LOAD"
 KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
 
@@ -45,6 +56,7 @@ class Symbol:
     size: int
     kind: str  # "function" | "object" | "label"
     is_global: bool
+    weak: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,7 +206,7 @@ class Symbols:
             result = cls(path, segments, [], entry)
             symbols: list[Symbol] = []
             try:
-                symbols = list(_read_symbols(elf))
+                symbols = list(_read_symbols(f))
             except Exception as e:
                 result.problems.append(f"symbol table unreadable ({e})")
             try:
@@ -285,28 +297,24 @@ def _flags(p_flags: int) -> str:
     return "".join(c if p_flags & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
 
 
-def _read_symbols(elf: ELFFile) -> Iterator[Symbol]:
+def _read_symbols(f: BinaryIO) -> Iterator[Symbol]:
     """Functions, objects and labels of .symtab (or .dynsym) in allocated sections."""
-    table = elf.get_section_by_name(".symtab") or elf.get_section_by_name(".dynsym")
-    if table is None:
+    tables = symbol_table(f, os.fstat(f.fileno()).st_size)
+    if tables is None:
         return
-    strtab = elf.get_section(table["sh_link"]).data()
-    data = table.data()
-    for name_off, value, size, info, _other, shndx in ELF32_SYM.iter_unpack(
-            data[:len(data) - len(data) % ELF32_SYM.size]):
+    symtab, strtab = tables
+    for name_off, value, size, info, _other, shndx in iter_symbols(symtab):
         kind = info & 0xF
-        if kind not in KIND_NAMES or shndx == 0 or shndx >= SHN_LORESERVE:
+        if kind not in KIND_NAMES or shndx == SHN_UNDEF or shndx >= SHN_LORESERVE:
             continue
-        end = strtab.find(b"\0", name_off)
-        name = _printable(strtab[name_off:end if end >= 0 else len(strtab)])
+        name = _printable(name_at(strtab, name_off))
         if not name or name.startswith((".L", "$")):
             continue
-        yield Symbol(name, value, size, KIND_NAMES[kind], info >> 4 == STB_GLOBAL)
+        yield Symbol(name, value, size, KIND_NAMES[kind], info >> 4 == STB_GLOBAL,
+                     info >> 4 == STB_WEAK)
 
 
 # -- is this an lguest guest, and of which era? -------------------------------------------
-# Every lguest guest has these (arch/x86/lguest/boot.c and i386_head.S).
-LGUEST_SYMBOLS = ("lguest_init", "lguest_entry", "lguest_data")
 # 2.6.23's guests talked to the Launcher over the DMA-based lguest bus, not virtio.
 DMA_ERA_SYMBOLS = ("lguest_send_dma", "lguest_bind_dma", "lguest_unbind_dma")
 # What `lgemu info` lists when present.
@@ -326,12 +334,17 @@ class LguestProfile:
 def lguest_profile(symbols: Symbols, data_size: int) -> LguestProfile:
     """Judge from symbols alone (nothing here runs the kernel): the lguest entry points,
     the size of `struct lguest_data` (`data_size` in 2.6.24), and 2.6.23's DMA calls."""
-    missing = [name for name in LGUEST_SYMBOLS if not symbols.has(name)]
     if not symbols.symbols:
         return LguestProfile(False, "unknown: no symbol table", ())
-    if missing:
+    # The Launcher's verdict (launcher.guestcheck), on the same symbols.
+    verdict = judge({name: any(not s.weak for s in symbols.named(name))
+                     for name in NAMES if symbols.has(name)})
+    if verdict.missing:
         return LguestProfile(False, "not an lguest guest",
-                             (f"no {', '.join(missing)}",))
+                             (f"no {', '.join(verdict.missing)}",))
+    problem = verdict.problem()
+    if problem is not None:
+        return LguestProfile(False, "not an lguest guest", (problem,))
     evidence = [f"has {', '.join(LGUEST_SYMBOLS)}"]
     dma = [name for name in DMA_ERA_SYMBOLS if symbols.has(name)]
     size = max((s.size for s in symbols.named("lguest_data")), default=0)

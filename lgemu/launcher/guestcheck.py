@@ -7,7 +7,8 @@ can tell for sure, and says what is missing in one line.
 
 What a 2.6.24 guest kernel has, and what can be seen in the file:
 
-* ``lguest_init`` — arch/x86/lguest/boot.c, built only with ``CONFIG_LGUEST_GUEST``.
+* ``lguest_init`` — arch/x86/lguest/boot.c, built only with ``CONFIG_LGUEST_GUEST``; and
+  ``lguest_data``, the page it registers, from the same file.
 * ``lguest_entry`` — arch/x86/lguest/i386_head.S.  Every ``CONFIG_PARAVIRT`` kernel has a
   symbol of that name, but without lguest it is head_32.S's *weak* placeholder, which is
   ``ud2a``: only a strong definition counts.
@@ -21,64 +22,68 @@ When the answer is not certain the check says nothing: a stripped vmlinux (no sy
 passes, and so does an ELF with symbols that is not Linux at all (neither ``start_kernel``
 nor ``linux_banner``), such as the tiny test guests in tests/guestasm.py.
 
-Section headers are only read here, never trusted: every offset and size is checked against
-the file, and a table that does not make sense means "cannot tell", not an error.
+Section headers are read by `lgemu.elf`, never trusted: a table that does not make sense means
+"cannot tell", not an error.  `judge` is the verdict itself, also what `lgemu info` says.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..abi import SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET
+from ..elf import ELF_MAGIC, SHN_UNDEF, STB_WEAK, iter_symbols, read_range, symbol_table
 from ..errors import UserError
 
-ELF32_SHDR = struct.Struct("<IIIIIIIIII")  # name type flags addr offset size link info align
-ELF32_SYM = struct.Struct("<IIIBBH")  # name value size info other shndx
-SHT_SYMTAB = 2
-SHN_UNDEF = 0
-STB_WEAK = 2
 BZ_VERSION_OFFSET = 0x206
 BOOT_PROTOCOL_PARAVIRT = 0x0207  # hardware_subarch appeared with boot protocol 2.07
-# Anything larger is not a vmlinux symbol table (2.6.24's are a few MiB at most).
-MAX_TABLE_BYTES = 256 << 20
 REMEDY = "build the kernel with CONFIG_LGUEST_GUEST=y"
+# Every lguest guest has these (arch/x86/lguest/boot.c and i386_head.S).
+LGUEST_SYMBOLS = ("lguest_init", "lguest_entry", "lguest_data")
+PAE_MARKER = "__pmd_alloc"
 LINUX_MARKERS = ("start_kernel", "linux_banner")
-NAMES = ("lguest_init", "lguest_entry", "__pmd_alloc", *LINUX_MARKERS)
+NAMES = (*LGUEST_SYMBOLS, PAE_MARKER, *LINUX_MARKERS)
 
 
-def _read(f: BinaryIO, size: int, offset: int, length: int) -> bytes | None:
-    """`length` bytes at `offset`, or None if that is not inside the file."""
-    if offset < 0 or length < 0 or offset + length > size or length > MAX_TABLE_BYTES:
+@dataclass(frozen=True)
+class Verdict:
+    """Is a kernel an lguest guest, judged from which symbols it defines: the one judgment
+    the Launcher's refusal and `lgemu info` share."""
+
+    linux: bool  # a Linux kernel at all (else there is nothing to judge)
+    missing: tuple[str, ...]  # of LGUEST_SYMBOLS, in that order
+    weak_entry: bool  # lguest_entry is only head_32.S's weak placeholder
+    pae: bool
+
+    @property
+    def is_guest(self) -> bool:
+        return not self.missing and not self.weak_entry and not self.pae
+
+    def problem(self) -> str | None:
+        """Why it cannot be an lguest guest, the most telling reason first; None if it can."""
+        if self.pae:
+            return (f"a PAE kernel (it has {PAE_MARKER}); 2.6.24's CONFIG_LGUEST_GUEST needs "
+                    "CONFIG_X86_PAE off (choose CONFIG_HIGHMEM4G or CONFIG_NOHIGHMEM)")
+        for name in ("lguest_init", "lguest_entry"):
+            if name in self.missing:
+                return f"no {name} symbol ({REMEDY})"
+        if self.weak_entry:
+            return f"lguest_entry is only head_32.S's weak placeholder ({REMEDY})"
+        if self.missing:
+            return f"no {self.missing[0]} symbol ({REMEDY})"
         return None
-    f.seek(offset)
-    data = f.read(length)
-    return data if len(data) == length else None
 
 
-def _symbol_table(f: BinaryIO, size: int) -> tuple[bytes, bytes] | None:
-    """(symtab, strtab) of a 32-bit little-endian ELF, or None if it has none we can read."""
-    header = _read(f, size, 0, 52)
-    if header is None or header[:4] != b"\x7fELF" or header[4] != 1 or header[5] != 1:
-        return None
-    shoff, = struct.unpack_from("<I", header, 32)
-    shentsize, shnum = struct.unpack_from("<HH", header, 46)
-    if shoff == 0 or shnum == 0 or shentsize != ELF32_SHDR.size:
-        return None
-    table = _read(f, size, shoff, shnum * ELF32_SHDR.size)
-    if table is None:
-        return None
-    sections = [ELF32_SHDR.unpack_from(table, i * ELF32_SHDR.size) for i in range(shnum)]
-    for _name, sh_type, _flags, _addr, offset, length, link, _info, _align, _es in sections:
-        if sh_type != SHT_SYMTAB or not 0 < link < shnum:
-            continue
-        symtab = _read(f, size, offset, length - length % ELF32_SYM.size)
-        strtab = _read(f, size, sections[link][4], sections[link][5])
-        if symtab is not None and strtab is not None:
-            return symtab, strtab
-    return None
+def judge(defined: Mapping[str, bool]) -> Verdict:
+    """The verdict on a kernel that defines the symbols of `defined` (name → True if strong,
+    False if only weak; at least those of NAMES it has)."""
+    return Verdict(any(marker in defined for marker in LINUX_MARKERS),
+                   tuple(name for name in LGUEST_SYMBOLS if name not in defined),
+                   defined.get("lguest_entry") is False, PAE_MARKER in defined)
 
 
 def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
@@ -93,7 +98,7 @@ def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
     found: dict[str, bool] = {}
     if not wanted:
         return found
-    for st_name, _value, _size, info, _other, shndx in ELF32_SYM.iter_unpack(symtab):
+    for st_name, _value, _size, info, _other, shndx in iter_symbols(symtab):
         name = wanted.get(st_name)
         if name is not None and shndx != SHN_UNDEF:
             found[name] = found.get(name, False) or info >> 4 != STB_WEAK
@@ -101,26 +106,17 @@ def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
 
 
 def _elf_problem(f: BinaryIO, size: int) -> str | None:
-    tables = _symbol_table(f, size)
+    tables = symbol_table(f, size)
     if tables is None:
         return None  # stripped: we cannot tell
-    defined = _defined(*tables)
-    if not any(marker in defined for marker in LINUX_MARKERS):
+    verdict = judge(_defined(*tables))
+    if not verdict.linux:
         return None  # not a Linux kernel image: nothing to say about lguest
-    if "__pmd_alloc" in defined:
-        return ("a PAE kernel (it has __pmd_alloc); 2.6.24's CONFIG_LGUEST_GUEST needs "
-                "CONFIG_X86_PAE off (choose CONFIG_HIGHMEM4G or CONFIG_NOHIGHMEM)")
-    if "lguest_init" not in defined:
-        return f"no lguest_init symbol ({REMEDY})"
-    if "lguest_entry" not in defined:
-        return f"no lguest_entry symbol ({REMEDY})"
-    if not defined["lguest_entry"]:
-        return f"lguest_entry is only head_32.S's weak placeholder ({REMEDY})"
-    return None
+    return verdict.problem()
 
 
 def _bzimage_problem(f: BinaryIO, size: int) -> str | None:
-    header = _read(f, size, 0, BZ_VERSION_OFFSET + 2)
+    header = read_range(f, size, 0, BZ_VERSION_OFFSET + 2)
     if header is None:
         return None
     magic = header[SETUP_HEADER_MAGIC_OFFSET:SETUP_HEADER_MAGIC_OFFSET + len(SETUP_HEADER_MAGIC)]
@@ -137,9 +133,9 @@ def guest_problem(f: BinaryIO) -> str | None:
     """Why the kernel in `f` (a vmlinux or bzImage) cannot be an lguest guest, or None when
     it can be or we cannot tell.  Never raises for the file's contents."""
     size = os.fstat(f.fileno()).st_size
-    head = _read(f, size, 0, 4)
+    head = read_range(f, size, 0, 4)
     try:
-        if head == b"\x7fELF":
+        if head == ELF_MAGIC:
             return _elf_problem(f, size)
         return _bzimage_problem(f, size)
     except (struct.error, IndexError, ValueError):

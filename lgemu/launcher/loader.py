@@ -36,18 +36,20 @@ from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 
 from ..abi import KERNEL_LOAD_ADDR, SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET, U32
+from ..elf import (
+    ELF32_EHDR_SIZE,
+    ELF32_PHDR_SIZE,
+    ELF64_EHDR_SIZE,
+    ELF_MAGIC,
+    ELFCLASS32,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFDATA2MSB,
+)
 from ..errors import UserError
 from ..machine.memory import MAX_RAM
 from .guestcheck import check_lguest_guest
 
-ELF_MAGIC = b"\x7fELF"
-ELFCLASS32 = 1
-ELFCLASS64 = 2
-ELFDATA2LSB = 1
-ELFDATA2MSB = 2
-ELF32_EHDR_SIZE = 52
-ELF64_EHDR_SIZE = 64
-ELF32_PHDR_SIZE = 32
 MAX_PHNUM = 64  # a vmlinux has a handful; anything near this is not a kernel
 
 # bzImage setup header (Documentation/i386/boot.txt), as file offsets.

@@ -1,0 +1,85 @@
+"""ELF32 as lgemu reads it: the structures, defined once, and the one symbol-table reader.
+
+Three parts of lgemu look into kernel files: the Launcher (`launcher.loader`, program headers,
+with pyelftools), its guest check (`launcher.guestcheck`, a few symbols) and the debugger's
+symbols (`debug.symbols`, every symbol, and DWARF with pyelftools).  The numbers they share
+live here, and so does the reader of `.symtab` both symbol users go through: plain `struct`
+over bounded reads, because a vmlinux has tens of thousands of symbols and pyelftools takes
+a second for them, and because nothing in a section header is trusted — an offset or size
+outside the file means "no table", never an error.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+ELFDATA2MSB = 2
+ELF32_EHDR_SIZE = 52
+ELF64_EHDR_SIZE = 64
+ELF32_PHDR_SIZE = 32
+ELF32_SHDR = struct.Struct("<IIIIIIIIII")  # name type flags addr offset size link info align
+ELF32_SYM = struct.Struct("<IIIBBH")  # name value size info other shndx
+E_SHOFF = 32  # offsets in the ELF32 file header
+E_SHENTSIZE = 46
+SHT_SYMTAB = 2
+SHT_DYNSYM = 11
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00  # SHN_ABS, SHN_COMMON and friends start here
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
+STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
+# Anything larger is not a vmlinux symbol table (2.6.24's are a few MiB at most).
+MAX_TABLE_BYTES = 256 << 20
+
+
+def read_range(f: BinaryIO, size: int, offset: int, length: int) -> bytes | None:
+    """`length` bytes at `offset` of the `size`-byte file `f`, or None if that is not inside
+    the file (or too large to be a table)."""
+    if offset < 0 or length < 0 or offset + length > size or length > MAX_TABLE_BYTES:
+        return None
+    f.seek(offset)
+    data = f.read(length)
+    return data if len(data) == length else None
+
+
+def symbol_table(f: BinaryIO, size: int) -> tuple[bytes, bytes] | None:
+    """(symbols, their string table) of a 32-bit little-endian ELF: its `.symtab`, else its
+    `.dynsym`; None if it has neither that can be read.  Raises only `struct.error` or
+    `IndexError` for a header that makes no sense."""
+    header = read_range(f, size, 0, ELF32_EHDR_SIZE)
+    if header is None or header[:4] != ELF_MAGIC or header[4] != ELFCLASS32 \
+            or header[5] != ELFDATA2LSB:
+        return None
+    shoff, = struct.unpack_from("<I", header, E_SHOFF)
+    shentsize, shnum = struct.unpack_from("<HH", header, E_SHENTSIZE)
+    if shoff == 0 or shnum == 0 or shentsize != ELF32_SHDR.size:
+        return None
+    table = read_range(f, size, shoff, shnum * ELF32_SHDR.size)
+    if table is None:
+        return None
+    sections = [ELF32_SHDR.unpack_from(table, i * ELF32_SHDR.size) for i in range(shnum)]
+    for wanted in (SHT_SYMTAB, SHT_DYNSYM):
+        for _name, sh_type, _flags, _addr, offset, length, link, _info, _align, _es in sections:
+            if sh_type != wanted or not 0 < link < shnum:
+                continue
+            symtab = read_range(f, size, offset, length - length % ELF32_SYM.size)
+            strtab = read_range(f, size, sections[link][4], sections[link][5])
+            if symtab is not None and strtab is not None:
+                return symtab, strtab
+    return None
+
+
+def iter_symbols(symtab: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """Every entry of a symbol table: (name offset, value, size, info, other, shndx)."""
+    return ELF32_SYM.iter_unpack(symtab[:len(symtab) - len(symtab) % ELF32_SYM.size])
+
+
+def name_at(strtab: bytes, offset: int) -> bytes:
+    """The NUL-terminated name at `offset` of a string table (to its end if unterminated)."""
+    end = strtab.find(b"\0", offset)
+    return strtab[offset:end if end >= 0 else len(strtab)]
