@@ -49,6 +49,6 @@ class LguestState:
 
     def restore_state(self, state: LguestState) -> None:
         """Become `state` again."""
-        self.register(state.data, state.kernel_address, state.noirq)  # type: ignore[arg-type]
-        self.set_stack(state.ss1, state.esp1, state.stack_pages)
+        self.data, self.kernel_address, self.noirq = state.data, state.kernel_address, state.noirq
+        self.ss1, self.esp1, self.stack_pages = state.ss1, state.esp1, state.stack_pages
         self.ring_cursor = state.ring_cursor
