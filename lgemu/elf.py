@@ -1,19 +1,19 @@
-"""ELF32 as lgemu reads it: the structures, defined once, and the one symbol-table reader.
+"""ELF32 as lgemu reads it: the structures, defined once, and the one reader of them.
 
-Three parts of lgemu look into kernel files: the Launcher (`launcher.loader`, program headers,
-with pyelftools), its guest check (`launcher.guestcheck`, a few symbols) and the debugger's
-symbols (`debug.symbols`, every symbol, and DWARF with pyelftools).  The numbers they share
-live here, and so does the reader of `.symtab` both symbol users go through: plain `struct`
-over bounded reads, because a vmlinux has tens of thousands of symbols and pyelftools takes
-a second for them, and because nothing in a section header is trusted — an offset or size
-outside the file means "no table", never an error.
+Three parts of lgemu look into kernel files: the Launcher (`launcher.loader`, program headers),
+its guest check (`launcher.guestcheck`, a few symbols) and the debugger's symbols
+(`debug.symbols`, segments and every symbol).  They all read through here: plain `struct`
+over bounded reads, because a vmlinux has tens of thousands of symbols and pyelftools takes a
+second for them, and because nothing in a header is trusted — an offset or size outside the
+file means "no table", never an error.  (pyelftools still names machines in the Launcher's
+refusals and decodes DWARF for the debugger.)
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -22,11 +22,16 @@ ELFDATA2LSB = 1
 ELFDATA2MSB = 2
 ELF32_EHDR_SIZE = 52
 ELF64_EHDR_SIZE = 64
-ELF32_PHDR_SIZE = 32
+ELF32_PHDR = struct.Struct("<IIIIIIII")  # type offset vaddr paddr filesz memsz flags align
+ELF32_PHDR_SIZE = ELF32_PHDR.size
 ELF32_SHDR = struct.Struct("<IIIIIIIIII")  # name type flags addr offset size link info align
 ELF32_SYM = struct.Struct("<IIIBBH")  # name value size info other shndx
-E_SHOFF = 32  # offsets in the ELF32 file header
+E_ENTRY = 24  # offsets in the ELF32 file header
+E_PHOFF = 28
+E_SHOFF = 32
+E_PHENTSIZE = 42
 E_SHENTSIZE = 46
+PT_LOAD = 1
 SHT_SYMTAB = 2
 SHT_DYNSYM = 11
 SHN_UNDEF = 0
@@ -45,6 +50,36 @@ def read_range(f: BinaryIO, size: int, offset: int, length: int) -> bytes | None
     f.seek(offset)
     data = f.read(length)
     return data if len(data) == length else None
+
+
+class ProgramHeader(NamedTuple):
+    """One ELF32 program header."""
+
+    type: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    flags: int
+    align: int
+
+
+def program_headers(f: BinaryIO, size: int) -> tuple[int, list[ProgramHeader]] | None:
+    """(entry point, program headers) of a 32-bit little-endian ELF, or None if its header or
+    its program header table is not inside the file."""
+    header = read_range(f, size, 0, ELF32_EHDR_SIZE)
+    if header is None or header[:4] != ELF_MAGIC or header[4] != ELFCLASS32 \
+            or header[5] != ELFDATA2LSB:
+        return None
+    entry, phoff = struct.unpack_from("<II", header, E_ENTRY)
+    phentsize, phnum = struct.unpack_from("<HH", header, E_PHENTSIZE)
+    if phentsize != ELF32_PHDR.size:
+        return None
+    table = read_range(f, size, phoff, phnum * ELF32_PHDR.size)
+    if table is None:
+        return None
+    return entry, [ProgramHeader(*fields) for fields in ELF32_PHDR.iter_unpack(table)]
 
 
 def symbol_table(f: BinaryIO, size: int) -> tuple[bytes, bytes] | None:

@@ -30,6 +30,7 @@ from typing import BinaryIO
 from elftools.elf.elffile import ELFFile
 
 from ..elf import (
+    PT_LOAD,
     SHN_LORESERVE,
     SHN_UNDEF,
     STB_GLOBAL,
@@ -39,11 +40,11 @@ from ..elf import (
     STT_OBJECT,
     iter_symbols,
     name_at,
+    program_headers,
     symbol_table,
 )
 from ..launcher.guestcheck import LGUEST_SYMBOLS, NAMES, judge
 
-PT_LOAD = "PT_LOAD"
 KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
 
 
@@ -194,13 +195,15 @@ class Symbols:
         with open(path, "rb") as f:
             if f.read(4) != b"\x7fELF":
                 return cls(path, problems=["not an ELF file: no symbols"])
-            f.seek(0)
             try:
-                elf = ELFFile(f)
-                segments = [LoadSegment(s["p_vaddr"], s["p_paddr"], s["p_memsz"],
-                                        _flags(s["p_flags"]))
-                            for s in elf.iter_segments() if s["p_type"] == PT_LOAD]
-                entry = elf["e_entry"]
+                headers = program_headers(f, os.fstat(f.fileno()).st_size)
+                if headers is None:
+                    raise ValueError("not inside the file")
+                entry, phdrs = headers
+                segments = [LoadSegment(p.vaddr, p.paddr, p.memsz, _flags(p.flags))
+                            for p in phdrs if p.type == PT_LOAD]
+                f.seek(0)
+                elf = ELFFile(f)  # for DWARF
             except Exception as e:  # pyelftools raises many kinds on hostile input
                 return cls(path, problems=[f"program headers unreadable ({e})"])
             result = cls(path, segments, [], entry)

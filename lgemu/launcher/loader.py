@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
-from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 
 from ..abi import KERNEL_LOAD_ADDR, SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET, U32
@@ -45,6 +44,8 @@ from ..elf import (
     ELFCLASS64,
     ELFDATA2LSB,
     ELFDATA2MSB,
+    PT_LOAD,
+    program_headers,
 )
 from ..errors import UserError
 from ..machine.memory import MAX_RAM
@@ -236,15 +237,18 @@ def _load_elf(path: Path, f: BinaryIO, size: int, head: bytes) -> KernelImage:
         elf = ELFFile(f)
     _check_elf_header(path, elf, size)
 
+    # The bare program headers (`lgemu.elf`), now that the table is known to be in the file:
+    # pyelftools' Segment objects for PT_DYNAMIC or PT_NOTE would go on to read sections and
+    # notes, which a kernel loader has no business trusting.
+    headers = program_headers(f, size)
+    if headers is None:
+        raise _fail(path, "malformed ELF program headers")
+    entry, phdrs = headers
     segments = []
-    for index in range(elf["e_phnum"]):
-        # Parse the bare header: pyelftools' Segment objects for PT_DYNAMIC or PT_NOTE would go
-        # on to read sections and notes, which a kernel loader has no business trusting.
-        with _parsing(path, f"program header {index}"):
-            phdr = struct_parse(elf.structs.Elf_Phdr, f, elf["e_phoff"] + index * ELF32_PHDR_SIZE)
-        if phdr.p_type != "PT_LOAD":
+    for index, phdr in enumerate(phdrs):
+        if phdr.type != PT_LOAD:
             continue
-        offset, filesz, memsz, paddr = phdr.p_offset, phdr.p_filesz, phdr.p_memsz, phdr.p_paddr
+        offset, filesz, memsz, paddr = phdr.offset, phdr.filesz, phdr.memsz, phdr.paddr
         if filesz > memsz:
             raise _fail(
                 path, f"segment {index}: p_filesz {filesz:#x} is larger than p_memsz {memsz:#x}"
@@ -261,7 +265,7 @@ def _load_elf(path: Path, f: BinaryIO, size: int, head: bytes) -> KernelImage:
         segments.append(Segment(paddr, _read_exactly(path, f, offset, filesz), memsz))
     if not segments:
         raise _fail(path, "ELF has no loadable segments")
-    return KernelImage(path, "elf", tuple(segments), elf["e_entry"])
+    return KernelImage(path, "elf", tuple(segments), entry)
 
 
 # -- bzImage --------------------------------------------------------------------------------
