@@ -52,6 +52,15 @@ def read_range(f: BinaryIO, size: int, offset: int, length: int) -> bytes | None
     return data if len(data) == length else None
 
 
+def _elf32_header(f: BinaryIO, size: int) -> bytes | None:
+    """The file header, if `f` is a 32-bit little-endian ELF."""
+    header = read_range(f, size, 0, ELF32_EHDR_SIZE)
+    if header is None or header[:4] != ELF_MAGIC or header[4] != ELFCLASS32 \
+            or header[5] != ELFDATA2LSB:
+        return None
+    return header
+
+
 class ProgramHeader(NamedTuple):
     """One ELF32 program header."""
 
@@ -68,9 +77,8 @@ class ProgramHeader(NamedTuple):
 def program_headers(f: BinaryIO, size: int) -> tuple[int, list[ProgramHeader]] | None:
     """(entry point, program headers) of a 32-bit little-endian ELF, or None if its header or
     its program header table is not inside the file."""
-    header = read_range(f, size, 0, ELF32_EHDR_SIZE)
-    if header is None or header[:4] != ELF_MAGIC or header[4] != ELFCLASS32 \
-            or header[5] != ELFDATA2LSB:
+    header = _elf32_header(f, size)
+    if header is None:
         return None
     entry, phoff = struct.unpack_from("<II", header, E_ENTRY)
     phentsize, phnum = struct.unpack_from("<HH", header, E_PHENTSIZE)
@@ -86,9 +94,8 @@ def symbol_table(f: BinaryIO, size: int) -> tuple[bytes, bytes] | None:
     """(symbols, their string table) of a 32-bit little-endian ELF: its `.symtab`, else its
     `.dynsym`; None if it has neither that can be read.  Raises only `struct.error` or
     `IndexError` for a header that makes no sense."""
-    header = read_range(f, size, 0, ELF32_EHDR_SIZE)
-    if header is None or header[:4] != ELF_MAGIC or header[4] != ELFCLASS32 \
-            or header[5] != ELFDATA2LSB:
+    header = _elf32_header(f, size)
+    if header is None:
         return None
     shoff, = struct.unpack_from("<I", header, E_SHOFF)
     shentsize, shnum = struct.unpack_from("<HH", header, E_SHENTSIZE)
