@@ -104,6 +104,31 @@ def test_cutting_runs_changes_nothing(boot_with: Callable[..., tuple], program: 
     assert cut == plain
 
 
+def test_controllers_are_asked_in_stage_order_then_adding_order(
+        boot_with: Callable[..., tuple]) -> None:
+    """Added out of order, controllers are still asked by their `Stage`; within a stage in
+    the order they were added.  A removed one is not asked again."""
+    asked: list[str] = []
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def boundary(self, guest: Guest) -> None:
+            asked.append(self.name)
+
+    def attach(guest: Guest) -> None:
+        gone = Named("gone")
+        for name, stage in (("steer1", Stage.STEER), ("status", Stage.STATUS),
+                            ("steer2", Stage.STEER), ("trace", Stage.TRACE)):
+            guest.add_controller(Named(name), stage)
+        guest.add_controller(gone, Stage.TRACE)
+        guest.remove_controller(gone)
+    status, _, _, _ = boot_with("timer", attach)
+    assert status == 0 and len(asked) >= 4 and len(asked) % 4 == 0
+    assert asked[:8] == ["trace", "status", "steer1", "steer2"] * 2
+
+
 @pytest.mark.parametrize("program", ["timer", "usermode"])
 def test_breakpoint_and_watchpoint_stops_change_nothing(boot_with: Callable[..., tuple],
                                                         program: str) -> None:
