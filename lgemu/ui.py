@@ -20,6 +20,7 @@ from .abi import (
     CONFIG_NET_MAC_F,
     DEVICE_DESC,
     FIRST_EXTERNAL_VECTOR,
+    FIRST_NON_EXCEPTION,
     LGUEST_DATA_SIZE,
     VQCONFIG,
     DeviceStatus,
@@ -141,7 +142,8 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
     for column, justify in (("event", "left"), ("which", "left"), ("count", "right")):
         events.add_column(column, justify=justify)  # type: ignore[arg-type]
     for vector, n in sorted(stats.traps.items()):
-        name = TRAP_NAMES.get(vector, f"int ${vector:#x}" if vector >= 32 else str(vector))
+        name = TRAP_NAMES.get(vector, f"int ${vector:#x}" if vector >= FIRST_NON_EXCEPTION
+                              else str(vector))
         events.add_row("trap", f"{name} (vector {vector})", str(n))
     if stats.page_fills:
         events.add_row("page fill", "#PF absorbed by the Host", str(stats.page_fills))

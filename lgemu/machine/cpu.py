@@ -54,7 +54,7 @@ from unicorn.unicorn_py3.unicorn import (
     uclib,
 )
 
-from ..abi import PAGE_SIZE
+from ..abi import LGUEST_TRAP_ENTRY, PAGE_SIZE, Vector
 from .memory import HOST_PHYS, HOST_UNTIL, GuestMemory, switcher_linear
 
 UNICORN_VERSION = "2.1.4"
@@ -550,11 +550,12 @@ def _self_test(mem: GuestMemory) -> None:
         err, is_int = cpu.fault_info()
         seen.append((vector, cpu.slice_position, err, is_int, cpu.cpl()))
         eip = cpu.reg(Reg.EIP)
-        if vector == 13:
+        if vector == Vector.GP:
             cpu.enter(1, GUEST_CS, GUEST_DS, eip + 2, cpu.reg(Reg.ESP))  # skip, acknowledge
     cpu.on_interrupt(on_intr)
     cpu.run(0x2000, 6)
-    want = [(0x1F, 2, 0, True, 1), (13, 4, 0x1230, False, 1), (13, 5, 0x1230, False, 1)]
+    want = [(LGUEST_TRAP_ENTRY, 2, 0, True, 1), (Vector.GP, 4, 0x1230, False, 1),
+            (Vector.GP, 5, 0x1230, False, 1)]
     if seen != want:
         raise SelfTestError(f"Unicorn internals differ from {UNICORN_VERSION}: {seen} != {want}")
     if cpu._count.value != 6 or cpu.completed != 6:
