@@ -35,7 +35,7 @@ class BootConfig:
     verbose: int = 0
     max_insns: int | None = None
     timeout: float | None = None
-    # --block and --net as ("block" | "net", value), in command-line order (§10.3)
+    # --block and --net as ("block" | "net", value), in command-line order (ABI §10.3)
     devices: list[tuple[str, str]] = field(default_factory=list)
     console_input: Path | None = None
     # traces, the event log, coverage, the status line (lgemu.debug.trace / .coverage, ui)
@@ -197,7 +197,7 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     except SelfTestError as e:
         raise UserError(f"unsupported Unicorn: {e}") from None
     output = ConsoleOutput(stdout)
-    devices = build_devices(config, output)  # command-line order, the console last (§10.3)
+    devices = build_devices(config, output)  # command-line order, the console last (ABI §10.3)
     try:
         memory = GuestMemory(mem)
         info = launch(memory, kernel, config.cmdline, config.initrd,

@@ -126,7 +126,7 @@ def record_interrupts(m: Machine, skip: int = 0, ack: bool = False) -> list[tupl
     return seen
 
 
-# -- §1 rings and segments ---------------------------------------------------------------
+# -- Unicorn §1 rings and segments -----------------------------------------------------------
 def test_ss_can_only_be_written_with_a_selector_of_the_current_ring() -> None:
     m = Machine()
     with pytest.raises(UcError):
@@ -155,7 +155,7 @@ def test_a_load_through_a_null_data_segment_does_not_fault() -> None:
     assert seen == [] and m.reg("EAX") == 0x12345678
 
 
-# -- §2 paging ---------------------------------------------------------------------------
+# -- Unicorn §2 paging -----------------------------------------------------------------------
 def test_a_translation_stays_cached_until_cr3_is_written() -> None:
     m = Machine()
     m.paging()
@@ -172,7 +172,7 @@ def test_a_translation_stays_cached_until_cr3_is_written() -> None:
     assert m.reg("EAX") == 0x22222222
 
 
-# -- §3 software interrupts --------------------------------------------------------------
+# -- Unicorn §3 software interrupts ----------------------------------------------------------
 def test_int_n_calls_the_interrupt_hook_and_ignores_the_idt() -> None:
     m = Machine()
     handler, idt = 0x20000, 0x3000
@@ -195,7 +195,7 @@ def test_sysenter_without_a_hook_is_skipped() -> None:
     assert m.reg("EIP") == CODE + 3 and m.reg("EAX") == 1
 
 
-# -- §4 exceptions -----------------------------------------------------------------------
+# -- Unicorn §4 exceptions -------------------------------------------------------------------
 BAD_DS_LOADS = "66b93012" + "8ed9" * 4 + "40"  # mov $0x1230,%cx; 4 × mov %cx,%ds; inc %eax
 
 
@@ -235,7 +235,7 @@ def test_ud2_goes_to_the_invalid_instruction_hook_not_the_interrupt_hook() -> No
     assert seen == [] and invalid == [CODE]
 
 
-# -- §5 instructions that reach the host -------------------------------------------------
+# -- Unicorn §5 instructions that reach the host ---------------------------------------------
 def test_in_and_out_skip_the_io_privilege_check() -> None:
     m = Machine()
     m.enter_ring(1, R1_CS, R1_DS)  # IOPL is 0: hardware would raise #GP
@@ -266,7 +266,7 @@ def test_rdtsc_can_only_be_hooked_through_the_raw_registration() -> None:
     assert (m.reg("EAX"), m.reg("EDX")) == (1234, 5)
 
 
-# -- §6 counting -------------------------------------------------------------------------
+# -- Unicorn §6 counting ---------------------------------------------------------------------
 def test_count_stops_after_exactly_that_many_instructions() -> None:
     m = Machine()
     m.code("40" * 50)
@@ -276,7 +276,7 @@ def test_count_stops_after_exactly_that_many_instructions() -> None:
         assert m.reg("EAX") == count and m.reg("EIP") == CODE + count
 
 
-# -- §8 surprises ------------------------------------------------------------------------
+# -- Unicorn §8 surprises --------------------------------------------------------------------
 def test_a_far_call_through_a_call_gate_without_tr_aborts_the_process() -> None:
     # Run in a child: the abort takes the whole Python process with it.
     child = textwrap.dedent(f"""
@@ -333,7 +333,7 @@ def test_a_failed_virtual_memory_read_overwrites_cr2() -> None:
     assert status != 0 and m.reg("CR2") == 0x700000
 
 
-# -- §9 found booting a real guest -------------------------------------------------------
+# -- Unicorn §9 found booting a real guest ---------------------------------------------------
 def test_emu_start_probes_until_through_the_guest_mmu() -> None:
     m = Machine()
     m.paging()

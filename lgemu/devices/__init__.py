@@ -1,7 +1,7 @@
 """The devices behind the lguest bus, built from the command line.
 
 `build_devices` returns them in creation order — the order of their options on the command
-line — with the console last, exactly as the 2.6.24 Launcher created them (§10.3).
+line — with the console last, exactly as the 2.6.24 Launcher created them (ABI §10.3).
 """
 
 from __future__ import annotations

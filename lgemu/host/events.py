@@ -30,7 +30,7 @@ GATE_TYPES = {0x5: "task", 0xE: "intr", 0xF: "trap"}
 
 
 def _idt_entry(vector: int, lo: int, hi: int) -> str:
-    """A gate as lguest reads it (§5.1): handler, selector, type, DPL, present."""
+    """A gate as lguest reads it (ABI §5.1): handler, selector, type, DPL, present."""
     handler = (hi & 0xFFFF0000) | (lo & 0xFFFF)
     gate_type = (hi >> 8) & 0xF
     text = (f"vec={vector:#x} handler={handler:#x} sel={lo >> 16:#x} "
@@ -38,7 +38,7 @@ def _idt_entry(vector: int, lo: int, hi: int) -> str:
     return text if hi & 0x8000 else text + " not-present"
 
 
-# Argument names per hypercall (§3.3); a callable where a plain format cannot say it.
+# Argument names per hypercall (ABI §3.3); a callable where a plain format cannot say it.
 _ARGS: dict[int, str | Callable[[int, int, int], str]] = {
     Hcall.FLUSH_ASYNC: "",
     Hcall.LGUEST_INIT: "lguest_data={0:#x}",

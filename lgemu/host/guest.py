@@ -1,7 +1,7 @@
 """The Host's run loop: one guest, its CPU, and every exit lguest's Host module handled.
 
 `Guest.run()` slices execution by instruction count (the only deterministic way to stop
-Unicorn, spike O7) and between slices does what lguest did before every guest entry: fire
+Unicorn; Unicorn §9.7) and between slices does what lguest did before every guest entry: fire
 the timer, wake or idle a halted guest, inject an interrupt.  Inside a slice, Unicorn calls
 back for hypercalls, traps, port I/O, `cpuid` and `rdtsc`; they are handled in place without
 stopping, except HALT, a timer that falls due before the slice ends, and the end of the run.
@@ -76,7 +76,7 @@ EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 UD = 6
 ICEBP = 0xF1
-OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # §5.7: opcode → length
+OPCODE_IN = {0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1}  # ABI §5.7: opcode → length
 OPCODE_OUT = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1}
 OPSIZE_PREFIX = 0x66
 # What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
@@ -134,7 +134,7 @@ class Guest:
         self.devices = devices
         self.queues: dict[int, tuple[Device, Vring]] = {}
         # Guest pages the devices wrote (DMA): their translated code is dropped before the
-        # guest runs on (unicorn-notes §8).
+        # guest runs on (Unicorn §8.3).
         self.written = WrittenPages()
         self._idle_episode: tuple[tuple[int, int] | None, float] = (None, 0.0)
         for device, layout in zip(devices, boot.device_page.devices, strict=True):
@@ -148,7 +148,7 @@ class Guest:
         self._install_hooks()
         self._boot_cpu()
 
-    # -- the state of §2 ----------------------------------------------------------------
+    # -- the state of ABI §2 ------------------------------------------------------------
     def _boot_cpu(self) -> None:
         cpu = self.cpu
         cpu.set_gdt(switcher_linear(HOST_GDT), 32 * 8 - 1)
@@ -296,7 +296,7 @@ class Guest:
                 traps.deliver(GP, start, vector * 8 + 2, direct=False)
             return
         if vector == 14:
-            cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (spike O1)
+            cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (Unicorn §9.1)
             if self.paging.demand_fault(cr2, error_code):
                 self.stats.page_fills += 1
                 if self.observers:
@@ -308,7 +308,7 @@ class Guest:
                 self.emit("trap", events.trap(14, eip, error_code, cr2))
             if self._is_string_io(eip):
                 # Unicorn touches memory before it asks about the port; the CPU checks the
-                # I/O privilege first, and the guest never has it (§5.7): #GP(0).
+                # I/O privilege first, and the guest never has it (ABI §5.7): #GP(0).
                 traps.deliver(GP, eip, 0, direct=False)
                 return
             if self.data is not None:
@@ -345,7 +345,7 @@ class Guest:
         self._after_exit()
 
     def _after_exit(self) -> None:
-        """lguest checked for interrupts on every return to the guest (§3.2 step 5)."""
+        """lguest checked for interrupts on every return to the guest (ABI §3.2 step 5)."""
         if self.data is not None and self.interrupts.pending and not self.interrupts.halted \
                 and self.outcome is None:
             self._inject(self.cpu.reg(Reg.EIP))
@@ -376,7 +376,7 @@ class Guest:
         return None
 
     def _port_access(self, port: int, is_in: bool) -> int | None:
-        """§5.7: emulate a ring-1 `in`/`out`; anything else becomes a #GP(0) at slice end.
+        """ABI §5.7: emulate a ring-1 `in`/`out`; anything else becomes a #GP(0) at slice end.
         Returns the new EAX for an emulated `in`, else None."""
         cpu = self.cpu
         eip = cpu.reg(Reg.EIP)
@@ -428,7 +428,7 @@ class Guest:
         self.stop()
 
     def _on_sysenter(self) -> None:
-        """lguest's Host zeroes SYSENTER_CS while the guest runs (§5.6): #GP(0)."""
+        """lguest's Host zeroes SYSENTER_CS while the guest runs (ABI §5.6): #GP(0)."""
         self._defer_fault(GP)
 
     def _on_syscall(self) -> None:
