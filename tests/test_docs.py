@@ -138,3 +138,10 @@ def test_there_is_one_reading_order() -> None:
         assert (ROOT / step).exists(), step
     readme = (ROOT / "README.md").read_text()
     assert "docs/architecture.md" in readme and not numbered_paths(readme)
+
+
+def test_every_unicorn_probe_is_documented_and_every_documented_probe_exists() -> None:
+    probes = set(re.findall(r"^def (test_\w+)", (ROOT / "tests" / "test_unicorn_behaviour.py")
+                            .read_text(), flags=re.MULTILINE))
+    named = set(re.findall(r"`(test_\w+)`", (DOCS / "unicorn.md").read_text()))
+    assert probes and probes == named

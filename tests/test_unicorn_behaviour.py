@@ -172,6 +172,17 @@ def test_a_translation_stays_cached_until_cr3_is_written() -> None:
     assert m.reg("EAX") == 0x22222222
 
 
+def test_a_pte_pointing_outside_physical_memory_is_an_unmapped_access_not_a_page_fault() -> None:
+    m = Machine()
+    m.paging()
+    m.map_page(0x200000, 0x300000)  # beyond the 2 MiB of RAM
+    m.code("a1 00002000")  # mov 0x200000, %eax
+    seen = record_interrupts(m)
+    with pytest.raises(UcError) as error:
+        m.uc.emu_start(CODE, FAR, count=1)
+    assert seen == [] and "UNMAPPED" in str(error.value)
+
+
 # -- Unicorn §3 software interrupts ----------------------------------------------------------
 def test_int_n_calls_the_interrupt_hook_and_ignores_the_idt() -> None:
     m = Machine()
@@ -248,6 +259,22 @@ def test_in_and_out_skip_the_io_privilege_check() -> None:
         ("out", port, value)), None, 1, 0, X.UC_X86_INS_OUT)
     m.uc.emu_start(CODE, FAR, count=2)
     assert seen == [] and ports == [("in", 0x60, 1), ("out", 0x80, 0xAB)]
+
+
+def test_a_cpuid_hook_returning_true_replaces_the_instruction() -> None:
+    m = Machine()
+    m.code("31c0 0fa2")  # xor %eax,%eax; cpuid
+
+    def cpuid(uc: Uc, ud: object) -> bool:
+        uc.reg_write(X.UC_X86_REG_EBX, 0x1234)
+        return replace
+    m.uc.hook_add(UC_HOOK_INSN, cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+    replace = True
+    m.uc.emu_start(CODE, FAR, count=2)
+    assert m.reg("EBX") == 0x1234
+    replace = False  # the real cpuid runs after the hook: the host's vendor string
+    m.uc.emu_start(CODE, FAR, count=2)
+    assert m.reg("EBX") != 0x1234
 
 
 def test_rdtsc_can_only_be_hooked_through_the_raw_registration() -> None:
