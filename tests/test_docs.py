@@ -145,3 +145,12 @@ def test_every_unicorn_probe_is_documented_and_every_documented_probe_exists() -
                             .read_text(), flags=re.MULTILINE))
     named = set(re.findall(r"`(test_\w+)`", (DOCS / "unicorn.md").read_text()))
     assert probes and probes == named
+
+
+def test_every_file_the_documents_name_exists() -> None:
+    named = re.compile(r"`((?:lgemu|tests|tools|guest_kernel|firmware)/[\w./-]*)`")
+    missing = [f"{path.relative_to(ROOT)}: {target}"
+               for path in [*DOCS.glob("*.md"), ROOT / "README.md", ROOT / "SECURITY.md"]
+               for target in named.findall(path.read_text())
+               if not (ROOT / target.split(":")[0]).exists()]
+    assert not missing, "\n".join(missing)
