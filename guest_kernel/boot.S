@@ -1,7 +1,7 @@
 /*
  * boot.S - the first instructions the Guest runs, before there is a stack or a C runtime.
  *
- * The Launcher (§1, §2) has loaded us at physical 0x100000, although we are linked at
+ * The Launcher (ABI §1, §2) has loaded us at physical 0x100000, although we are linked at
  * 0xC0100000, and started us in ring 1 (CS 0x61, DS/ES/SS 0x69) on its own page tables. They
  * identity-map guest RAM and nothing else, so until lguest_entry has aliased the kernel
  * window we may only touch memory through *physical* addresses: every symbol below is used

@@ -1,7 +1,7 @@
 /*
  * cmdline.c - reading the command line startup_32 copied into boot_command_line.
  *
- * The Launcher joins the kernel arguments with a space after each one (§1.2), so the line
+ * The Launcher joins the kernel arguments with a space after each one (ABI §1.2), so the line
  * usually ends in one space that nobody typed.  Words are separated by spaces; there is no
  * quoting.
  */

@@ -10,7 +10,7 @@
 #include "bootparam.h"
 
 /*
- * The shared page.  Static values the Host reads once, at LHCALL_LGUEST_INIT (§3.4, §4):
+ * The shared page.  Static values the Host reads once, at LHCALL_LGUEST_INIT (ABI §3.4, §4):
  * every ring slot free, the noirq window around lguest_iret's last instructions (virtual
  * addresses: they are compared with EIP), our kernel base, the timer (IRQ 0) blocked until
  * a clock exists, and the only system call vector the Host accepts.  Everything else starts
@@ -26,7 +26,7 @@ struct lguest_data lguest_data = {
 };
 
 /*
- * Async ring (§3.5).  Fill a free slot's arguments, then mark it ready; the Host runs ready
+ * Async ring (ABI §3.5).  Fill a free slot's arguments, then mark it ready; the Host runs ready
  * slots in order the next time we make a synchronous hypercall.  If the next slot is still
  * pending the ring is full: making this call synchronously lets the Host drain the ring
  * first, so the order of calls is kept.  Interrupts are masked so a handler cannot take the
@@ -75,7 +75,7 @@ void lazy_hcall(unsigned long call, unsigned long arg1, unsigned long arg2, unsi
 }
 
 /*
- * The early console back end (§12.1).  The Launcher treats a NOTIFY whose address is not a
+ * The early console back end (ABI §12.1).  The Launcher treats a NOTIFY whose address is not a
  * virtqueue as "print the NUL-terminated string here", so: copy at most 16 bytes into a
  * terminated buffer on our stack, hand the Host its physical address, and report how many
  * bytes we took (the console writer resends the rest).
@@ -97,7 +97,7 @@ int early_put_chars(u32 vtermno, const char *buf, int count)
 }
 
 /*
- * Stopping (§9.2).  There is no power-off hypercall: 2.6.24 "crashes" with the message
+ * Stopping (ABI §9.2).  There is no power-off hypercall: 2.6.24 "crashes" with the message
  * "Power down", and the Launcher exits.  The Host reads 128 bytes at the address, so the
  * message must live in guest memory, which any kernel object does.  If a Host ever returned
  * from CRASH, ud2 with no IDT gets us killed anyway.

@@ -1,7 +1,7 @@
 /*
  * mm.c - finding RAM and building our own page tables (2.6.24: setup_arch, paging_init).
  *
- * We boot on the Launcher's directory (§1.3): RAM identity-mapped at 0, plus the alias of
+ * We boot on the Launcher's directory (ABI §1.3): RAM identity-mapped at 0, plus the alias of
  * the first 128 MiB at PAGE_OFFSET that lguest_entry made.  Like Linux we replace it with a
  * directory of our own, swapper_pg_dir, mapping all of RAM at PAGE_OFFSET and nothing below.
  */
@@ -9,7 +9,7 @@
 #include "hcall.h"
 #include "bootparam.h"
 
-/* Kernel virtual space ends where the Switcher begins (reserve_mem, §7.5): at most 1020 MiB
+/* Kernel virtual space ends where the Switcher begins (reserve_mem, ABI §7.5): at most 1020 MiB
  * of RAM can be mapped, and PDE 1023 is never ours. */
 #define MAX_MAPPED	(SWITCHER_ADDR - PAGE_OFFSET)
 
@@ -22,7 +22,7 @@ static u32 map_start, map_end;	/* page-aligned physical range we map at PAGE_OFF
 /*
  * Early page allocator: hands out zeroed pages from the RAM after the kernel image, up to
  * whatever the Launcher still owns.  Its directory and PTE pages (which we are running on)
- * and the initrd sit at the top of RAM (§1.3, §1.5); rather than trusting that layout we
+ * and the initrd sit at the top of RAM (ABI §1.3, §1.5); rather than trusting that layout we
  * stop below the lowest of them, reading the live directory.  Pages must also stay inside
  * the 128 MiB lguest_entry aliased, since we write them through PAGE_OFFSET.
  */
@@ -31,7 +31,7 @@ static u32 early_next, early_limit;	/* physical */
 static void early_alloc_init(void)
 {
 	u32 launcher_pgdir = READ_ONCE(lguest_data.pgdir);
-	/* The Launcher's directory is mapped 1:1 by itself (§1.3): virtual = physical. */
+	/* The Launcher's directory is mapped 1:1 by itself (ABI §1.3): virtual = physical. */
 	const u32 *pgd = (const u32 *)launcher_pgdir;
 	u32 limit = map_end, i;
 
@@ -63,7 +63,7 @@ void *early_alloc_page(void)
 
 /*
  * RAM is e820 entry 0 of the zero page, and only entry 0: that is all the Launcher writes
- * and all 2.6.24's lguest_memory_setup() reads (§1.2).
+ * and all 2.6.24's lguest_memory_setup() reads (ABI §1.2).
  */
 void memory_setup(void)
 {

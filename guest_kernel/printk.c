@@ -301,7 +301,7 @@ int printk(const char *fmt, ...)
 }
 
 /*
- * panic - print the reason and ask the Host to stop us with it: LHCALL_CRASH (§9.2), which
+ * panic - print the reason and ask the Host to stop us with it: LHCALL_CRASH (ABI §9.2), which
  * the Launcher reports as "CRASH: <message>".  The Host reads the message physically, so it
  * is formatted into a static buffer, never into a stack it might not see as contiguous.
  */

@@ -3,8 +3,8 @@
 Every guest-visible number and byte layout the Host and Launcher share with the guest lives
 here: hypercall numbers, selectors, `struct lguest_data`, the zero page, the device page and
 the vring.  Layouts are ctypes structures (so offsets are checked against the ABI document by
-tests) plus precompiled `struct.Struct` objects for the hot paths.  Section numbers refer to
-`lguest-abi.md`.
+tests) plus precompiled `struct.Struct` objects for the hot paths.  "ABI §N" is section N
+of `docs/abi.md`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 MIB = 1 << 20
 
-# -- §0 constants -------------------------------------------------------------------------
+# -- ABI §0 constants -------------------------------------------------------------------------
 LGUEST_TRAP_ENTRY = 0x1F  # int $0x1f is a hypercall
 LHCALL_RING_SIZE = 64
 LGUEST_IRQS = 32
@@ -36,7 +36,7 @@ IDT_ENTRIES = 256
 VIRTQUEUE_NUM = 128
 DEVICE_PAGES = 256
 
-# -- §0/§6 selectors and GDT entries -------------------------------------------------------
+# -- ABI §0/§6 selectors and GDT entries -------------------------------------------------------
 GDT_ENTRY_TLS_MIN = 6
 GDT_ENTRY_TLS_ENTRIES = 3
 GDT_ENTRY_LGUEST_CS = 10
@@ -46,7 +46,7 @@ GDT_ENTRY_KERNEL_DS = 13
 GDT_ENTRY_TSS = 16
 GDT_ENTRY_DOUBLEFAULT_TSS = 31
 # Entries whose guest-supplied value the Host ignores: its own code, data and TSS, and the
-# double-fault TSS it never installs (§6.1).
+# double-fault TSS it never installs (ABI §6.1).
 HOST_GDT_ENTRIES = frozenset({GDT_ENTRY_LGUEST_CS, GDT_ENTRY_LGUEST_DS, GDT_ENTRY_TSS,
                               GDT_ENTRY_DOUBLEFAULT_TSS})
 KERNEL_CS = GDT_ENTRY_KERNEL_CS << 3  # 0x60
@@ -59,14 +59,14 @@ LGUEST_CS = GDT_ENTRY_LGUEST_CS << 3  # 0x50
 LGUEST_DS = GDT_ENTRY_LGUEST_DS << 3  # 0x58
 TSS_SELECTOR = GDT_ENTRY_TSS << 3  # 0x80
 
-# Flat 4 GiB descriptors (§2, §6.1): guest kernel code/data at DPL 1 with the accessed bit set,
+# Flat 4 GiB descriptors (ABI §2, §6.1): guest kernel code/data at DPL 1 with the accessed bit set,
 # host code/data at DPL 0.
 DESC_GUEST_CS = 0x00CFBB000000FFFF
 DESC_GUEST_DS = 0x00CFB3000000FFFF
 DESC_LGUEST_CS = 0x00CF9B000000FFFF
 DESC_LGUEST_DS = 0x00CF93000000FFFF
 
-# -- §5 trap vectors and IDT gates --------------------------------------------------------
+# -- ABI §5 trap vectors and IDT gates --------------------------------------------------------
 class Vector(IntEnum):
     """The x86 exceptions by their mnemonic (`#PF` is `Vector.PF`)."""
 
@@ -91,10 +91,10 @@ class Vector(IntEnum):
 NMI_VECTOR = 2  # an interrupt, not an exception: no mnemonic
 RESERVED_VECTOR = 15
 FIRST_NON_EXCEPTION = 32  # 0-31 are the CPU's; above, only `int n` and interrupts
-# Vectors whose exception pushes an error code (§5.2).
+# Vectors whose exception pushes an error code (ABI §5.2).
 ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP,
                                 Vector.PF, Vector.AC})
-# Vectors a guest can never own (§5.1).
+# Vectors a guest can never own (ABI §5.1).
 IGNORED_IDT_VECTORS = frozenset({NMI_VECTOR, Vector.DF, RESERVED_VECTOR, LGUEST_TRAP_ENTRY})
 
 GATE_INTERRUPT = 0xE
@@ -103,7 +103,7 @@ GATE_PRESENT = 0x8000
 
 
 class Gate(NamedTuple):
-    """An IDT entry as LOAD_IDT_ENTRY hands it over, two 32-bit words (§5.1), decoded."""
+    """An IDT entry as LOAD_IDT_ENTRY hands it over, two 32-bit words (ABI §5.1), decoded."""
 
     handler: int
     selector: int
@@ -119,7 +119,7 @@ class Gate(NamedTuple):
 
 
 class Hcall(IntEnum):
-    """Hypercall numbers (§3.3)."""
+    """Hypercall numbers (ABI §3.3)."""
 
     FLUSH_ASYNC = 0
     LGUEST_INIT = 1
@@ -146,7 +146,7 @@ def hcall_name(nr: int) -> str:  # the one place a hypercall gets its name
         return str(nr)
 
 
-# -- §3.1 / §3.5 / §4: struct lguest_data ---------------------------------------------------
+# -- ABI §3.1 / ABI §3.5 / ABI §4: struct lguest_data ---------------------------------------
 class HcallArgs(ctypes.LittleEndianStructure):
     """`struct hcall_args`: arg0 is the call number; note the register order EAX EBX ECX EDX."""
 
@@ -205,7 +205,7 @@ HCALL_ARGS = struct.Struct("<IIII")  # arg0, arg2, arg3, arg1
 TIMESPEC = struct.Struct("<ii")
 HCALL_STATUS_EMPTY = 0xFF
 
-# -- §1.2 zero page (struct boot_params) ----------------------------------------------------
+# -- ABI §1.2 zero page (struct boot_params) ----------------------------------------------------
 ZERO_PAGE_ADDR = 0x0
 CMDLINE_ADDR = 0x1000
 COMMAND_LINE_SIZE = 2048
@@ -269,7 +269,7 @@ SUBARCH_LGUEST = 1
 SETUP_HEADER_MAGIC = b"HdrS"
 SETUP_HEADER_MAGIC_OFFSET = 0x202
 
-# -- §7 page tables -------------------------------------------------------------------------
+# -- ABI §7 page tables -------------------------------------------------------------------------
 PTE_PRESENT = 0x001
 PTE_RW = 0x002
 PTE_USER = 0x004
@@ -279,10 +279,10 @@ PTE_ACCESSED = 0x020
 PTE_DIRTY = 0x040
 PTE_PSE = 0x080
 PTE_GLOBAL = 0x100
-LAUNCHER_PT_FLAGS = PTE_PRESENT | PTE_RW | PTE_USER  # 0x007 (§1.3)
-PDE_ALLOWED_FLAGS = 0x067  # §7.1 step 2: anything else kills "bad page directory entry"
+LAUNCHER_PT_FLAGS = PTE_PRESENT | PTE_RW | PTE_USER  # 0x007 (ABI §1.3)
+PDE_ALLOWED_FLAGS = 0x067  # ABI §7.1 step 2: anything else kills "bad page directory entry"
 
-# -- §10 device page ------------------------------------------------------------------------
+# -- ABI §10 device page ------------------------------------------------------------------------
 class DeviceType(IntEnum):
     NET = 1
     BLOCK = 2
@@ -312,7 +312,7 @@ BLK_SEG_MAX = 126
 
 VQCONFIG = struct.Struct("<HHI")  # struct lguest_vqconfig: num, irq, pfn
 
-# -- §11 vring ------------------------------------------------------------------------------
+# -- ABI §11 vring ------------------------------------------------------------------------------
 VRING_DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
@@ -324,7 +324,7 @@ U32 = struct.Struct("<I")
 
 
 def vring_size(num: int, align: int = PAGE_SIZE) -> int:
-    """Bytes a 2.6.24 vring of `num` entries occupies (§11.2)."""
+    """Bytes a 2.6.24 vring of `num` entries occupies (ABI §11.2)."""
     return ((18 * num + 4 + align - 1) & ~(align - 1)) + 4 + 8 * num
 
 
@@ -332,11 +332,11 @@ VRING_PAGES = -(-vring_size(VIRTQUEUE_NUM) // PAGE_SIZE)  # 2 pages per 128-entr
 
 
 def vring_offsets(num: int, align: int = PAGE_SIZE) -> tuple[int, int, int]:
-    """(desc, avail, used) byte offsets inside the ring pages (§11.2)."""
+    """(desc, avail, used) byte offsets inside the ring pages (ABI §11.2)."""
     return 0, 16 * num, (16 * num + 4 + 2 * num + align - 1) & ~(align - 1)
 
 
-# -- §12 device protocols -------------------------------------------------------------------
+# -- ABI §12 device protocols -------------------------------------------------------------------
 VIRTIO_BLK_OUTHDR = struct.Struct("<IIQQ")  # type, ioprio, sector, id
 VIRTIO_BLK_T_IN = 0
 VIRTIO_BLK_T_OUT = 1

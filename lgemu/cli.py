@@ -183,7 +183,7 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     except SelfTestError as e:
         raise UserError(f"unsupported Unicorn: {e}") from None
     output = ConsoleOutput(stdout)
-    devices = build_devices(config, output)  # command-line order, the console last (§10.3)
+    devices = build_devices(config, output)  # command-line order, the console last (ABI §10.3)
     try:
         memory = GuestMemory(mem)
         info = launch(memory, kernel, config.cmdline, config.initrd,

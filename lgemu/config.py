@@ -29,7 +29,7 @@ class BootConfig:
     verbose: int = 0
     max_insns: int | None = None
     timeout: float | None = None
-    # Devices as (option name, value) in command-line order (§10.3); the option name is a
+    # Devices as (option name, value) in command-line order (ABI §10.3); the option name is a
     # key of `lgemu.devices.DEVICE_OPTIONS` ("block", "net").
     devices: list[tuple[str, str]] = field(default_factory=list)
     console_input: Path | None = None

@@ -24,7 +24,7 @@ class Kill:
 # -- guest memory and the Host's own pages ---------------------------------------------------
 @dataclass(frozen=True)
 class BadGuestAddress(Kill):
-    """A guest-physical range the guest handed over is not inside its memory (§1.4)."""
+    """A guest-physical range the guest handed over is not inside its memory (ABI §1.4)."""
 
     access: str  # "read" or "write"
     addr: int
@@ -64,7 +64,7 @@ class NotMemory(Kill):
 
 @dataclass(frozen=True)
 class BadPageTableEntry(Kill):
-    """A PTE the Host would shadow has flags or a frame lguest refuses (§7.1, §7.2)."""
+    """A PTE the Host would shadow has flags or a frame lguest refuses (ABI §7.1, §7.2)."""
 
     def text(self) -> str:
         return "bad page table entry"
@@ -72,7 +72,7 @@ class BadPageTableEntry(Kill):
 
 @dataclass(frozen=True)
 class BadPageDirectoryEntry(Kill):
-    """A PDE the Host would shadow has flags or a frame lguest refuses (§7.1)."""
+    """A PDE the Host would shadow has flags or a frame lguest refuses (ABI §7.1)."""
 
     def text(self) -> str:
         return "bad page directory entry"
@@ -167,7 +167,7 @@ class BadStackPages(Kill):
 
 @dataclass(frozen=True)
 class BadStackPage(Kill):
-    """A page of the kernel stack is not mapped writable when it is pinned (§5.5)."""
+    """A page of the kernel stack is not mapped writable when it is pinned (ABI §5.5)."""
 
     vaddr: int
 
@@ -255,7 +255,7 @@ class TripleFault(Kill):
 # -- virtqueues ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BrokenVring(Kill):
-    """A virtqueue's indices or descriptors break the ring's rules (§11)."""
+    """A virtqueue's indices or descriptors break the ring's rules (ABI §11)."""
 
     queue: str  # e.g. "console.1"
     detail: str

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .host.guest import Guest
     from .launcher import BootInfo, DeviceLayout, KernelImage
 
-# Device-specific config field names (§10.2); type 0x02 is a VIRTQUEUE field.
+# Device-specific config field names (ABI §10.2); type 0x02 is a VIRTQUEUE field.
 _FIELD_NAMES = {
     DeviceType.BLOCK: {CONFIG_BLK_F: "features", CONFIG_BLK_F_CAPACITY: "capacity",
                        CONFIG_BLK_F_SIZE_MAX: "size_max", CONFIG_BLK_F_SEG_MAX: "seg_max"},
@@ -82,7 +82,7 @@ def _field_value(name: str, payload: bytes) -> str:
 
 
 def status_text(status: int) -> str:
-    """A device status byte (§10.4) as ``0x07 ack|driver|ok``."""
+    """A device status byte (ABI §10.4) as ``0x07 ack|driver|ok``."""
     bits = [name for bit, name in _STATUS_NAMES.items() if status & bit]
     other = status & ~sum(_STATUS_NAMES)
     if other:
@@ -160,7 +160,7 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
 
 def describe_devices(con: Console, guest: Guest) -> None:
     """The device page as the guest left it: status bits, the config fields it read (their
-    type byte has 0x80 set, §10.2), and what each device did."""
+    type byte has 0x80 set, ABI §10.2), and what each device did."""
     page = guest.boot.device_page
     ram = guest.memory.ram
     table = Table(title="devices at exit")

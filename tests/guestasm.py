@@ -8,7 +8,7 @@ that wants to make hypercalls starts with `INIT`.
 
 What the prelude gives a body:
 
-* ``lguest_data``: 1136 bytes initialised like the 2.6.24 guest's (§4): ``blocked_interrupts``
+* ``lguest_data``: 1136 bytes initialised like the 2.6.24 guest's (ABI §4): ``blocked_interrupts``
   1 (IRQ 0 blocked), every ``hcall_status`` 0xFF, ``kernel_address`` 0xC0000000,
   ``syscall_vec`` 0x80, everything else 0 (so ``noirq_start``/``noirq_end`` are 0).
   ``LD_*`` are its field offsets (``lguest_data+LD_PGDIR``).

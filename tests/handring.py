@@ -1,6 +1,6 @@
 """The guest's side of vrings, written from Python into a `GuestMemory`, for host unit tests.
 
-`HandRings(n)` lays out memory like a guest with `n` queues (§1.4: RAM, the device page, then
+`HandRings(n)` lays out memory like a guest with `n` queues (ABI §1.4: RAM, the device page, then
 2-page rings) and gives, for each queue, a `HandRing` that writes descriptors and offers heads
 the way a driver does, and reads back what the host put in the used ring.
 """

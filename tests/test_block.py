@@ -1,9 +1,9 @@
-"""The virtio block device (§12.2), judged by what the guest and the host file show.
+"""The virtio block device (ABI §12.2), judged by what the guest and the host file show.
 
 Each guest is a `guestasm` program that drives the block queue by hand (`virtioasm`): it
 posts one request chain (header, data, status), kicks, and prints the used ring and the
 status byte; the test then compares the disk image's bytes and size with what they must be.
-With `--block` first, the block queue is queue 0 and the console's follow (§10.3).
+With `--block` first, the block queue is queue 0 and the console's follow (ABI §10.3).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def test_the_last_whole_sector_is_readable(asm_guest, tmp_path):
 
 
 def test_two_disks_are_served_in_command_line_order(asm_guest, tmp_path):
-    """vda is queue 0, vdb queue 1, the console after them (§10.3)."""
+    """vda is queue 0, vdb queue 1, the console after them (ABI §10.3)."""
     first = tmp_path / "first.img"
     second = tmp_path / "second.img"
     first.write_bytes(b"first disk\0".ljust(SECTOR, b"\0"))
@@ -172,7 +172,7 @@ def test_two_disks_are_served_in_command_line_order(asm_guest, tmp_path):
 
 
 def test_device_page_is_the_2624_launchers(asm_guest, tmp_path):
-    """§10.3's example, byte for byte: `lguest --block=disk.img 64 vmlinux`."""
+    """ABI §10.3's example, byte for byte: `lguest --block=disk.img 64 vmlinux`."""
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(SECTOR * 3000))
     expected = (bytes.fromhex("02 1A 00 02 08 80 00 01 00 01 40 00 00 41 08")
@@ -191,7 +191,7 @@ CODE_B = bytes.fromhex("b8 42 42 42 42 c3")  # mov $0x42424242, %eax; ret
 
 def test_code_read_from_disk_twice_runs_the_new_code(asm_guest, tmp_path):
     """The host's writes into guest memory drop the code Unicorn translated from those
-    pages (unicorn-notes §8): the second read over the same page must run the new code."""
+    pages (Unicorn §8.3): the second read over the same page must run the new code."""
     image = tmp_path / "code.img"
     image.write_bytes(CODE_A.ljust(SECTOR, b"\xcc") + CODE_B.ljust(SECTOR, b"\xcc"))
     body = (request("a", [("$buf", "$512", True)]) + "\tcall\tbuf\n\tPUTHEX\t%eax\n"
@@ -276,7 +276,7 @@ def test_verbose_shows_the_disk_in_the_device_page(boot_guest, tmp_path):
 
 
 def test_verbose_shows_at_exit_the_status_and_fields_the_guest_left(boot_guest, tmp_path):
-    """The guest writes the status byte and marks the fields it read with 0x80 (§10.2, §10.4):
+    """The guest writes the status byte and marks the fields it read with 0x80 (ABI §10.2, §10.4):
     -v shows both at exit.  Block descriptor: status at +2, CAPACITY's type byte at +13."""
     from guestasm import build_guest
 

@@ -1,7 +1,7 @@
 """End to end: `lgemu boot` on the bundled guest (firmware/lgemu-guest.elf, from guest_kernel/).
 
 The guest prints a banner through the early console (LHCALL_NOTIFY of ≤16-byte strings with
-`\\n` already turned into `\\r\\n`, §12.1) and then powers down with LHCALL_CRASH("Power down").
+`\\n` already turned into `\\r\\n`, ABI §12.1) and then powers down with LHCALL_CRASH("Power down").
 What a user sees is exactly those bytes on stdout, nothing on stderr and exit status 0.  The
 banner reports what the Launcher told the guest (RAM size from e820 entry 0, the command line
 at 0x1000) and where the guest's own page directory is, so a Launcher or Host that gets any
@@ -95,7 +95,7 @@ def test_guest_panic_message_is_the_crash_reason(boot_guest):
 
 
 def test_guest_async_ring_program_passes(boot_guest):
-    """The bundled guest's own check of the Host's async ring (§3.5), full-ring path included."""
+    """The bundled guest's own check of the Host's async ring (ABI §3.5), full ring included."""
     status, out, err = boot_guest(BUNDLED, cmdline="lgemu.test=async_ring")
     assert (status, err) == (0, "")
     assert b"async_ring: ok\r\n" in out

@@ -1,4 +1,4 @@
-"""The virtio console (§12.1): output byte for byte, input from a file, a pipe or a terminal.
+"""The virtio console (ABI §12.1): output byte for byte, input from a file, a pipe or a terminal.
 
 Guests drive the console's two queues by hand (`virtioasm`): in a console-only guest the input
 queue is queue 0 and the output queue queue 1.  Input reaches a posted buffer at a slice

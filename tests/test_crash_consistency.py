@@ -2,7 +2,7 @@
 the guest saw complete.
 
 The guest writes sectors 0 … N-1 of its disk over and over, round after round, one request
-at a time, each a BARRIER write (§12.2) of a pattern naming the sector and the round, and
+at a time, each a BARRIER write (ABI §12.2) of a pattern naming the sector and the round, and
 prints ``<sector><round>`` on the console once the request has come back OK.  The test kills
 lgemu after a pseudo-random number of acknowledgements — with SIGKILL (nothing runs after it)
 and with SIGTERM (lgemu closes its devices and exits 143) — and reads the image:
@@ -29,7 +29,7 @@ from virtioasm import DEVPT_BSS, MACROS, USED, map_device_pages, ring
 SECTORS = 16
 SECTOR = 512
 UNTOUCHED = b"\xee" * SECTOR
-BLK = ring(0)  # --block comes first: its queue is queue 0, the console's follow (§10.3)
+BLK = ring(0)  # --block comes first: its queue is queue 0, the console's follow (ABI §10.3)
 OUT_BARRIER = 0x80000001  # VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_BARRIER
 
 WRITER = rf"""

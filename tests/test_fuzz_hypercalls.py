@@ -2,7 +2,7 @@
 Host's checks.
 
 tests/test_hostile.py already throws random *synchronous* calls at the Host.  Here the calls
-are mixed with async-ring entries (§3.5), with ring status bytes the guest flips itself, and
+are mixed with async-ring entries (ABI §3.5), with ring status bytes the guest flips itself, and
 with time passing between them, so the ring is drained at every odd moment: before a
 synchronous call that kills, around a NOTIFY that stops a pass early, across the wrap of the
 ring cursor.  Every example must end cleanly (`fuzzguest.assert_clean_end`).
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from lgemu import abi
 
-LIMIT = MEM + 0x5000  # console only: pfn_limit (§1.4)
+LIMIT = MEM + 0x5000  # console only: pfn_limit (ABI §1.4)
 S = strategies(LIMIT)
 
 operations = st.one_of(

@@ -1,9 +1,9 @@
 """Property: whatever the guest writes into its `struct lguest_data` between hypercalls, the
 Host stays in control.
 
-`lguest_data` is guest memory the Host reads on every interrupt decision (§5.3:
+`lguest_data` is guest memory the Host reads on every interrupt decision (ABI §5.3:
 `irq_enabled`, `blocked_interrupts`, the `noirq` window), writes on every delivery (`time`,
-`cr2`) and drains (`hcall_status`/`hcalls`, §3.5).  The guest may scribble over all of it at
+`cr2`) and drains (`hcall_status`/`hcalls`, ABI §3.5).  The guest may scribble over all of it at
 any time — including the fields the Host filled in at LGUEST_INIT (`reserve_mem`, `pgdir`,
 `tsc_khz`) and the ones it only reads then (`kernel_address`, `syscall_vec`, `noirq_*`).
 The examples interleave such writes with a ticking timer, halts, spins and traps.

@@ -6,7 +6,7 @@ frames inside RAM, on the device page and vrings, at and beyond pfn_limit, in th
 private region at 0xF0000000, at the top of the address space; flags with PSE, PWT, PCD,
 Global; directories that point at themselves; entry 1023, the Switcher's — switches to it
 with NEW_PGTABLE (or edits the live directory) and touches random addresses, with the paging
-hypercalls (FLUSH_TLB, SET_PTE, SET_PMD) in between.  Every run must end cleanly; §7.1's
+hypercalls (FLUSH_TLB, SET_PTE, SET_PMD) in between.  Every run must end cleanly; ABI §7.1's
 checks say how (kill "bad page directory entry", "bad page table entry", "attempt to access
 switcher pages", or a reflected page fault).
 """
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from lgemu import abi
 
 LIMIT = MEM + 0x5000
-LAUNCHER_PGDIR = MEM - abi.PAGE_SIZE  # no initrd: the directory is RAM's last page (§1.3)
+LAUNCHER_PGDIR = MEM - abi.PAGE_SIZE  # no initrd: the directory is RAM's last page (ABI §1.3)
 PGDIR = SCRATCH + 0x100000  # the example's directory
 TABLES = [PGDIR + 0x1000 * (k + 1) for k in range(4)]  # and its page tables
 HOST_REGION = 0xF0000000  # lgemu.machine.memory.HOST_PHYS: the Host's private pages

@@ -4,9 +4,9 @@ Host's own descriptors, or crashes the emulator.
 The guest writes random descriptors into its GDT image and loads them (LOAD_GDT with any
 count, LOAD_TLS from anywhere), installs random gates (LOAD_IDT_ENTRY with random words), then
 loads segment registers with interesting selectors, jumps, calls and returns through them,
-and traps from ring 1 and ring 3.  Besides lguest's fix-ups (§6.2) this exercises lgemu's
+and traps from ring 1 and ring 3.  Besides lguest's fix-ups (ABI §6.2) this exercises lgemu's
 own hardening: guest *system* descriptors are stored not-present, because Unicorn can abort
-the whole process on a far call through a call gate (unicorn-notes §8.1).
+the whole process on a far call through a call gate (Unicorn §8.1).
 """
 
 from __future__ import annotations

@@ -43,13 +43,13 @@ from lgemu.kills import (
 
 MIB = 1 << 20
 MEM = 64 * MIB
-LIMIT = MEM + 0x5000  # pfn_limit with only the console (§1.4)
+LIMIT = MEM + 0x5000  # pfn_limit with only the console (ABI §1.4)
 STUCK = "lgemu: guest stuck: halted with no timer set and no interrupt that can wake it\n"
 PREFIXES = {1: "lgemu: guest crashed: ", 3: "lgemu: guest killed: ", 4: "lgemu: guest stuck: "}
 
 
 def valid(addr: int, length: int) -> bool:
-    """lguest's rule for a guest-supplied physical range (§1.4)."""
+    """lguest's rule for a guest-supplied physical range (ABI §1.4)."""
     return addr + length < LIMIT
 
 
@@ -169,7 +169,7 @@ def test_every_call_with_all_arguments_minus_one(asm_guest, nr, status, reason):
 
 TRAPS = [
     ("ud2", 6, 0),
-    ("int3", 13, 3 * 8 + 2),  # the Host's gate for 3 has DPL 0 (§5.6)
+    ("int3", 13, 3 * 8 + 2),  # the Host's gate for 3 has DPL 0 (ABI §5.6)
     ("int $3", 13, 3 * 8 + 2),
     ("int $0x80", 13, 0x80 * 8 + 2),
     ("int $0x20", 13, 0x20 * 8 + 2),
@@ -221,7 +221,7 @@ def test_trap_frame_on_an_unmapped_stack_kills(asm_guest):
 
 
 def test_port_io_in_ring_1_is_emulated(asm_guest):
-    """§5.7: `out` does nothing; `in` reads all ones (16 bits for an even opcode).  Before
+    """ABI §5.7: `out` does nothing; `in` reads all ones (16 bits for an even opcode).  Before
     LGUEST_INIT lguest's page_offset is 0, so every ring-1 instruction counts as kernel code
     (this guest runs at its physical addresses); the results are printed after INIT."""
     run = asm_guest("""
@@ -333,7 +333,7 @@ def test_page_outside_all_memory_kills(asm_guest, frame):
 
 @pytest.mark.parametrize("frame", [LIMIT, LIMIT + 0x1000, MEM + 0xFF000])
 def test_page_between_pfn_limit_and_the_device_reserve_kills(asm_guest, frame):
-    """Frames at or above pfn_limit are not guest memory (§1.4, §7.1 step 4), even though
+    """Frames at or above pfn_limit are not guest memory (ABI §1.4, §7.1 step 4), even though
     the Launcher reserved 256 pages above RAM for devices."""
     run = asm_guest(MAP_IN_USE_PDE.replace("FRAME", f"{frame | 0x67:#x}"))
     assert_killed(run, NotMemory(frame))
@@ -381,7 +381,7 @@ def test_good_fresh_page_table_entries_work(asm_guest):
 
 def test_zeroed_ring_status_is_harmless(asm_guest):
     """All-zero ring slots decode as FLUSH_ASYNC: a guest that wipes its status bytes only
-    causes no-ops (§3.5)."""
+    causes no-ops (ABI §3.5)."""
     run = asm_guest("""
         INIT
         movl	$lguest_data+LD_HCALL_STATUS, %edi

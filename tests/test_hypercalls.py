@@ -1,8 +1,8 @@
-"""Hypercalls (§3) as a guest sees them, one call at a time, with tiny assembler guests.
+"""Hypercalls (ABI §3) as a guest sees them, one call at a time, with tiny assembler guests.
 
 Every test boots a guest built by `guestasm` and judges lgemu only by what a user or the guest
 can observe: the console bytes the guest prints (often hex dumps of memory the Host wrote),
-the exit status, and the one line on stderr.  Kill reasons are the strings of §3.6 with the
+the exit status, and the one line on stderr.  Kill reasons are the strings of ABI §3.6 with the
 values lgemu formats into them.
 """
 
@@ -40,7 +40,7 @@ from lgemu.kills import (
 
 MIB = 1 << 20
 MEM = 64 * MIB
-# pfn_limit with only the console (§1.4): device page, then two 2-page vrings.
+# pfn_limit with only the console (ABI §1.4): device page, then two 2-page vrings.
 LIMIT = MEM + 0x1000 + 2 * 0x2000
 EPOCH = 1_201_132_800  # lgemu's virtual wall clock at boot (2008-01-24)
 
@@ -57,7 +57,7 @@ def hexwords(*values: int) -> bytes:
     return b"".join(f"{v & 0xFFFFFFFF:08x}".encode() for v in values)
 
 
-# -- LHCALL_LGUEST_INIT (§3.4) --------------------------------------------------------------------
+# -- LHCALL_LGUEST_INIT (ABI §3.4) ----------------------------------------------------------------
 
 @pytest.mark.parametrize("nr", [0, 2, 5, 10, 17, 18])
 def test_any_hypercall_before_init_is_killed(asm_guest, nr):
@@ -171,7 +171,7 @@ def test_init_accepts_other_kernel_addresses(asm_guest, kernel_address):
 
 
 def test_registers_come_back_unchanged(asm_guest):
-    """§3.1: nothing is returned; EAX still holds the call number."""
+    """ABI §3.1: nothing is returned; EAX still holds the call number."""
     run = asm_guest("""
         INIT
         movl	$0x51515151, %esi
@@ -208,7 +208,7 @@ def test_unknown_hypercall_is_killed(asm_guest, nr):
     assert run.out == b"zero "
 
 
-# -- LHCALL_CRASH (§9.2) --------------------------------------------------------------------------
+# -- LHCALL_CRASH (ABI §9.2) ----------------------------------------------------------------------
 
 def test_crash_reports_the_message(asm_guest):
     run = asm_guest("INIT\n PUTS s_zero\n CRASH msg\n",
@@ -272,7 +272,7 @@ def test_crash_reading_the_last_valid_128_bytes(asm_guest):
     assert_crashed(run, "")
 
 
-# -- LHCALL_NOTIFY as an early-console string (§10.5) ---------------------------------------------
+# -- LHCALL_NOTIFY as an early-console string (ABI §10.5) -----------------------------------------
 
 def test_notify_prints_the_string_exactly(asm_guest):
     run = asm_guest("INIT\n PUTS a\n PUTS b\n PUTS empty\n PUTS c\n POWER_DOWN", r"""
@@ -299,12 +299,12 @@ def test_notify_beyond_memory_is_killed(asm_guest, addr):
 
 
 # The device page and the console's two vrings, which the Launcher's identity map leaves out
-# (§1.3), mapped virtual = physical.
+# (ABI §1.3), mapped virtual = physical.
 MAP_DEVICE_PAGES = map_device_pages(2)
 
 
 def test_notify_of_the_console_output_queue_prints_its_buffer(asm_guest):
-    """§10.5 step 1: a NOTIFY of a queue's page is a kick, not a string.  The console's
+    """ABI §10.5 step 1: a NOTIFY of a queue's page is a kick, not a string.  The console's
     output queue is the second vring (pfn MEM/4K + 3); we post one buffer and kick."""
     out_ring = MEM + 0x3000
     run = asm_guest(f"""
@@ -340,7 +340,7 @@ def test_notify_string_without_nul_stops_at_the_end_of_memory(asm_guest):
     assert_powered_down(run, b"key!")
 
 
-# -- the async ring (§3.5) ------------------------------------------------------------------------
+# -- the async ring (ABI §3.5) --------------------------------------------------------------------
 
 def test_ring_runs_in_slot_order_before_the_synchronous_call(asm_guest):
     run = asm_guest("""
@@ -466,7 +466,7 @@ def test_ring_crash_ends_the_run_before_the_synchronous_call(asm_guest):
 
 
 def test_ring_filled_before_init_runs_on_the_first_call_after_it(asm_guest):
-    """INIT itself does not drain the ring (§3.2 step 1); the next synchronous call does."""
+    """INIT itself does not drain the ring (ABI §3.2 step 1); the next synchronous call does."""
     run = asm_guest("""
         ASYNC	0, $LHCALL_NOTIFY, $s_zero
         INIT
@@ -479,7 +479,7 @@ def test_ring_filled_before_init_runs_on_the_first_call_after_it(asm_guest):
     assert_powered_down(run, b"zero " + hexwords(0xFFFFFF00) + b"\n")
 
 
-# -- LHCALL_LOAD_GDT and LHCALL_LOAD_TLS (§6) -----------------------------------------------------
+# -- LHCALL_LOAD_GDT and LHCALL_LOAD_TLS (ABI §6) -------------------------------------------------
 
 FLAT_CODE = descriptor(0, access=0x9B)
 FLAT_DATA = descriptor(0, access=0x93)
@@ -597,7 +597,7 @@ def test_load_tls_at_a_bad_address_is_killed(asm_guest, addr):
     assert_killed(run, BadGuestAddress("read", addr, 24))
 
 
-# -- LHCALL_LOAD_IDT_ENTRY (§5.1) -----------------------------------------------------------------
+# -- LHCALL_LOAD_IDT_ENTRY (ABI §5.1) -------------------------------------------------------------
 
 @pytest.mark.parametrize("vector", [0x40, 0x7F, 0x81, 0xFF, 256, 0x10000, 0xFFFFFFFF])
 def test_idt_vectors_lguest_does_not_keep_are_ignored(asm_guest, vector):
@@ -649,11 +649,11 @@ def test_not_present_gate_of_any_type_clears_the_entry(asm_guest):
     ("int $0x80", 0x80, "GATE_INT | GATE_DPL3", False),  # not direct: the Host's DPL 0 gate
     ("int $0x40", 0x40, "GATE_TRAP | GATE_DPL3", False),  # only 0-31 and 0x80 are direct
     ("int3", 3, "GATE_TRAP | GATE_DPL3", True),
-    ("int3", 3, "GATE_INT | GATE_DPL3", False),  # as 2.6.24 installs it (§5.1)
+    ("int3", 3, "GATE_INT | GATE_DPL3", False),  # as 2.6.24 installs it (ABI §5.1)
 ])
 def test_software_interrupts_follow_direct_gate_rules(asm_guest, insn, vector, flags,
                                                       delivered):
-    """§5.6: `int n` reaches the guest only through a copied (direct) trap gate whose DPL
+    """ABI §5.6: `int n` reaches the guest only through a copied (direct) trap gate whose DPL
     allows ring 1; otherwise it is #GP with error code n*8+2."""
     run = asm_guest(f"""
         INIT
@@ -702,9 +702,9 @@ FRAME_HANDLER = """
 
 @pytest.mark.parametrize(("flags", "irq_enabled", "pushed_if", "irq_enabled_after"), [
     ("GATE_TRAP", 0x200, 0x200, 0x200),
-    ("GATE_TRAP", 0, 0x200, 0),  # direct trap: the real EFLAGS, irq_enabled untouched (§5.6)
-    ("GATE_INT", 0x200, 0x200, 0),  # interrupt gate: irq_enabled cleared (§5.2 step 6)
-    ("GATE_INT", 0, 0, 0),  # IF in the frame comes from irq_enabled (§5.2 step 2)
+    ("GATE_TRAP", 0, 0x200, 0),  # direct trap: the real EFLAGS, irq_enabled untouched (ABI §5.6)
+    ("GATE_INT", 0x200, 0x200, 0),  # interrupt gate: irq_enabled cleared (ABI §5.2 step 6)
+    ("GATE_INT", 0, 0, 0),  # IF in the frame comes from irq_enabled (ABI §5.2 step 2)
 ])
 def test_trap_is_delivered_through_the_guest_gate(asm_guest, flags, irq_enabled, pushed_if,
                                                   irq_enabled_after):
@@ -741,7 +741,7 @@ def test_page_fault_writes_cr2_and_pushes_the_error_code(asm_guest):
     assert_powered_down(run, hexwords(0x5000004, 2, run.symbol("fault")))
 
 
-# -- LHCALL_SET_STACK (§5.5) ----------------------------------------------------------------------
+# -- LHCALL_SET_STACK (ABI §5.5) ------------------------------------------------------------------
 
 @pytest.mark.parametrize("segment", [0x68, 0x6B, 0, 0x7B, 0xFFFFFFFF])
 def test_set_stack_with_a_segment_not_of_rpl_1_is_killed(asm_guest, segment):
@@ -782,7 +782,7 @@ NEWDIR = """
 
 
 @pytest.mark.parametrize(("steps", "killed"), [
-    # A blank shadow re-pins the stack (§5.5): newdir does not map it.
+    # A blank shadow re-pins the stack (ABI §5.5): newdir does not map it.
     ("HCALL $LHCALL_SET_STACK, $0x69, $0x801000, $1\n HCALL $LHCALL_NEW_PGTABLE, $newdir",
      True),
     # A directory the Host already shadows is not re-pinned.
@@ -848,13 +848,13 @@ def test_trap_from_user_mode_lands_on_the_set_stack(asm_guest):
 
 
 def test_hypercall_from_user_mode_is_a_general_protection_fault(asm_guest):
-    """The hypercall gate has DPL 1 (§3.1): int $0x1f from ring 3 is #GP(0xFA), and with no
+    """The hypercall gate has DPL 1 (ABI §3.1): int $0x1f from ring 3 is #GP(0xFA), and with no
     guest GP handler the guest is killed."""
     run = asm_guest(USER_MODE.format(gates="", user="hcall: int $0x1f"), USER_DATA)
     assert_killed(run, UnhandledTrap(13, run.symbol('hcall'), 0xfa))
 
 
-# -- LHCALL_TS (§9.3) -----------------------------------------------------------------------------
+# -- LHCALL_TS (ABI §9.3) -------------------------------------------------------------------------
 
 def test_ts_makes_fpu_use_trap(asm_guest):
     run = asm_guest("INIT\n HCALL $LHCALL_TS, $8\n fpu: fldz\n POWER_DOWN")
@@ -896,7 +896,7 @@ def test_ts_fault_reaches_the_guest_which_clears_it_and_retries(asm_guest):
     assert_powered_down(run, hexwords(1, 1))
 
 
-# -- LHCALL_SET_CLOCKEVENT and LHCALL_HALT (§8, §9.1) ---------------------------------------------
+# -- LHCALL_SET_CLOCKEVENT and LHCALL_HALT (ABI §8, §9.1) -----------------------------------------
 
 TIMER_SETUP = """
         INIT
@@ -940,7 +940,7 @@ def test_timer_wakes_a_halted_guest_into_its_irq0_handler(asm_guest):
 
 
 def test_rearming_the_timer_replaces_the_deadline(asm_guest):
-    """One one-shot timer (§8): a second SET_CLOCKEVENT moves it, even further away."""
+    """One one-shot timer (ABI §8): a second SET_CLOCKEVENT moves it, even further away."""
     run = asm_guest(TIMER_SETUP + """
         movl	lguest_data+LD_TIME_NSEC, %esi
         HCALL	$LHCALL_SET_CLOCKEVENT, $1000
@@ -990,7 +990,7 @@ def test_timer_blocked_by_the_guest_cannot_wake_it(asm_guest):
 
 
 def test_halted_guest_wakes_even_without_a_gate_for_the_irq(asm_guest):
-    """§5.3 steps 4-5: waking sets irq_enabled and clears halted; with no gate for vector
+    """ABI §5.3 steps 4-5: waking sets irq_enabled and clears halted; with no gate for vector
     0x20 the IRQ stays pending and the guest simply runs on after the HALT."""
     run = asm_guest("""
         INIT
@@ -1033,7 +1033,7 @@ def test_no_interrupt_inside_the_noirq_window(asm_guest, with_window):
         assert re.fullmatch(rb"[0-9a-f]{8}", run.out) and run.out != hexwords(0)
 
 
-# -- paging calls (§7) ----------------------------------------------------------------------------
+# -- paging calls (ABI §7) ------------------------------------------------------------------------
 
 # Physical 0x800000 (PDE 2) holds "AAAA"; `alt` holds "BBBB".  `newpt` is a page table whose
 # entry 0 maps `alt`, so pointing PDE 2 at it makes virtual 0x800000 read "BBBB".
@@ -1136,7 +1136,7 @@ def test_set_pte_validates_accessed_or_dirty_entries(asm_guest, pte, killed):
 ])
 def test_set_pte_checks_the_value_only_where_a_shadow_would_take_it(asm_guest, pgdir, vaddr):
     """lguest's do_set_pte validated the value only when the shadow PDE covering `vaddr` was
-    present; without one, even a PTE past pfn_limit is only a hint (§7.2)."""
+    present; without one, even a PTE past pfn_limit is only a hint (ABI §7.2)."""
     run = asm_guest(PAGING_SETUP + f"""
         PUTHEX	0x800000
         HCALL	$LHCALL_SET_PTE, {pgdir}, {vaddr}, ${LIMIT | 0x67:#x}
@@ -1166,7 +1166,7 @@ page:	.space	4096
 
 
 def test_accessed_and_dirty_are_set_in_the_guest_pte(asm_guest):
-    """§7.1 step 5: a read sets Accessed, a write sets Dirty, in the guest's own PTE."""
+    """ABI §7.1 step 5: a read sets Accessed, a write sets Dirty, in the guest's own PTE."""
     run = asm_guest(FRESH_MAPPING.replace("PTE_FLAGS", "0x7") + """
         movl	pt, %eax
         andl	$0x60, %eax
@@ -1185,7 +1185,7 @@ def test_accessed_and_dirty_are_set_in_the_guest_pte(asm_guest):
 
 
 def test_ring_1_write_to_a_read_only_page_faults(asm_guest):
-    """The guest kernel runs with WP semantics (§7.1): test_wp_bit relies on it."""
+    """The guest kernel runs with WP semantics (ABI §7.1): test_wp_bit relies on it."""
     run = asm_guest(FRESH_MAPPING.replace("PTE_FLAGS", "0x5") + """
         movl	0x5000000, %eax			/* reading is fine */
     fault:

@@ -1,4 +1,4 @@
-"""The Launcher against lguest-abi.md §1, §10 and §13: byte-exact layouts, and clean refusals.
+"""The Launcher against ABI §1, §10 and §13: byte-exact layouts, and clean refusals.
 
 Expected bytes are written out from the document's tables and worked examples, independently
 of the ctypes layouts in `lgemu.abi`, so a wrong offset there shows up here too.
@@ -77,7 +77,7 @@ def good_image() -> ElfImage:
 
 
 def expected_zero_page(mem: int, initrd_addr: int = 0, initrd_size: int = 0) -> bytes:
-    """§1.2, written out field by field at absolute offsets."""
+    """ABI §1.2, written out field by field at absolute offsets."""
     page = bytearray(PAGE)
     page[0x1E8] = 1  # e820_entries
     struct.pack_into("<H", page, 0x206, 0x0207)  # version
@@ -115,7 +115,7 @@ def raises_user_error(match: str) -> Any:
     return pytest.raises(UserError, match=match)
 
 
-# -- §1.2 zero page and command line --------------------------------------------------------
+# -- ABI §1.2 zero page and command line ----------------------------------------------------
 ZERO_PAGE_FIELDS = [  # (offset, size, value) for mem = 64 MiB, no initrd
     (0x000, 64, 0),  # screen_info
     (0x0A0, 16, 0),  # sys_desc_table
@@ -188,7 +188,7 @@ def test_command_line_rejects_nul() -> None:
         command_line_bytes("a\0b")
 
 
-# -- §1.3 page tables -----------------------------------------------------------------------
+# -- ABI §1.3 page tables -------------------------------------------------------------------
 def test_page_tables_64mib_worked_example() -> None:
     ram = bytearray(b"\xAA") * (MEM64 + DEVICE_AREA)  # garbage: every table byte is written
     pgdir = build_initial_page_tables(ram, MEM64, MEM64)
@@ -231,7 +231,7 @@ def test_page_tables_refuse_impossible_arguments() -> None:
         build_initial_page_tables(bytearray(MIB), MIB, MIB + 123)
 
 
-# -- §10.3 device page ----------------------------------------------------------------------
+# -- ABI §10.3 device page ------------------------------------------------------------------
 CAPACITY = 0x800  # sectors
 
 BLOCK_DESC = hx("021A00" "02088000010001400000" "4108") + CAPACITY.to_bytes(8, "little") + hx(
@@ -278,7 +278,7 @@ def test_device_page_runs_out_of_interrupt_lines() -> None:
         lay_out_devices(ram, 16 * MIB, [block_spec(1)] * 30 + [console_spec()])
 
 
-# -- §1.1 loader ----------------------------------------------------------------------------
+# -- ABI §1.1 loader ------------------------------------------------------------------------
 def test_load_good_elf(tmp_path: Path) -> None:
     image = load_kernel(good_image().write(tmp_path / "vmlinux"))
     assert image.kind == "elf"
@@ -482,7 +482,7 @@ def test_launch_lays_out_everything(memory: GuestMemory, kernel: KernelImage,
     assert ram[0x1000:0x1000 + 15] == b"root=/dev/vda \0"
     assert ram[0x100000:0x103000] == CODE and ram[0x103000:0x105000] == bytes(0x2000)
     assert ram[0x200000:0x200100] == DATA and ram[0x200100:0x202000] == bytes(0x1F00)
-    assert ram[mem:mem + 0x35] == (  # §10.3's example moved to 16 MiB: pfns 0x1001 up
+    assert ram[mem:mem + 0x35] == (  # ABI §10.3's example moved to 16 MiB: pfns 0x1001 up
         hx("021A00" "02088000010001100000" "4108") + CAPACITY.to_bytes(8, "little")
         + hx("43047E000000" "031400" "02088000020003100000" "02088000030005100000" "00"))
     assert info.pfn_limit == mem // PAGE + 7

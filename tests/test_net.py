@@ -1,4 +1,4 @@
-"""The virtio network device (§12.3) and its host wires: UDP over loopback, pcap, TAP.
+"""The virtio network device (ABI §12.3) and its host wires: UDP over loopback, pcap, TAP.
 
 Unit tests drive a `Net` device on hand-made rings with a fake wire; end-to-end tests run
 `guestasm` guests that post rx buffers, halt until a frame arrives and send frames, with the

@@ -416,7 +416,7 @@ def test_scribbling_on_host_owned_ring_fields_only_confuses_the_guest(asm_guest,
 
 
 def test_a_notify_of_the_second_ring_page_is_an_early_console_string(asm_guest):
-    """Only the ring's own page is a kick (§10.5); its second page is just memory."""
+    """Only the ring's own page is a kick (ABI §10.5); its second page is just memory."""
     run = attack(asm_guest, f"\tHCALL\t$LHCALL_NOTIFY, ${OUT + 0x1000:#x}\n")
     assert (run.status, run.err, run.out) == (0, "", b"")
 

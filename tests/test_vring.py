@@ -1,4 +1,4 @@
-"""The vring engine (§11) against hand-made hostile rings: one test per check it makes.
+"""The vring engine (ABI §11) against hand-made hostile rings: one test per check it makes.
 
 Rings are written straight into a `GuestMemory` laid out like a console-only guest's (the ring
 at the page after RAM, `limit` at the end of it); what a violation must produce is the

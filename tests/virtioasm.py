@@ -2,12 +2,12 @@
 
 A `guestasm` guest knows nothing of virtio, so these helpers write the ring the way a 2.6.24
 driver would: descriptors, then the head in `avail.ring[avail.idx % 128]`, then `avail.idx`,
-then LHCALL_NOTIFY with the ring's address (§10.5, §11.3).
+then LHCALL_NOTIFY with the ring's address (ABI §10.5, §11.3).
 
-Rings live above RAM (§1.4), which the Launcher's identity map leaves out, so a guest first
+Rings live above RAM (ABI §1.4), which the Launcher's identity map leaves out, so a guest first
 runs `map_device_pages(queues)`: one page table in .bss (`DEVPT_BSS`) for the 4 MiB above
 RAM.  Queue *n* in creation order is at `ring(n)`; with `--block` first, the block queue is
-queue 0 and the console's queues follow (§10.3).
+queue 0 and the console's queues follow (ABI §10.3).
 
 Everything is emitted as GNU as text for `guestasm.build_guest`; `MACROS` must come first in
 the body.  The macros clobber EAX–EDX like `HCALL`.

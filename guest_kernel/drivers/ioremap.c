@@ -5,7 +5,7 @@
  * above RAM and are mapped nowhere.  Like Linux we hand out virtual space from VMALLOC_START
  * (the end of the RAM mapping plus an 8 MiB gap, rounded up to 8 MiB) with a guard page after
  * each area, and fill in plain kernel PTEs (present, writable, accessed, dirty: no PWT, which
- * the Host refuses, §7.1).  These are live page tables, so every change is announced as
+ * the Host refuses, ABI §7.1).  These are live page tables, so every change is announced as
  * 2.6.24's paravirt ops did: a new page table with LHCALL_SET_PMD (set_pmd), each PTE with
  * LHCALL_SET_PTE(pgdir, vaddr, pte) (set_pte_at for init_mm).
  */
@@ -13,7 +13,7 @@
 #include "hcall.h"
 
 #define VMALLOC_OFFSET	(8UL << 20)
-/* Stay well below the Switcher's PDE 1023 (reserve_mem, §7.5). */
+/* Stay well below the Switcher's PDE 1023 (reserve_mem, ABI §7.5). */
 #define VMALLOC_END	(SWITCHER_ADDR - (4UL << 20))
 
 static u32 vmalloc_next;

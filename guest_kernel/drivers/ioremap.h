@@ -1,6 +1,6 @@
 /*
  * ioremap.h - mapping guest-physical memory that is not RAM (the device page and the vrings,
- * which the Launcher puts right after the end of RAM, §1.4) into the kernel's address space.
+ * which the Launcher puts right after the end of RAM, ABI §1.4) into the kernel's address space.
  */
 #ifndef DRIVERS_IOREMAP_H
 #define DRIVERS_IOREMAP_H

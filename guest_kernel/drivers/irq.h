@@ -1,6 +1,6 @@
 /*
  * irq.h - what the device drivers need from interrupts: IRQ lines, a clock tick, and a way
- * to sleep until something happens (§5.3, §8, §9.1).
+ * to sleep until something happens (ABI §5.3, §8, §9.1).
  *
  * lguest's interrupt controller is two words in lguest_data: irq_enabled is "sti/cli", and
  * blocked_interrupts is the mask of each line.  IRQ n arrives through IDT vector 0x20 + n as an
@@ -20,7 +20,7 @@
 #include "kernel.h"
 #include "hcall.h"
 
-#define FIRST_EXTERNAL_VECTOR	0x20	/* IRQ n is vector 0x20 + n (§0) */
+#define FIRST_EXTERNAL_VECTOR	0x20	/* IRQ n is vector 0x20 + n (ABI §0) */
 #define IRQ_TIMER		0
 #define HZ			100	/* ticks per second of guest time */
 #define TICK_NS			(1000000000UL / HZ)
@@ -52,7 +52,7 @@ static inline void local_irq_disable(void)
 	barrier();
 }
 
-/* A store, no hypercall: the Host delivers what is pending at its next look (§5.3). */
+/* A store, no hypercall: the Host delivers what is pending at its next look (ABI §5.3). */
 static inline void local_irq_enable(void)
 {
 	barrier();

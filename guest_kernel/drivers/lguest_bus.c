@@ -3,12 +3,12 @@
  * virtqueues (2.6.24's lguest_device.c and the bits of virtio.c and virtio_config.h it needs).
  *
  * lguest_devices_init maps the page at max_pfn << 12 - the end of e820 entry 0, the only RAM
- * the Launcher describes (§1.4) - and walks its descriptors.  Each device is registered the way
+ * the Launcher describes (ABI §1.4) - and walks its descriptors.  Each device is registered the way
  * register_virtio_device does it (status ACKNOWLEDGE), then offered to the driver for its type
  * (DRIVER before the probe, DRIVER_OK or FAILED after).  A virtqueue is a VIRTQUEUE field
  * (num, irq, pfn): its ring is mapped with ioremap, and its IRQ runs vring_interrupt.  A kick
  * is LHCALL_NOTIFY with the ring's address, pfn << 12, which is how the Launcher tells a kick
- * from an early-console string (§10.5).
+ * from an early-console string (ABI §10.5).
  *
  * The descriptors come from the Host; a descriptor or field running past the page or its
  * config is treated as the end of the list (2.6.24 trusted the Launcher here).

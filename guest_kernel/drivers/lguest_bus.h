@@ -1,5 +1,5 @@
 /*
- * lguest_bus.h - the lguest device bus of 2.6.24 (drivers/lguest/lguest_device.c), §10.
+ * lguest_bus.h - the lguest device bus of 2.6.24 (drivers/lguest/lguest_device.c), ABI §10.
  *
  * No PCI: the Launcher describes every device in one page right after the end of RAM
  * (max_pfn << 12).  Each descriptor is [type][config_len][status] followed by config fields
@@ -14,17 +14,17 @@
 #include "kernel.h"
 #include "virtio_ring.h"
 
-/* §10.1: device types. */
+/* ABI §10.1: device types. */
 #define VIRTIO_ID_NET		1
 #define VIRTIO_ID_BLOCK		2
 #define VIRTIO_ID_CONSOLE	3
 
-/* §10.2: config field types shared by every device (>= 0x40 are device-specific). */
+/* ABI §10.2: config field types shared by every device (>= 0x40 are device-specific). */
 #define VIRTIO_CONFIG_F_VIRTIO		0x01
 #define VIRTIO_CONFIG_F_VIRTQUEUE	0x02
 #define VIRTIO_CONFIG_FIELD_USED	0x80	/* OR-ed into a field's type once looked up */
 
-/* §10.4: status bits, OR-ed in. */
+/* ABI §10.4: status bits, OR-ed in. */
 #define VIRTIO_CONFIG_S_ACKNOWLEDGE	1
 #define VIRTIO_CONFIG_S_DRIVER		2
 #define VIRTIO_CONFIG_S_DRIVER_OK	4
@@ -40,7 +40,7 @@ struct lguest_device_desc {
 } __attribute__((packed));
 _Static_assert(sizeof(struct lguest_device_desc) == 3, "lguest_device_desc is 3 bytes");
 
-/* §10.3: the payload of a VIRTQUEUE field. */
+/* ABI §10.3: the payload of a VIRTQUEUE field. */
 struct lguest_vqconfig {
 	u16 num;
 	u16 irq;
@@ -75,7 +75,7 @@ unsigned int lguest_devices_init(void);
 struct lguest_device *lguest_device(unsigned int n);
 const char *lguest_device_type_name(u8 type);
 
-/* Config fields (§10.2).  lg_find returns a token for lg_get/lg_set, or NULL. */
+/* Config fields (ABI §10.2).  lg_find returns a token for lg_get/lg_set, or NULL. */
 void *lg_find(struct lguest_device *dev, u8 type, unsigned int *len);
 void lg_get(struct lguest_device *dev, const void *token, void *buf, unsigned int len);
 void lg_set(struct lguest_device *dev, void *token, const void *buf, unsigned int len);

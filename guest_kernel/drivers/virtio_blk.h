@@ -1,5 +1,5 @@
 /*
- * virtio_blk.h - block devices on the lguest bus (§12.2): vda, vdb, ... in device-page order.
+ * virtio_blk.h - block devices on the lguest bus (ABI §12.2): vda, vdb, ... in device-page order.
  *
  * A request is one chain: the 24-byte out header (type, ioprio, sector, id), the data buffers
  * (device-readable for a write, device-writable for a read), and a 1-byte device-writable
@@ -21,7 +21,7 @@
 #define VIRTIO_BLK_S_IOERR	1
 #define VIRTIO_BLK_S_UNSUPP	2
 
-/* §10.2: block config fields. */
+/* ABI §10.2: block config fields. */
 #define VIRTIO_CONFIG_BLK_F		0x40	/* feature bitmap */
 #define VIRTIO_CONFIG_BLK_F_CAPACITY	0x41	/* u64 sectors */
 #define VIRTIO_CONFIG_BLK_F_SIZE_MAX	0x42	/* u32 bytes per segment */

@@ -2,7 +2,7 @@
  * virtio_console.c - 2.6.24's drivers/char/virtio_console.c for our console writer.
  *
  * Queue 0 is input, queue 1 output, both created without callbacks: NO_INTERRUPT is set on
- * both for good, output is synchronous and input is polled (§12.1).
+ * both for good, output is synchronous and input is polled (ABI §12.1).
  *   - Output: each chunk the console writer hands us (at most 16 bytes, console.c) becomes one
  *     device-readable buffer; we kick and spin until the Host returns it, so the chunk may live
  *     on the caller's stack.  Probing switches the console from early_put_chars (NOTIFY on a

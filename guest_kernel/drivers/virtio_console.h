@@ -1,5 +1,5 @@
 /*
- * virtio_console.h - hvc0 over the virtio console (§12.1): output through a vring once the
+ * virtio_console.h - hvc0 over the virtio console (ABI §12.1): output through a vring once the
  * driver has probed, input from one posted page-sized buffer.
  */
 #ifndef DRIVERS_VIRTIO_CONSOLE_H

@@ -1,5 +1,5 @@
 /*
- * virtio_net.h - network devices on the lguest bus (§12.3): eth0, eth1, ... in device-page
+ * virtio_net.h - network devices on the lguest bus (ABI §12.3): eth0, eth1, ... in device-page
  * order.  Queue 0 receives, queue 1 transmits; every frame travels behind an 8-byte
  * virtio_net_hdr (2.6.24's, without hdr_len).
  */

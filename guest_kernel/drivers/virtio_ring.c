@@ -1,5 +1,5 @@
 /*
- * virtio_ring.c - the guest half of a 2.6.24 vring (drivers/virtio/virtio_ring.c), §11.3.
+ * virtio_ring.c - the guest half of a 2.6.24 vring (drivers/virtio/virtio_ring.c), ABI §11.3.
  *
  * Free descriptors form a list threaded through desc.next, starting at free_head; the ring
  * memory itself is never cleared (the Launcher hands out zeroed pages).  Adding a buffer takes

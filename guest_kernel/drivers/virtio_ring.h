@@ -1,5 +1,5 @@
 /*
- * virtio_ring.h - the 2.6.24 vring (§11) and the virtqueue operations drivers use.
+ * virtio_ring.h - the 2.6.24 vring (ABI §11) and the virtqueue operations drivers use.
  *
  * A vring of `num` entries (a power of 2) lives in the pages the Launcher reserved for it:
  * the descriptor table at 0, the available ring (guest → Host) right after it, and the used
@@ -52,7 +52,7 @@ struct vring {
 	struct vring_used *used;
 };
 
-/* §11.2: bytes a ring of num entries occupies (page-aligned used ring). */
+/* ABI §11.2: bytes a ring of num entries occupies (page-aligned used ring). */
 static inline u32 vring_size(unsigned int num)
 {
 	return PAGE_ALIGN(16 * num + 4 + 2 * num) + 4 + 8 * num;

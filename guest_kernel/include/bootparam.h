@@ -1,5 +1,5 @@
 /*
- * bootparam.h - the zero page the Launcher leaves at physical 0 (§1.2).
+ * bootparam.h - the zero page the Launcher leaves at physical 0 (ABI §1.2).
  *
  * It is a packed 4096-byte struct boot_params; we only need a handful of fields, so they are
  * named by offset (usable from assembly) instead of declaring the whole structure.

@@ -1,5 +1,5 @@
 /*
- * hcall.h - talking to the Host (§3).
+ * hcall.h - talking to the Host (ABI §3).
  *
  * A hypercall is "int $0x1f" at ring 1 with the call number in EAX and up to three arguments
  * in EDX, EBX, ECX.  No 2.6.24 call returns a result; the Host hands every register back
@@ -44,7 +44,7 @@ static inline void irq_restore(unsigned long flags)
 /* lguest.c: queue a call in the async ring (synchronous when the ring is full). */
 void async_hcall(unsigned long call, unsigned long arg1, unsigned long arg2, unsigned long arg3);
 
-/* Lazy mode: between enter and leave, batchable calls (§3.3: 4, 5, 7, 8, 14, 15, 16) go
+/* Lazy mode: between enter and leave, batchable calls (ABI §3.3: 4, 5, 7, 8, 14, 15, 16) go
  * through the ring; leaving issues FLUSH_ASYNC so the Host drains it. */
 void lazy_mode_enter(void);
 void lazy_mode_leave(void);

@@ -10,15 +10,15 @@
 #define PAGE_MASK	(~(PAGE_SIZE - 1))
 #define PAGE_ALIGN(x)	(((x) + PAGE_SIZE - 1) & PAGE_MASK)
 
-/* Page-table bits (§7). */
+/* Page-table bits (ABI §7). */
 #define _PAGE_PRESENT	0x001
 #define _PAGE_RW	0x002
 #define _PAGE_USER	0x004
 #define _PAGE_ACCESSED	0x020
 #define _PAGE_DIRTY	0x040
-/* A PDE may carry only P|RW|US|A|D (§7.1: anything else is "bad page directory entry"). */
+/* A PDE may carry only P|RW|US|A|D (ABI §7.1: anything else is "bad page directory entry"). */
 #define _PAGE_TABLE	(_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
-/* Kernel pages: no US, no PWT, no PSE (§7.1 step 4); A and D preset as Linux does. */
+/* Kernel pages: no US, no PWT, no PSE (ABI §7.1 step 4); A and D preset as Linux does. */
 #define _PAGE_KERNEL	(_PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY)
 
 /* Kernel virtual <-> guest physical: a fixed offset, as in Linux's lowmem. */

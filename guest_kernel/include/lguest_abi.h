@@ -1,7 +1,7 @@
 /*
  * lguest_abi.h - the guest-visible contract with the Host and Launcher (Linux 2.6.24).
  *
- * Every number here is a fact from /work/shared/lguest-abi.md; the section is named next to
+ * Every number here is a fact from docs/abi.md (ABI §N); the section is named next to
  * it.  The file is included by both C and assembly, so the constants come first and the C
  * declarations are fenced off.  The assembly uses the LGUEST_DATA_* offsets; the C half
  * checks them against the real structure with _Static_assert, so the two cannot drift.
@@ -15,7 +15,7 @@
 #define _UL(x)	x##UL
 #endif
 
-/* §0: where the kernel lives and which vector is the hypercall. */
+/* ABI §0: where the kernel lives and which vector is the hypercall. */
 #define PAGE_OFFSET		_UL(0xC0000000)	/* kernel virtual base = lguest_data.kernel_address */
 #define SWITCHER_ADDR		_UL(0xFFC00000)	/* top 4 MiB, PDE 1023: the Host's, never ours */
 #define LOAD_PHYS		_UL(0x00100000)	/* where the Launcher puts our PT_LOAD segments */
@@ -26,7 +26,7 @@
 #define GUEST_PL		1		/* we run in ring 1 */
 #define X86_EFLAGS_IF		0x200		/* "interrupts on" value of irq_enabled */
 
-/* §3.3: hypercall numbers.  EAX = number, EDX = arg1, EBX = arg2, ECX = arg3. */
+/* ABI §3.3: hypercall numbers.  EAX = number, EDX = arg1, EBX = arg2, ECX = arg3. */
 #define LHCALL_FLUSH_ASYNC	0
 #define LHCALL_LGUEST_INIT	1
 #define LHCALL_CRASH		2
@@ -43,11 +43,11 @@
 #define LHCALL_LOAD_TLS		16
 #define LHCALL_NOTIFY		17
 
-/* §3.5: async ring status byte values. */
+/* ABI §3.5: async ring status byte values. */
 #define LHCALL_SLOT_FREE	0xFF		/* empty or completed (Host writes it back) */
 #define LHCALL_SLOT_READY	0x00		/* filled in by the guest, waiting for the Host */
 
-/* §4: offsets inside struct lguest_data, for the assembly (checked below). */
+/* ABI §4: offsets inside struct lguest_data, for the assembly (checked below). */
 #define LGUEST_DATA_irq_enabled		0
 #define LGUEST_DATA_blocked_interrupts	4
 #define LGUEST_DATA_cr2			8
@@ -63,14 +63,14 @@
 #define LGUEST_DATA_syscall_vec		1132
 #define LGUEST_DATA_SIZE		1136
 
-/* §1.3: lguest_entry aliases the Launcher's first 32 PDEs (128 MiB) at PAGE_OFFSET. */
+/* ABI §1.3: lguest_entry aliases the Launcher's first 32 PDEs (128 MiB) at PAGE_OFFSET. */
 #define EARLY_PDES		32
 #define EARLY_MAP_SIZE		(EARLY_PDES << 22)
 
 #ifndef __ASSEMBLER__
 #include "types.h"
 
-/* §3.1: one async ring slot mirrors the order the Host saves registers in: EAX EBX ECX EDX. */
+/* ABI §3.1: one async ring slot mirrors the order the Host saves registers in: EAX EBX ECX EDX. */
 struct hcall_args {
 	u32 arg0;	/* call number (EAX) */
 	u32 arg2;	/* EBX */
@@ -78,7 +78,7 @@ struct hcall_args {
 	u32 arg1;	/* EDX */
 };
 
-/* §4: the page we share with the Host.  Fields the Host writes are read through READ_ONCE. */
+/* ABI §4: the page we share with the Host.  Fields the Host writes are read through READ_ONCE. */
 struct lguest_data {
 	u32 irq_enabled;			/* 0 = "cli", 0x200 = "sti"; the real IF stays 1 */
 	u32 blocked_interrupts;			/* bit n set: Host must not inject IRQ n */

@@ -1,5 +1,5 @@
 /*
- * async_batch.c - "lgemu.test=async_batch": batched hypercalls through the async ring (§3.5).
+ * async_batch.c - "lgemu.test=async_batch": batched hypercalls through the async ring (ABI §3.5).
  *
  * Calls queued with async_hcall (2.6.24's lazy mode) must not run until the next synchronous
  * hypercall; then the Host runs them all, in the order they were queued, writes 0xFF back to

@@ -1,5 +1,5 @@
 /*
- * async_ring.c - "lgemu.test=async_ring": the async hypercall ring (§3.5) from the guest side.
+ * async_ring.c - "lgemu.test=async_ring": the async hypercall ring (ABI §3.5) from the guest side.
  *
  * Only a synchronous hypercall makes the Host look at the ring, so:
  *  1. queue a few calls: their status bytes must stay 0 ("ready");

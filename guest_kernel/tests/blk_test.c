@@ -1,6 +1,6 @@
 /*
  * blk_test.c - "lgemu.test=blk_read" and "lgemu.test=blk_write": the virtio block driver
- * against the Host's disks (§12.2).
+ * against the Host's disks (ABI §12.2).
  *
  * blk_read reads every disk (vda, vdb, ...) from sector blk.sector (default 0) for blk.sectors
  * sectors (default: the whole disk, at most 2048 sectors; clipped to the capacity), keeping up

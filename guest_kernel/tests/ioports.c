@@ -1,5 +1,5 @@
 /*
- * ioports.c - "lgemu.test=ioports": port I/O at ring 1 (§5.7).
+ * ioports.c - "lgemu.test=ioports": port I/O at ring 1 (ABI §5.7).
  *
  * In ring 1 with IOPL 0 every `in`/`out` raises #GP(0); lguest's Host emulates the simple
  * forms instead of reflecting them: `out` does nothing, `in` with an odd opcode (32/16-bit

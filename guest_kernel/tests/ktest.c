@@ -82,7 +82,7 @@ bool check_known(bool ok, const char *name, const char *fmt, ...)
 
 /*
  * A gate as 2.6.24's pack_gate builds it: selector __KERNEL_CS (0x60; the Host forces 0x61),
- * the handler offset split over both words, present, DPL and type (§5.1).
+ * the handler offset split over both words, present, DPL and type (ABI §5.1).
  */
 void set_gate(unsigned int vector, unsigned int type, unsigned int dpl)
 {
@@ -98,7 +98,7 @@ void clear_gate(unsigned int vector)
 	hcall(LHCALL_LOAD_IDT_ENTRY, vector, 0, 0);
 }
 
-/* 2.6.24's trap_init + lguest_init_IRQ (§5.1); the ignored vectors (2, 8, 15) are skipped. */
+/* 2.6.24's trap_init + lguest_init_IRQ (ABI §5.1); the ignored vectors (2, 8, 15) are skipped. */
 void trap_init(void)
 {
 	static const u8 trap_gates[] = { 0, 5, 6, 7, 9, 10, 11, 12, 13, 16, 17, 18, 19 };

@@ -11,7 +11,7 @@
  * then returns, and the guest powers down as usual.  An unexpected trap panics instead
  * (LHCALL_CRASH), which the Launcher reports as "CRASH: ...".
  *
- * Traps: trap_init() installs the gates 2.6.24's trap_init/lguest_init_IRQ install (§5.1),
+ * Traps: trap_init() installs the gates 2.6.24's trap_init/lguest_init_IRQ install (ABI §5.1),
  * every one pointing at a per-vector stub in trapentry.S.  The stub saves a struct trap_frame
  * and calls trap_dispatch(), which records the trap in last_trap and then
  *   - calls the program's handler for that vector, if it set one, or
@@ -25,7 +25,7 @@
 #include "kernel.h"
 #include "hcall.h"
 
-/* §0 selectors. */
+/* ABI §0 selectors. */
 #define __KERNEL_CS	0x60
 #define __KERNEL_DS	0x68
 #define __USER_CS	0x73
@@ -33,7 +33,7 @@
 #define GUEST_CS	(__KERNEL_CS | 1)
 #define GUEST_DS	(__KERNEL_DS | 1)
 
-/* §5.1 gate types. */
+/* ABI §5.1 gate types. */
 #define GATE_INTERRUPT	0xE
 #define GATE_TRAP	0xF
 

@@ -1,6 +1,6 @@
 /*
  * net_test.c - "lgemu.test=net_echo", "net_ping" and "net_send": the virtio network driver
- * against the Host's network back ends (§12.3).  All use eth0; frames are devtest.h's.
+ * against the Host's network back ends (ABI §12.3).  All use eth0; frames are devtest.h's.
  *
  * net_echo   An echo responder: every frame received is sent back with its source address as
  *            the destination and eth0's address as the source (for a frame addressed to us,

@@ -1,5 +1,5 @@
 /*
- * paging.c - "lgemu.test=paging": the guest's page tables and the paging hypercalls (§7).
+ * paging.c - "lgemu.test=paging": the guest's page tables and the paging hypercalls (ABI §7).
  *
  * The guest changes its own PTEs and PDEs and then tells the Host with SET_PTE, SET_PMD,
  * FLUSH_TLB(0) (user part) or FLUSH_TLB(1) (everything), as 2.6.24's paravirt ops do.  After

@@ -1,9 +1,9 @@
 /*
- * segments.c - "lgemu.test=segments": LOAD_GDT and LOAD_TLS (§6).
+ * segments.c - "lgemu.test=segments": LOAD_GDT and LOAD_TLS (ABI §6).
  *
  * The Host copies the guest's descriptors into the GDT the CPU uses, but a DPL 0 entry
- * comes back as DPL 1 with the accessed bit set (§6.2), entries 10, 11, 16 stay the Host's
- * and 31 is never installed (§6.1).  Each property is checked the way a guest can see it:
+ * comes back as DPL 1 with the accessed bit set (ABI §6.2), entries 10, 11, 16 stay the Host's
+ * and 31 is never installed (ABI §6.1).  Each property is checked the way a guest can see it:
  * `lar` (unprivileged) reads a descriptor's access byte, and loading a selector into a data
  * segment register and using it proves the descriptor - base included - really took effect.
  */

@@ -1,6 +1,6 @@
 /*
  * timer.c - "lgemu.test=timer": the clock event, IRQ 0 and the rules for injecting it
- * (§5.3, §8, §9.1).
+ * (ABI §5.3, §8, §9.1).
  *
  * IRQ 0 arrives through vector 0x20 once its bit in blocked_interrupts is clear, and only
  * while irq_enabled is 0x200 and EIP is outside [noirq_start, noirq_end).  The Host writes
@@ -220,7 +220,7 @@ static void test_irq_disabled(void)
 	      held, ticks, tick_tsc[0] - enable_tsc);
 }
 
-/* Through a trap gate the Host leaves irq_enabled alone (§5.2 step 6). */
+/* Through a trap gate the Host leaves irq_enabled alone (ABI §5.2 step 6). */
 static void test_trap_gate(void)
 {
 	reset();
@@ -234,7 +234,7 @@ static void test_trap_gate(void)
 	      "%u ticks, irq_enabled in handler %#x (want 0x200)", ticks, tick_irq[0]);
 }
 
-/* With no gate at vector 0x20 the IRQ stays pending (§5.3 step 5) until there is one. */
+/* With no gate at vector 0x20 the IRQ stays pending (ABI §5.3 step 5) until there is one. */
 static void test_no_gate(void)
 {
 	u32 held;
@@ -281,7 +281,7 @@ static void test_cancel_and_rearm(void)
 void test_timer(void)
 {
 	ktest_begin("timer");
-	/* LGUEST_INIT wrote the wall clock (§3.4 step 6); nothing has been delivered yet. */
+	/* LGUEST_INIT wrote the wall clock (ABI §3.4 step 6); nothing has been delivered yet. */
 	printk("timer: lguest_data.time at boot %d.%09d\n", lguest_data.time.tv_sec,
 	       lguest_data.time.tv_nsec);
 	check(lguest_data.time.tv_sec > 0, "timer.time_set_at_init", "time %d.%09d",

@@ -1,10 +1,10 @@
 /*
- * traps.c - "lgemu.test=traps": exceptions and software interrupts at ring 1 (§5).
+ * traps.c - "lgemu.test=traps": exceptions and software interrupts at ring 1 (ABI §5).
  *
  * With 2.6.24's IDT loaded, provoke each kind of trap and check the frame the handler gets:
  * [err] EIP CS EFLAGS on the current stack, CS 0x61, EIP of the faulting instruction for a
  * fault and of the next instruction for `int n`; the error code where the vector has one;
- * lguest_data.cr2 for a page fault; the IF bit and irq_enabled as §5.2/§5.6 say for
+ * lguest_data.cr2 for a page fault; the IF bit and irq_enabled as ABI §5.2/§5.6 say for
  * host-delivered and direct traps.
  */
 #include "ktest.h"
@@ -85,7 +85,7 @@ static void test_page_faults(void)
 	      "irq_enabled after lguest_iret %#x", READ_ONCE(lguest_data.irq_enabled));
 
 	/* Write to an unmapped address with "interrupts off": error code 2 (write, not
-	 * present), IF clear in the pushed EFLAGS (§5.2 step 2). */
+	 * present), IF clear in the pushed EFLAGS (ABI §5.2 step 2). */
 	unmap_test_page();
 	set_irq_enabled(0);
 	n = last_trap.count;
@@ -148,11 +148,11 @@ static void db_handler(struct trap_frame *f)
 
 /*
  * EFLAGS.TF set by popf: #DB (vector 1) after the instruction that follows the popf, EIP at
- * the one after that.  Through a trap gate #DB is a direct trap (§5.6): the CPU delivers it
+ * the one after that.  Through a trap gate #DB is a direct trap (ABI §5.6): the CPU delivers it
  * and, as for any gate, clears TF, so the handler itself is not single-stepped.
  *
  * (2.6.24's own gate for vector 1 is an interrupt gate: the Host delivers it and does not
- * clear TF (§5.2), so the handler would trap again after its first instruction, forever.
+ * clear TF (ABI §5.2), so the handler would trap again after its first instruction, forever.
  * That is faithful to the ABI and not exercised here.)
  */
 static void test_single_step(void)
@@ -204,7 +204,7 @@ void test_traps(void)
 	ktest_begin("traps");
 	trap_init();
 
-	/* #DE: a trap gate, so a direct trap (§5.6): EIP of the div, no error code. */
+	/* #DE: a trap gate, so a direct trap (ABI §5.6): EIP of the div, no error code. */
 	n = last_trap.count;
 	__asm__ __volatile__(PROBE_ASM("divl %%ecx") : : "a"(1), "d"(0), "c"(0) : "memory");
 	expect_trap("traps.de", n, 0, -1, probe_start);
@@ -229,7 +229,7 @@ void test_traps(void)
 	test_fpu();
 
 	/* int3 through 2.6.24's DPL-3 *interrupt* gate: not a direct trap, so it meets the
-	 * Host's DPL-0 gate and becomes #GP(3*8+2) at the int3 (§5.6, §9.2). */
+	 * Host's DPL-0 gate and becomes #GP(3*8+2) at the int3 (ABI §5.6, §9.2). */
 	n = last_trap.count;
 	__asm__ __volatile__(PROBE_ASM("int3") : : : "memory");
 	expect_trap("traps.int3_interrupt_gate_gp", n, 13, 3 * 8 + 2, probe_start);
@@ -301,7 +301,7 @@ void test_traps(void)
 	test_single_step();
 	test_x87_error();
 
-	/* SYSENTER is disabled by the Host (§5.6: SYSENTER_CS is 0 while the guest runs), so
+	/* SYSENTER is disabled by the Host (ABI §5.6: SYSENTER_CS is 0 while the guest runs), so
 	 * it raises #GP(0); SYSCALL does not exist in 32-bit mode on this (Intel) CPU: #UD. */
 	n = last_trap.count;
 	__asm__ __volatile__(PROBE_ASM("sysenter") : : : "memory");
@@ -310,7 +310,7 @@ void test_traps(void)
 	__asm__ __volatile__(PROBE_ASM("syscall") : : : "memory");
 	expect_trap("traps.syscall_ud", n, 6, -1, probe_start);
 
-	/* The guest can never own vector 31 (§5.1): a gate for it is ignored and int $0x1f
+	/* The guest can never own vector 31 (ABI §5.1): a gate for it is ignored and int $0x1f
 	 * stays a hypercall. */
 	set_gate(LGUEST_TRAP_ENTRY, GATE_TRAP, 3);
 	n = last_trap.count;

@@ -1,5 +1,5 @@
 /*
- * usermode.c - "lgemu.test=usermode": a ring-3 process and its kernel (§5.2, §5.5, §5.6, §7).
+ * usermode.c - "lgemu.test=usermode": a ring-3 process and its kernel (ABI §5.2, §5.5, §5.6, §7).
  *
  * Like 2.6.24 starting init: a page directory of its own for the process (user pages with
  * the US bit, the kernel mapped supervisor-only as in every address space), LOAD_GDT with the
@@ -275,7 +275,7 @@ void test_usermode(void)
 	      bad_frame);
 	for (i = 0; i < ARRAY_SIZE(probes); i++)
 		check_probe(&probes[i]);
-	/* An IRQ in ring 3 (§5.2, §5.3): on esp0, [EIP CS EFLAGS ESP SS] with the user's
+	/* An IRQ in ring 3 (ABI §5.2, §5.3): on esp0, [EIP CS EFLAGS ESP SS] with the user's
 	 * values, IF set, irq_enabled cleared by the interrupt gate. */
 	check(tick.count == 1 && tick.cs == __USER_CS && tick.ss == __USER_DS &&
 	      tick.eip >= USER_BASE && tick.eip < USER_BASE + PAGE_SIZE &&

@@ -72,15 +72,15 @@ user_text:
 	report	REPORT_EDI, %edi
 	report	REPORT_EBP, %ebp
 
-	/* Page faults (§7.1): supervisor pages, a read-only page, no page at all. */
+	/* Page faults (ABI §7.1): supervisor pages, a read-only page, no page at all. */
 	probe	0, movl SUPERVISOR_PAGE, %eax
 	probe	1, movl %eax, SUPERVISOR_PAGE + 4
 	probe	2, movl %eax, U(message)
 	probe	3, movl lguest_data, %eax
 	probe	4, movl UNMAPPED, %eax
-	/* General protection: the hypercall gate is DPL 1 (§3.1), I/O needs IOPL (§5.7),
+	/* General protection: the hypercall gate is DPL 1 (ABI §3.1), I/O needs IOPL (ABI §5.7),
 	 * cli/hlt are privileged, int3 through an interrupt gate and int $0x20 through a
-	 * DPL-0 gate are not direct traps (§5.6). */
+	 * DPL-0 gate are not direct traps (ABI §5.6). */
 	probe	5, int $0x1f
 	probe	6, inb $0x60, %al
 	probe	7, outb %al, $0x80

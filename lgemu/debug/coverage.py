@@ -14,7 +14,7 @@ block table, then binary::
 
 ``start`` is an offset from the module's base.  The kernel is module 0, at the addresses it
 was linked for, so a disassembler that loaded the vmlinux lines up with it; code the CPU ran
-at a physical alias (the boot path before paging, §2) is counted at its link address.
+at a physical alias (the boot path before paging, ABI §2) is counted at its link address.
 Everything else the guest ran (user programs, code copied at run time) goes to module 1,
 which spans the whole address space.  Blocks are Unicorn's translation blocks, recorded once
 each by a block hook (a Python set); the table is sorted, so two runs write the same bytes.

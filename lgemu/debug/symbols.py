@@ -5,7 +5,7 @@ Two things make that less obvious than a lookup:
 
 * **Physical aliases.**  A vmlinux is linked at PAGE_OFFSET (0xC0100000) but loaded at its
   physical address, and lguest starts it there with paging mapping virtual = physical
-  (§1, §2): until `lguest_entry` jumps into the kernel window, EIP is 0x1000xx.  An address
+  (ABI §1, §2): until `lguest_entry` jumps into the kernel window, EIP is 0x1000xx.  An address
   inside a PT_LOAD segment's *physical* range (and no segment's virtual range) is looked up
   at ``address - p_paddr + p_vaddr``, its link address.
 * **Size.**  A real vmlinux has tens of thousands of symbols and megabytes of DWARF.  The

@@ -21,11 +21,11 @@ takes the slow path, reads CS once, and switches to that ring's cache.
 
 `--trace-filter` (grammar in `parse_filter`) costs nothing outside what it selects where it
 can: symbol and address filters become range-limited code hooks, which Unicorn checks in C
-(unicorn-notes §6); instruction-count windows install and remove the hooks at run boundaries,
+(Unicorn §6); instruction-count windows install and remove the hooks at run boundaries,
 the Tracer being a run-loop controller (`Guest.controllers`) that asks to stop exactly at
 each window edge.  A ring filter cannot be an address range: it costs a Python call per
 instruction in the other ring.  Tenet traces record memory with a memory hook, which slows
-every load while the trace window is open (unicorn-notes §7).
+every load while the trace window is open (Unicorn §7).
 """
 
 from __future__ import annotations

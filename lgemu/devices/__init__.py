@@ -3,7 +3,7 @@
 Each device option (`--block`, `--net`) is registered once in `DEVICE_OPTIONS` under its name:
 how its value is parsed (checked before anything is opened) and how the device is built.
 `build_devices` returns them in creation order — the order of their options on the command
-line — with the console last, exactly as the 2.6.24 Launcher created them (§10.3).
+line — with the console last, exactly as the 2.6.24 Launcher created them (ABI §10.3).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What every device behind the lguest bus provides, and how kicks reach it.
 
 The Launcher lays devices out on the device page (`launcher.devicepage`); the Host routes a
-LHCALL_NOTIFY whose page is a queue's to that queue's device (§10.5).  Devices never import
+LHCALL_NOTIFY whose page is a queue's to that queue's device (ABI §10.5).  Devices never import
 the Host: they get their vrings, a way to raise an interrupt and the guest's wall clock.
 
 Work that comes from the host side (console input, received frames) is done in `poll`, which
@@ -66,7 +66,7 @@ class Device:
         return ""
 
     def interrupt(self, queue: Vring) -> None:
-        """Raise the queue's IRQ unless the guest asked for none (§11.3)."""
+        """Raise the queue's IRQ unless the guest asked for none (ABI §11.3)."""
         if queue.wants_interrupt():
             self.raise_irq(queue.irq)
 

@@ -1,4 +1,4 @@
-"""The virtio block device (type 2, §12.2): a disk image file behind one queue.
+"""The virtio block device (type 2, ABI §12.2): a disk image file behind one queue.
 
 `--block FILE[,ro]` gives the guest a disk (vda, vdb, … in command-line order) whose capacity
 is the file's size in 512-byte sectors; a trailing partial sector is not part of the disk.
@@ -132,7 +132,7 @@ class Block(Device):
 
     @staticmethod
     def _layout(queue: Vring, chain: Chain) -> tuple[Buffer, Buffer]:
-        """The header and status buffers of a request, checked as §12.2 says: the first
+        """The header and status buffers of a request, checked as ABI §12.2 says: the first
         out buffer is exactly the 24-byte header, the last in buffer exactly 1 byte."""
         out, into = chain.readable, chain.writable
         if not out:

@@ -1,4 +1,4 @@
-"""The virtio console (type 3, §12.1): queue 0 is input, queue 1 is output.
+"""The virtio console (type 3, ABI §12.1): queue 0 is input, queue 1 is output.
 
 Output buffers are written to the host's stdout byte for byte and returned at once: the
 2.6.24 driver spins until its buffer comes back, so the kick is served before the guest runs

@@ -1,4 +1,4 @@
-"""The virtio network device (type 1, §12.3): queue 0 receives, queue 1 transmits.
+"""The virtio network device (type 1, ABI §12.3): queue 0 receives, queue 1 transmits.
 
 Every frame crosses the ring behind an 8-byte `virtio_net_hdr`.  lgemu offers no offloads
 (the Launcher sent no feature field), so the header is all zeros both ways.
@@ -8,7 +8,7 @@ Transmit is served inside the kick: each chain is one frame, sent on the host wi
 inside a kick (the rx queue carries NO_NOTIFY): frames that arrived are moved into posted rx
 buffers at slice boundaries.  2.6.24's `virtnet_open()` kicks its rx queue before
 `napi_enable()`; an rx interrupt raised inside that kick would find NAPI off and stop receive
-for good (spike DEVICES.md §1).
+for good (ABI Appendix A).
 
 Frames arrive on the host's schedule, so a run with a udp or tap wire is not reproducible
 instruction for instruction; a pcap-only device has no input and changes nothing.

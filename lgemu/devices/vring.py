@@ -1,4 +1,4 @@
-"""The one vring engine (§11) every device uses, with every check a hostile guest needs.
+"""The one vring engine (ABI §11) every device uses, with every check a hostile guest needs.
 
 A queue lives in two guest pages at `pfn << 12`: descriptors, then the available ring (guest →
 host), then, page-aligned, the used ring (host → guest).  The Host pops a chain from `avail`,
@@ -17,7 +17,7 @@ Devices add the checks of their own request layouts with `Vring.reject`.
 
 Host writes into guest buffers go through `write` (or `views` plus `wrote`), which remember
 the pages in a `WrittenPages`: Unicorn keeps running code it translated from a page the host
-overwrites (unicorn-notes §8), so the Host invalidates those pages before the guest runs on.
+overwrites (Unicorn §8.3), so the Host invalidates those pages before the guest runs on.
 The used ring's own bookkeeping is not logged: a guest executing its used ring only ever sees
 code it could have run anyway.
 """

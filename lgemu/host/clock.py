@@ -1,6 +1,6 @@
-"""Time (§8): the guest's one-shot clock event and the time it reads from lguest_data.
+"""Time (ABI §8): the guest's one-shot clock event and the time it reads from lguest_data.
 
-Two clocks run separately (spike O5): *executed instructions*, which only the CPU advances,
+Two clocks run separately (Unicorn §9.5): *executed instructions*, which only the CPU advances,
 and *guest time* in nanoseconds.  By default guest time is virtual: each executed instruction
 is `ns_per_insn` nanoseconds and a halted guest skips straight to its next timer, so two runs
 with the same inputs see the same time at every instruction.  `realtime` ties guest time to
@@ -8,7 +8,7 @@ the host's monotonic clock instead (a halted guest then really sleeps).
 
 Why 10 ns per instruction by default: with the TSC hidden, 2.6.24's calibrate_delay spins
 until jiffies move, so its cost in instructions is proportional to the virtual CPU speed.  At
-1 ns per instruction it was ~85 M of a ~95 M-instruction boot in the spike; at 10 ns it is a
+1 ns per instruction it was ~85 M of a ~95 M-instruction boot (Unicorn §9.11); at 10 ns it is a
 tenth of that, and a 100 MHz virtual CPU is close to the 60-120 M instructions per second
 Unicorn really executes here, so guest time and wall time stay in the same ballpark.
 """

@@ -3,7 +3,7 @@
 Unicorn would answer `cpuid` and `rdtsc` from the host, so a run would depend on the machine
 it ran on.  lgemu answers both itself: a 2007-era family-6 processor with only the features
 Unicorn's TCG really implements, and a TSC that counts guest time at the virtual CPU's rate.
-2.6.24 masks CPUID further itself (§14 step 3) and ignores the TSC when `tsc_khz` is 0.
+2.6.24 masks CPUID further itself (ABI §14 step 3) and ignores the TSC when `tsc_khz` is 0.
 """
 
 from __future__ import annotations

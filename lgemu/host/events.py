@@ -38,14 +38,14 @@ GATE_TYPES = {GATE_TASK: "task", GATE_INTERRUPT: "intr", GATE_TRAP: "trap"}
 
 
 def _idt_entry(vector: int, lo: int, hi: int) -> str:
-    """A gate as lguest reads it (§5.1): handler, selector, type, DPL, present."""
+    """A gate as lguest reads it (ABI §5.1): handler, selector, type, DPL, present."""
     gate = Gate.decode(lo, hi)
     text = (f"vec={vector:#x} handler={gate.handler:#x} sel={gate.selector:#x} "
             f"type={GATE_TYPES.get(gate.type, hex(gate.type))} dpl={gate.dpl}")
     return text if gate.present else text + " not-present"
 
 
-# Argument names per hypercall (§3.3); a callable where a plain format cannot say it.
+# Argument names per hypercall (ABI §3.3); a callable where a plain format cannot say it.
 _ARGS: dict[int, str | Callable[[int, int, int], str]] = {
     Hcall.FLUSH_ASYNC: "",
     Hcall.LGUEST_INIT: "lguest_data={0:#x}",

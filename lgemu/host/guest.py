@@ -1,7 +1,7 @@
 """The Host's run loop: one guest, its CPU, and every exit lguest's Host module handled.
 
 `Guest.run()` slices execution by instruction count (the only deterministic way to stop
-Unicorn, spike O7) and between slices does what lguest did before every guest entry: fire
+Unicorn, Unicorn §9.7) and between slices does what lguest did before every guest entry: fire
 the timer, wake or idle a halted guest, inject an interrupt.  Inside a slice, Unicorn calls
 back for hypercalls, traps, port I/O, `cpuid` and `rdtsc`; they are handled in place without
 stopping, except HALT, a timer that falls due before the slice ends, and the end of the run.
@@ -88,7 +88,7 @@ IDLE_WAIT_MAX_S = 0.25  # longest wait on host input before the run loop looks a
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 ICEBP = 0xF1
-OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # §5.7: in al/ax/eax, imm8 or dx
+OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # ABI §5.7: in al/ax/eax, imm8 or dx
 OPCODE_OUT = frozenset({0xE6, 0xE7, 0xEE, 0xEF})
 OPSIZE_PREFIX = 0x66
 # The prefixes lguest's emulate_insn understood in front of in/out: none, or one 0x66.
@@ -210,7 +210,7 @@ class Guest:
         self.devices = devices
         self.queues: dict[int, tuple[Device, Vring]] = {}
         # Guest pages the devices wrote (DMA): their translated code is dropped before the
-        # guest runs on (unicorn-notes §8).
+        # guest runs on (Unicorn §8).
         self.written = WrittenPages()
         self._idle_episode: tuple[tuple[int, int] | None, float] = (None, 0.0)
         for device, layout in zip(devices, boot.device_page.devices, strict=True):
@@ -256,7 +256,7 @@ class Guest:
         self._deferred_fault, self._deferred_regs = loop.deferred_fault, loop.deferred_regs
         self._idle_episode = loop.idle_episode
 
-    # -- the state of §2 ----------------------------------------------------------------
+    # -- the state of ABI §2 ----------------------------------------------------------------
     def _boot_cpu(self) -> None:
         cpu = self.cpu
         cpu.set_gdt(switcher_linear(HOST_GDT), 32 * 8 - 1)
@@ -425,7 +425,7 @@ class Guest:
                 traps.deliver(GP, start, vector * 8 + 2, direct=False)
             return
         if vector == Vector.PF:
-            cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (spike O1)
+            cr2 = cpu.reg(Reg.CR2)  # only trustworthy inside this hook (Unicorn §9.1)
             if self.paging.demand_fault(cr2, error_code):
                 self.stats.page_fills += 1
                 if self.observers:
@@ -437,7 +437,7 @@ class Guest:
                 self.emit("trap", events.trap(Vector.PF, eip, error_code, cr2))
             if self._is_string_io(eip):
                 # Unicorn touches memory before it asks about the port; the CPU checks the
-                # I/O privilege first, and the guest never has it (§5.7): #GP(0).
+                # I/O privilege first, and the guest never has it (ABI §5.7): #GP(0).
                 traps.deliver(GP, eip, 0, direct=False)
                 return
             if self.lg.data is not None:
@@ -474,7 +474,7 @@ class Guest:
         self._after_exit()
 
     def _after_exit(self) -> None:
-        """lguest checked for interrupts on every return to the guest (§3.2 step 5)."""
+        """lguest checked for interrupts on every return to the guest (ABI §3.2 step 5)."""
         if self.lg.data is not None and self.interrupts.pending and not self.interrupts.halted \
                 and self.outcome is None:
             self._inject(self.cpu.reg(Reg.EIP))
@@ -507,7 +507,7 @@ class Guest:
         return None
 
     def _port_access(self, port: int, is_in: bool) -> int | None:
-        """§5.7: emulate a ring-1 `in`/`out`; anything else becomes a #GP(0) at slice end.
+        """ABI §5.7: emulate a ring-1 `in`/`out`; anything else becomes a #GP(0) at slice end.
         Returns the new EAX for an emulated `in`, else None."""
         cpu = self.cpu
         eip = cpu.reg(Reg.EIP)
@@ -559,7 +559,7 @@ class Guest:
         self.stop()
 
     def _on_sysenter(self) -> None:
-        """lguest's Host zeroes SYSENTER_CS while the guest runs (§5.6): #GP(0)."""
+        """lguest's Host zeroes SYSENTER_CS while the guest runs (ABI §5.6): #GP(0)."""
         self._defer_fault(GP)
 
     def _on_syscall(self) -> None:

@@ -1,7 +1,7 @@
-"""Hypercalls (§3): `int $0x1f` at ring 1, number in EAX, arguments in EDX, EBX, ECX.
+"""Hypercalls (ABI §3): `int $0x1f` at ring 1, number in EAX, arguments in EDX, EBX, ECX.
 
 One handler per call number, in a table; the async ring is drained before every synchronous
-call after LGUEST_INIT (§3.2, §3.5).  Handlers take the `Host` (the guest's lguest state `lg`
+call after LGUEST_INIT (ABI §3.2, §3.5).  Handlers take the `Host` (the guest's lguest state `lg`
 and the parts of the Host they act on) and the three arguments, and return nothing: no 2.6.24
 hypercall returns a value.
 """
@@ -107,7 +107,7 @@ Handler = Callable[[Host, int, int, int], None]
 
 
 def lguest_init(g: Host, addr: int, _a2: int, _a3: int) -> None:
-    """The first hypercall: register `struct lguest_data`, in the order of §3.4."""
+    """The first hypercall: register `struct lguest_data`, in the order of ABI §3.4."""
     if g.lg.data is not None:
         raise GuestKilled(AlreadyInitialized())
     if not g.memory.valid(addr, LGUEST_DATA_SIZE):
@@ -132,7 +132,7 @@ def flush_async(g: Host, _a1: int, _a2: int, _a3: int) -> None:
 
 
 def crash(g: Host, addr: int, _a2: int, _a3: int) -> None:
-    """LHCALL_CRASH: panic, or "Power down" from pm_power_off (§9.2)."""
+    """LHCALL_CRASH: panic, or "Power down" from pm_power_off (ABI §9.2)."""
     raw = bytearray(g.memory.read(addr, CRASH_MESSAGE_BYTES))
     raw[-1] = 0
     message = raw[:raw.index(0)].decode("latin-1")
@@ -145,7 +145,7 @@ def crash(g: Host, addr: int, _a2: int, _a3: int) -> None:
 
 
 def load_gdt(g: Host, addr: int, count: int, _a3: int) -> None:
-    """LHCALL_LOAD_GDT (§6)."""
+    """LHCALL_LOAD_GDT (ABI §6)."""
     if count > GDT_ENTRIES:
         raise GuestKilled(TooManyGdtEntries(count))
     raw = g.memory.read(addr, 8 * count)
@@ -153,31 +153,31 @@ def load_gdt(g: Host, addr: int, count: int, _a3: int) -> None:
 
 
 def load_tls(g: Host, addr: int, _cpu: int, _a3: int) -> None:
-    """LHCALL_LOAD_TLS: three descriptors into entries 6–8 (§6.3)."""
+    """LHCALL_LOAD_TLS: three descriptors into entries 6–8 (ABI §6.3)."""
     raw = g.memory.read(addr, 8 * GDT_ENTRY_TLS_ENTRIES)
     g.gdt.load_tls(list(struct.unpack(f"<{GDT_ENTRY_TLS_ENTRIES}Q", raw)))
 
 
 def new_pgtable(g: Host, pgdir: int, _a2: int, _a3: int) -> None:
-    """LHCALL_NEW_PGTABLE: the guest's write_cr3; a blank shadow re-pins the stack (§5.5)."""
+    """LHCALL_NEW_PGTABLE: the guest's write_cr3; a blank shadow re-pins the stack (ABI §5.5)."""
     if g.paging.new_pgtable(pgdir) and g.lg.stack_pages:
         g.paging.pin_stack(g.lg.esp1, g.lg.stack_pages)
 
 
 def flush_tlb(g: Host, everything: int, _a2: int, _a3: int) -> None:
-    """LHCALL_FLUSH_TLB: kernel and user (nonzero) or user only (§7.4)."""
+    """LHCALL_FLUSH_TLB: kernel and user (nonzero) or user only (ABI §7.4)."""
     g.paging.flush(everything=bool(everything))
     if everything and g.lg.stack_pages:
         g.paging.pin_stack(g.lg.esp1, g.lg.stack_pages)
 
 
 def load_idt_entry(g: Host, vector: int, lo: int, hi: int) -> None:
-    """LHCALL_LOAD_IDT_ENTRY (§5.1)."""
+    """LHCALL_LOAD_IDT_ENTRY (ABI §5.1)."""
     g.traps.load_idt_entry(vector, lo, hi)
 
 
 def set_stack(g: Host, segment: int, esp: int, pages: int) -> None:
-    """LHCALL_SET_STACK: where traps from ring 3 land (§5.5)."""
+    """LHCALL_SET_STACK: where traps from ring 3 land (ABI §5.5)."""
     if segment & 3 != 1:
         raise GuestKilled(BadStackSegment(segment))
     if pages > MAX_STACK_PAGES:
@@ -187,32 +187,32 @@ def set_stack(g: Host, segment: int, esp: int, pages: int) -> None:
 
 
 def task_switched(g: Host, ts: int, _a2: int, _a3: int) -> None:
-    """LHCALL_TS: mirror the guest's TS flag into CR0 so FPU use raises #NM (§9.3)."""
+    """LHCALL_TS: mirror the guest's TS flag into CR0 so FPU use raises #NM (ABI §9.3)."""
     g.set_ts(ts)
 
 
 def set_clockevent(g: Host, delta_ns: int, _a2: int, _a3: int) -> None:
-    """LHCALL_SET_CLOCKEVENT: arm (or with 0 stop) the one-shot timer (§8)."""
+    """LHCALL_SET_CLOCKEVENT: arm (or with 0 stop) the one-shot timer (ABI §8)."""
     g.set_timer(delta_ns)
 
 
 def halt(g: Host, _a1: int, _a2: int, _a3: int) -> None:
-    """LHCALL_HALT: sleep until an interrupt is deliverable (§9.1)."""
+    """LHCALL_HALT: sleep until an interrupt is deliverable (ABI §9.1)."""
     g.halt()
 
 
 def set_pte(g: Host, pgdir: int, vaddr: int, pte: int) -> None:
-    """LHCALL_SET_PTE: a hint, never a memory write (§7.2)."""
+    """LHCALL_SET_PTE: a hint, never a memory write (ABI §7.2)."""
     g.paging.set_pte(pgdir, vaddr, pte)
 
 
 def set_pmd(g: Host, pgdir: int, index: int, _a3: int) -> None:
-    """LHCALL_SET_PMD (§7.3)."""
+    """LHCALL_SET_PMD (ABI §7.3)."""
     g.paging.set_pmd(pgdir, index)
 
 
 def notify(g: Host, addr: int, _a2: int, _a3: int) -> None:
-    """LHCALL_NOTIFY: a virtqueue kick or an early-console string (§10.5)."""
+    """LHCALL_NOTIFY: a virtqueue kick or an early-console string (ABI §10.5)."""
     g.notify(addr)
 
 
@@ -248,7 +248,7 @@ def run_hypercall(g: Host, nr: int, a1: int, a2: int, a3: int,
 
 
 def _drain_ring_pass(g: Host) -> bool:
-    """One pass over the async ring (§3.5); True if it stopped early at a NOTIFY."""
+    """One pass over the async ring (ABI §3.5); True if it stopped early at a NOTIFY."""
     lg = g.lg
     data = lg.data
     for _ in range(LHCALL_RING_SIZE):
@@ -266,7 +266,7 @@ def _drain_ring_pass(g: Host) -> bool:
 
 
 def hypercall(g: Host, nr: int, a1: int, a2: int, a3: int) -> None:
-    """A synchronous hypercall, with lguest's order of work (§3.2)."""
+    """A synchronous hypercall, with lguest's order of work (ABI §3.2)."""
     data = g.lg.data
     if data is None:
         if nr != Hcall.LGUEST_INIT:

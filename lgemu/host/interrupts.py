@@ -1,11 +1,11 @@
-"""Virtual interrupts (§5.3): pending lines, the guest's masks, and injection.
+"""Virtual interrupts (ABI §5.3): pending lines, the guest's masks, and injection.
 
 The guest's `cli`/`sti` are plain stores to `lguest_data.irq_enabled` and its irq chip is the
 `blocked_interrupts` bitmap, so nothing tells the Host when interrupts become deliverable:
 the run loop calls `maybe_interrupt` before every guest entry and after every exit handled
 inside a slice, and runs short slices while something is pending but masked.
 
-Choice on the `irq_enabled` quirk (§4): 2.6.24 injected on any nonzero value but built the
+Choice on the `irq_enabled` quirk (ABI §4): 2.6.24 injected on any nonzero value but built the
 pushed EFLAGS from bit 0x200.  lgemu tests bit 0x200 in both places, which is what the guest
 means (`lguest_iret` can store an EFLAGS word with IF clear).
 """
@@ -60,7 +60,7 @@ class Interrupts:
     def maybe_interrupt(self, data: LguestData, eip: int,
                         wall_ns: Callable[[], int]) -> int | None:
         """Deliver the lowest deliverable IRQ if the guest can take one now; return it.
-        Whenever delivery is attempted the guest's clock is refreshed (§5.3 step 6)."""
+        Whenever delivery is attempted the guest's clock is refreshed (ABI §5.3 step 6)."""
         candidates = self.candidates(data)
         if not candidates:
             return None

@@ -1,6 +1,6 @@
 """`struct lguest_data` as the Host sees it: a guest-physical address and typed accessors.
 
-LGUEST_INIT checks the whole 1136-byte range once (§3.4) and memory never shrinks, so the
+LGUEST_INIT checks the whole 1136-byte range once (ABI §3.4) and memory never shrinks, so the
 accessors below can use the mapping directly.
 """
 
@@ -53,15 +53,15 @@ class LguestData:
         return self.u32(LD_BLOCKED)
 
     def set_cr2(self, cr2: int) -> None:
-        """Where the guest's read_cr2 looks (§5.4)."""
+        """Where the guest's read_cr2 looks (ABI §5.4)."""
         self.set_u32(LD_CR2, cr2)
 
     def set_time(self, ns: int) -> None:
-        """Publish wall-clock time as a timespec (§8)."""
+        """Publish wall-clock time as a timespec (ABI §8)."""
         sec, nsec = divmod(ns, NS_PER_SEC)
         TIMESPEC.pack_into(self.ram, self.addr + LD_TIME, sec & 0x7FFFFFFF, nsec)
 
-    # -- the async hypercall ring (§3.5) ---------------------------------------------------
+    # -- the async hypercall ring (ABI §3.5) -----------------------------------------------
     def ring_status(self, slot: int) -> int:
         return self.ram[self.addr + LD_HCALL_STATUS + slot]
 

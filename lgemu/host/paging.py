@@ -1,4 +1,4 @@
-"""Guest paging (§7): the guest's own page tables, under a host-owned page directory.
+"""Guest paging (ABI §7): the guest's own page tables, under a host-owned page directory.
 
 lguest kept shadow page tables.  lgemu keeps only a *shadow page directory*: the CPU's CR3
 points at a host page whose entries are validated copies of the guest's PDEs, filled on
@@ -7,7 +7,7 @@ the guest's own, so Accessed and Dirty land in guest memory as on hardware.  Wha
 
 * PDE 1023 of every address space is the Host's: the switcher page table maps the GDT, the
   TSS and emu_start's `until` page at 0xFFC00000, and the guest cannot remap them.
-* §7.1's directory checks happen exactly when lguest made them (first use of a PDE).
+* ABI §7.1's directory checks happen exactly when lguest made them (first use of a PDE).
 * The paging hypercalls are what lguest made them: SET_PMD drops a shadow PDE, FLUSH_TLB
   drops the user part or everything, NEW_PGTABLE switches (caching four directories).
 
@@ -119,8 +119,8 @@ class Paging:
         U32.pack_into(self.memory.host, off + 4 * SWITCHER_PDE, SWITCHER_PDE_VALUE)
 
     def new_pgtable(self, pgdir: int) -> bool:
-        """LHCALL_NEW_PGTABLE: run on `pgdir` (not validated until used, §3.3).  True when
-        it had to start a blank shadow (the caller re-pins the stack, §5.5)."""
+        """LHCALL_NEW_PGTABLE: run on `pgdir` (not validated until used, ABI §3.3).  True when
+        it had to start a blank shadow (the caller re-pins the stack, ABI §5.5)."""
         blank = pgdir not in self._slots
         if not blank:
             self.slot = self._slots.index(pgdir)
@@ -147,7 +147,7 @@ class Paging:
         self.cpu.flush_tlb()
 
     def set_pmd(self, pgdir: int, index: int) -> None:
-        """LHCALL_SET_PMD: forget one PDE of a directory we shadow (§7.3)."""
+        """LHCALL_SET_PMD: forget one PDE of a directory we shadow (ABI §7.3)."""
         if index < SWITCHER_PDE and pgdir in self._slots:
             slot = self._slots.index(pgdir)
             U32.pack_into(self.memory.host, self._shadow_offset(slot) + 4 * index, 0)
@@ -155,7 +155,7 @@ class Paging:
 
     def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
         """LHCALL_SET_PTE: the guest changed a PTE (already in its memory); `pte` is a hint
-        and 0 from flush_tlb_single means "forget", never "store 0" (§7.2).  lguest checked
+        and 0 from flush_tlb_single means "forget", never "store 0" (ABI §7.2).  lguest checked
         the value only where it would install it: a shadow whose PDE covering `vaddr` is
         present (every cached directory for a kernel address, else `pgdir`'s, if cached)."""
         if pte & (PTE_ACCESSED | PTE_DIRTY):
@@ -173,7 +173,7 @@ class Paging:
         if pte & (PTE_PWT | PTE_PSE) or (pte >> 12) * PAGE_SIZE >= self.memory.limit:
             raise GuestKilled(BadPageTableEntry())
 
-    # -- demand paging (§7.1) --------------------------------------------------------------
+    # -- demand paging (ABI §7.1) ----------------------------------------------------------
     def demand_fault(self, vaddr: int, error_code: int) -> bool:
         """A #PF at `vaddr`: copy the guest's PDE into the shadow if that is all that was
         missing.  True means retry the instruction; False means reflect the fault."""
@@ -263,7 +263,7 @@ class Paging:
         return bytes(out)
 
     def pin_stack(self, esp1: int, pages: int) -> None:
-        """Make sure the kernel stack below `esp1` is mapped and writable (§5.5)."""
+        """Make sure the kernel stack below `esp1` is mapped and writable (ABI §5.5)."""
         for n in range(pages):
             va = (esp1 - 1 - n * PAGE_SIZE) & 0xFFFFFFFF
             if self.translate(va, write=True) is None:

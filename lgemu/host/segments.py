@@ -1,13 +1,13 @@
-"""The host-owned GDT (§6).
+"""The host-owned GDT (ABI §6).
 
 The CPU's GDTR points at a host page that appears at 0xFFC00000+4K in every address space.
 The guest never writes it: LOAD_GDT and LOAD_TLS hand descriptors to the Host, which copies
-the guest-controlled entries and applies lguest's fix-ups (§6.2).  Entries 10, 11 and 16 are
+the guest-controlled entries and applies lguest's fix-ups (ABI §6.2).  Entries 10, 11 and 16 are
 the Host's own; 31 (the double-fault TSS) is never installed.
 
 One hardening beyond 2.6.24: a present *system* descriptor (call gate, TSS, LDT) supplied by
 the guest is stored not-present.  Real lguest let such a call gate reach ring 0; in Unicorn a
-far call through one can even abort the process (unicorn-notes §8.1).  2.6.24 itself only
+far call through one can even abort the process (Unicorn §8.1).  2.6.24 itself only
 places system descriptors in the host-owned slots, so nothing it does changes.
 """
 
@@ -48,7 +48,7 @@ def tss_descriptor(base: int) -> int:
 
 
 def fix_up(desc: int) -> int:
-    """lguest's fix-up (§6.2): DPL 0 becomes 1, accessed always set; plus system → absent."""
+    """lguest's fix-up (ABI §6.2): DPL 0 becomes 1, accessed always set; plus system → absent."""
     if desc & DESC_PRESENT and not desc & DESC_SYSTEM_BIT:
         return desc & ~DESC_PRESENT
     if (desc >> DESC_DPL_SHIFT) & 3 == 0:
@@ -63,20 +63,20 @@ class Gdt:
         assert len(page) >= PAGE_SIZE
         self._page = page
         self.entries = [0] * GDT_ENTRIES
-        self.entries[GDT_ENTRY_KERNEL_CS] = DESC_GUEST_CS  # §2: the boot segments
+        self.entries[GDT_ENTRY_KERNEL_CS] = DESC_GUEST_CS  # ABI §2: the boot segments
         self.entries[GDT_ENTRY_KERNEL_DS] = DESC_GUEST_DS
         self._host = {GDT_ENTRY_LGUEST_CS: DESC_LGUEST_CS, GDT_ENTRY_LGUEST_DS: DESC_LGUEST_DS,
                       GDT_ENTRY_TSS: tss_descriptor(tss_linear), GDT_ENTRY_DOUBLEFAULT_TSS: 0}
         self._publish()
 
     def load(self, descriptors: list[int]) -> None:
-        """LHCALL_LOAD_GDT: take entries 0..n-1, then fix up all 32 (§3.3, §6.2)."""
+        """LHCALL_LOAD_GDT: take entries 0..n-1, then fix up all 32 (ABI §3.3, §6.2)."""
         for i, desc in enumerate(descriptors):
             self.entries[i] = desc
         self._fix_up(range(GDT_ENTRIES))
 
     def load_tls(self, descriptors: list[int]) -> None:
-        """LHCALL_LOAD_TLS: entries 6, 7 and 8 (§6.3)."""
+        """LHCALL_LOAD_TLS: entries 6, 7 and 8 (ABI §6.3)."""
         for i, desc in enumerate(descriptors[:GDT_ENTRY_TLS_ENTRIES]):
             self.entries[GDT_ENTRY_TLS_MIN + i] = desc
         self._fix_up(range(GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_MIN + GDT_ENTRY_TLS_ENTRIES))

@@ -1,5 +1,5 @@
 """What the guest told the Host about itself: one record per guest, lguest's `struct lguest`
-and `struct lg_cpu` fields that hypercalls set (§3.4, §5.5).
+and `struct lg_cpu` fields that hypercalls set (ABI §3.4, §5.5).
 
 LGUEST_INIT registers `lguest_data` and, read from it, the kernel's address and the noirq
 window; SET_STACK gives the kernel stack for traps from ring 3; the async ring has a cursor.

@@ -1,16 +1,16 @@
-"""Traps: the guest's IDT as the Host keeps it, and reflection of traps into the guest (§5).
+"""Traps: the guest's IDT as the Host keeps it, and reflection of traps into the guest (ABI §5).
 
-Unicorn delivers nothing itself (unicorn-notes §0): every exception and every `int n` reaches
+Unicorn delivers nothing itself (Unicorn §0): every exception and every `int n` reaches
 the Host, which decides what real lguest's hardware or Host would have done:
 
 * *Direct* traps — vectors 0–31 except 7, 13, 14 and 31, and the syscall vector, when the
   guest's gate is a trap gate — were handled by the real CPU through a copied gate: the gate's
   DPL is checked for software `int n`, the pushed EFLAGS is the real one, `irq_enabled` is
-  left alone (§5.6).
+  left alone (ABI §5.6).
 * Everything else went through the Host's own gates (DPL 0, except the hypercall gate at
   DPL 1): a software `int n` from the guest to such a vector is a #GP with error code
   `n*8+2`; faults are reflected with the IF bit taken from `irq_enabled`, and an interrupt
-  gate clears `irq_enabled` (§5.2).
+  gate clears `irq_enabled` (ABI §5.2).
 
 The frame is `[err] EIP CS EFLAGS [ESP SS]`, lowest address first, on the current stack for
 ring 1 or on `ss1:esp1` from ring 3.
@@ -44,7 +44,7 @@ from .paging import Paging
 from .segments import Gdt
 from .state import LguestState
 
-# Vectors the Host always handles itself, even with a guest trap gate (§5.4, §5.6).
+# Vectors the Host always handles itself, even with a guest trap gate (ABI §5.4, §5.6).
 HOST_HANDLED = frozenset({Vector.NM, Vector.GP, Vector.PF, LGUEST_TRAP_ENTRY})
 GP = Vector.GP
 GUEST_IDT_VECTORS = FIRST_EXTERNAL_VECTOR + LGUEST_IRQS  # 64: the IDT lguest keeps
@@ -72,7 +72,7 @@ class Traps:
         self.idt = list(state)
 
     def load_idt_entry(self, vector: int, lo: int, hi: int) -> None:
-        """LHCALL_LOAD_IDT_ENTRY with lguest's checks (§5.1).
+        """LHCALL_LOAD_IDT_ENTRY with lguest's checks (ABI §5.1).
 
         2.6.24 kept only the 32 trap vectors, the 32 IRQ vectors and the syscall vector, and
         silently ignored the rest (its load_guest_idt_entry); killing with "Setting idt entry"
@@ -83,7 +83,7 @@ class Traps:
         if not hi & GATE_PRESENT:
             self.idt[vector] = None
             return
-        gate = Gate.decode(lo, hi & 0xFFFFEF00)  # what lguest kept of it (§5.1 step 5)
+        gate = Gate.decode(lo, hi & 0xFFFFEF00)  # what lguest kept of it (ABI §5.1 step 5)
         if gate.type not in (GATE_INTERRUPT, GATE_TRAP):
             raise GuestKilled(BadIdtType(gate.type))
         self.idt[vector] = gate
@@ -97,7 +97,7 @@ class Traps:
                                             and vector not in HOST_HANDLED)
 
     def software_interrupt_allowed(self, vector: int, cpl: int) -> bool:
-        """The gate-DPL check the CPU makes for `int n`, `int3` and `into` (§5.6)."""
+        """The gate-DPL check the CPU makes for `int n`, `int3` and `into` (ABI §5.6)."""
         if vector == LGUEST_TRAP_ENTRY:
             return cpl <= 1
         gate = self.idt[vector]
@@ -106,7 +106,7 @@ class Traps:
     def deliver(self, vector: int, eip: int, error_code: int | None = None,
                 direct: bool = False, software: bool = False,
                 context: tuple[int, int, int, int] | None = None) -> None:
-        """Push the trap frame and continue in the guest's handler at ring 1 (§5.2).
+        """Push the trap frame and continue in the guest's handler at ring 1 (ABI §5.2).
         `context` is (CS, SS, ESP, EFLAGS) if the caller has already read them."""
         gate = self.idt[vector]
         if gate is None:
@@ -137,7 +137,7 @@ class Traps:
         if direct:
             # The real CPU delivered these, and a gate always clears TF, NT, RF and VM (the
             # handler must not be single-stepped).  2.6.24's set_guest_interrupt did not
-            # (§5.2), so the Host's own deliveries leave EFLAGS alone.
+            # (ABI §5.2), so the Host's own deliveries leave EFLAGS alone.
             if eflags & EFLAGS_CLEARED_BY_GATES:
                 cpu.set_reg(Reg.EFLAGS, eflags & ~EFLAGS_CLEARED_BY_GATES)
         elif gate.type == GATE_INTERRUPT:

@@ -12,7 +12,7 @@ same order, into a `GuestMemory`:
 5. the device page at ``mem`` and the vrings above it (`devicepage`), which fixes
    ``pfn_limit``, the end of everything the guest may touch.
 
-Guest-physical layout afterwards (§1)::
+Guest-physical layout afterwards (ABI §1)::
 
     0x0000 zero page | 0x1000 command line | 0x100000 kernel ... free RAM ...
     | PTE pages | page directory | initrd | mem: device page | vrings | pfn_limit

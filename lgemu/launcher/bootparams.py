@@ -2,7 +2,7 @@
 
 A PC bootloader hands Linux a `struct boot_params` (the "zero page") describing memory, the
 command line and the initrd.  lguest's Launcher fakes just enough of one at guest-physical 0
-(§1.2), and the guest's ``startup_32`` copies it before doing anything else:
+(ABI §1.2), and the guest's ``startup_32`` copies it before doing anything else:
 
 * ``version`` 0x0207 with ``KEEP_SEGMENTS``: without them ``startup_32`` would execute
   ``lgdt`` and reload segment registers, which fault in ring 1 before the guest has an IDT;
@@ -41,7 +41,7 @@ from ..errors import UserError
 def build_zero_page(mem: int, initrd_addr: int, initrd_size: int) -> bytes:
     """The 4096-byte zero page for `mem` bytes of RAM, exactly as the 2.6.24 Launcher writes it.
 
-    `initrd_size` is the page-rounded size the Launcher reports (§1.2); 0 means "no initrd",
+    `initrd_size` is the page-rounded size the Launcher reports (ABI §1.2); 0 means "no initrd",
     in which case `initrd_addr` is ignored and the initrd fields and ``type_of_loader`` stay 0,
     as they do when lguest runs without ``--initrd``.
     """

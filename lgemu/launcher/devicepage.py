@@ -1,11 +1,11 @@
-"""The lguest bus: one page of device descriptors above RAM, then the vrings (§1.4, §10).
+"""The lguest bus: one page of device descriptors above RAM, then the vrings (ABI §1.4, §10).
 
 2.6.24's lguest has no PCI.  A guest finds its devices in the page right after the end of RAM
 (``max_pfn << 12``): a packed list of 3-byte descriptors (type, config length, status), each
 followed by config fields ``[type][len][bytes]``, ended by a type-0 byte.  Every virtqueue is a
 VIRTQUEUE field (num, irq, pfn) pointing at two pages of vring further up.
 
-The layout is fixed by the order the Launcher creates things in (§10.3), and guests can tell:
+The layout is fixed by the order the Launcher creates things in (ABI §10.3), and guests can tell:
 IRQ numbers and ring addresses are handed out in creation order, queue by queue, starting at
 IRQ 1 (0 is the timer) and at the page after the descriptor page.  So devices are laid out in
 the order given — lguest's command-line order, with the console last — and each descriptor
@@ -47,7 +47,7 @@ _NOT_ENOUGH = "Not enough memory for devices"  # the Launcher's own words
 
 
 def config_field(ftype: int, payload: bytes) -> bytes:
-    """One config field: ``[type u8][len u8][payload]`` (§10.1)."""
+    """One config field: ``[type u8][len u8][payload]`` (ABI §10.1)."""
     if not 0 <= len(payload) <= 0xFF:
         raise ValueError(f"config field {ftype:#x} of {len(payload)} bytes")
     return CONFIG_FIELD_HDR.pack(ftype, len(payload)) + payload
@@ -101,7 +101,7 @@ class DeviceLayout:
 
     @property
     def status_offset(self) -> int:
-        """Offset of the status byte (written by the guest, §10.4) in the device page."""
+        """Offset of the status byte (written by the guest, ABI §10.4) in the device page."""
         return self.offset + 2
 
 
@@ -191,6 +191,6 @@ def lay_out_devices(ram: Ram, mem: int, specs: list[DeviceSpec]) -> DevicePage:
     if rings_end > len(ram):
         raise ValueError(f"device area ends at {rings_end:#x}, memory at {len(ram):#x}")
     ram[mem:mem + PAGE_SIZE] = page
-    # The guest never clears ring memory: it relies on used.idx etc. starting at 0 (§11.3).
+    # The guest never clears ring memory: it relies on used.idx etc. starting at 0 (ABI §11.3).
     ram[mem + PAGE_SIZE:rings_end] = bytes(rings_end - mem - PAGE_SIZE)
     return DevicePage(mem, devices, next_pfn)

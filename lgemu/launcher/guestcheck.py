@@ -16,7 +16,7 @@ What a 2.6.24 guest kernel has, and what can be seen in the file:
   into the page directory) has mm/memory.c's ``__pmd_alloc``; a 2-level one never does.
 * A bzImage cannot be asked for symbols, but its setup header says which boot protocol it
   speaks: 2.07 (Linux 2.6.24) introduced ``hardware_subarch``, the paravirt entry lguest's
-  zero page relies on (§1.2).  Older kernels cannot be lguest guests.
+  zero page relies on (ABI §1.2).  Older kernels cannot be lguest guests.
 
 When the answer is not certain the check says nothing: a stripped vmlinux (no symbol table)
 passes, and so does an ELF with symbols that is not Linux at all (neither ``start_kernel``

@@ -1,6 +1,6 @@
 """Kernel images: reading a vmlinux or bzImage into the segments the Launcher will copy.
 
-lguest's Launcher accepts two kinds of kernel file (§1.1):
+lguest's Launcher accepts two kinds of kernel file (ABI §1.1):
 
 * an ELF ``vmlinux``: each ``PT_LOAD`` segment's file bytes go to its *physical* address
   (``p_paddr``, not ``p_vaddr``: the guest starts with paging mapping virtual = physical), the

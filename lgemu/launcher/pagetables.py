@@ -1,7 +1,7 @@
 """The initial page tables: an identity map of guest RAM, built just below the initrd.
 
-An lguest guest starts with paging already on (§2), so before the first instruction the
-Launcher must supply a page directory.  2.6.24's is as simple as possible (§1.3): two-level,
+An lguest guest starts with paging already on (ABI §2), so before the first instruction the
+Launcher must supply a page directory.  2.6.24's is as simple as possible (ABI §1.3): two-level,
 4 KiB pages, virtual = physical for every byte of RAM and nothing else — not the device page,
 not ``PAGE_OFFSET``.  The guest's ``lguest_entry`` then copies PDEs 0–31 to 768–799 itself,
 which is how it runs at 0xC0000000 until it switches to ``swapper_pg_dir``.

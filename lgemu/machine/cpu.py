@@ -2,14 +2,14 @@
 
 Everything lguest's Switcher did in assembly happens here, in one place:
 
-* **Ring switching.**  Unicorn never lowers CPL and never delivers a trap (unicorn-notes §0).
+* **Ring switching.**  Unicorn never lowers CPL and never delivers a trap (Unicorn §0).
   `enter()` patches `hflags.CPL` inside one preallocated context blob, restores it, then loads
   SS, CS, ESP and EIP.  It is the only way lgemu changes rings.
 * **The sticky exception state.**  Unicorn skips QEMU's `do_interrupt`, so `old_exception`
   keeps the last fault and the next one becomes a double fault.  `enter()` and
   `ack_exception()` reset it, so every fault the Host handles is acknowledged.
 * **Fast registers.**  The binding's `reg_read` costs ~2 µs; direct ctypes calls cost ~0.6 µs.
-  Selectors are written as 2 bytes, so the buffer is zeroed before every read (spike O2).
+  Selectors are written as 2 bytes, so the buffer is zeroed before every read (Unicorn §9.2).
 * **Version-specific internals** (context-blob offsets, `emu_counter`) are checked by
   `self_test()` before any guest runs; a different Unicorn build is refused.
 
@@ -60,7 +60,7 @@ from .memory import HOST_PHYS, HOST_UNTIL, GuestMemory, switcher_linear
 UNICORN_VERSION = "2.1.4"
 
 # Offsets into Unicorn 2.1.4's `struct uc_context` (40-byte header, then CPUX86State) and
-# `struct uc_struct`, measured in unicorn-notes §1, §4 and spike O9.  self_test() proves them.
+# `struct uc_struct`, measured in Unicorn §1.4 and §9.9.  self_test() proves them.
 CTX_HEADER = 40
 OFF_HFLAGS = 176
 OFF_ERROR_CODE = 5384
@@ -133,7 +133,7 @@ class Cpu:
         self.memory = memory
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self._h = uc._uch
-        # Only [0, limit) is guest memory (§1.4): the unused rest of the device reserve stays
+        # Only [0, limit) is guest memory (ABI §1.4): the unused rest of the device reserve stays
         # unmapped, so a guest page pointing there is a bad access, not spare RAM.
         uc.mem_map_ptr(0, memory.limit, UC_PROT_ALL, memory.ram_address)
         # Host pages: readable so segment loads and the `until` probe work, never writable.
@@ -178,7 +178,7 @@ class Cpu:
             vals = (ctypes.c_uint64 * len(regs))()
             ptrs = (ctypes.c_void_p * len(regs))(
                 *[ctypes.addressof(vals) + 8 * i for i in range(len(regs))])
-            # Unicorn writes 2 bytes for a selector and 4 for the rest (spike O2): mask.
+            # Unicorn writes 2 bytes for a selector and 4 for the rest (Unicorn §9.2): mask.
             masks = tuple(0xFFFF if r in SELECTORS else 0xFFFFFFFF for r in regs)
             batch = self._batches[regs] = (ids, vals, ptrs, len(regs), masks)
         ids, vals, ptrs, n, masks = batch
@@ -235,7 +235,7 @@ class Cpu:
 
     # -- running ---------------------------------------------------------------------------
     def run(self, eip: int, count: int) -> None:
-        """Run from `eip` for at most `count` instructions (count slicing only, spike O7)."""
+        """Run from `eip` for at most `count` instructions (count slicing only, Unicorn §9.7)."""
         self._stopped_before = False
         try:
             self.uc.emu_start(eip, UNTIL, 0, count)
@@ -299,7 +299,7 @@ class Cpu:
         self.uc.ctl_flush_tb()
 
     def invalidate_code(self, pages: list[int]) -> None:
-        """Drop translated code for physical pages the Host wrote (unicorn-notes §8.3)."""
+        """Drop translated code for physical pages the Host wrote (Unicorn §8.3)."""
         if not pages:
             return
         cr0 = self.reg(Reg.CR0)
@@ -314,7 +314,7 @@ class Cpu:
         self.uc.hook_add(UC_HOOK_INTR, lambda uc, intno, ud: fn(intno))
 
     def on_invalid(self, fn: Callable[[], None]) -> None:
-        """fn() for #UD, which Unicorn reports through its own hook (unicorn-notes §4)."""
+        """fn() for #UD, which Unicorn reports through its own hook (Unicorn §4.3)."""
         def cb(uc: Uc, ud: object) -> bool:
             fn()
             return True
@@ -338,7 +338,7 @@ class Cpu:
         self.uc.hook_add(UC_HOOK_INSN, cb, None, 1, 0, X.UC_X86_INS_CPUID)
 
     def on_sysenter(self, fn: Callable[[], None]) -> None:
-        """fn() for `sysenter`, which Unicorn otherwise treats as a no-op (unicorn-notes §3);
+        """fn() for `sysenter`, which Unicorn otherwise treats as a no-op (Unicorn §3.2);
         EIP is the instruction's own address inside fn."""
         self.uc.hook_add(UC_HOOK_INSN, lambda uc, ud: fn(), None, 1, 0, X.UC_X86_INS_SYSENTER)
 
@@ -347,7 +347,7 @@ class Cpu:
         self.uc.hook_add(UC_HOOK_INSN, lambda uc, ud: fn(), None, 1, 0, X.UC_X86_INS_SYSCALL)
 
     def on_rdtsc(self, fn: Callable[[], None]) -> None:
-        """fn() replaces `rdtsc` (the binding lacks this hook; unicorn-notes §5 workaround)."""
+        """fn() replaces `rdtsc` (the binding lacks this hook; Unicorn §5.4)."""
         self._raw_insn_hook(fn, X.UC_X86_INS_RDTSC)
 
     def on_rdtscp(self, fn: Callable[[], None]) -> None:
@@ -394,7 +394,7 @@ class Cpu:
                       read: bool, write: bool) -> int:
         """fn(is_write, address, size, value) when an instruction reads or writes a linear
         address in [begin, end] (before the access); returns a handle for `remove_hook`.
-        While any memory hook exists every load takes Unicorn's slow path (unicorn-notes §7):
+        While any memory hook exists every load takes Unicorn's slow path (Unicorn §7):
         install these only while they are wanted."""
         kinds = (UC_HOOK_MEM_READ if read else 0) | (UC_HOOK_MEM_WRITE if write else 0)
 
@@ -408,7 +408,7 @@ class Cpu:
         Unicorn drops the translated code the hook was compiled into, looking its address up
         through the current page tables; when that address is not mapped there, the failed
         walk leaves a page fault in the CPU state, and the guest's next fault would become a
-        double fault (as with emu_start's `until`, spike O1).  No fault is pending between
+        double fault (as with emu_start's `until`, Unicorn §9.1).  No fault is pending between
         runs, so it is acknowledged away."""
         self.uc.hook_del(handle)
         self.ack_exception()
@@ -468,7 +468,7 @@ class Cpu:
                        end: int = 0) -> int:
         """fn(address, size) before each instruction at a linear address in [begin, end]
         (every address when begin > end); a handle for `remove_hook`.  As for `on_code`, a
-        range the guest never reaches costs nothing (unicorn-notes §6)."""
+        range the guest never reaches costs nothing (Unicorn §6)."""
         callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: fn(address, size))
         return self._add_hook(unicorn.UC_HOOK_CODE, callback, begin, end)
 
@@ -493,7 +493,7 @@ class Cpu:
                          end: int = 0) -> int:
         """fn(is_write, address, size, value) after each read (the value read) and before
         each write (the value written) at a linear address in [begin, end]; a handle for
-        `remove_hook`.  Like any memory hook it slows every load (unicorn-notes §7)."""
+        `remove_hook`.  Like any memory hook it slows every load (Unicorn §7)."""
         def cb(h: object, access: int, address: int, size: int, value: int, ud: object) -> None:
             fn(access == unicorn.UC_MEM_WRITE, address, size, value)
         callback = HOOK_MEM_ACCESS_CFUNC(cb)
@@ -503,7 +503,7 @@ class Cpu:
     def read_code(self, address: int, size: int) -> bytes | None:
         """`size` bytes at linear `address` through the current page tables (an instruction
         being executed, say), or None if any of them is unmapped.  A failed walk would
-        overwrite CR2 (unicorn-notes §8.5); it is put back."""
+        overwrite CR2 (Unicorn §8.5); it is put back."""
         buf = ctypes.create_string_buffer(size)
         cr2 = self.reg(Reg.CR2)
         status = uclib.uc_vmem_read(self._h, ctypes.c_uint64(address),

@@ -1,6 +1,6 @@
 """Guest-physical memory, and the host-only pages behind the switcher address.
 
-Unicorn's physical address space is laid out exactly like the guest's (§1): RAM from 0, then
+Unicorn's physical address space is laid out exactly like the guest's (ABI §1): RAM from 0, then
 the device page and vrings.  Both are one anonymous `mmap` handed to Unicorn with
 `mem_map_ptr`, so the Host reads and writes guest memory at memory speed with `struct`, and
 Unicorn sees every write at once.
@@ -23,7 +23,7 @@ from ..kills import BadGuestAddress
 HOST_PHYS = 0xF0000000  # far above any RAM size lgemu accepts
 HOST_SWITCHER_PT = 0  # page indices inside the host region
 HOST_GDT = 1
-HOST_UNTIL = 2  # emu_start's `until` must be mapped in every address space (spike O1)
+HOST_UNTIL = 2  # emu_start's `until` must be mapped in every address space (Unicorn §9.1)
 HOST_TSS = 3
 HOST_SHADOW_PGDIRS = 4  # first of SHADOW_SLOTS shadow page directories
 SHADOW_SLOTS = 4  # lguest cached four directories
@@ -69,7 +69,7 @@ class GuestMemory:
         self.ram.close()
         self.host.close()
 
-    # -- lguest's rule for guest-supplied ranges (§1.4) --------------------------------------
+    # -- lguest's rule for guest-supplied ranges (ABI §1.4) ----------------------------------
     def valid(self, pa: int, length: int) -> bool:
         """True when [pa, pa+length) is guest memory: ends below pfn_limit and does not wrap."""
         return 0 <= pa and 0 <= length and pa + length < self.limit and pa + length <= 0xFFFFFFFF
