@@ -17,9 +17,17 @@ What a 2.6.24 guest kernel has, and what can be seen in the file:
   speaks: 2.07 (Linux 2.6.24) introduced ``hardware_subarch``, the paravirt entry lguest's
   zero page relies on (§1.2).  Older kernels cannot be lguest guests.
 
-When the answer is not certain the check says nothing: a stripped vmlinux (no symbol table)
-passes, and so does an ELF with symbols that is not Linux at all (neither ``start_kernel``
-nor ``linux_banner``), such as the tiny test guests in tests/guestasm.py.
+An ELF that is not a kernel at all — a user program such as klibc's ``sh`` — would load as
+well and die on its first trap.  It is refused when it carries no sign of being an lguest
+guest: a program header only user programs have (``PT_INTERP``, ``PT_DYNAMIC``; and, in an
+image without symbols, ``PT_TLS`` or the ``PT_GNU_*`` headers a default link adds, which a
+kernel's own linker script never asks for), or a symbol table without any of
+``lguest_init``, ``lguest_entry`` and ``lguest_data`` (every guest defines ``lguest_data``,
+the tiny test guests of tests/guestasm.py included).
+
+When the answer is not certain the check says nothing: a stripped vmlinux (no symbol table,
+no user-program header) passes, and so does an image built by hand, such as those of
+tests/elfimage.py.
 
 Section headers are only read here, never trusted: every offset and size is checked against
 the file, and a table that does not make sense means "cannot tell", not an error.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +46,16 @@ from ..errors import UserError
 
 ELF32_SHDR = struct.Struct("<IIIIIIIIII")  # name type flags addr offset size link info align
 ELF32_SYM = struct.Struct("<IIIBBH")  # name value size info other shndx
+ELF32_PHDR = struct.Struct("<IIIIIIII")  # type offset vaddr paddr filesz memsz flags align
+MAX_PHNUM = 64  # as the loader: a vmlinux has a handful
+PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_TLS = 1, 2, 3, 7
+PT_GNU_EH_FRAME, PT_GNU_STACK, PT_GNU_RELRO = 0x6474E550, 0x6474E551, 0x6474E552
+# Program headers only a user program has: the first two in any image, the rest where no
+# symbol table speaks for the image (a default link adds them; kernels' scripts never do).
+USER_PROGRAM_HEADERS = {PT_INTERP: "PT_INTERP: it names a dynamic loader",
+                        PT_DYNAMIC: "PT_DYNAMIC: it is dynamically linked"}
+LINKED_AS_A_PROGRAM = {PT_TLS: "PT_TLS", PT_GNU_EH_FRAME: "PT_GNU_EH_FRAME",
+                       PT_GNU_STACK: "PT_GNU_STACK", PT_GNU_RELRO: "PT_GNU_RELRO"}
 SHT_SYMTAB = 2
 SHN_UNDEF = 0
 STB_WEAK = 2
@@ -46,7 +65,8 @@ BOOT_PROTOCOL_PARAVIRT = 0x0207  # hardware_subarch appeared with boot protocol 
 MAX_TABLE_BYTES = 256 << 20
 REMEDY = "build the kernel with CONFIG_LGUEST_GUEST=y"
 LINUX_MARKERS = ("start_kernel", "linux_banner")
-NAMES = ("lguest_init", "lguest_entry", "__pmd_alloc", *LINUX_MARKERS)
+LGUEST_NAMES = ("lguest_init", "lguest_entry", "lguest_data")
+NAMES = (*LGUEST_NAMES, "__pmd_alloc", *LINUX_MARKERS)
 
 
 def _read(f: BinaryIO, size: int, offset: int, length: int) -> bytes | None:
@@ -56,6 +76,64 @@ def _read(f: BinaryIO, size: int, offset: int, length: int) -> bytes | None:
     f.seek(offset)
     data = f.read(length)
     return data if len(data) == length else None
+
+
+@dataclass(frozen=True)
+class ProgramHeader:
+    """One ELF32 program header, as read (not trusted: offsets are checked where used)."""
+
+    type: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def program_headers(f: BinaryIO) -> list[ProgramHeader]:
+    """The program headers of a 32-bit little-endian ELF; [] if there are none we can read."""
+    size = os.fstat(f.fileno()).st_size
+    header = _read(f, size, 0, 52)
+    if header is None or header[:4] != b"\x7fELF" or header[4] != 1 or header[5] != 1:
+        return []
+    phoff, = struct.unpack_from("<I", header, 28)
+    phentsize, phnum = struct.unpack_from("<HH", header, 42)
+    if phentsize != ELF32_PHDR.size or not 0 < phnum <= MAX_PHNUM:
+        return []
+    table = _read(f, size, phoff, phnum * ELF32_PHDR.size)
+    if table is None:
+        return []
+    return [ProgramHeader(*fields[:6]) for fields in ELF32_PHDR.iter_unpack(table)]
+
+
+def symbol_value(f: BinaryIO, name: str) -> int | None:
+    """The value of the defined symbol `name` in the ELF `f`, or None (no symbol table, no
+    such symbol, or tables that make no sense)."""
+    size = os.fstat(f.fileno()).st_size
+    try:
+        tables = _symbol_table(f, size)
+        if tables is None:
+            return None
+        symtab, strtab = tables
+        offsets = _name_offsets(strtab, name)
+        for st_name, value, _size, _info, _other, shndx in ELF32_SYM.iter_unpack(symtab):
+            if st_name in offsets and shndx != SHN_UNDEF:
+                return value
+    except (struct.error, IndexError, ValueError, OSError):
+        pass
+    return None
+
+
+def _name_offsets(strtab: bytes, name: str) -> set[int]:
+    """Where `name` starts in a string table (the linker may share a string's tail with a
+    longer name, so there can be several)."""
+    needle = name.encode() + b"\0"
+    found = set()
+    at = strtab.find(needle)
+    while at >= 0:
+        found.add(at)
+        at = strtab.find(needle, at + 1)
+    return found
 
 
 def _symbol_table(f: BinaryIO, size: int) -> tuple[bytes, bytes] | None:
@@ -83,13 +161,7 @@ def _symbol_table(f: BinaryIO, size: int) -> tuple[bytes, bytes] | None:
 
 def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
     """Which of NAMES are defined: name → True if strong, False if only weak."""
-    wanted: dict[int, str] = {}
-    for name in NAMES:
-        needle = name.encode() + b"\0"
-        at = strtab.find(needle)
-        while at >= 0:  # the linker may share a string's tail with a longer name
-            wanted[at] = name
-            at = strtab.find(needle, at + 1)
+    wanted = {at: name for name in NAMES for at in _name_offsets(strtab, name)}
     found: dict[str, bool] = {}
     if not wanted:
         return found
@@ -101,12 +173,23 @@ def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
 
 
 def _elf_problem(f: BinaryIO, size: int) -> str | None:
+    types = {header.type for header in program_headers(f)}
+    for pt_type, why in USER_PROGRAM_HEADERS.items():
+        if pt_type in types:
+            return f"a user-space program ({why}), not a kernel"
     tables = _symbol_table(f, size)
-    if tables is None:
-        return None  # stripped: we cannot tell
+    if tables is None:  # stripped: only a program's link says anything
+        linked = [name for pt_type, name in LINKED_AS_A_PROGRAM.items() if pt_type in types]
+        if linked:
+            return (f"no symbols, and linked as a user-space program ({', '.join(linked)}, "
+                    "which a kernel's linker script never asks for)")
+        return None
     defined = _defined(*tables)
     if not any(marker in defined for marker in LINUX_MARKERS):
-        return None  # not a Linux kernel image: nothing to say about lguest
+        if not any(name in defined for name in LGUEST_NAMES):
+            return (f"none of the symbols {', '.join(LGUEST_NAMES)} that every lguest guest "
+                    "defines")
+        return None  # not Linux, but it speaks lguest: a hand-made guest
     if "__pmd_alloc" in defined:
         return ("a PAE kernel (it has __pmd_alloc); 2.6.24's CONFIG_LGUEST_GUEST needs "
                 "CONFIG_X86_PAE off (choose CONFIG_HIGHMEM4G or CONFIG_NOHIGHMEM)")
