@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from ..abi import MIB, PAGE_OFFSET, PAGE_SIZE, RESERVE_MEM
+from ..errors import UserError
 from .guestcheck import PT_LOAD, program_headers, symbol_value
 from .loader import KernelImage, open_regular_file
 
@@ -102,7 +103,7 @@ def low_memory(kernel: KernelImage, cmdline: bytes) -> LowMemory:
     """
     try:
         page_offset, reserve = _page_offset(kernel), _vmalloc_reserve(kernel)
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):  # gone or changed since it was loaded
         page_offset = reserve = None
     if page_offset == 0:
         return LowMemory(ADDRESS_SPACE, "linked where it loads: no low-memory limit")
