@@ -29,8 +29,9 @@ When the answer is not certain the check says nothing: a stripped vmlinux (no sy
 no user-program header) passes, and so does an image built by hand, such as those of
 tests/elfimage.py.
 
-Section headers are only read here, never trusted: every offset and size is checked against
-the file, and a table that does not make sense means "cannot tell", not an error.
+Section and program headers are only read here, never trusted: every offset and size is
+checked against the file, and a table that does not make sense means "cannot tell", not an
+error.
 """
 
 from __future__ import annotations
@@ -187,8 +188,7 @@ def _elf_problem(f: BinaryIO, size: int) -> str | None:
     defined = _defined(*tables)
     if not any(marker in defined for marker in LINUX_MARKERS):
         if not any(name in defined for name in LGUEST_NAMES):
-            return (f"none of the symbols {', '.join(LGUEST_NAMES)} that every lguest guest "
-                    "defines")
+            return f"it has none of the lguest symbols {', '.join(LGUEST_NAMES)}"
         return None  # not Linux, but it speaks lguest: a hand-made guest
     if "__pmd_alloc" in defined:
         return ("a PAE kernel (it has __pmd_alloc); 2.6.24's CONFIG_LGUEST_GUEST needs "
