@@ -52,7 +52,7 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--append",), dict(default="", metavar="CMDLINE", dest="cmdline",
                          help="kernel command line")),
     (("--initrd",), dict(type=Path, metavar="FILE", help="initial ramdisk, loaded at the top "
-                                                         "of RAM")),
+                                                         "of RAM (or of low memory)")),
     (("--clock",), dict(choices=("virtual", "realtime"), default="virtual",
                         help="guest time from the instruction count (reproducible, default) or "
                              "the host's clock")),

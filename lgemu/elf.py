@@ -31,7 +31,8 @@ E_PHOFF = 28
 E_SHOFF = 32
 E_PHENTSIZE = 42
 E_SHENTSIZE = 46
-PT_LOAD = 1
+PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_TLS = 1, 2, 3, 7
+PT_GNU_EH_FRAME, PT_GNU_STACK, PT_GNU_RELRO = 0x6474E550, 0x6474E551, 0x6474E552
 SHT_SYMTAB = 2
 SHT_DYNSYM = 11
 SHN_UNDEF = 0
@@ -125,3 +126,32 @@ def name_at(strtab: bytes, offset: int) -> bytes:
     """The NUL-terminated name at `offset` of a string table (to its end if unterminated)."""
     end = strtab.find(b"\0", offset)
     return strtab[offset:end if end >= 0 else len(strtab)]
+
+
+def name_offsets(strtab: bytes, name: str) -> set[int]:
+    """Where `name` starts in a string table (the linker may share a string's tail with a
+    longer name, so there can be several)."""
+    needle = name.encode() + b"\0"
+    found = set()
+    at = strtab.find(needle)
+    while at >= 0:
+        found.add(at)
+        at = strtab.find(needle, at + 1)
+    return found
+
+
+def symbol_value(f: BinaryIO, size: int, name: str) -> int | None:
+    """The value of the defined symbol `name` in the ELF `f`, or None (no symbol table, no
+    such symbol, or tables that make no sense)."""
+    try:
+        tables = symbol_table(f, size)
+        if tables is None:
+            return None
+        symtab, strtab = tables
+        offsets = name_offsets(strtab, name)
+        for st_name, value, _size, _info, _other, shndx in iter_symbols(symtab):
+            if st_name in offsets and shndx != SHN_UNDEF:
+                return value
+    except (struct.error, IndexError, ValueError):
+        pass
+    return None

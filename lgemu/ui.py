@@ -97,7 +97,8 @@ def describe_boot(stream: TextIO, info: BootInfo) -> None:
               f"entry {info.entry:#x}, "
               f"pgdir {info.pgdir:#x}, pfn_limit {info.pfn_limit:#x}")
     if info.initrd_size:
-        con.print(f"[bold]initrd[/] {info.initrd_addr:#x} + {info.initrd_size:#x}")
+        con.print(f"[bold]initrd[/] {info.initrd_addr:#x} + {info.initrd_size:#x}, "
+                  f"{escape(info.initrd_where)}")
     table = Table(title=f"device page at {info.device_page.address:#x}")
     for column in ("offset", "type", "queue", "num", "irq", "pfn", "status"):
         table.add_column(column)

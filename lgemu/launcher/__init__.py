@@ -5,7 +5,9 @@ the kernel in, faked a bootloader's zero page, built an identity page table, des
 devices, and only then told the Host module where to start.  `launch` does the same, in the
 same order, into a `GuestMemory`:
 
-1. the initrd at the very top of RAM (``mem - I``, I its size rounded up to a page);
+1. the initrd at the very top of RAM (``mem - I``, I its size rounded up to a page) — or,
+   where lgemu departs from lguest, at the top of the guest's low memory when the top of RAM
+   is beyond it (`lowmem`: a 2.6.24 guest with about 892 MiB or more would drop the initrd);
 2. the page directory and its PTE pages just below the initrd (`pagetables`);
 3. the kernel's segments at their physical addresses (`loader`);
 4. the zero page at 0 and the command line at 0x1000 (`bootparams`);
@@ -47,6 +49,7 @@ from .devicepage import (
     net_spec,
 )
 from .loader import KernelImage, Segment, file_errors, load_kernel, open_regular_file
+from .lowmem import low_memory
 from .pagetables import Ram, build_initial_page_tables, page_tables_base
 
 __all__ = [
@@ -90,6 +93,7 @@ class BootInfo:
     initrd_size: int  # page-rounded, as the zero page says
     device_page: DevicePage
     kernel: KernelImage
+    initrd_where: str = ""  # why the initrd is where it is, for -v
 
 
 def check_memory_size(mib: int) -> int:
@@ -126,32 +130,48 @@ def _check_kernel_fits(kernel: KernelImage, mem: int) -> None:
             raise UserError(f"{kernel.path}: {where} does not fit in {_size_text(mem)} of RAM")
 
 
-def _initrd_size(path: Path, size: int, mem: int, kernel: KernelImage) -> int:
-    """The page-rounded size I, after checking the initrd leaves room for kernel and tables."""
+def _initrd_size(path: Path, size: int, mem: int, top: int, kernel: KernelImage) -> int:
+    """The page-rounded size I, after checking that the initrd, ending at `top`, leaves room
+    for the kernel and the page tables."""
     if size == 0:
         raise UserError(f"{path}: initrd is empty")
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
-    if rounded >= mem or page_tables_base(mem, mem - rounded) < kernel.end:
-        raise UserError(f"{path}: initrd of {size} bytes does not fit in {_size_text(mem)} of "
-                        f"RAM together with the kernel (which ends at {kernel.end:#x}) and the "
-                        "initial page tables")
+    if rounded >= top or page_tables_base(mem, top - rounded) < kernel.end:
+        below = (f"{_size_text(mem)} of RAM" if top == mem else
+                 f"the guest's low memory ({top:#x} bytes of {_size_text(mem)} of RAM)")
+        raise UserError(f"{path}: initrd of {size} bytes does not fit in {below} together "
+                        f"with the kernel (which ends at {kernel.end:#x}) and the initial "
+                        "page tables")
     return rounded
 
 
-def _load_initrd(memory: GuestMemory, path: Path, kernel: KernelImage) -> int:
-    """Copy the initrd to the top of RAM; returns its page-rounded size."""
+def _initrd_top(mem: int, kernel: KernelImage, command_line: bytes) -> tuple[int, str]:
+    """Where the initrd ends: the top of RAM if the guest can reach it, else the top of its
+    low memory; and a sentence saying which, for -v."""
+    low = low_memory(kernel, command_line)
+    if mem <= low.limit:
+        return mem, "at the top of RAM"
+    return low.limit, (f"at the top of low memory {low.limit:#x} ({low.how}): the guest "
+                       f"cannot reach an initrd at the top of {_size_text(mem)} of RAM")
+
+
+def _load_initrd(memory: GuestMemory, path: Path, kernel: KernelImage,
+                 command_line: bytes) -> tuple[int, int, str]:
+    """Copy the initrd below the top `_initrd_top` picks; returns its address, its
+    page-rounded size and where it went."""
     mem = memory.ram_size
     with open_regular_file(path) as f:
         size = os.fstat(f.fileno()).st_size
-        rounded = _initrd_size(path, size, mem, kernel)
-        start = mem - rounded
+        top, where = _initrd_top(mem, kernel, command_line)
+        rounded = _initrd_size(path, size, mem, top, kernel)
+        start = top - rounded
         with memoryview(memory.ram) as ram, ram[start:start + size] as target:
             with file_errors(path):
                 got = f.readinto(target)
         if got != size:
             raise UserError(f"{path}: file changed while reading (got {got} of {size} bytes)")
-    _zero(memory.ram, start + size, mem)  # the rounding slack
-    return rounded
+    _zero(memory.ram, start + size, top)  # the rounding slack
+    return start, rounded, where
 
 
 def _zero(ram: Ram, start: int, end: int) -> None:
@@ -179,15 +199,18 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     mem = memory.ram_size
     command_line = command_line_bytes(cmdline)
     _check_kernel_fits(kernel, mem)
-    initrd_size = _load_initrd(memory, Path(initrd), kernel) if initrd is not None else 0
-    pgdir = build_initial_page_tables(memory.ram, mem, mem - initrd_size)
+    initrd_addr = initrd_size = 0
+    initrd_where = ""
+    if initrd is not None:
+        initrd_addr, initrd_size, initrd_where = _load_initrd(memory, Path(initrd), kernel,
+                                                              command_line)
+    pgdir = build_initial_page_tables(memory.ram, mem, initrd_addr or mem)
     for segment in kernel.segments:
         _place_segment(memory.ram, segment)
-    initrd_addr = mem - initrd_size if initrd_size else 0
     memory.ram[ZERO_PAGE_ADDR:ZERO_PAGE_ADDR + PAGE_SIZE] = build_zero_page(
         mem, initrd_addr, initrd_size)
     memory.ram[CMDLINE_ADDR:CMDLINE_ADDR + len(command_line)] = command_line
     device_page = lay_out_devices(memory.ram, mem, devices)
     memory.limit = device_page.pfn_limit * PAGE_SIZE
     return BootInfo(kernel.entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
-                    device_page, kernel)
+                    device_page, kernel, initrd_where)

@@ -18,9 +18,17 @@ What a 2.6.24 guest kernel has, and what can be seen in the file:
   speaks: 2.07 (Linux 2.6.24) introduced ``hardware_subarch``, the paravirt entry lguest's
   zero page relies on (ABI §1.2).  Older kernels cannot be lguest guests.
 
-When the answer is not certain the check says nothing: a stripped vmlinux (no symbol table)
-passes, and so does an ELF with symbols that is not Linux at all (neither ``start_kernel``
-nor ``linux_banner``), such as the tiny test guests in tests/guestasm.py.
+An ELF that is not a kernel at all — a user program such as klibc's ``sh`` — would load as
+well and die on its first trap.  It is refused when it carries no sign of being an lguest
+guest: a program header only user programs have (``PT_INTERP``, ``PT_DYNAMIC``; and, in an
+image without symbols, ``PT_TLS`` or the ``PT_GNU_*`` headers a default link adds, which a
+kernel's own linker script never asks for), or a symbol table without any of
+``lguest_init``, ``lguest_entry`` and ``lguest_data`` (every guest defines ``lguest_data``,
+the tiny test guests of tests/guestasm.py included).
+
+When the answer is not certain the check says nothing: a stripped vmlinux (no symbol table,
+no user-program header) passes, and so does an image built by hand, such as those of
+tests/elfimage.py.
 
 Section headers are read by `lgemu.elf`, never trusted: a table that does not make sense means
 "cannot tell", not an error.  `judge` is the verdict itself, also what `lgemu info` says.
@@ -36,7 +44,22 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..abi import SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET
-from ..elf import ELF_MAGIC, SHN_UNDEF, STB_WEAK, iter_symbols, read_range, symbol_table
+from ..elf import (
+    ELF_MAGIC,
+    PT_DYNAMIC,
+    PT_GNU_EH_FRAME,
+    PT_GNU_RELRO,
+    PT_GNU_STACK,
+    PT_INTERP,
+    PT_TLS,
+    SHN_UNDEF,
+    STB_WEAK,
+    iter_symbols,
+    name_offsets,
+    program_headers,
+    read_range,
+    symbol_table,
+)
 from ..errors import UserError
 
 BZ_VERSION_OFFSET = 0x206
@@ -46,6 +69,12 @@ REMEDY = "build the kernel with CONFIG_LGUEST_GUEST=y"
 LGUEST_SYMBOLS = ("lguest_init", "lguest_entry", "lguest_data")
 PAE_MARKER = "__pmd_alloc"
 LINUX_MARKERS = ("start_kernel", "linux_banner")
+# Program headers only a user program has: the first two in any image, the rest where no
+# symbol table speaks for the image (a default link adds them; kernels' scripts never do).
+USER_PROGRAM_HEADERS = {PT_INTERP: "PT_INTERP: it names a dynamic loader",
+                        PT_DYNAMIC: "PT_DYNAMIC: it is dynamically linked"}
+LINKED_AS_A_PROGRAM = {PT_TLS: "PT_TLS", PT_GNU_EH_FRAME: "PT_GNU_EH_FRAME",
+                       PT_GNU_STACK: "PT_GNU_STACK", PT_GNU_RELRO: "PT_GNU_RELRO"}
 NAMES = (*LGUEST_SYMBOLS, PAE_MARKER, *LINUX_MARKERS)
 
 
@@ -88,13 +117,7 @@ def judge(defined: Mapping[str, bool]) -> Verdict:
 
 def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
     """Which of NAMES are defined: name → True if strong, False if only weak."""
-    wanted: dict[int, str] = {}
-    for name in NAMES:
-        needle = name.encode() + b"\0"
-        at = strtab.find(needle)
-        while at >= 0:  # the linker may share a string's tail with a longer name
-            wanted[at] = name
-            at = strtab.find(needle, at + 1)
+    wanted = {at: name for name in NAMES for at in name_offsets(strtab, name)}
     found: dict[str, bool] = {}
     if not wanted:
         return found
@@ -106,12 +129,23 @@ def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
 
 
 def _elf_problem(f: BinaryIO, size: int) -> str | None:
+    headers = program_headers(f, size)
+    types = {header.type for header in headers[1]} if headers is not None else set()
+    for pt_type, why in USER_PROGRAM_HEADERS.items():
+        if pt_type in types:
+            return f"a user-space program ({why}), not a kernel"
     tables = symbol_table(f, size)
-    if tables is None:
-        return None  # stripped: we cannot tell
+    if tables is None:  # stripped: only a program's link says anything
+        linked = [name for pt_type, name in LINKED_AS_A_PROGRAM.items() if pt_type in types]
+        if linked:
+            return (f"no symbols, and linked as a user-space program ({', '.join(linked)}, "
+                    "which a kernel's linker script never asks for)")
+        return None
     verdict = judge(_defined(*tables))
     if not verdict.linux:
-        return None  # not a Linux kernel image: nothing to say about lguest
+        if len(verdict.missing) == len(LGUEST_SYMBOLS):
+            return f"it has none of the lguest symbols {', '.join(LGUEST_SYMBOLS)}"
+        return None  # not Linux, but it speaks lguest: a hand-made guest
     return verdict.problem()
 
 
