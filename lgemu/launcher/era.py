@@ -286,7 +286,7 @@ def _code_facts(facts: _Facts, blobs: Iterable[bytes]) -> bool:
         address, = struct.unpack("<I", match["addr"])
         facts.add(f"code: LGUEST_INIT(lguest_data at {address:#x}) by {insn.value} with the "
                   f"argument in {reg}",
-                  _eras(lambda e: e.hcall_insn == insn and e.hcall_regs[0] == reg))
+                  _eras(lambda e, i=insn, r=reg: e.hcall_insn == i and e.hcall_regs[0] == r))
         after = match["next"]
         if after.startswith(NEXT_COPIES_PGDIR):
             facts.add("code: lguest_entry then copies the Launcher's page directory entries",
