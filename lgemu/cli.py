@@ -51,6 +51,7 @@ class BootConfig:
     gdb_wait: bool = False
     stop_at: int | None = None
     snapshot_every: int = 10_000_000
+    abi: str | None = None  # --abi: the lguest ABI era to run with (lgemu.abi_eras)
 
 
 def _positive(text: str) -> int:
@@ -71,6 +72,15 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def _abi_era(text: str) -> str:
+    from .abi_eras import era_named
+    from .launcher.era import era_choices
+
+    if era_named(text) is None:
+        raise argparse.ArgumentTypeError(f"not an lguest ABI era: {text!r} ({era_choices()})")
+    return text
 
 
 # (flags, argparse keyword arguments) for `lgemu boot`.
@@ -135,6 +145,9 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                  help="while gdb is attached, snapshot the guest every ICOUNT "
                                       "instructions for reverse execution "
                                       "(default %(default)s)")),
+    (("--abi",), dict(type=_abi_era, metavar="ERA",
+                      help="run with this lguest ABI era instead of the one detected "
+                           "(e.g. 2.6.24; see 'lgemu info')")),
 ]
 
 
@@ -162,10 +175,11 @@ def info(kernel: Path, stdout: TextIO) -> int:
     """`lgemu info VMLINUX`: what lgemu sees in a kernel image (raises UserError)."""
     from .debug.symbols import Symbols
     from .launcher import load_kernel
+    from .launcher.era import detect_era
     from .ui import describe_kernel
 
     image = load_kernel(kernel)  # the Launcher's checks: a bad file is one line, exit 2
-    describe_kernel(stdout, image, Symbols.load(kernel))
+    describe_kernel(stdout, image, Symbols.load(kernel), detect_era(image))
     return 0
 
 
@@ -187,11 +201,13 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     from .host.clock import Clock
     from .host.guest import Guest
     from .launcher import check_memory_size, launch, load_kernel
+    from .launcher.era import boot_era
     from .machine.cpu import SelfTestError, self_test
     from .machine.memory import GuestMemory
 
     mem = check_memory_size(config.mem_mib)
     kernel = load_kernel(config.kernel)
+    boot_era(kernel, config.abi)  # an era lgemu cannot run stops here, before it runs
     try:
         self_test()
     except SelfTestError as e:

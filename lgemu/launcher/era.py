@@ -150,7 +150,8 @@ class _Facts:
         if not narrowed:
             self.contradiction = True
             left = ", ".join(era.name for era in sorted(self.allowed, key=_order))
-            line += f" — fits none of {left}"
+            line += (" — no lguest era has that" if self.allowed == _ALL
+                     else f" — but the facts before allow only {left}")
         self.allowed = narrowed
         self.spoke = True
         self.lines.append(line)
@@ -197,9 +198,11 @@ def _symbol_facts(facts: _Facts, symbols: dict[str, tuple[int, int]]) -> None:
         if name in symbols:
             facts.add(f"symbol {name}: {shows}", eras)
     data_size = symbols.get("lguest_data", (0, 0))[1]
-    if data_size:
+    if data_size and dma:  # 2.6.23's struct lguest_data is not tabled: nothing to compare
+        facts.note(f"symbol lguest_data is {data_size} bytes")
+    elif data_size:
         facts.add(f"symbol lguest_data is {data_size} bytes",
-                  _eras(lambda e: e.lguest_data_size in (data_size, None)))
+                  _eras(lambda e: e.lguest_data_size == data_size))
 
 
 # -- DWARF --------------------------------------------------------------------------------------
@@ -419,7 +422,7 @@ def detect_era(image: KernelImage) -> Detection:
                     missing = [name for name in GUEST_SYMBOLS if name not in symbols]
                     is_guest = not missing
                     if missing:
-                        facts.note(f"no {', '.join(missing)} symbol")
+                        facts.note(f"no {' or '.join(missing)} symbol")
                     _dwarf_facts(facts, dwarf_structs(f, symbols))
                     _symbol_facts(facts, symbols)
                 blobs: list[bytes] = [segment.data for segment in image.segments]
@@ -446,17 +449,19 @@ def boot_era(image: KernelImage, abi: str | None) -> Era:
         if era is None:
             raise UserError(f"--abi {abi}: not an lguest ABI era ({era_choices()})")
         if not era.boots:
-            raise UserError(f"--abi {abi}: lgemu cannot boot {era.name} guests yet "
-                            f"(it boots {supported_names()})")
+            raise UserError(f"--abi {abi}: booting the {era.name} era is not yet supported "
+                            f"(lgemu boots {supported_names()} guests)")
         return era
     detection = detect_era(image)
+    force = f"--abi {ERA_2_6_24.key} forces the 2.6.24 ABI"
     if detection.era is None:
-        raise UserError(f"{image.path}: an lguest guest of no ABI era lgemu knows; "
-                        f"--abi {ERA_2_6_24.key} forces the 2.6.24 ABI")
+        raise UserError(f"{image.path}: an lguest guest of no ABI era lgemu knows "
+                        f"(see 'lgemu info'; {force})")
     if not detection.era.boots:
-        raise UserError(f"{image.path}: a {detection.era.name} lguest guest; lgemu boots "
-                        f"only {supported_names()} guests so far (--abi {ERA_2_6_24.key} "
-                        "forces the 2.6.24 ABI)")
+        linux = f" (Linux {detection.release})" if detection.release else ""
+        raise UserError(f"{image.path}: a {detection.era.name} lguest guest{linux}: booting "
+                        f"that era is not yet supported; lgemu boots {supported_names()} "
+                        f"guests ({force})")
     return detection.era
 
 
