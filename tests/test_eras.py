@@ -146,6 +146,47 @@ def test_era_table_matches_the_kernels_dwarf(kernel, name):
         assert "lguest_device_desc" not in structs
 
 
+# guest function → the hypercall it makes (first name the era has), loaded into eax by
+# `mov $nr, %eax` somewhere in the function's bytes
+HCALL_SITES = [
+    ("lguest_power_off", ("SHUTDOWN", "CRASH")),
+    ("lguest_write_gdt_entry", ("LOAD_GDT_ENTRY", "LOAD_GDT")),
+    ("lguest_write_idt_entry", ("LOAD_IDT_ENTRY",)),
+    ("lguest_load_tls", ("LOAD_TLS",)),
+    ("lguest_set_pmd", ("SET_PGD", "SET_PMD")),  # a non-PAE kernel's top level
+    ("lguest_safe_halt", ("HALT",)),
+    ("lguest_flush_tlb_kernel", ("FLUSH_TLB",)),
+    ("early_put_chars", ("NOTIFY",)),
+    ("send_interrupts", ("SEND_INTERRUPTS",)),
+]
+LABEL_WINDOW = 16  # bytes looked at after an assembler label (a symbol of size 0)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_era_hypercall_numbers_are_the_ones_the_kernel_uses(kernel, name):
+    era = era_named(EXPECTED[name])
+    checked = []
+    with kernel(name, "vmlinux").open("rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        loads = [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+        for function, candidates in HCALL_SITES:
+            call = next((c for c in candidates if c in era.hypercalls), None)
+            symbol = symtab.get_symbol_by_name(function)
+            if call is None or not symbol:
+                continue
+            value, size = symbol[0]["st_value"], symbol[0]["st_size"] or LABEL_WINDOW
+            seg = next(s for s in loads if s["p_vaddr"] <= value < s["p_vaddr"] + s["p_filesz"])
+            f.seek(seg["p_offset"] + value - seg["p_vaddr"])
+            code = f.read(size)
+            mov_eax = b"\xb8" + struct.pack("<I", era.hypercalls[call])
+            assert mov_eax in code, f"{function} does not load {call}'s number into eax"
+            checked.append(call)
+    assert len(checked) >= 7  # most of the table is exercised in every era
+    if "NOTIFY" not in era.hypercalls:  # 4.x: its early console writes to a PCI device
+        assert "NOTIFY" not in checked
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_info_names_the_era_and_what_lgemu_will_do(lgemu_main, kernel, name):
     status, out, err = lgemu_main(["info", str(kernel(name, "bzImage"))])
