@@ -212,6 +212,18 @@ def test_boot_stops_before_running_an_unsupported_era(boot_guest, kernel, name, 
             "forces the 2.6.24 ABI)") in err
 
 
+@pytest.mark.parametrize("form", ["vmlinux", "bzImage"])
+def test_the_real_2_6_24_kernel_passes_and_boots_to_its_shell(boot_guest, kernel, tmp_path,
+                                                                form):
+    script = tmp_path / "input"
+    script.write_bytes(b"echo era-$((20+4))\nexit\n")
+    shell = _kernel_file("klibc-shell", ".cpio")
+    status, out, err = boot_guest(kernel("linux-2.6.24", form), "console=hvc0 rdinit=/init",
+                                  extra=["--initrd", str(shell), "--console-input", str(script)])
+    assert (status, err) == (0, "")
+    assert b"lgemu-shell: ready (Linux version 2.6.24 " in out and b"\nera-24" in out
+
+
 def test_abi_2_6_24_forces_the_old_abi_on_a_later_kernel(boot_guest, kernel):
     """With --abi 2.6.24 a 2.6.26 kernel runs as it did before eras were detected: it prints
     its banner (and is stopped here at an instruction limit)."""
