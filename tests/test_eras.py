@@ -221,7 +221,7 @@ def test_the_real_2_6_24_kernel_passes_and_boots_to_its_shell(boot_guest, kernel
     status, out, err = boot_guest(kernel("linux-2.6.24", form), "console=hvc0 rdinit=/init",
                                   extra=["--initrd", str(shell), "--console-input", str(script)])
     assert (status, err) == (0, "")
-    assert b"lgemu-shell: ready (Linux version 2.6.24 " in out and b"\nera-24" in out
+    assert b"lgemu-shell: ready (Linux version 2.6.24 " in out and b"lg# era-24\r\n" in out
 
 
 def test_abi_2_6_24_forces_the_old_abi_on_a_later_kernel(boot_guest, kernel):
