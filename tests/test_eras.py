@@ -281,6 +281,32 @@ def test_a_bzimage_release_string_alone_names_the_era(boot_guest, lgemu_main, tm
     assert status == 2 and f"a {era} lguest guest (Linux " in one_line(err)
 
 
+def test_a_release_outside_lguests_life_is_refused(boot_guest, lgemu_main, tmp_path):
+    path = tmp_path / "bzImage"
+    path.write_bytes(_bzimage_naming(b"5.10.0 (root@vm)"))
+    status, out, err = lgemu_main(["info", str(path)])
+    assert status == 0
+    assert ("lguest guest: no, Linux 5.10.0; ABI era: unknown (Linux 5.10.0 has no lguest "
+            "guest support)\n") in out.decode()
+    assert "  release 5.10.0: outside lguest's life (2.6.23 to 4.13)\n" in out.decode()
+    status, out, err = boot_guest(path)
+    assert (status, out) == (2, b"")
+    assert one_line(err) == (f"lgemu: {path}: lguest ABI era unknown: Linux 5.10.0 has no "
+                             "lguest guest support (see 'lgemu info'; --abi 2.6.24 forces the "
+                             "2.6.24 ABI)\n")
+
+
+def test_facts_that_fit_no_era_are_refused(boot_guest, tmp_path):
+    body = "\t.globl lguest_init, lguest_entry\nlguest_init:\nlguest_entry:\n\tINIT\n" \
+        "\tPOWER_DOWN\n\t.size lguest_data, 1200\n"
+    path = build_guest(tmp_path, body)
+    status, out, err = boot_guest(path)
+    assert (status, out) == (2, b"")
+    assert "lguest ABI era unknown: the image fits no lguest ABI lgemu knows" in one_line(err)
+    status, out, err = boot_guest(path, extra=["--abi", "2.6.24"])
+    assert (status, err) == (0, "")
+
+
 def test_a_2_6_24_release_string_boots_as_before(tmp_path):
     path = tmp_path / "bzImage"
     path.write_bytes(_bzimage_naming(b"2.6.24 (root@vm)"))

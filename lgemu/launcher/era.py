@@ -44,7 +44,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..abi import SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET
@@ -67,7 +67,7 @@ BZ_VERSION = 0x206
 BZ_KERNEL_VERSION = 0x20E  # pointer to the release string, relative to 0x200
 BZ_PAYLOAD = 0x248  # payload_offset, payload_length: boot protocol 2.08 and later
 BOOT_PROTOCOL_PAYLOAD = 0x0208
-MAX_UNPACKED = 128 << 20  # far above any lguest-era vmlinux (4.4's is 13 MiB of code+data)
+MAX_UNPACKED = 64 << 20  # lguest-era kernels unpack to a few MiB (4.4's: under 3)
 MAX_RELEASE = 64
 
 LGUEST_INIT_CODE = re.compile(
@@ -119,6 +119,7 @@ class Detection:
     is_guest: bool | None  # None: cannot tell (no symbols, no lguest_entry code seen)
     release: str | None  # the kernel release the image names, e.g. "3.13.10"
     evidence: tuple[str, ...]
+    unknown_because: str = "the image fits no lguest ABI lgemu knows"  # when era is None
 
     @property
     def boots(self) -> bool:
@@ -128,7 +129,7 @@ class Detection:
     def describe(self) -> str:
         """The era in a few words: ``2.6.31-2.6.33 (…)`` or why there is none."""
         if self.era is None:
-            return "unknown (the image fits no lguest ABI lgemu knows)"
+            return f"unknown ({self.unknown_because})"
         assumed = "" if self.certain else ", assumed: nothing in the image names an era"
         return f"{self.era.name} ({self.era.summary}{assumed})"
 
@@ -138,14 +139,13 @@ class _Facts:
     """Facts gathered so far: each narrows the eras; `lines` is the evidence."""
 
     allowed: frozenset[Era] = _ALL
-    lines: list[str] | None = None
-    spoke: bool = False
-    contradiction: bool = False
+    lines: list[str] = field(default_factory=list)
+    spoke: bool = False  # some fact was found
+    contradiction: bool = False  # ...and together they fit no era
 
     def add(self, line: str, eras: Iterable[Era]) -> None:
+        """A fact, described by `line`, that holds only in `eras`."""
         eras = frozenset(eras)
-        if self.lines is None:
-            self.lines = []
         narrowed = self.allowed & eras
         if not narrowed:
             self.contradiction = True
@@ -157,8 +157,7 @@ class _Facts:
         self.lines.append(line)
 
     def note(self, line: str) -> None:
-        if self.lines is None:
-            self.lines = []
+        """Evidence that narrows nothing."""
         self.lines.append(line)
 
 
@@ -178,8 +177,7 @@ def _symbols(f: BinaryIO, size: int) -> dict[str, tuple[int, int]] | None:
         needle = name.encode() + b"\0"
         at = strtab.find(needle)
         while at >= 0:  # the linker may share a string's tail with a longer name
-            if at == 0 or strtab[at - 1] == 0:
-                wanted[at] = name
+            wanted[at] = name
             at = strtab.find(needle, at + 1)
     found: dict[str, tuple[int, int]] = {}
     for st_name, value, st_size, _info, _other, shndx in ELF32_SYM.iter_unpack(symtab):
@@ -382,7 +380,7 @@ def _bzimage_payload(f: BinaryIO, size: int, image: KernelImage) -> bytes | None
 
 # -- putting it together ---------------------------------------------------------------------------
 def _choose(facts: _Facts, release: str | None, is_guest: bool | None) -> Detection:
-    lines = list(facts.lines or ())
+    lines = list(facts.lines)
     claimed = era_for_version(parse_version(release)) if release else None
     if release:
         named = f"release {release}"
@@ -393,6 +391,9 @@ def _choose(facts: _Facts, release: str | None, is_guest: bool | None) -> Detect
             lines.append(f"{named}: the {claimed.name} era{unsure}")
     if facts.contradiction or not facts.allowed:
         return Detection(None, True, is_guest, release, tuple(lines))
+    if release and claimed is None and not facts.spoke:
+        return Detection(None, True, False, release, tuple(lines),
+                         f"Linux {release} has no lguest guest support")
     allowed = sorted(facts.allowed, key=_order)
     if claimed is not None and claimed in facts.allowed:
         return Detection(claimed, True, is_guest, release, tuple(lines))
@@ -455,7 +456,7 @@ def boot_era(image: KernelImage, abi: str | None) -> Era:
     detection = detect_era(image)
     force = f"--abi {ERA_2_6_24.key} forces the 2.6.24 ABI"
     if detection.era is None:
-        raise UserError(f"{image.path}: an lguest guest of no ABI era lgemu knows "
+        raise UserError(f"{image.path}: lguest ABI era unknown: {detection.unknown_because} "
                         f"(see 'lgemu info'; {force})")
     if not detection.era.boots:
         linux = f" (Linux {detection.release})" if detection.release else ""
