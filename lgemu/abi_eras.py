@@ -220,7 +220,6 @@ ERAS: tuple[Era, ...] = (
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
              "left Linux in 4.14"),
 )
-SUPPORTED: tuple[Era, ...] = tuple(era for era in ERAS if era.boots)
 ERA_2_6_24 = next(era for era in ERAS if era.name == "2.6.24")
 LAST_LGUEST_RELEASE: Version = (4, 13, 99)
 

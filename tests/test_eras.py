@@ -340,6 +340,30 @@ def test_a_broken_compressed_payload_is_no_fact(lgemu_main, tmp_path, payload):
     assert "  bzImage: no compressed kernel found to look into\n" in out.decode()
 
 
+def test_hostile_images_are_no_facts_never_a_traceback(lgemu_main, kernel, tmp_path):
+    """Cut bzImages and a vmlinux with its DWARF overwritten: `info` still answers."""
+    whole = kernel("linux-2.6.32", "bzImage").read_bytes()
+    for cut in (0x210, 0x400, 0x3000, len(whole) // 2, len(whole) - 100):
+        path = tmp_path / f"cut-{cut}"
+        path.write_bytes(whole[:cut])
+        status, out, err = lgemu_main(["info", str(path)])
+        if status == 0:  # still a bzImage: described, whatever was left of its kernel
+            assert err == "" and b"; ABI era: " in out
+        else:  # too short to be one: the loader's one line
+            assert status == 2 and out == b"" and "truncated bzImage" in one_line(err)
+    image = bytearray(BUNDLED.read_bytes())
+    with BUNDLED.open("rb") as f:
+        debug_info = ELFFile(f).get_section_by_name(".debug_info")
+        start, size = debug_info["sh_offset"], debug_info["sh_size"]
+    image[start:start + size] = b"\xff\x07" * (size // 2) + b"\xff" * (size % 2)
+    path = tmp_path / "bad-dwarf.elf"
+    path.write_bytes(bytes(image))
+    detection = detect_era(load_kernel(path))
+    assert detection.era is ERA_2_6_24
+    assert not any(line.startswith("DWARF") for line in detection.evidence)
+    assert any(line.startswith("code:") for line in detection.evidence)
+
+
 # -- --abi ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "era"), [
     ("3.13", "3.4-4.0"), ("2.6.27", "2.6.26-2.6.28"), ("2.6.31-2.6.33", "2.6.31-2.6.33"),

@@ -121,11 +121,6 @@ class Detection:
     evidence: tuple[str, ...]
     unknown_because: str = "the image fits no lguest ABI lgemu knows"  # when era is None
 
-    @property
-    def boots(self) -> bool:
-        """lgemu can run this guest as things stand."""
-        return self.era is not None and self.era.boots
-
     def describe(self) -> str:
         """The era in a few words: ``2.6.31-2.6.33 (…)`` or why there is none."""
         if self.era is None:
