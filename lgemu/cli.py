@@ -42,6 +42,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _abi_era(text: str) -> str:
+    from .abi_eras import era_named
+    from .launcher.era import era_choices
+
+    if era_named(text) is None:
+        raise argparse.ArgumentTypeError(f"not an lguest ABI era: {text!r} ({era_choices()})")
+    return text
+
+
 # (flags, argparse keyword arguments) for `lgemu boot`.
 BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("kernel",), dict(nargs="?", type=Path, metavar="VMLINUX",
@@ -104,6 +113,9 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                  help="while gdb is attached, snapshot the guest every ICOUNT "
                                       "instructions for reverse execution "
                                       "(default %(default)s)")),
+    (("--abi",), dict(type=_abi_era, metavar="ERA",
+                      help="run with this lguest ABI era instead of the one detected "
+                           "(e.g. 2.6.24; see 'lgemu info')")),
 ]
 
 
@@ -131,10 +143,11 @@ def info(kernel: Path, stdout: TextIO) -> int:
     """`lgemu info VMLINUX`: what lgemu sees in a kernel image (raises UserError)."""
     from .debug.symbols import Symbols
     from .launcher import load_kernel
+    from .launcher.era import detect_era
     from .ui import describe_kernel
 
     image = load_kernel(kernel)  # the Launcher's checks: a bad file is one line, exit 2
-    describe_kernel(stdout, image, Symbols.load(kernel))
+    describe_kernel(stdout, image, Symbols.load(kernel), detect_era(image))
     return 0
 
 
@@ -173,11 +186,13 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     from .host.clock import Clock
     from .host.guest import Guest
     from .launcher import launch, load_kernel
+    from .launcher.era import boot_era
     from .machine.cpu import SelfTestError, self_test
     from .machine.memory import GuestMemory
 
     mem = check_config(config)
     kernel = load_kernel(config.kernel)
+    boot_era(kernel, config.abi)  # an era lgemu cannot run stops here, before it runs
     try:
         self_test()
     except SelfTestError as e:

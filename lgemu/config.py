@@ -46,6 +46,7 @@ class BootConfig:
     gdb_wait: bool = False
     stop_at: int | None = None
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    abi: str | None = None  # --abi: the lguest ABI era to run with (lgemu.abi_eras)
 
     @property
     def traced(self) -> bool:

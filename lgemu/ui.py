@@ -21,7 +21,6 @@ from .abi import (
     DEVICE_DESC,
     FIRST_EXTERNAL_VECTOR,
     FIRST_NON_EXCEPTION,
-    LGUEST_DATA_SIZE,
     VQCONFIG,
     DeviceStatus,
     DeviceType,
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from .errors import LgemuExit
     from .host.guest import Guest
     from .launcher import BootInfo, DeviceLayout, KernelImage
+    from .launcher.era import Detection
 
 # Device-specific config field names (ABI §10.2); type 0x02 is a VIRTQUEUE field.
 _FIELD_NAMES = {
@@ -265,10 +265,26 @@ def attach_status(stack: ExitStack, guest: Guest, config: BootConfig,
 
 
 # -- lgemu info ----------------------------------------------------------------------------
-def describe_kernel(stream: TextIO, image: KernelImage, symbols: Symbols) -> None:
-    """`lgemu info`: the image, its segments, whether it is an lguest guest (and of which
-    ABI era, as far as symbols tell), and the symbols that matter to lguest."""
-    from .debug.symbols import NOTABLE_SYMBOLS, lguest_profile
+def _era_plan(detection: Detection) -> str:
+    """What `lgemu boot` will do with a kernel of this era, in one line."""
+    from .abi_eras import ERA_2_6_24
+    from .launcher.era import supported_names
+
+    force = f"--abi {ERA_2_6_24.key} forces the 2.6.24 ABI, for experiments"
+    if detection.era is None:
+        return f"will not boot it: its ABI era is unknown ({force})"
+    if detection.era.boots:
+        return f"boots it with the {detection.era.name} ABI"
+    return (f"booting {detection.era.name} guests is not yet supported (lgemu boots "
+            f"{supported_names()}; {force})")
+
+
+def describe_kernel(stream: TextIO, image: KernelImage, symbols: Symbols,
+                    detection: Detection) -> None:
+    """`lgemu info`: the image, its segments, whether it is an lguest guest and of which ABI
+    era (with the evidence, `lgemu.launcher.era`), what lgemu will do with it, and the
+    symbols that matter to lguest."""
+    from .debug.symbols import NOTABLE_SYMBOLS
 
     con = _console(stream)
     entry = symbols.symbolize(image.entry)
@@ -286,11 +302,13 @@ def describe_kernel(stream: TextIO, image: KernelImage, symbols: Symbols) -> Non
         for seg in image.segments:
             segments.add_row("-", f"{seg.paddr:#010x}", f"{seg.memsz:#x}", "")
     con.print(segments)
-    profile = lguest_profile(symbols, LGUEST_DATA_SIZE)
-    verdict = "yes" if profile.is_guest else "no"
-    con.print(f"lguest guest: [bold]{verdict}[/]; ABI: {escape(profile.era)}")
-    for line in profile.evidence:
+    verdict = {True: "yes", False: "no", None: "cannot tell"}[detection.is_guest]
+    release = f", Linux {detection.release}" if detection.release else ""
+    con.print(f"lguest guest: [bold]{verdict}[/]{escape(release)}; ABI era: "
+              f"{escape(detection.describe())}")
+    for line in detection.evidence:
         con.print(f"  {escape(line)}")
+    con.print(f"lgemu: {escape(_era_plan(detection))}")
     dwarf = "DWARF line table" if symbols.lines is not None else "no DWARF line table"
     con.print(f"{len(symbols.symbols)} symbols, {dwarf}")
     for problem in symbols.problems:

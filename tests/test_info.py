@@ -1,7 +1,7 @@
 """`lgemu info VMLINUX`: what lgemu sees in a kernel image, and one line for a bad one.
 
-The verdict on the lguest ABI comes from symbols only; small guests assembled here carry
-exactly the symbols each verdict is about (a 2.6.23 DMA-bus call, a resized lguest_data).
+Small guests assembled here carry exactly the symbols each era verdict is about (a 2.6.23
+DMA-bus call, a resized lguest_data); tests/test_eras.py runs `info` on real kernels.
 """
 
 from __future__ import annotations
@@ -43,12 +43,18 @@ def test_bundled_guest(lgemu_main):
         elf = ELFFile(f)
         entry = elf["e_entry"]
         loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        lguest_init = elf.get_section_by_name(".symtab").get_symbol_by_name("lguest_init")[0]
+        symtab = elf.get_section_by_name(".symtab")
+        lguest_init = symtab.get_symbol_by_name("lguest_init")[0]
+        data_pa = symtab.get_symbol_by_name("lguest_data")[0]["st_value"] - 0xC0000000
     assert f"entry {entry:#x} (startup_32+0x0)" in out
     for seg in loads:
         assert f"{seg['p_vaddr']:#010x}" in out and f"{seg['p_paddr']:#010x}" in out
-    assert "lguest guest: yes; ABI: 2.6.24" in out
-    assert "lguest_data is 1136 bytes, as in 2.6.24" in out
+    assert "lguest guest: yes; ABI era: 2.6.24 (virtio over the lguest bus" in out
+    assert "  DWARF: struct lguest_data is 1136 bytes, pgdir at 1116\n" in out
+    assert "  symbol lguest_data is 1136 bytes\n" in out
+    assert (f"  code: LGUEST_INIT(lguest_data at {data_pa:#x}) by int $0x1f with the argument "
+            "in edx\n") in out
+    assert "\nlgemu: boots it with the 2.6.24 ABI\n" in out
     assert "DWARF line table" in out and "no DWARF" not in out
     line = next(line for line in out.splitlines() if " lguest_init " in line)
     assert f"{lguest_init['st_value']:#010x}" in line and "function" in line
@@ -56,21 +62,26 @@ def test_bundled_guest(lgemu_main):
 
 def test_a_guest_without_lguest_symbols(lgemu_main, tmp_path):
     out = guest_info(lgemu_main, tmp_path, "\tPOWER_DOWN\n")
-    assert "lguest guest: no; ABI: not an lguest guest" in out
-    assert "no lguest_init, lguest_entry" in out
+    assert "lguest guest: no; ABI era: 2.6.24 (" in out
+    assert "assumed: nothing in the image names an era)" in out
+    assert "  no lguest_init or lguest_entry symbol\n" in out
+    assert "\nlgemu: boots it with the 2.6.24 ABI\n" in out
 
 
 def test_a_2_6_23_guest_is_named(lgemu_main, tmp_path):
     out = guest_info(lgemu_main, tmp_path,
                      LGUEST_SYMBOLS + "\t.globl lguest_send_dma\nlguest_send_dma:\n")
-    assert "lguest guest: yes; ABI: 2.6.23" in out
-    assert "has lguest_send_dma (the DMA lguest bus)" in out
+    assert "lguest guest: yes; ABI era: 2.6.23 (the first lguest" in out
+    assert "  symbols: lguest_send_dma (the DMA lguest bus)\n" in out
+    assert ("\nlgemu: booting 2.6.23 guests is not yet supported (lgemu boots 2.6.24; "
+            "--abi 2.6.24 forces the 2.6.24 ABI, for experiments)\n") in out
 
 
 def test_a_resized_lguest_data_is_not_2_6_24(lgemu_main, tmp_path):
     out = guest_info(lgemu_main, tmp_path, LGUEST_SYMBOLS + "\t.size lguest_data, 1200\n")
-    assert "ABI: a later lguest ABI" in out
-    assert "lguest_data is 1200 bytes, 2.6.24's is 1136" in out
+    assert "ABI era: unknown (the image fits no lguest ABI lgemu knows)" in out
+    assert "  symbol lguest_data is 1200 bytes — no lguest era has that\n" in out
+    assert "\nlgemu: will not boot it: its ABI era is unknown" in out
 
 
 def test_a_bzimage_has_no_symbols(lgemu_main, tmp_path):
@@ -78,7 +89,8 @@ def test_a_bzimage_has_no_symbols(lgemu_main, tmp_path):
     path.write_bytes(bzimage(b"\x90" * 64))
     status, out, err = info(lgemu_main, path)
     assert (status, err) == (0, "")
-    assert "bzImage" in out and "lguest guest: no; ABI: unknown: no symbol table" in out
+    assert "bzImage" in out and "lguest guest: cannot tell; ABI era: 2.6.24 (" in out
+    assert "  bzImage: no compressed kernel found to look into\n" in out
 
 
 def test_an_elf_without_sections(lgemu_main, tmp_path):

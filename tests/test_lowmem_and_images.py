@@ -7,7 +7,7 @@
   line and exit status 2 instead of being booted into a trap (`lgemu.launcher.guestcheck`),
   while every kind of guest lgemu runs still loads.
 
-The real-kernel tests need ``../shared/kernels`` next to the repository and skip without it.
+The real-kernel tests need ``shared/kernels`` next to the repository and skip without it.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ LOW_MEMORY_2_6_24 = 0x37C00000  # 1 GiB above PAGE_OFFSET less 128 MiB vmalloc, 
 
 
 def shared(name: str) -> Path:
-    """A file of ../shared/kernels, or skip the test where that directory is absent."""
+    """A file of shared/kernels, or skip the test where that directory is absent."""
     path = SHARED_KERNELS / name
     if not path.exists():
-        pytest.skip(f"{path} not present (real kernels live in ../shared/kernels)")
+        pytest.skip(f"{path} not present (real kernels live in shared/kernels)")
     return path
 
 

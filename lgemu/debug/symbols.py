@@ -43,7 +43,7 @@ from ..elf import (
     program_headers,
     symbol_table,
 )
-from ..launcher.guestcheck import LGUEST_SYMBOLS, NAMES, judge
+from ..launcher.guestcheck import LGUEST_SYMBOLS
 
 KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
 
@@ -317,52 +317,10 @@ def _read_symbols(f: BinaryIO) -> Iterator[Symbol]:
                      info >> 4 == STB_WEAK)
 
 
-# -- is this an lguest guest, and of which era? -------------------------------------------
+# -- what `lgemu info` lists (which era a kernel is: lgemu.launcher.era) --------------------
 # 2.6.23's guests talked to the Launcher over the DMA-based lguest bus, not virtio.
 DMA_ERA_SYMBOLS = ("lguest_send_dma", "lguest_bind_dma", "lguest_unbind_dma")
 # What `lgemu info` lists when present.
 NOTABLE_SYMBOLS = ("startup_32", *LGUEST_SYMBOLS, "lguest_iret", "lguest_noirq_start",
-                   "lguest_noirq_end", "lguest_devices", "start_kernel", *DMA_ERA_SYMBOLS)
-
-
-@dataclass(frozen=True)
-class LguestProfile:
-    """What the symbol table says about the lguest ABI a kernel was built for."""
-
-    is_guest: bool
-    era: str
-    evidence: tuple[str, ...]
-
-
-def lguest_profile(symbols: Symbols, data_size: int) -> LguestProfile:
-    """Judge from symbols alone (nothing here runs the kernel): the lguest entry points,
-    the size of `struct lguest_data` (`data_size` in 2.6.24), and 2.6.23's DMA calls."""
-    if not symbols.symbols:
-        return LguestProfile(False, "unknown: no symbol table", ())
-    # The Launcher's verdict (launcher.guestcheck), on the same symbols.
-    verdict = judge({name: any(not s.weak for s in symbols.named(name))
-                     for name in NAMES if symbols.has(name)})
-    if verdict.missing:
-        return LguestProfile(False, "not an lguest guest",
-                             (f"no {', '.join(verdict.missing)}",))
-    problem = verdict.problem()
-    if problem is not None:
-        return LguestProfile(False, "not an lguest guest", (problem,))
-    evidence = [f"has {', '.join(LGUEST_SYMBOLS)}"]
-    dma = [name for name in DMA_ERA_SYMBOLS if symbols.has(name)]
-    size = max((s.size for s in symbols.named("lguest_data")), default=0)
-    if dma:
-        evidence.append(f"has {', '.join(dma)} (the DMA lguest bus)")
-        return LguestProfile(True, "2.6.23 (lguest bus before virtio): not the ABI lgemu "
-                                   "speaks", tuple(evidence))
-    evidence.append(f"no {', '.join(DMA_ERA_SYMBOLS)}")
-    if size == data_size:
-        evidence.append(f"lguest_data is {size} bytes, as in 2.6.24")
-        return LguestProfile(True, "2.6.24 (virtio over the lguest bus)", tuple(evidence))
-    if size == 0:
-        evidence.append("lguest_data has no recorded size")
-        return LguestProfile(True, "probably 2.6.24 (could not check lguest_data)",
-                             tuple(evidence))
-    evidence.append(f"lguest_data is {size} bytes, 2.6.24's is {data_size}")
-    return LguestProfile(True, "a later lguest ABI (struct lguest_data changed): lgemu "
-                               "speaks 2.6.24's", tuple(evidence))
+                   "lguest_noirq_end", "lguest_noirq_iret", "lguest_devices", "start_kernel",
+                   *DMA_ERA_SYMBOLS)

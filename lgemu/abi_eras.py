@@ -1,0 +1,267 @@
+"""The lguest guest ABI era by era, as data: what changed between Linux 2.6.23 and 4.13.
+
+`lgemu.abi` defines the 2.6.24 ABI, the one lgemu implements, to the byte.  lguest's guest
+interface was never frozen, though, and every few releases a guest kernel spoke to its Host
+a little differently.  This module records those differences once, as values, so that the
+code which will one day boot each era chooses among them at launch instead of copying the
+2.6.24 code per era.  Today it serves `lgemu.launcher.era` (which era is this image?) and
+`lgemu info`; only the 2.6.24 era boots.
+
+An `Era` holds, for a range of kernel releases:
+
+* the hypercall numbers (`hypercalls`, name → number; call 2 is CRASH until 2.6.24 and
+  SHUTDOWN from 2.6.25);
+* how a hypercall is made: the instruction (`int $0x1f`, or 2.6.30–2.6.33's ``vmcall``, which
+  a Host rewrote in guest memory), the registers that carry arguments 1… in order, and the
+  members of one async-ring entry (``struct hcall_args``) in memory order;
+* ``struct lguest_data`` (`lguest_data`: member → offset, and its size), read from the DWARF
+  of the shared kernels where one was built (tests/test_eras.py checks them),
+  otherwise derived from the headers' history as noted in `facts_from`;
+* the device bus and the device descriptor header (`device_desc`: its u8 members in order);
+* who builds the page tables the guest starts on (`page_tables`), whether device status
+  writes are reported to the Launcher (`status_notify`) and whether PAE guests are accepted
+  (`pae`).
+
+Version boundaries come from the mainline history as summarised in the project's era notes;
+where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
+says what is known, and detection from a version string alone says so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from types import MappingProxyType
+
+Version = tuple[int, int, int]
+
+
+class HcallInsn(Enum):
+    """The instruction a guest traps to its Host with."""
+
+    INT_1F = "int $0x1f"
+    VMCALL = "vmcall"  # 0f 01 c1; lguest's Host patched each one to `int $0x1f; nop`
+
+
+class DeviceBus(Enum):
+    """How the guest finds its devices."""
+
+    LGUEST_DMA = "the lguest bus with DMA buffers (pre-virtio)"
+    LGUEST_VIRTIO = "virtio over the lguest bus (device page above RAM)"
+    PCI = "virtio 1.0 PCI functions on bus 0 (port I/O config space, MMIO BARs)"
+
+
+class PageTables(Enum):
+    """Who builds the page tables the guest's first instruction runs on."""
+
+    LAUNCHER = "the Launcher (the guest copies its pgdir entries in lguest_entry)"
+    HOST = "the Host (the guest jumps straight to C)"
+    GUEST = "the guest's head_32.S (lguest_entry loads them with NEW_PGTABLE)"
+
+
+@dataclass(frozen=True, eq=False)  # each era is one object: compared and hashed by identity
+class Era:
+    """One lguest guest ABI; see the module docstring for the fields' meaning."""
+
+    name: str  # "2.6.31-2.6.33": the releases it covers, as `lgemu info` prints them
+    first: Version  # first release of the era
+    summary: str  # what changed from the era before, in a line
+    hypercalls: Mapping[str, int]
+    hcall_insn: HcallInsn
+    hcall_regs: tuple[str, ...]  # registers of arguments 1, 2, … (the number is in eax)
+    hcall_ring: tuple[str, ...]  # struct hcall_args members in memory order, 4 bytes each
+    lguest_data: Mapping[str, int] | None  # member → offset; None: not lgemu's concern
+    lguest_data_size: int | None
+    device_bus: DeviceBus
+    device_desc: tuple[str, ...]  # u8 header members of struct lguest_device_desc
+    page_tables: PageTables
+    status_notify: bool = False  # a device status write is reported with NOTIFY(its address)
+    pae: bool = False  # lguest accepts PAE (three-level page table) guests
+    boots: bool = False  # lgemu boots guests of this era today
+    bounds_checked: bool = True  # the releases it covers were read from the history
+    facts_from: str = ""  # which kernels the layouts were checked against
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        """The short name `--abi` accepts: the era's first release."""
+        return ".".join(map(str, self.first if self.first[0] < 3 else self.first[:2]))
+
+    @property
+    def hcall_args_size(self) -> int:
+        """Bytes of one async hypercall ring entry."""
+        return 4 * len(self.hcall_ring)
+
+    def hcall_name(self, nr: int) -> str:
+        """This era's name for hypercall `nr`, or the number."""
+        for name, number in self.hypercalls.items():
+            if number == nr:
+                return name
+        return str(nr)
+
+
+def _frozen(mapping: dict[str, int]) -> Mapping[str, int]:
+    return MappingProxyType(dict(mapping))
+
+
+def _changed(base: Mapping[str, int], drop: tuple[str, ...] = (), **add: int) -> Mapping[str, int]:
+    result = {k: v for k, v in base.items() if k not in drop}
+    result.update(add)
+    return _frozen(dict(sorted(result.items(), key=lambda item: item[1])))
+
+
+def _layout(*members: tuple[str, int]) -> tuple[Mapping[str, int], int]:
+    """Offsets from (member, size) pairs laid out back to back (every member here is
+    4-byte aligned, as the DWARF of the real kernels confirms); returns (offsets, size)."""
+    offsets, at = {}, 0
+    for name, size in members:
+        offsets[name] = at
+        at += size
+    return _frozen(offsets), at
+
+
+# -- hypercall numbers ------------------------------------------------------------------------
+_HCALLS_2_6_24 = _frozen({
+    "FLUSH_ASYNC": 0, "LGUEST_INIT": 1, "CRASH": 2, "LOAD_GDT": 3, "NEW_PGTABLE": 4,
+    "FLUSH_TLB": 5, "LOAD_IDT_ENTRY": 6, "SET_STACK": 7, "TS": 8, "SET_CLOCKEVENT": 9,
+    "HALT": 10, "SET_PTE": 14, "SET_PMD": 15, "LOAD_TLS": 16, "NOTIFY": 17,
+})
+# 2.6.23: no NOTIFY (the early console went over DMA); the DMA bus calls and GET_WALLCLOCK.
+_HCALLS_2_6_23 = _changed(_HCALLS_2_6_24, ("NOTIFY",), GET_WALLCLOCK=11, BIND_DMA=12,
+                          SEND_DMA=13)
+# 2.6.25: call 2 becomes SHUTDOWN(__pa(reason), POWEROFF=1 | RESTART=2).
+_HCALLS_2_6_25 = _changed(_HCALLS_2_6_24, ("CRASH",), SHUTDOWN=2)
+# 2.6.30: the GDT is loaded one entry at a time.
+_HCALLS_2_6_30 = _changed(_HCALLS_2_6_25, ("LOAD_GDT",), LOAD_GDT_ENTRY=18)
+# 2.6.31: PAE support renames 15 to SET_PGD and adds SET_PMD 13; SEND_INTERRUPTS for
+# irq_pending.  3.x kept these numbers.
+_HCALLS_2_6_31 = _changed(_HCALLS_2_6_30, ("SET_PMD",), SET_PGD=15, SET_PMD=13,
+                          SEND_INTERRUPTS=19)
+# 4.x: no lguest bus, so no NOTIFY.
+_HCALLS_4 = _changed(_HCALLS_2_6_31, ("NOTIFY",))
+
+# -- how a hypercall is made --------------------------------------------------------------------
+_REGS_OLD = ("edx", "ebx", "ecx")  # int $0x1f: eax = number, then edx, ebx, ecx
+_REGS_KVM4 = ("ebx", "ecx", "edx")  # 2.6.30's kvm_hypercall order
+_REGS_KVM5 = ("ebx", "ecx", "edx", "esi")  # 2.6.31 on, kept after vmcall went away
+_RING_OLD = ("arg0", "arg2", "arg3", "arg1")  # stored as eax, ebx, ecx, edx
+_RING_4 = ("arg0", "arg1", "arg2", "arg3")
+_RING_5 = ("arg0", "arg1", "arg2", "arg3", "arg4")
+
+# -- struct lguest_data -------------------------------------------------------------------------
+_RING = 64  # LHCALL_RING_SIZE, the same in every era
+_HEAD = (("irq_enabled", 4), ("blocked_interrupts", 4), ("cr2", 4), ("time", 8))
+_TAIL_HOST = (("reserve_mem", 4), ("tsc_khz", 4))
+_TAIL_GUEST = (("noirq_start", 4), ("noirq_end", 4), ("kernel_address", 4),
+               ("syscall_vec", 4))
+LD_2_6_24, LD_2_6_24_SIZE = _layout(
+    *_HEAD, ("hcall_status", _RING), ("hcalls", _RING * 16), *_TAIL_HOST, ("pgdir", 4),
+    *_TAIL_GUEST)
+LD_2_6_31, LD_2_6_31_SIZE = _layout(
+    *_HEAD, ("irq_pending", 4), ("hcall_status", _RING), ("hcalls", _RING * 20), *_TAIL_HOST,
+    ("pgdir", 4), *_TAIL_GUEST)
+LD_3, LD_3_SIZE = _layout(
+    *_HEAD, ("irq_pending", 4), ("hcall_status", _RING), ("hcalls", _RING * 20), *_TAIL_HOST,
+    *_TAIL_GUEST)
+LD_4, LD_4_SIZE = _layout(
+    *_HEAD, ("irq_pending", 4), ("hcall_status", _RING), ("hcalls", _RING * 20), *_TAIL_HOST,
+    ("noirq_iret", 4), ("kernel_address", 4), ("syscall_vec", 4))
+
+_DESC_2_6_24 = ("type", "config_len", "status")  # then a TLV list of config fields
+_DESC_2_6_25 = ("type", "num_vq", "feature_len", "config_len", "status")  # then vqs, features
+
+# -- the eras -------------------------------------------------------------------------------------
+ERAS: tuple[Era, ...] = (
+    Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
+        _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, None, None,
+        DeviceBus.LGUEST_DMA, (), PageTables.LAUNCHER,
+        note="hypercall numbers from the 2.6.23 header; struct lguest_data not tabled"),
+    Era("2.6.24", (2, 6, 24), "virtio over the lguest bus; 3-byte descriptors with TLV config",
+        _HCALLS_2_6_24, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_24, PageTables.LAUNCHER, boots=True,
+        facts_from="linux-2.6.24"),
+    Era("2.6.25", (2, 6, 25), "5-byte descriptors (virtqueues, feature bits, fixed config); "
+        "SHUTDOWN replaces CRASH",
+        _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER,
+        note="no 2.6.25 kernel built; its lguest_data is 2.6.24's and 2.6.26's"),
+    Era("2.6.26-2.6.28", (2, 6, 26), "driver features acknowledged, status changes notified, "
+        "config in guest byte order",
+        _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
+        facts_from="linux-2.6.26"),
+    Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
+        _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
+        note="no 2.6.29 kernel built; lguest_data as 2.6.26 per the era notes"),
+    Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
+        _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
+        note="no 2.6.30 kernel built; 16-byte ring entries in argument order per the notes"),
+    Era("2.6.31-2.6.33", (2, 6, 31), "a fifth argument in esi, 20-byte ring entries, "
+        "irq_pending and SEND_INTERRUPTS, SET_PGD/SET_PMD renumbered, PAE allowed",
+        _HCALLS_2_6_31, HcallInsn.VMCALL, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
+        facts_from="linux-2.6.32"),
+    Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
+        _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
+        bounds_checked=False,
+        note="no kernel of this era built; its last release is not pinned down (3.4 "
+             "trees have no lguest_data.pgdir, some 3.0 trees still do)"),
+    Era("3.4-4.0", (3, 4, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
+        "page tables and lguest_entry loads them with NEW_PGTABLE",
+        _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
+        bounds_checked=False,
+        facts_from="linux-3.13",
+        note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
+             "latest)"),
+    Era("4.1-4.13", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
+        "address instead of the noirq range; no NOTIFY",
+        _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
+        DeviceBus.PCI, (), PageTables.GUEST, pae=True, bounds_checked=False, facts_from="linux-4.4",
+        note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
+             "left Linux in 4.14"),
+)
+ERA_2_6_24 = next(era for era in ERAS if era.name == "2.6.24")
+LAST_LGUEST_RELEASE: Version = (4, 13, 99)
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> Version | None:
+    """(major, minor, patch) from the start of a release string such as ``3.13.10`` or
+    ``2.6.32-rc1``; None if it does not start with one."""
+    match = _VERSION.match(text)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def era_for_version(version: Version) -> Era | None:
+    """The era a release belongs to, or None outside lguest's life (before 2.6.23, after
+    4.13).  Within 2.6.x the patch level decides; from 3.0 on the minor does."""
+    if version < ERAS[0].first or version > LAST_LGUEST_RELEASE:
+        return None
+    key = version if version[0] < 3 else (version[0], version[1], 0)
+    found = ERAS[0]
+    for era in ERAS:
+        if era.first <= key:
+            found = era
+    return found
+
+
+def era_named(text: str) -> Era | None:
+    """The era `--abi TEXT` means: an era's name (``2.6.31-2.6.33``), its first release
+    (``2.6.31``), or any release inside it (``2.6.32``, ``3.13``)."""
+    text = text.strip()
+    for era in ERAS:
+        if text in (era.name, era.key):
+            return era
+    version = parse_version(text)
+    if version is None or _VERSION.fullmatch(text) is None:
+        return None
+    return era_for_version(version)
