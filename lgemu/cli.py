@@ -51,6 +51,13 @@ class BootConfig:
     gdb_wait: bool = False
     stop_at: int | None = None
     snapshot_every: int = 10_000_000
+    # Linux-aware views, the profiler and the boot timeline (lgemu.debug.dmesg, .profile,
+    # .timeline)
+    dmesg: Path | None = None
+    profile: Path | None = None
+    profile_every: int = 100_000
+    profile_format: str = "folded"
+    timeline: Path | None = None
 
 
 def _positive(text: str) -> int:
@@ -135,6 +142,20 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                  help="while gdb is attached, snapshot the guest every ICOUNT "
                                       "instructions for reverse execution "
                                       "(default %(default)s)")),
+    (("--dmesg",), dict(type=Path, metavar="FILE",
+                        help="at exit, write the guest kernel's log buffer (log_buf) to FILE")),
+    (("--profile",), dict(type=Path, metavar="FILE",
+                          help="sample the guest's call stack every --profile-every "
+                               "instructions; write the profile to FILE")),
+    (("--profile-every",), dict(type=_positive, default=100_000, metavar="N",
+                                help="instructions between profile samples "
+                                     "(default %(default)s)")),
+    (("--profile-format",), dict(choices=("folded", "svg"), default="folded",
+                                 help="folded stacks (flamegraph.pl, inferno, speedscope) or "
+                                      "an SVG flame graph (default %(default)s)")),
+    (("--timeline",), dict(type=Path, metavar="FILE",
+                           help="write the boot timeline (phases and initcalls, in guest "
+                                "time) to FILE: .svg for a picture, anything else a table")),
 ]
 
 

@@ -36,6 +36,15 @@ def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) ->
         if config.coverage is not None:
             from .coverage import attach_coverage
             attach_coverage(stack, guest, config)
+        if config.dmesg is not None:
+            from .dmesg import attach_dmesg
+            attach_dmesg(stack, guest, config, stderr)
+        if config.profile is not None:
+            from .profile import attach_profile
+            attach_profile(stack, guest, config, stderr)
+        if config.timeline is not None:
+            from .timeline import attach_timeline
+            attach_timeline(stack, guest, config, stderr)
         if config.gdb is not None or config.gdb_wait or config.stop_at is not None:
             from .gdbstub import attach_control
             attach_control(stack, guest, config, stderr)  # last: time travel rewinds the guest

@@ -52,12 +52,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from ..abi import PAGE_SIZE
+from ..abi import LD_CR2, PAGE_SIZE
 from ..errors import ExitStatus, LgemuExit, UserError
 from ..machine.cpu import Reg
 from .snapshot import Timeline, TimeTravelError
 from .stopat import StopAt, stopped_line
-from .target_xml import REGISTERS, target_xml
+from .target_xml import FIRST_CONTROL, REGISTERS, target_xml
 
 if TYPE_CHECKING:
     from ..cli import BootConfig
@@ -509,6 +509,7 @@ class GdbStub:
             mantissa, exponent = cpu.fp_register((top + i) & 7)
             values.append(mantissa.to_bytes(8, "little") + exponent.to_bytes(2, "little"))
         values += [cpu.reg(reg).to_bytes(4, "little") for reg in X87_CONTROL]
+        values += [v.to_bytes(4, "little") for v in control_registers(self.guest)]
         return values
 
     def _read_registers(self, _: bytes) -> bytes:
@@ -552,7 +553,7 @@ class GdbStub:
     def _may_write(self, n: int, new: bytes, old: bytes) -> bool:
         """Selectors stay as they are (a load would need the Host's checks); EFLAGS only
         changes in bits the guest could change itself, plus TF and IF."""
-        if n in SELECTORS:
+        if n in SELECTORS or n >= FIRST_CONTROL:
             return False
         if n == EFLAGS_INDEX:
             changed = int.from_bytes(new, "little") ^ int.from_bytes(old, "little")
@@ -895,6 +896,14 @@ class GdbStub:
             self.conn.close()
             self.conn = None
         self.listener.close()
+
+
+def control_registers(guest: Guest) -> tuple[int, int, int, int, int]:
+    """cr0, cr2, cr3, cr4 as the guest sees them, and the Host's shadow cr3 (target_xml)."""
+    cpu = guest.cpu
+    cr2 = guest.data.u32(LD_CR2) if guest.data is not None else cpu.reg(Reg.CR2)
+    return (cpu.reg(Reg.CR0), cr2, guest.paging.guest_pgdir, cpu.reg(Reg.CR4),
+            cpu.reg(Reg.CR3))
 
 
 def attach_control(stack: ExitStack, guest: Guest, config: BootConfig,

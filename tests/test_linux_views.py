@@ -1,0 +1,90 @@
+"""Linux-aware views of a guest: `--dmesg`, the control registers gdb sees, and gdb's
+`monitor` commands, on the bundled guest and (where present) the real 2.6.24 kernel."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conftest import lgemu_main_in_process
+from gdbrun import bundled_guest, needs_gdb, run_under_gdb, symbol
+from linuxkernel import real_kernel, shell_boot_args
+
+
+def boot(args: list[str]) -> tuple[int, bytes, str]:
+    return lgemu_main_in_process(["boot", *args])
+
+
+# -- --dmesg -----------------------------------------------------------------------------------
+def test_dmesg_holds_what_the_console_printed(tmp_path: Path) -> None:
+    log = tmp_path / "dmesg"
+    status, out, err = boot(["--dmesg", str(log)])
+    assert status == 0, err
+    # The bundled guest logs exactly what it prints (its console writes CR LF).
+    assert log.read_bytes() == out.replace(b"\r\n", b"\n")
+
+
+def test_dmesg_is_written_at_every_exit(tmp_path: Path) -> None:
+    log = tmp_path / "dmesg"
+    status, _, _ = boot(["--append", "crash", "--dmesg", str(log)])
+    assert status == 1
+    assert log.read_bytes().endswith(b"lgemu guest: crash requested\n")
+    status, out, _ = boot(["--max-insns", "20000", "--dmesg", str(log)])
+    assert status == 5
+    assert log.read_bytes() == out.replace(b"\r\n", b"\n")
+    assert out.startswith(b"lgemu guest: Linux 2.6.24")
+
+
+def test_dmesg_bad_path_is_bad_input(tmp_path: Path) -> None:
+    status, out, err = boot(["--dmesg", str(tmp_path / "no" / "such" / "dir")])
+    assert status == 2 and out == b""
+    assert err.startswith("lgemu: --dmesg") and len(err.splitlines()) == 1
+
+
+def test_dmesg_of_a_kernel_without_a_log_says_why(tmp_path: Path) -> None:
+    from guestasm import build_guest
+    elf = build_guest(tmp_path, "\tINIT\n\tPOWER_DOWN\n")
+    log = tmp_path / "dmesg"
+    status, _, err = boot([str(elf), "--dmesg", str(log)])
+    assert status == 0
+    assert log.read_bytes() == b""
+    assert "lgemu: --dmesg: no kernel log: the kernel has no log_buf" in err
+
+
+def test_real_kernel_dmesg_has_what_the_console_never_showed(tmp_path: Path) -> None:
+    log = tmp_path / "dmesg"
+    status, out, err = boot([*shell_boot_args(tmp_path), "--dmesg", str(log)])
+    assert status == 0, err
+    text = log.read_text()
+    assert re.search(r"^<\d>Calibrating delay loop\.\.\. \d+\.\d+ BogoMIPS", text, re.M)
+    assert b"Calibrating delay" not in out  # below the console loglevel
+    assert text.startswith("<6>Reserving virtual address space above 0xffc00000\n")
+
+
+# -- control registers -------------------------------------------------------------------------
+@needs_gdb
+def test_control_registers_in_gdb() -> None:
+    elf = bundled_guest()
+    run = run_under_gdb(["p/x $cr3", "break start_kernel", "continue", "p/x $cr0",
+                         "p/x $cr3", "p/x $shadow_cr3", "p/x $cr4", "p/x $cr2",
+                         "set $cr3 = 5", "p/x $cr3", "kill"])
+    values = [int(v, 16) for v in re.findall(r"^\$\d+ = (0x[0-9a-f]+)$", run.gdb, re.M)]
+    boot_cr3, cr0, cr3, shadow, cr4, cr2, after = values
+    assert cr0 & 0x80000001 == 0x80000001  # paging and protection on
+    assert cr3 == after == boot_cr3 != shadow  # the guest's directory; writes refused
+    assert shadow >= 0xF0000000  # the Host's shadow, outside guest RAM
+    assert cr2 == 0
+    assert cr4 & 0x10 == 0  # no PSE: lguest 2.6.24 guests run on 4 KiB pages
+    assert 'Could not write register "cr3"' in run.gdb
+    assert symbol(elf, "start_kernel") and run.status == 130
+
+
+@needs_gdb
+def test_real_kernel_cr3_is_the_guests_page_directory() -> None:
+    kernel = real_kernel()
+    swapper = symbol(kernel, "swapper_pg_dir")
+    # At kernel_init, paging_init has long switched to swapper_pg_dir (in start_kernel the
+    # guest still runs on the Launcher's directory).
+    run = run_under_gdb(["break kernel_init", "continue", "p/x $cr3", "kill"], kernel=kernel)
+    cr3 = int(re.findall(r"^\$\d+ = (0x[0-9a-f]+)$", run.gdb, re.M)[-1], 16)
+    assert cr3 == swapper - 0xC0000000
