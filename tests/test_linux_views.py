@@ -88,3 +88,50 @@ def test_real_kernel_cr3_is_the_guests_page_directory() -> None:
     run = run_under_gdb(["break kernel_init", "continue", "p/x $cr3", "kill"], kernel=kernel)
     cr3 = int(re.findall(r"^\$\d+ = (0x[0-9a-f]+)$", run.gdb, re.M)[-1], 16)
     assert cr3 == swapper - 0xC0000000
+
+
+# -- monitor commands ----------------------------------------------------------------------------
+@needs_gdb
+def test_monitor_commands_on_the_bundled_guest() -> None:
+    run = run_under_gdb(["monitor lguest", "break start_kernel", "continue", "monitor help",
+                         "monitor lguest", "monitor devices", "monitor hcalls",
+                         "monitor dmesg", "monitor ps", "monitor frobnicate", "break paging_init",
+                         "continue", "monitor dmesg 1", "kill"])
+    text = run.gdb
+    assert "lguest_data: not yet registered (no LGUEST_INIT so far)" in text
+    assert "  ps            the kernel's task list" in text
+    assert re.search(r"lguest_data at 0x[0-9a-f]+ \(guest-physical\):\n  irq_enabled", text)
+    assert "blocked_interrupts 0x00000001 (irq 0)" in text
+    assert re.search(r"page directory     0x[0-9a-f]{8} \(the guest's\), shadow slot 0", text)
+    assert "queue console.1: irq 2, pfn 0x4003, 128 entries; avail 0" in text
+    assert re.search(r"^LGUEST_INIT +1 +0$", text, re.M)
+    assert "(the log is empty)" in text  # start_kernel has not printed yet
+    assert "no task list: the kernel has no init_task" in text
+    assert "unknown monitor command 'frobnicate'; try 'monitor help'" in text
+    # By paging_init the banner and two more lines are logged; `dmesg 1` shows the last.
+    assert re.search(r"^lgemu guest: command line: \"\"$", text, re.M)
+    assert "lgemu guest: Linux 2.6.24 lguest ABI" not in text  # (the console is lgemu's)
+    assert run.status == 130
+
+
+@needs_gdb
+def test_monitor_on_the_real_kernel_in_start_kernel_and_in_user_space(tmp_path: Path) -> None:
+    args = shell_boot_args(tmp_path, "echo hi\nexit\n")
+    kernel = Path(args[0])
+    run = run_under_gdb(["break start_kernel", "continue", "monitor ps", "monitor dmesg 1",
+                         "delete", "break sys_exit", "continue", "monitor ps",
+                         "monitor lguest", "monitor hcalls", "kill"], args[1:], kernel=kernel)
+    # gdb prints `monitor` answers on its stderr, apart from its other output: split the
+    # answers at the second `ps` table.
+    assert "Breakpoint 2, sys_exit (" in run.gdb
+    header = "    PID STATE TASK       COMM\n"
+    _, first, later = run.gdb.split(header)
+    assert re.search(r"^\*     0 R     0xc0242360 swapper$", first, re.M)
+    assert "<6>Reserving virtual address space above 0xffc00000" in first
+    # The shell (pid 1, exec'd as init) ran `mount`, which is exiting.
+    assert re.search(r"^      1 [RS] +0x[0-9a-f]{8} init$", later, re.M)
+    assert re.search(r"^      2 S     0x[0-9a-f]{8} kthreadd$", later, re.M)
+    assert re.search(r"^\* +\d+ R     0x[0-9a-f]{8} \S+$", later, re.M)
+    assert "irq_enabled        0x282 (on)" in later or "irq_enabled        0x200 (on)" in later
+    assert re.search(r"^SET_PMD +\d+ +0$", later, re.M)
+    assert run.status == 130

@@ -62,6 +62,7 @@ from .target_xml import FIRST_CONTROL, REGISTERS, target_xml
 if TYPE_CHECKING:
     from ..cli import BootConfig
     from ..host.guest import Guest
+    from .monitor import Monitor
 
 ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C answered in ms)
 PACKET_SIZE = 0x4000
@@ -263,6 +264,7 @@ class GdbStub:
         self.timeline = Timeline(guest, snapshot_every)
         self.snapshot_now = False
         self.named, self.lettered = self._packet_tables()
+        self.monitor: Monitor | None = None  # `monitor` commands, made on first use
         self._say(f"gdb stub listening on 127.0.0.1:{self.port}")
 
     def _say(self, text: str) -> None:
@@ -439,6 +441,7 @@ class GdbStub:
             b"qqemu.PhysicalMemoryMode": lambda _: b"1" if self.physical else b"0",
             b"Qqemu.PhysicalMemoryMode": self._physical_mode,
             b"qlgemu.icount": lambda _: b"%x" % self.guest.icount,
+            b"qRcmd": self._monitor_command,
             b"vCont?": lambda _: b"vCont;c;C;s;S",
             b"vCont": self._v_cont,
         }
@@ -487,6 +490,19 @@ class GdbStub:
         xml = target_xml()
         chunk = xml[offset:offset + length]
         return (b"l" if offset + length >= len(xml) else b"m") + escape_binary(chunk)
+
+    def _monitor_command(self, args: bytes) -> bytes:
+        """`monitor LINE` (qRcmd,HEX): the answer goes out as console-output (`O`) packets,
+        then OK (lgemu.debug.monitor)."""
+        if self.monitor is None:
+            from .monitor import Monitor
+            self.monitor = Monitor(self.guest)
+        text = self.monitor.run(bytes.fromhex(args.decode()).decode("utf-8", "replace"))
+        data = text.encode()
+        step = PACKET_SIZE // 2 - 16
+        for start in range(0, len(data), step):
+            self.conn.send(b"O" + data[start:start + step].hex().encode())
+        return b"OK"
 
     def _no_ack_mode(self, _: bytes) -> bytes:
         self.conn.send(b"OK")  # acknowledged in the old mode, then no more acks
