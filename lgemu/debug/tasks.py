@@ -185,6 +185,17 @@ class TaskList:
             self.stopped_early = f"the list loops back to {task:#x}, not to init_task"
         return out
 
+    def current_comm(self) -> str | None:
+        """The running task's name, or None where the kernel cannot say (raises NoTasks
+        when its layout is unknown)."""
+        current = self.current()
+        if current is None:
+            return None
+        comm = KernelMemory(self.guest).read(current + self.layout().comm, COMM_LEN)
+        if comm is None:
+            return None
+        return _printable(comm.split(b"\0", 1)[0].decode("latin-1")) or None
+
     def current(self) -> int | None:
         """The running task's address (a uniprocessor kernel's `current_task`), or None."""
         for name in ("per_cpu__current_task", "current_task"):
