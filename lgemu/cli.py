@@ -118,7 +118,7 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--trace-regs",), dict(action="store_true",
                              help="add the registers each traced instruction changed")),
     (("--trace-filter",), dict(metavar="SPEC",
-                               help="trace only sym:NAME, addr:A-B, ring:N, icount:A-B "
+                               help="trace only sym:NAME, addr:A-B, ring:N, icount:A-B, call:NAME "
                                     "(comma-separated)")),
     (("--events",), dict(action="store_true",
                          help="the lguest event log only (hypercalls, traps, interrupts, "

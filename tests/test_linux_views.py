@@ -120,7 +120,8 @@ def test_monitor_on_the_real_kernel_in_start_kernel_and_in_user_space(tmp_path: 
     kernel = Path(args[0])
     run = run_under_gdb(["break start_kernel", "continue", "monitor ps", "monitor dmesg 1",
                          "delete", "break sys_exit", "continue", "monitor ps",
-                         "monitor lguest", "monitor hcalls", "kill"], args[1:], kernel=kernel)
+                         "monitor lguest", "monitor hcalls", "monitor devices", "kill"],
+                        args[1:], kernel=kernel)
     # gdb prints `monitor` answers on its stderr, apart from its other output: split the
     # answers at the second `ps` table.
     assert "Breakpoint 2, sys_exit (" in run.gdb
@@ -134,4 +135,7 @@ def test_monitor_on_the_real_kernel_in_start_kernel_and_in_user_space(tmp_path: 
     assert re.search(r"^\* +\d+ R     0x[0-9a-f]{8} \S+$", later, re.M)
     assert "irq_enabled        0x282 (on)" in later or "irq_enabled        0x200 (on)" in later
     assert re.search(r"^SET_PMD +\d+ +0$", later, re.M)
+    # The shell has written its prompt through the console's output queue.
+    assert re.search(r"status 0x07 ack\|driver\|ok\n  queue console.0: .*\n  queue console.1: "
+                     r"irq 2, pfn 0x4003, 128 entries; avail [1-9]\d*, host at [1-9]", later)
     assert run.status == 130

@@ -294,5 +294,8 @@ def attach_timeline(stack: ExitStack, guest: Guest, config: BootConfig,
     except OSError as e:
         raise UserError(f"--timeline {path}: cannot write ({e.strerror or e})") from None
     timeline = Timeline(guest, Symbols.load(Path(guest.boot.kernel.path)))
+    if not timeline.entries and stderr is not None:
+        print(f"lgemu: --timeline: {guest.boot.kernel.path} names no boot function and no "
+              "initcall table: the timeline will be empty", file=stderr)
     guest.controllers.append(timeline)
     stack.callback(write_timeline, timeline, path, stderr, config.verbose)
