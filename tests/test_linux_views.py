@@ -51,6 +51,39 @@ def test_dmesg_of_a_kernel_without_a_log_says_why(tmp_path: Path) -> None:
     assert "lgemu: --dmesg: no kernel log: the kernel has no log_buf" in err
 
 
+# A 3.5+ kernel's structured log: two records, the older at offset 40, then the writer's
+# wrap marker (a zero length) at 80, the newer at 0; log_next_idx is where the next goes.
+RECORD_LOG = """
+log_buf:	.long	__log_buf
+log_buf_len:	.long	128
+log_first_idx:	.long	40
+log_next_idx:	.long	36
+	.balign	4
+__log_buf:
+	.quad	2000000123
+	.short	36, 18, 0
+	.byte	0, 0xc0
+	.ascii	"Calibrating delay!"
+	.skip	2 + 4
+	.quad	1500000
+	.short	40, 22, 0
+	.byte	3, 0xa0
+	.ascii	"virtio_console: loaded"
+	.skip	2
+	.skip	48
+"""
+
+
+def test_dmesg_of_a_structured_log(tmp_path: Path) -> None:
+    from guestasm import build_guest
+    elf = build_guest(tmp_path, "\tINIT\n\tPOWER_DOWN\n", RECORD_LOG)
+    log = tmp_path / "dmesg"
+    status, _, err = boot([str(elf), "--dmesg", str(log)])
+    assert status == 0, err
+    assert log.read_text() == ("<29>[    0.001500] virtio_console: loaded\n"
+                               "<6>[    2.000000] Calibrating delay!\n")
+
+
 def test_real_kernel_dmesg_has_what_the_console_never_showed(tmp_path: Path) -> None:
     log = tmp_path / "dmesg"
     status, out, err = boot([*shell_boot_args(tmp_path), "--dmesg", str(log)])

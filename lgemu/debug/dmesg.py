@@ -8,12 +8,18 @@ than it told anyone.  Two layouts are understood, both found from symbols alone:
   `log_buf_len`, and `log_end`, the number of characters ever logged; the ring holds the
   last `log_buf_len` of them, each message still carrying its ``<level>`` prefix.
 * The bundled guest: `char log_buf[N]` itself and `log_end`, with the same meaning.
+* 3.5 to 5.9: a ring of `struct printk_log` records (a 16-byte header: u64 timestamp,
+  u16 record length, u16 text length, u16 dictionary length, u8 facility, u8 flags and
+  level), from `log_first_idx` to `log_next_idx`; a zero length sends the reader back to
+  the start.  Each record becomes a line as ``dmesg -r`` prints it:
+  ``<PRI>[seconds.micros] text``.
 
 The buffer is written as the kernel stored it (``dmesg -r`` shows the same).
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -34,10 +40,16 @@ class NoLog(Exception):
     """The kernel has no log buffer lgemu knows how to read (the message says why)."""
 
 
+RECORD = struct.Struct("<QHHHBB")  # struct printk_log (3.5 to 5.9)
+MAX_RECORDS = 1 << 20
+
+
 def read_log(guest: Guest, symbols: Symbols) -> bytes:
     """The log buffer's contents, oldest first (raises NoLog)."""
     kmem = KernelMemory(guest)
     logs = symbols.named("log_buf")
+    if logs and symbols.has("log_first_idx") and symbols.has("log_next_idx"):
+        return _read_records(kmem, symbols)
     end_sym = symbols.named("log_end")
     if not logs or not end_sym:
         raise NoLog("the kernel has no log_buf/log_end symbols")
@@ -59,6 +71,42 @@ def read_log(guest: Guest, symbols: Symbols) -> bytes:
         return ring[:end]
     start = end % size
     return ring[start:] + ring[:start]
+
+
+def _read_records(kmem: KernelMemory, symbols: Symbols) -> bytes:
+    """The structured log of 3.5+ as ``dmesg -r`` lines."""
+    base = kmem.u32(symbols.named("log_buf")[0].address)
+    size = kmem.u32(symbols.named("log_buf_len")[0].address) \
+        if symbols.has("log_buf_len") else None
+    first = kmem.u32(symbols.named("log_first_idx")[0].address)
+    end = kmem.u32(symbols.named("log_next_idx")[0].address)
+    if None in (base, size, first, end):
+        raise NoLog("the log buffer's variables are not in guest memory")
+    if not 0 < size <= MAX_LOG or first >= size or end >= size:
+        raise NoLog(f"log_buf_len {size} and indices {first}, {end} make no sense")
+    ring = kmem.read(base, size)
+    if ring is None:
+        raise NoLog(f"the log buffer at {base:#x} is not in guest memory")
+    out = bytearray()
+    idx = first
+    for _ in range(MAX_RECORDS):
+        if idx == end:
+            break
+        if idx + RECORD.size > size:
+            idx = 0
+            continue
+        ts, length, text_len, _, facility, flags = RECORD.unpack_from(ring, idx)
+        if length == 0:  # the writer wrapped here
+            idx = 0
+            continue
+        if length < RECORD.size or idx + length > size:
+            break  # a record the guest broke: the log ends here
+        text = ring[idx + RECORD.size:idx + RECORD.size + min(text_len, length - RECORD.size)]
+        seconds, nanos = divmod(ts, 1_000_000_000)
+        out += b"<%d>[%5d.%06d] %s\n" % (facility << 3 | flags >> 5, seconds, nanos // 1000,
+                                          text)
+        idx += length
+    return bytes(out)
 
 
 class DmesgAtExit:
