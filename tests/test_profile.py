@@ -87,16 +87,16 @@ def test_flame_graph_svg(tmp_path: Path) -> None:
 def test_flame_graph_renders_in_chromium(tmp_path: Path) -> None:
     svg, _ = profile(["--profile-every", "1000", "--profile-format", "svg"], tmp_path,
                      "flame.svg")
+    height_svg = int(ET.fromstring(svg).get("height"))
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,300",
-                    (tmp_path / "flame.svg").as_uri()], cwd=tmp_path, capture_output=True,
-                   timeout=120, check=False)
+                    "--hide-scrollbars", f"--screenshot={shot}",
+                    f"--window-size=1200,{height_svg}", (tmp_path / "flame.svg").as_uri()],
+                   cwd=tmp_path, capture_output=True, timeout=120, check=False)
     width, height, rows = read_png(shot.read_bytes())
-    assert (width, height) == (1200, 300)
+    assert (width, height) == (1200, height_svg)
     # The bottom row of boxes is the grey "all" bar, the full width; the frames above are
     # warm colours (red dominant), as drawn.
-    height_svg = int(ET.fromstring(svg).get("height"))
     y_all = height_svg - 10 - 8
     pixel = rows[y_all][3 * 600:3 * 600 + 3]
     assert pixel == bytes((220, 220, 220)), pixel
