@@ -20,6 +20,8 @@ from ..abi import (
     LD_PGDIR,
     LD_TSC_KHZ,
     LHCALL_RING_SIZE,
+    U16,
+    VRING_USED_ELEM,
     X86_EFLAGS_IF,
     DeviceType,
     hcall_name,
@@ -131,6 +133,7 @@ class Monitor:
                 out.append(f"  queue {ring.name}: irq {ring.irq}, pfn {ring.pfn:#x}, "
                            f"{ring.num} entries; avail {avail}, host at {ring.last_avail}, "
                            f"used {used}; {g.stats.vring[ring.name]} chains returned")
+                out.append(f"    {_last_chains(ram, ring, avail, used)}")
             if device.summary():
                 out.append(f"  {device.summary()}")
         return "\n".join(out) + "\n"
@@ -184,6 +187,19 @@ class Monitor:
         if current is not None:
             out.append("* is the running task (current_task)")
         return "\n".join(out) + "\n"
+
+
+def _last_chains(ram: object, ring: object, avail: int, used: int) -> str:
+    """The newest entries of the avail and used rings, as guest memory holds them."""
+    parts = []
+    if avail:
+        head = U16.unpack_from(ram, ring.avail + 4 + 2 * ((avail - 1) % ring.num))[0]
+        parts.append(f"last offered: head {head}")
+    if used:
+        head, length = VRING_USED_ELEM.unpack_from(ram, ring.used + 4
+                                                   + 8 * ((used - 1) % ring.num))
+        parts.append(f"last returned: head {head}, len {length}")
+    return "; ".join(parts) if parts else "no chains yet"
 
 
 def _queued(data: object) -> int:
