@@ -65,10 +65,14 @@ def test_frame_pointers_without_cfi(tmp_path: Path) -> None:
                for line in folded.splitlines()), folded
 
 
-def test_profile_bad_path_is_bad_input(tmp_path: Path) -> None:
+def test_profile_bad_path_and_options_alone_are_bad_input(tmp_path: Path) -> None:
     status, out, err = lgemu_main_in_process(["boot", "--profile",
                                               str(tmp_path / "missing" / "p")])
     assert status == 2 and out == b"" and err.startswith("lgemu: --profile")
+    for option, value in (("--profile-every", "10"), ("--profile-format", "svg")):
+        status, out, err = lgemu_main_in_process(["boot", option, value])
+        assert status == 2 and out == b""
+        assert err == f"lgemu: {option} needs --profile FILE\n"
 
 
 def test_flame_graph_svg(tmp_path: Path) -> None:
