@@ -29,7 +29,11 @@ from ..abi import (
 from ..machine.cpu import Reg
 
 if TYPE_CHECKING:
+    import mmap
+
+    from ..devices.vring import Vring
     from ..host.guest import Guest
+    from ..host.lguest_data import LguestData
     from .symbols import Symbols
     from .tasks import TaskList
 
@@ -189,7 +193,7 @@ class Monitor:
         return "\n".join(out) + "\n"
 
 
-def _last_chains(ram: object, ring: object, avail: int, used: int) -> str:
+def _last_chains(ram: mmap.mmap, ring: Vring, avail: int, used: int) -> str:
     """The newest entries of the avail and used rings, as guest memory holds them."""
     parts = []
     if avail:
@@ -202,7 +206,7 @@ def _last_chains(ram: object, ring: object, avail: int, used: int) -> str:
     return "; ".join(parts) if parts else "no chains yet"
 
 
-def _queued(data: object) -> int:
+def _queued(data: LguestData) -> int:
     base = data.addr + LD_HCALL_STATUS
     return sum(1 for i in range(LHCALL_RING_SIZE) if data.ram[base + i] != HCALL_STATUS_EMPTY)
 
