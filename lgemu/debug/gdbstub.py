@@ -9,7 +9,9 @@ what an undebugged run executes.
 
 What gdb gets, and how:
 
-* registers: gdb's i386 core set (`target_xml.REGISTERS`), by `g`/`G`/`p`/`P`;
+* registers: gdb's i386 core set and read-only control registers (`target_xml.REGISTERS`),
+  by `g`/`G`/`p`/`P`;
+* `monitor` commands (`qRcmd`): Linux- and lguest-aware views (`lgemu.debug.monitor`);
 * memory: `m`/`M`/`X` at guest-virtual addresses through the guest's own page tables (walked
   without setting Accessed or Dirty), or guest-physical after QEMU's
   `maint packet Qqemu.PhysicalMemoryMode:1`; a write drops translated code of the pages it
@@ -567,8 +569,9 @@ class GdbStub:
         return b"OK"
 
     def _may_write(self, n: int, new: bytes, old: bytes) -> bool:
-        """Selectors stay as they are (a load would need the Host's checks); EFLAGS only
-        changes in bits the guest could change itself, plus TF and IF."""
+        """Selectors stay as they are (a load would need the Host's checks), and so do the
+        control registers (the Host owns them); EFLAGS only changes in bits the guest could
+        change itself, plus TF and IF."""
         if n in SELECTORS or n >= FIRST_CONTROL:
             return False
         if n == EFLAGS_INDEX:
