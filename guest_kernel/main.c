@@ -35,6 +35,7 @@ static const struct guest_program {
 	{ "ioports", test_ioports },
 	{ "cpuid", test_cpuid },
 	{ "async_batch", test_async_batch },
+	{ "initcalls", test_initcalls },
 	{ "console_echo", test_console_echo },
 	{ "blk_read", test_blk_read },
 	{ "blk_write", test_blk_write },

@@ -89,7 +89,7 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--trace-regs",), dict(action="store_true",
                              help="add the registers each traced instruction changed")),
     (("--trace-filter",), dict(metavar="SPEC",
-                               help="trace only sym:NAME, addr:A-B, ring:N, icount:A-B "
+                               help="trace only sym:NAME, addr:A-B, ring:N, icount:A-B, call:NAME "
                                     "(comma-separated)")),
     (("--events",), dict(action="store_true",
                          help="the lguest event log only (hypercalls, traps, interrupts, "
@@ -116,6 +116,20 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--abi",), dict(type=_abi_era, metavar="ERA",
                       help="run with this lguest ABI era instead of the one detected "
                            "(e.g. 2.6.24; see 'lgemu info')")),
+    (("--dmesg",), dict(type=Path, metavar="FILE",
+                        help="at exit, write the guest kernel's log buffer (log_buf) to FILE")),
+    (("--profile",), dict(type=Path, metavar="FILE",
+                          help="sample the guest's call stack every --profile-every "
+                               "instructions; write the profile to FILE")),
+    (("--profile-every",), dict(type=_positive, default=100_000, metavar="N",
+                                help="instructions between profile samples "
+                                     "(default %(default)s)")),
+    (("--profile-format",), dict(choices=("folded", "svg"), default="folded",
+                                 help="folded stacks (flamegraph.pl, inferno, speedscope) or "
+                                      "an SVG flame graph (default %(default)s)")),
+    (("--timeline",), dict(type=Path, metavar="FILE",
+                           help="write the boot timeline (phases and initcalls, in guest "
+                                "time) to FILE: .svg for a picture, anything else a table")),
 ]
 
 

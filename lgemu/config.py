@@ -47,6 +47,13 @@ class BootConfig:
     stop_at: int | None = None
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     abi: str | None = None  # --abi: the lguest ABI era to run with (lgemu.abi_eras)
+    # Linux-aware views, the profiler and the boot timeline (lgemu.debug.dmesg, .profile,
+    # .timeline)
+    dmesg: Path | None = None
+    profile: Path | None = None
+    profile_every: int = 100_000
+    profile_format: str = "folded"
+    timeline: Path | None = None
 
     @property
     def traced(self) -> bool:
@@ -66,4 +73,6 @@ class BootConfig:
             return "--trace-regs: --events writes no instructions"
         if self.gdb is None and self.gdb_wait:
             return "-S needs --gdb (or -s)"
+        if self.timeline is not None and self.gdb is not None:
+            return "--timeline cannot be combined with --gdb (both use Unicorn's exits)"
         return None

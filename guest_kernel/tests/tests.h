@@ -21,6 +21,7 @@ void test_paging(void);
 void test_ioports(void);
 void test_cpuid(void);
 void test_async_batch(void);
+void test_initcalls(void);	/* an initcall table, for lgemu --timeline */
 
 /* Device programs over the lguest bus (drivers/): console input, disks, network. */
 void test_console_echo(void);

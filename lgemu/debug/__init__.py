@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, TextIO
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from ..config import BootConfig
     from ..host.guest import Guest
@@ -43,6 +45,20 @@ def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) ->
         if config.coverage is not None:
             from .coverage import attach_coverage
             attach_coverage(stack, guest, config)
+        if config.dmesg is not None:
+            from .dmesg import attach_dmesg
+            attach_dmesg(stack, guest, config, stderr)
+        if config.profile is not None:
+            from .profile import attach_profile
+            attach_profile(stack, guest, config, stderr)
+        elif config.profile_format != "folded" or \
+                config.profile_every != type(config).profile_every:  # not the default
+            option = "--profile-format" if config.profile_format != "folded" \
+                else "--profile-every"
+            raise UserError(f"{option} needs --profile FILE")
+        if config.timeline is not None:
+            from .timeline import attach_timeline
+            attach_timeline(stack, guest, config, stderr)
         if config.gdb is not None or config.gdb_wait or config.stop_at is not None:
             from .gdbstub import attach_control
             attach_control(stack, guest, config, stderr)  # last: time travel rewinds the guest

@@ -9,7 +9,9 @@ what an undebugged run executes.
 
 What gdb gets, and how:
 
-* registers: gdb's i386 core set (`target_xml.REGISTERS`), by `g`/`G`/`p`/`P`;
+* registers: gdb's i386 core set and read-only control registers (`target_xml.REGISTERS`),
+  by `g`/`G`/`p`/`P`;
+* `monitor` commands (`qRcmd`): Linux- and lguest-aware views (`lgemu.debug.monitor`);
 * memory: `m`/`M`/`X` at guest-virtual addresses through the guest's own page tables (walked
   without setting Accessed or Dirty), or guest-physical after QEMU's
   `maint packet Qqemu.PhysicalMemoryMode:1`; a write drops translated code of the pages it
@@ -52,17 +54,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from ..abi import PAGE_SIZE
+from ..abi import LD_CR2, PAGE_SIZE
 from ..errors import ExitStatus, LgemuExit, UserError
 from ..host.guest import Stage
 from ..machine.cpu import Reg
 from .snapshot import Timeline, TimeTravelError
 from .stopat import StopAt, stopped_line
-from .target_xml import REGISTERS, target_xml
+from .target_xml import FIRST_CONTROL, REGISTERS, target_xml
 
 if TYPE_CHECKING:
     from ..config import BootConfig
     from ..host.guest import Guest
+    from .monitor import Monitor
 
 ATTACHED_RUN = 250_000  # longest CPU run while gdb is attached (Ctrl-C answered in ms)
 PACKET_SIZE = 0x4000
@@ -264,6 +267,7 @@ class GdbStub:
         self.timeline = Timeline(guest, snapshot_every)
         self.snapshot_now = False
         self.named, self.lettered = self._packet_tables()
+        self.monitor: Monitor | None = None  # `monitor` commands, made on first use
         self._say(f"gdb stub listening on 127.0.0.1:{self.port}")
 
     def _say(self, text: str) -> None:
@@ -440,6 +444,7 @@ class GdbStub:
             b"qqemu.PhysicalMemoryMode": lambda _: b"1" if self.physical else b"0",
             b"Qqemu.PhysicalMemoryMode": self._physical_mode,
             b"qlgemu.icount": lambda _: b"%x" % self.guest.icount,
+            b"qRcmd": self._monitor_command,
             b"vCont?": lambda _: b"vCont;c;C;s;S",
             b"vCont": self._v_cont,
         }
@@ -489,6 +494,19 @@ class GdbStub:
         chunk = xml[offset:offset + length]
         return (b"l" if offset + length >= len(xml) else b"m") + escape_binary(chunk)
 
+    def _monitor_command(self, args: bytes) -> bytes:
+        """`monitor LINE` (qRcmd,HEX): the answer goes out as console-output (`O`) packets,
+        then OK (lgemu.debug.monitor)."""
+        if self.monitor is None:
+            from .monitor import Monitor
+            self.monitor = Monitor(self.guest)
+        text = self.monitor.run(bytes.fromhex(args.decode()).decode("utf-8", "replace"))
+        data = text.encode()
+        step = PACKET_SIZE // 2 - 16
+        for start in range(0, len(data), step):
+            self.conn.send(b"O" + data[start:start + step].hex().encode())
+        return b"OK"
+
     def _no_ack_mode(self, _: bytes) -> bytes:
         self.conn.send(b"OK")  # acknowledged in the old mode, then no more acks
         self.conn.acks = False
@@ -510,6 +528,7 @@ class GdbStub:
             mantissa, exponent = cpu.fp_register((top + i) & 7)
             values.append(mantissa.to_bytes(8, "little") + exponent.to_bytes(2, "little"))
         values += [cpu.reg(reg).to_bytes(4, "little") for reg in X87_CONTROL]
+        values += [v.to_bytes(4, "little") for v in control_registers(self.guest)]
         return values
 
     def _read_registers(self, _: bytes) -> bytes:
@@ -551,9 +570,10 @@ class GdbStub:
         return b"OK"
 
     def _may_write(self, n: int, new: bytes, old: bytes) -> bool:
-        """Selectors stay as they are (a load would need the Host's checks); EFLAGS only
-        changes in bits the guest could change itself, plus TF and IF."""
-        if n in SELECTORS:
+        """Selectors stay as they are (a load would need the Host's checks), and so do the
+        control registers (the Host owns them); EFLAGS only changes in bits the guest could
+        change itself, plus TF and IF."""
+        if n in SELECTORS or n >= FIRST_CONTROL:
             return False
         if n == EFLAGS_INDEX:
             changed = int.from_bytes(new, "little") ^ int.from_bytes(old, "little")
@@ -896,6 +916,14 @@ class GdbStub:
             self.conn.close()
             self.conn = None
         self.listener.close()
+
+
+def control_registers(guest: Guest) -> tuple[int, int, int, int, int]:
+    """cr0, cr2, cr3, cr4 as the guest sees them, and the Host's shadow cr3 (target_xml)."""
+    cpu = guest.cpu
+    cr2 = guest.lg.data.u32(LD_CR2) if guest.lg.data is not None else cpu.reg(Reg.CR2)
+    return (cpu.reg(Reg.CR0), cr2, guest.paging.guest_pgdir, cpu.reg(Reg.CR4),
+            cpu.reg(Reg.CR3))
 
 
 def attach_control(stack: ExitStack, guest: Guest, config: BootConfig,

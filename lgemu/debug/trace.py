@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -59,7 +60,7 @@ RING_CHANGERS = frozenset({capstone.x86.X86_INS_IRET, capstone.x86.X86_INS_IRETD
                            capstone.x86.X86_INS_RETF, capstone.x86.X86_INS_RETFQ,
                            capstone.x86.X86_INS_LJMP, capstone.x86.X86_INS_LCALL,
                            capstone.x86.X86_INS_SYSEXIT, capstone.x86.X86_INS_SYSRET})
-FILTER_KINDS = ("sym", "addr", "ring", "icount")
+FILTER_KINDS = ("sym", "addr", "ring", "icount", "call")
 UNBOUNDED = 1 << 64
 SKIP = "%.0s"  # a line template that formats the count into nothing
 MAX_INSN = 15  # bytes in the longest x86 instruction
@@ -77,6 +78,18 @@ class TraceFilter:
     ranges: list[tuple[int, int]] = field(default_factory=list)  # [begin, end) addresses
     rings: frozenset[int] | None = None
     windows: list[tuple[int, int]] = field(default_factory=list)  # [first, end) icounts
+    calls: list[str] = field(default_factory=list)  # functions whose calls are traced whole
+
+    def call_ranges(self, symbols: Symbols | None) -> list[tuple[int, int]]:
+        """Where the `call:` functions start (see lgemu.debug.callwindow)."""
+        found: list[tuple[int, int]] = []
+        for name in self.calls:
+            ranges = symbols.ranges(name) if symbols is not None else []
+            if not ranges:
+                where = symbols.path if symbols is not None else "the kernel"
+                raise UserError(f"--trace-filter: no symbol {name!r} in {where}")
+            found.extend(ranges)
+        return found
 
     def code_ranges(self, symbols: Symbols | None) -> list[tuple[int, int]] | None:
         """Merged [begin, end) ranges the code hooks cover, None for everywhere."""
@@ -139,7 +152,8 @@ def _span(value: str, term: str, open_end: bool) -> tuple[int, int]:
 
 def parse_filter(text: str) -> TraceFilter:
     """``sym:NAME``, ``addr:START-END``, ``ring:N``, ``icount:FIRST-END`` (or ``FIRST-``),
-    comma-separated; ranges include START and stop before END; numbers in C syntax."""
+    ``call:NAME``, comma-separated; ranges include START and stop before END; numbers in C
+    syntax."""
     result = TraceFilter()
     rings: set[int] = set()
     for term in (t.strip() for t in text.split(",")):
@@ -149,6 +163,8 @@ def parse_filter(text: str) -> TraceFilter:
                             + ", ".join(f"{k}:…" for k in FILTER_KINDS))
         if kind == "sym":
             result.symbols.append(value)
+        elif kind == "call":
+            result.calls.append(value)
         elif kind == "addr":
             result.ranges.append(_span(value, term, open_end=False))
         elif kind == "ring":
@@ -233,6 +249,10 @@ class Tracer:
         self.instructions = instructions
         self.events = events and fmt.carries_events
         self.ranges = trace_filter.code_ranges(symbols) if instructions else None
+        self.calls = None
+        if instructions and trace_filter.calls:
+            from .callwindow import CallWindow
+            self.calls = CallWindow(guest, trace_filter.call_ranges(symbols))
         self._rings = trace_filter.rings
         self._disasm = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
         self._disasm.syntax = capstone.CS_OPT_SYNTAX_ATT
@@ -275,6 +295,8 @@ class Tracer:
             self._tap = tap_console(self.guest.console, self._before_console)
         if self.instructions:
             self.guest.add_controller(self, Stage.TRACE)
+        if self.calls is not None:
+            self.calls.attach()
 
     def close(self) -> None:
         """Finish the pending line, stop watching, flush (after the run, whatever the
@@ -285,6 +307,8 @@ class Tracer:
         except Exception as e:  # the run is over: report, do not raise from cleanup
             self._fail(e)
         self._unhook()
+        if self.calls is not None:
+            self.calls.detach()
         untap_console(self.guest.console, self._tap)
         self.guest.remove_observer(self._on_event)
         self.guest.remove_controller(self)
@@ -297,6 +321,8 @@ class Tracer:
 
     def _hook(self) -> None:
         on_insn = self._on_state if self.fmt.stateful else self._on_insn
+        if self.calls is not None:
+            on_insn = self._call_filtered(on_insn)
         for begin, end in self.ranges or [ALL]:
             last = end - 1 if (begin, end) != ALL else end
             self._hooks.append(self.cpu.on_instruction(on_insn, begin, last))
@@ -320,6 +346,8 @@ class Tracer:
             return None
         n = self._base + 1  # the number of the next instruction
         active, change = self.filter.window(n)
+        if self.calls is not None:
+            active = active and self.calls.inside
         if active and not self._hooks:
             self._hook()
             self._memory.clear()
@@ -330,6 +358,24 @@ class Tracer:
         return None if change is None else change - n
 
     # -- instructions --------------------------------------------------------------------
+    def _call_filtered(self, on_insn: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        """`on_insn`, but an instruction at a return address that ends the outermost watched
+        call is not traced (the run is cut before it; the boundary then unhooks)."""
+        calls = self.calls
+        returns_ended = calls.returning
+
+        def hook(address: int, size: int) -> None:
+            if address in calls.returns:
+                try:
+                    if returns_ended(address):
+                        return
+                except Exception as e:
+                    self._fail(e)
+                    return
+            if calls.inside:
+                on_insn(address, size)
+        return hook
+
     def _on_insn(self, address: int, size: int) -> None:
         """Fast mode: the line is cached for this address and ring, or `_slow` makes it."""
         try:
