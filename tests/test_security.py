@@ -31,6 +31,7 @@ from virtioasm import AVAIL, DEVPT_BSS, MACROS, USED, map_device_pages, ring
 from lgemu.errors import UserError
 from lgemu.launcher.guestcheck import guest_problem
 from lgemu.launcher.loader import load_kernel
+from lgemu.signals import SIGNALS
 
 REMEDY = "(build the kernel with CONFIG_LGUEST_GUEST=y)"
 
@@ -231,6 +232,7 @@ def test_timeout_ends_a_realtime_guest_halted_on_a_long_timer(asm_guest, monkeyp
     fake = FakeTime()
     for name in ("monotonic", "monotonic_ns", "sleep"):
         monkeypatch.setattr(time, name, getattr(fake, name))
+    monkeypatch.setattr(SIGNALS, "sleep", fake.sleep)  # lgemu's signal-aware sleep
     start = fake.now
     run = asm_guest(HALT_FOREVER, 'woke: .asciz "woke "',
                     extra=["--clock", "realtime", "--timeout", "0.5"])

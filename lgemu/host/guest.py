@@ -30,7 +30,6 @@ several *runs* of the CPU; between runs nothing happens but the controller's cal
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -60,6 +59,7 @@ from ..errors import (
 from ..launcher import BootInfo
 from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
+from ..signals import SIGNALS
 from . import cpu_model, events
 from .clock import Clock
 from .hypercalls import hypercall
@@ -222,6 +222,14 @@ class Guest:
         the slice resumes as for `pause`."""
         self._paused = True
         self.cpu.stop_after_current()
+
+    def interrupt(self) -> None:
+        """From a signal handler (`lgemu.signals`), wherever it ran: end the current CPU run,
+        if one is going, after the current instruction; the run loop then ends the run.
+        Nothing is cut short and nothing raised, so the guest's state stays whole."""
+        if self._in_slice:
+            self._paused = True
+            self.cpu.stop_soon()
 
     def stop(self) -> None:
         """End the current slice after this instruction."""
@@ -498,7 +506,7 @@ class Guest:
                 clock.idle_until_timer()
                 return
             wait = min(wait, left)
-        ready, _, _ = select.select(fds or polled, [], [], wait)  # the next step polls devices
+        ready = SIGNALS.wait(fds or polled, wait)  # the next step polls devices
         if ready and polled:
             clock.idle_until_timer()
 
@@ -509,8 +517,10 @@ class Guest:
         `max_instructions` have executed or `timeout` wall-clock seconds have passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.clock.wake_by = deadline  # a realtime halt must not sleep through the timeout
+        SIGNALS.on_signal = self.interrupt
         try:
             while self.outcome is None:
+                SIGNALS.check()  # a signal ends the run here, between two instructions
                 self._step(max_instructions)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LimitReached(f"timeout: {timeout:g} s of wall-clock time",
@@ -520,6 +530,8 @@ class Guest:
         except CpuError as e:
             # A delivery between slices met a segment the guest broke (as `_guarded` does).
             self.outcome = self.outcome or GuestKilled(f"unhandled trap 256 ({e})")
+        finally:
+            SIGNALS.on_signal = None
         return self.outcome
 
     def _step(self, max_instructions: int | None) -> None:
