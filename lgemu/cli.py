@@ -44,7 +44,7 @@ class BootConfig:
     trace_filter: str | None = None
     events: bool = False
     coverage: Path | None = None
-    status: bool = False
+    status: bool | None = None  # --status / --no-status / neither (ui.status_mode)
     # the gdb stub and instruction-count control (lgemu.debug.gdbstub, .stopat, .snapshot)
     gdb: str | None = None
     gdb_wait: bool = False
@@ -117,8 +117,11 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                               "vrings), to the --trace FILE or else stderr")),
     (("--coverage",), dict(type=Path, metavar="FILE",
                            help="write the executed blocks to FILE (drcov, for Lighthouse)")),
-    (("--status",), dict(action="store_true",
-                         help="show the status line even when stderr is not a terminal")),
+    (("--status",), dict(action=argparse.BooleanOptionalAction, default=None,
+                         help="--status: show the status line even when stderr is not a "
+                              "terminal (in the terminal's title while the console is "
+                              "typed at); --no-status: never (default: on a terminal the "
+                              "console does not read)")),
     (("-v", "--verbose"), dict(action="count", default=0,
                                help="print the boot layout and a summary on stderr")),
     (("--gdb",), dict(metavar="tcp::PORT",

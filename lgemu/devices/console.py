@@ -11,8 +11,11 @@ file — `--console-input FILE`, or stdin redirected from one — is read only w
 waiting, so a scripted session reaches the guest at the same instructions on every run.  A
 terminal or a pipe is read whenever it has bytes, up to a bound; its timing is the host's.
 
-A terminal is switched to raw-ish mode as the 2.6.24 Launcher did (no echo, no line editing,
-no signals, so Ctrl-C reaches the guest) and restored when the console is closed, on every
+A terminal is switched to raw mode while the guest runs, as `cfmakeraw` does and QEMU's
+`-nographic` stdio: no echo, no line editing, no signal keys (Ctrl-C, Ctrl-Z and Ctrl-\\ are
+bytes for the guest), no flow control (Ctrl-S, Ctrl-Q too), no CR/NL translation either way
+(the guest's own tty layer ends its lines with "\\r\\n": the host adding another "\\r" drew
+"\\r\\r\\n").  It is restored when the run ends and again when the console is closed, on every
 way out of lgemu.  Ctrl-] (the telnet escape) typed there ends the run (`KeyboardQuit`).
 """
 
@@ -53,13 +56,14 @@ class ConsoleOutput:
 
     def write(self, data: bytes) -> None:
         """Write guest bytes exactly (no newline translation).  If the reader has gone
-        (`lgemu boot | head`), the rest is discarded and the guest runs on."""
+        (`lgemu boot | head`, a closed terminal), the rest is discarded and the guest runs
+        on."""
         if not data or self.stream is None:
             return
         try:
             self.stream.write(data)
             self.stream.flush()
-        except BrokenPipeError:
+        except OSError:  # EPIPE; EIO from a terminal that hung up
             self._discard()
             return
         self.bytes_written += len(data)
@@ -87,25 +91,46 @@ class ConsoleInput:
         self.owned = owned
         self.open = True
         self._saved_tty: list[Any] | None = None
-        if kind == "tty":
-            self._raw_mode()
 
     @property
     def live(self) -> bool:
         """True when bytes arrive on the host's schedule (terminal, pipe), not on demand."""
         return self.kind != "file"
 
-    def _raw_mode(self) -> None:
+    @property
+    def interactive(self) -> bool:
+        """A person types at a terminal (which shares the screen with lgemu's stderr)."""
+        return self.kind == "tty" and self.open
+
+    def raw_mode(self) -> None:
+        """A terminal goes raw (the guest is about to run); anything else is left alone."""
+        if self.kind != "tty" or not self.open or self._saved_tty is not None:
+            return
         try:
             self._saved_tty = termios.tcgetattr(self.fd)
         except termios.error:
             self.kind = "pipe"
             return
-        raw = termios.tcgetattr(self.fd)
-        raw[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
+        raw = [*self._saved_tty[:6], list(self._saved_tty[6])]
+        raw[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+                    | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
+        raw[1] &= ~termios.OPOST
+        raw[2] = raw[2] & ~(termios.CSIZE | termios.PARENB) | termios.CS8
+        raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
+                    | termios.IEXTEN)
         raw[6][termios.VMIN] = 1
         raw[6][termios.VTIME] = 0
-        termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+
+    def restore(self) -> None:
+        """Give the terminal back its own settings (idempotent).  TCSANOW, not TCSADRAIN:
+        output already written was translated (or not) when written, and a terminal that is
+        not being read (or has hung up) must not keep lgemu from ending."""
+        if self._saved_tty is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.fd, termios.TCSANOW, self._saved_tty)
+            self._saved_tty = None
 
     def ready(self) -> bool:
         """Can `read` return without blocking?"""
@@ -132,10 +157,7 @@ class ConsoleInput:
 
     def close(self) -> None:
         """Stop reading; restore the terminal."""
-        if self._saved_tty is not None:
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved_tty)
-            self._saved_tty = None
+        self.restore()
         if self.open and self.owned:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -251,6 +273,22 @@ class Console(Device):
     def polled_fds(self) -> list[int]:
         inq = self.queues[INPUT_QUEUE]
         return self.wait_fds() if not inq.wants_interrupt() and inq.pending() else []
+
+    def run_starts(self) -> None:
+        if self.source is not None:
+            self.source.raw_mode()
+
+    def run_ends(self) -> None:
+        if self.source is not None:
+            self.source.restore()
+
+    @property
+    def interactive(self) -> bool:
+        """Is the console read from a terminal, as a person types?"""
+        return self.source is not None and self.source.interactive
+
+    def input_ended(self) -> bool:
+        return self.source is not None and not self.source.open
 
     def summary(self) -> str:
         return f"output {self.output.bytes_written} bytes, input {self.bytes_in} bytes"

@@ -476,7 +476,10 @@ class Guest:
 
     def _idle(self) -> None:
         """A halted guest waits for its timer, or for host input that can wake it: input
-        into buffers it posted on a queue whose IRQ it wants and has not blocked."""
+        into buffers it posted on a queue whose IRQ it wants and has not blocked.  Once the
+        console's input has ended, a guest idling on its own timers is paced to real time:
+        each halt lasts as long on the host's clock as the guest time it skips, so an idle
+        guest costs no CPU; the guest sees the same times and events as unpaced."""
         clock = self.clock
         blocked = self.data.blocked_interrupts if self.data is not None else ~0
         fds = [fd for device in self.devices
@@ -489,8 +492,9 @@ class Guest:
         if not fds and not polled:
             if clock.deadline_ns is None:
                 raise GuestStuck("halted with no timer set and no interrupt that can wake it")
-            clock.idle_until_timer()
-            return
+            if clock.realtime or not any(device.input_ended() for device in self.devices):
+                clock.idle_until_timer()
+                return
         # Wait on the host's clock (so such runs are not reproducible), in short steps so a
         # wall-clock --timeout is still noticed.  Virtual time stands still while halted: the
         # real time already waited for this deadline counts against it.
@@ -518,6 +522,8 @@ class Guest:
         deadline = None if timeout is None else time.monotonic() + timeout
         self.clock.wake_by = deadline  # a realtime halt must not sleep through the timeout
         SIGNALS.on_signal = self.interrupt
+        for device in self.devices:
+            device.run_starts()
         try:
             while self.outcome is None:
                 SIGNALS.check()  # a signal ends the run here, between two instructions
@@ -532,6 +538,8 @@ class Guest:
             self.outcome = self.outcome or GuestKilled(f"unhandled trap 256 ({e})")
         finally:
             SIGNALS.on_signal = None
+            for device in self.devices:
+                device.run_ends()
         return self.outcome
 
     def _step(self, max_instructions: int | None) -> None:
