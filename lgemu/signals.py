@@ -105,6 +105,18 @@ class SignalWatch:
         self.check()
         return [fd for fd in ready if fd != self.wake_fd]
 
+    def writable(self, fd: int) -> bool:
+        """Wait until `fd` has room for output: True, or False once a signal has come.  It
+        never raises, so code inside a Unicorn callback may wait here."""
+        watch = [] if self.wake_fd is None else [self.wake_fd]
+        while self.received is None:
+            try:
+                if select.select(watch, [fd], [], None)[1]:
+                    return True
+            except (OSError, ValueError):
+                return True  # not selectable: let the write itself say what is wrong
+        return False
+
     def sleep(self, seconds: float) -> None:
         """Sleep, woken by a signal (whose ending it raises)."""
         if self.wake_fd is None:

@@ -14,6 +14,7 @@ waits for input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -21,9 +22,11 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rspclient import RspClient
 
@@ -50,6 +53,8 @@ SCENARIOS: dict[str, tuple[list[str], str]] = {
               "the same with instruction tracing inside the hot functions"),
     "ended": (ECHO, "input ended: the idle guest paced to real time"),
     "realtime": ([*ECHO, "--clock", "realtime"], "input ended, halts sleeping on the host clock"),
+    "stalled": (ECHO, "echoing into a full stdout pipe nobody reads: the guest waits in a "
+                      "console write"),
     "gdb-wait": ([*ECHO, "--gdb", "tcp::0", "-S"], "waiting for gdb to connect"),
     "gdb-stopped": ([*ECHO, "--gdb", "tcp::0", "-S"], "stopped in gdb, waiting for a packet"),
     "gdb-running": ([*ECHO, "--gdb", "tcp::0", "-S"], "running under gdb (continue)"),
@@ -91,6 +96,13 @@ def _read_until(fd: int, pattern: re.Pattern[bytes] | bytes, seen: bytearray) ->
         seen += chunk
 
 
+def _write(pipe: IO[bytes], data: bytes) -> None:
+    """Type `data` (in a thread: the pipe may fill while lgemu waits on its output)."""
+    with contextlib.suppress(OSError, ValueError):
+        pipe.write(data)
+        pipe.flush()
+
+
 def deliver(delivery: Delivery) -> str | None:
     """Run one delivery; None if it ended as it must, else what went wrong."""
     options, _ = SCENARIOS[delivery.scenario]
@@ -120,8 +132,12 @@ def deliver(delivery: Delivery) -> str | None:
             proc.stdin.close()
             proc.stdin = None  # communicate() must not flush it
         elif delivery.scenario != "gdb-stopped":
-            proc.stdin.write(b"".join(b"line %d of typed input\n" % n for n in range(40)))
-            proc.stdin.flush()
+            # "stalled": ~120 KB of echoes, more than the stdout pipe holds unread
+            lines = 4000 if delivery.scenario == "stalled" else 400
+            typed = b"".join(b"line %d of typed input\n" % n for n in range(lines))
+            threading.Thread(target=_write, args=(proc.stdin, typed), daemon=True).start()
+        if delivery.scenario == "stalled":
+            time.sleep(0.3)  # let the pipe fill
         time.sleep(delivery.delay)
         proc.send_signal(delivery.sig)
         try:

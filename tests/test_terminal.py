@@ -152,6 +152,22 @@ def test_a_signal_restores_the_terminal_and_prints_one_line(session, sig, status
     assert term.attrs() == term.before
 
 
+def test_ctrl_c_on_a_terminal_the_console_does_not_read_is_sigint(session, tmp_path):
+    """With --console-input the terminal stays as it was: Ctrl-C is the kernel's SIGINT, and
+    the status line (drawn in place here) is cleared before lgemu's one line."""
+    script = tmp_path / "input.txt"
+    script.write_bytes(b"from the file\n")
+    term = session(["boot", *ECHO, "--console-input", str(script)])
+    term.read_until(b"echo: from the file")  # (the terminal, not raw, adds its own "\r")
+    term.read_until(b"\x1b[K")  # the status line, once the run has lasted half a second
+    assert term.attrs() == term.before
+    term.type(b"\x03")
+    assert term.finish() == 130
+    assert term.screen.endswith(b"\r\x1b[Klgemu: interrupted\r\n")
+    assert term.screen.count(b"lgemu: interrupted") == 1
+    assert term.attrs() == term.before
+
+
 def test_a_terminal_that_hangs_up_ends_the_run_with_129(session):
     term = session(["boot", *ECHO])
     term.read_until(b"console_echo: ready")

@@ -33,12 +33,14 @@ from typing import Any, BinaryIO
 from ..abi import DeviceType
 from ..errors import ExitStatus, LgemuExit, UserError
 from ..launcher.loader import file_errors
+from ..signals import SIGNALS
 from .base import Device
 from .vring import Chain, Vring, total_length
 
 INPUT_QUEUE, OUTPUT_QUEUE = 0, 1
 QUIT_KEY = 0x1D  # Ctrl-]
 BACKLOG = 64 * 1024  # input read ahead of the guest from a terminal or pipe
+OUTPUT_PIECE = 256  # a terminal reports room for output once it has this much (and pipes more)
 
 
 class KeyboardQuit(LgemuExit):
@@ -53,16 +55,31 @@ class ConsoleOutput:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream: BinaryIO | None = stream
         self.bytes_written = 0
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, ValueError, OSError):  # in memory: never blocks
+            self._fd = None
 
     def write(self, data: bytes) -> None:
         """Write guest bytes exactly (no newline translation).  If the reader has gone
         (`lgemu boot | head`, a closed terminal), the rest is discarded and the guest runs
-        on."""
+        on.  A reader that stops reading (a full pipe) holds the guest up, but not a signal:
+        the wait for room includes it, and the output is dropped once one has come (this
+        runs inside a Unicorn callback, so it returns rather than raise; the run then ends
+        at the next boundary)."""
         if not data or self.stream is None:
             return
         try:
-            self.stream.write(data)
-            self.stream.flush()
+            if self._fd is None:
+                self.stream.write(data)
+                self.stream.flush()
+            else:
+                # Pieces no larger than a pipe or terminal takes at once when it has room.
+                for at in range(0, len(data), OUTPUT_PIECE):
+                    if not SIGNALS.writable(self._fd):
+                        return
+                    self.stream.write(data[at:at + OUTPUT_PIECE])
+                    self.stream.flush()
         except OSError:  # EPIPE; EIO from a terminal that hung up
             self._discard()
             return
