@@ -5,8 +5,7 @@ dropped it, and the hook it cut short could leave the guest halted without its t
 stuck").  Now each delivery must end the run with the signal's status and exactly its line.
 The scenarios (tests/signalsoak.py) put the signal into echo traffic (hypercalls, interrupts,
 vrings), event logging, instruction tracing, a full stdout pipe, a paced idle guest, a realtime
-halt, and gdb
-waits; `tools/signal_soak` runs hundreds of them.
+halt, and gdb waits; `tools/signal_soak` runs hundreds of them.
 """
 
 from __future__ import annotations
