@@ -138,6 +138,17 @@ def test_status_on_an_interactive_console_goes_to_the_title(session):
     assert b"\r\x1b[K" not in screen and b"echo: hello\r\n" in text
 
 
+def test_lgemus_own_lines_on_the_raw_terminal_still_start_at_the_margin(session):
+    """The event log on stderr, which is the console's raw terminal: lines end in CR LF."""
+    term = session(["boot", *ECHO, "--events"])
+    term.read_until(b"irq 0")  # (guest text is cut into pieces by the event lines)
+    term.type(b"quit\r")
+    assert term.finish() == 0
+    assert b"hcall LGUEST_INIT" in term.screen and b"irq 0" in term.screen
+    assert b"\r\r\n" not in term.screen
+    assert all(line.endswith(b"\r") for line in term.screen.split(b"\n")[:-1])
+
+
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_restores_the_terminal_and_prints_one_line(session, sig, status):
     term = session(["boot", *ECHO])

@@ -139,6 +139,7 @@ class ConsoleInput:
         raw[6][termios.VTIME] = 0
         with contextlib.suppress(termios.error, OSError):
             termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+        _own_line_ends(self.fd, raw=True)
 
     def restore(self) -> None:
         """Give the terminal back its own settings (idempotent).  TCSANOW, not TCSADRAIN:
@@ -148,6 +149,7 @@ class ConsoleInput:
             with contextlib.suppress(termios.error, OSError):
                 termios.tcsetattr(self.fd, termios.TCSANOW, self._saved_tty)
             self._saved_tty = None
+            _own_line_ends(self.fd, raw=False)
 
     def ready(self) -> bool:
         """Can `read` return without blocking?"""
@@ -179,6 +181,20 @@ class ConsoleInput:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
         self.open = False
+
+
+def _own_line_ends(fd: int, raw: bool) -> None:
+    """lgemu's own lines on stderr while the terminal `fd` is raw (the gdb stub's notices,
+    an event log): with the terminal no longer turning "\\n" into "\\r\\n", Python's stderr
+    does, so they still start at the left margin.  Only when stderr is that terminal."""
+    stream = sys.stderr
+    try:
+        if not os.path.samestat(os.fstat(stream.fileno()), os.fstat(fd)):
+            return
+        stream.flush()
+        stream.reconfigure(newline="\r\n" if raw else "\n")  # "\n": POSIX stdio's own
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def _kind(fd: int) -> str:
