@@ -17,6 +17,7 @@ from typing import BinaryIO, NoReturn, TextIO
 
 from . import __version__
 from .errors import ExitStatus, InternalError, Interrupted, LgemuExit, UserError
+from .signals import SIGNALS
 
 DEFAULT_MEM_MIB = 64
 
@@ -228,8 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lgemu` command; returns the exit status.  SIGINT, SIGTERM and
     SIGHUP are noted from the start and end the run at its next safe point (lgemu.signals);
     one that arrives before the ending is printed decides it."""
-    from .signals import SIGNALS
-
     installed = SIGNALS.install()
     try:
         return _main(argv)
@@ -259,8 +258,6 @@ def _main(argv: list[str] | None) -> int:
         if os.environ.get("LGEMU_DEBUG"):
             raise
         outcome = InternalError(f"{type(bug).__name__}: {bug}")
-    from .signals import SIGNALS
-
     ending = SIGNALS.pending()
     if ending is not None:  # the signal decides, whatever else the run ended with
         outcome = ending

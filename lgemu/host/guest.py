@@ -7,7 +7,8 @@ back for hypercalls, traps, port I/O, `cpuid` and `rdtsc`; they are handled in p
 stopping, except HALT, a timer that falls due before the slice ends, and the end of the run.
 
 Exits from hooks never raise through Unicorn: the outcome is stored, the CPU is stopped, and
-`run()` returns it.
+`run()` returns it.  Signals to lgemu likewise (`lgemu.signals`): the handler only notes them
+and ends the CPU run (`interrupt`); the loop acts on them between runs.
 
 Controllers (debuggers, trace windows, `--stop-at`) steer the loop without changing what the
 guest sees.  A *slice* is the guest's own schedule: its length, and the work done at its start,
@@ -495,8 +496,9 @@ class Guest:
             if clock.realtime or not any(device.input_ended() for device in self.devices):
                 clock.idle_until_timer()
                 return
-        # Wait on the host's clock (so such runs are not reproducible), in short steps so a
-        # wall-clock --timeout is still noticed.  Virtual time stands still while halted: the
+        # Wait on the host's clock, in short steps so a wall-clock --timeout is still noticed
+        # (a signal wakes the wait at once).  Host input makes such runs not reproducible;
+        # pacing alone changes nothing the guest sees.  Virtual time stands still while halted: the
         # real time already waited for this deadline counts against it.
         wait = IDLE_WAIT_MAX_S
         if clock.deadline_ns is not None:
