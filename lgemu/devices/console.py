@@ -40,7 +40,7 @@ from .vring import Chain, Vring, total_length
 INPUT_QUEUE, OUTPUT_QUEUE = 0, 1
 QUIT_KEY = 0x1D  # Ctrl-]
 BACKLOG = 64 * 1024  # input read ahead of the guest from a terminal or pipe
-OUTPUT_PIECE = 256  # a terminal reports room for output once it has this much (and pipes more)
+TTY_PIECE = 256  # a terminal reports room for output with at least this much free
 
 
 class KeyboardQuit(LgemuExit):
@@ -55,10 +55,19 @@ class ConsoleOutput:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream: BinaryIO | None = stream
         self.bytes_written = 0
+        # A pipe, socket or terminal can be full: it is written in pieces it takes at once
+        # when it has room (a pipe a page, a terminal 256 bytes), after waiting for that room.
+        self._fd: int | None = None
+        self._piece = 0
         try:
-            self._fd: int | None = stream.fileno()
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
         except (AttributeError, ValueError, OSError):  # in memory: never blocks
-            self._fd = None
+            return
+        if os.isatty(fd):
+            self._fd, self._piece = fd, TTY_PIECE
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self._fd, self._piece = fd, select.PIPE_BUF
 
     def write(self, data: bytes) -> None:
         """Write guest bytes exactly (no newline translation).  If the reader has gone
@@ -74,11 +83,10 @@ class ConsoleOutput:
                 self.stream.write(data)
                 self.stream.flush()
             else:
-                # Pieces no larger than a pipe or terminal takes at once when it has room.
-                for at in range(0, len(data), OUTPUT_PIECE):
+                for at in range(0, len(data), self._piece):
                     if not SIGNALS.writable(self._fd):
                         return
-                    self.stream.write(data[at:at + OUTPUT_PIECE])
+                    self.stream.write(data[at:at + self._piece])
                     self.stream.flush()
         except OSError:  # EPIPE; EIO from a terminal that hung up
             self._discard()
