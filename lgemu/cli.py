@@ -8,10 +8,9 @@ status; see `lgemu.errors.ExitStatus` and the README.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import BinaryIO, NoReturn, TextIO
 
 from . import __version__
 from .config import DEFAULT_MEM_MIB, BootConfig
-from .errors import ExitStatus, InternalError, LgemuExit, Terminated, UserError
+from .errors import ExitStatus, InternalError, Interrupted, LgemuExit, UserError
+from .signals import SIGNALS
 
 
 def _positive(text: str) -> int:
@@ -96,8 +96,11 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                               "vrings), to the --trace FILE or else stderr")),
     (("--coverage",), dict(type=Path, metavar="FILE",
                            help="write the executed blocks to FILE (drcov, for Lighthouse)")),
-    (("--status",), dict(action="store_true",
-                         help="show the status line even when stderr is not a terminal")),
+    (("--status",), dict(action=argparse.BooleanOptionalAction, default=None,
+                         help="--status: show the status line even when stderr is not a "
+                              "terminal (in the terminal's title while the console is "
+                              "typed at); --no-status: never (default: on a terminal the "
+                              "console does not read)")),
     (("-v", "--verbose"), dict(action="count", default=0,
                                help="print the boot layout and a summary on stderr")),
     (("--gdb",), dict(metavar="tcp::PORT",
@@ -237,20 +240,22 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
             device.close()
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated("terminated by SIGTERM")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `lgemu` command; returns the exit status."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)  # end cleanly, devices closed
+    """Entry point of the `lgemu` command; returns the exit status.  SIGINT, SIGTERM and
+    SIGHUP are noted from the start and end the run at its next safe point (lgemu.signals);
+    one that arrives before the ending is printed decides it."""
+    installed = SIGNALS.install()
     try:
         return _main(argv)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:
+            SIGNALS.uninstall()
+
+
+def _say(line: str) -> None:
+    """The last line on stderr (which may be a terminal that has gone away)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -262,13 +267,15 @@ def _main(argv: list[str] | None) -> int:
         outcome = boot(config, sys.stdout.buffer, sys.stderr)
     except LgemuExit as e:
         outcome = e
-    except KeyboardInterrupt:
-        print("lgemu: interrupted", file=sys.stderr)
-        return ExitStatus.INTERRUPTED
+    except KeyboardInterrupt:  # only where lgemu.signals could not catch SIGINT
+        outcome = Interrupted("interrupted")
     except Exception as bug:
         if os.environ.get("LGEMU_DEBUG"):
             raise
         outcome = InternalError(f"{type(bug).__name__}: {bug}")
+    ending = SIGNALS.pending()
+    if ending is not None:  # the signal decides, whatever else the run ended with
+        outcome = ending
     if outcome.status != ExitStatus.POWER_DOWN:
-        print(outcome.line(), file=sys.stderr)
+        _say(outcome.line())
     return outcome.status

@@ -40,7 +40,7 @@ class BootConfig:
     trace_filter: str | None = None
     events: bool = False
     coverage: Path | None = None
-    status: bool = False
+    status: bool | None = None  # --status / --no-status / neither (ui.status_mode)
     # the gdb stub and instruction-count control (lgemu.debug.gdbstub, .stopat, .snapshot)
     gdb: str | None = None
     gdb_wait: bool = False

@@ -23,8 +23,9 @@ class ExitStatus:
     INSN_LIMIT = 5  # --max-insns reached
     TIMEOUT = 6  # --timeout reached
     INTERNAL = 70  # a bug in lgemu itself (EX_SOFTWARE)
+    HANGUP = 129  # SIGHUP: the terminal (or whoever started lgemu) went away
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), Ctrl-] on the console terminal
     TERMINATED = 143  # SIGTERM
-    INTERRUPTED = 130  # Ctrl-C
 
 
 class LgemuExit(Exception):
@@ -101,3 +102,15 @@ class Terminated(LgemuExit):
     """SIGTERM: end the run cleanly (devices flushed and closed)."""
 
     status = ExitStatus.TERMINATED
+
+
+class Interrupted(LgemuExit):
+    """SIGINT (Ctrl-C where the terminal is not the guest's console)."""
+
+    status = ExitStatus.INTERRUPTED
+
+
+class HungUp(LgemuExit):
+    """SIGHUP: the controlling terminal closed, or a supervisor asked lgemu to end."""
+
+    status = ExitStatus.HANGUP

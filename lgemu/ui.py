@@ -27,6 +27,7 @@ from .abi import (
     hcall_name,
 )
 from .debug.tap import StreamTap, is_terminal, tap_console, untap_console
+from .errors import ExitStatus
 from .host.events import TRAP_NAMES
 
 if TYPE_CHECKING:
@@ -118,13 +119,16 @@ def describe_boot(stream: TextIO, info: BootInfo) -> None:
 
 def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
                  wall_s: float | None = None) -> None:
-    """A summary at exit: how it ended, instructions and time, then what the Host did:
+    """A summary at exit: its exit status, instructions and time, then what the Host did:
     hypercalls by name, traps by vector, interrupts by line, vring operations by queue.
     `wall_s` (the run's wall-clock seconds) is shown when given: it differs between runs,
     so the caller passes it only where that is wanted (a terminal, or -vv)."""
     con = _console(stream)
     clock, stats = guest.clock, guest.stats
-    con.print(f"[bold]{escape(outcome.line())}[/] (exit {outcome.status})")
+    if outcome.status == ExitStatus.POWER_DOWN:  # the one ending lgemu prints nothing for
+        con.print(f"[bold]{escape(outcome.line())}[/] (exit {outcome.status})")
+    else:  # its line comes last, once, from lgemu.cli
+        con.print(f"[bold]run ended[/] with exit status {outcome.status}")
     wall = ""
     if wall_s is not None:
         rate = clock.executed / wall_s / 1e6 if wall_s > 0 else 0.0
@@ -187,31 +191,49 @@ class StatusLine:
     """A live line on stderr while a guest runs: instructions, rate, hypercalls, guest time.
 
     A run-loop controller (`Guest.add_controller`): it looks at the clock at run boundaries
-    and redraws at most every `PERIOD_S`.  On a terminal the line is redrawn in place
-    (carriage return, erase to end of line) and appears only once a run has lasted
-    `DELAY_S`; forced onto something else (``--status``) it prints whole lines.  It never
-    changes what the guest sees: it only reads counters."""
+    and redraws at most every `PERIOD_S`.  Where it goes (`mode`):
+
+    * ``"line"`` — stderr is a terminal the guest's console does not read: redrawn in place
+      (carriage return, erase to end of line), taken off before every piece of guest output,
+      shown only once a run has lasted `DELAY_S`;
+    * ``"title"`` — the console is that terminal, where a person types at the guest: the
+      line would overwrite the guest's prompt and their typing, so it goes into the
+      terminal's title instead (the title is saved first and put back at the end, where the
+      terminal keeps a title stack);
+    * ``"lines"`` — stderr is not a terminal (``--status``): whole lines.
+
+    The rate is instructions executed per wall-clock second since the previous draw, idle
+    time included: what the host really got done.  It never changes what the guest sees:
+    it only reads counters."""
 
     PERIOD_S = 0.25
     DELAY_S = 0.5
+    TITLE_SAVE, TITLE_RESTORE = "\x1b[22;2t", "\x1b[23;2t"  # xterm's title stack
 
-    def __init__(self, guest: Guest, stream: TextIO, terminal: bool) -> None:
+    def __init__(self, guest: Guest, stream: TextIO, mode: str) -> None:
         self.guest = guest
         self.stream = stream
-        self.terminal = terminal
+        self.mode = mode
         self._start = time.monotonic()
-        self._next = self._start + (self.DELAY_S if terminal else 0.0)
+        self._next = self._start + (self.DELAY_S if mode == "line" else 0.0)
         self._last = (self._start, 0)
         self._shown = False
         self._console = guest.console
         self._tap: StreamTap | None = None
 
+    @property
+    def terminal(self) -> bool:
+        """Is the line drawn on a terminal (in place or in its title)?"""
+        return self.mode != "lines"
+
     def attach(self) -> None:
         from .host.guest import Stage  # here: `lgemu info` needs no run loop
 
         self.guest.add_controller(self, Stage.STATUS)
-        if self.terminal:
+        if self.mode == "line":
             self._tap = tap_console(self._console, lambda data: self.clear())
+        elif self.mode == "title":
+            self._write(self.TITLE_SAVE)
 
     def boundary(self, guest: Guest) -> None:
         now = time.monotonic()
@@ -231,35 +253,59 @@ class StatusLine:
 
     def draw(self, now: float) -> None:
         line = self.text(now)
-        if self.terminal:
-            self.stream.write(f"\r{line}\x1b[K")
+        if self.mode == "line":
+            self._write(f"\r{line}\x1b[K")
             self._shown = True
+        elif self.mode == "title":
+            self._write(f"\x1b]2;{line}\x07")
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self._write(line + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a terminal that went away: nothing more to show
+            self.mode = "off"
 
     def clear(self) -> None:
         """Take the line off the terminal (before guest output, and at the end)."""
         if self._shown:
             self._shown = False
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            self._write("\r\x1b[K")
 
     def close(self) -> None:
         self.guest.remove_controller(self)
         untap_console(self._console, self._tap)
-        if self.terminal:
+        if self.mode == "line":
             self.clear()
-        else:
+        elif self.mode == "title":
+            self._write(self.TITLE_RESTORE)
+        elif self.mode == "lines":
             self.draw(time.monotonic())
+
+
+def status_mode(asked: bool | None, stream: TextIO | None, guest: Guest) -> str | None:
+    """Where the status line goes (see `StatusLine`), or None for nowhere.  `asked` is
+    ``--status`` (True), ``--no-status`` (False) or neither (None: only on a terminal the
+    console does not read from)."""
+    if stream is None or asked is False:
+        return None
+    interactive = any(getattr(device, "interactive", False) for device in guest.devices)
+    if not is_terminal(stream):
+        return "lines" if asked else None
+    if interactive:
+        return "title" if asked else None
+    return "line"
 
 
 def attach_status(stack: ExitStack, guest: Guest, config: BootConfig,
                   stream: TextIO | None) -> None:
-    """The status line when stderr is a terminal or `--status` asks, for `stack`'s life."""
-    if stream is None or not (config.status or is_terminal(stream)):
+    """The status line where `status_mode` puts it, for `stack`'s life."""
+    mode = status_mode(config.status, stream, guest)
+    if mode is None or stream is None:
         return
-    status = StatusLine(guest, stream, is_terminal(stream))
+    status = StatusLine(guest, stream, mode)
     status.attach()
     stack.callback(status.close)
 

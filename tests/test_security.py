@@ -32,6 +32,7 @@ from lgemu.errors import UserError
 from lgemu.kills import BrokenVring, SegmentLoad
 from lgemu.launcher.guestcheck import guest_problem
 from lgemu.launcher.loader import load_kernel
+from lgemu.signals import SIGNALS
 
 REMEDY = "(build the kernel with CONFIG_LGUEST_GUEST=y)"
 
@@ -232,6 +233,7 @@ def test_timeout_ends_a_realtime_guest_halted_on_a_long_timer(asm_guest, monkeyp
     fake = FakeTime()
     for name in ("monotonic", "monotonic_ns", "sleep"):
         monkeypatch.setattr(time, name, getattr(fake, name))
+    monkeypatch.setattr(SIGNALS, "sleep", fake.sleep)  # lgemu's signal-aware sleep
     start = fake.now
     run = asm_guest(HALT_FOREVER, 'woke: .asciz "woke "',
                     extra=["--clock", "realtime", "--timeout", "0.5"])

@@ -36,7 +36,8 @@ def attach_debugging(guest: Guest, config: BootConfig, stderr: TextIO | None) ->
     from .tap import is_terminal
 
     with ExitStack() as stack:
-        if config.status or is_terminal(stderr):  # first: it taps the console stream
+        if config.status or (config.status is None and is_terminal(stderr)):
+            # first: it taps the console stream
             from ..ui import attach_status
             attach_status(stack, guest, config, stderr)
         if config.traced:

@@ -58,6 +58,7 @@ from ..abi import LD_CR2, PAGE_SIZE
 from ..errors import ExitStatus, LgemuExit, UserError
 from ..host.guest import Stage
 from ..machine.cpu import Reg
+from ..signals import SIGNALS
 from .snapshot import Timeline, TimeTravelError
 from .stopat import StopAt, stopped_line
 from .target_xml import FIRST_CONTROL, REGISTERS, target_xml
@@ -158,7 +159,8 @@ class Connection:
 
     def _fill(self, timeout: float | None) -> bool:
         """Read what has arrived (waiting up to `timeout`); False once gdb has gone."""
-        if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+        # A signal to lgemu wakes the wait and ends the run (`SIGNALS.wait` raises it).
+        if not SIGNALS.wait([self.sock], timeout):
             return True
         try:
             data = self.sock.recv(65536)
@@ -319,6 +321,7 @@ class GdbStub:
             if at_stop:
                 self._say(f"{stopped_line(guest)}; waiting for gdb on 127.0.0.1:{self.port}")
             self.listener.settimeout(None)
+            SIGNALS.wait([self.listener], None)  # woken by gdb, or ended by a signal
         elif not select.select([self.listener], [], [], 0)[0]:
             return False
         sock, _ = self.listener.accept()

@@ -61,6 +61,17 @@ class Device:
         keeps an idle interactive guest from spinning through virtual time."""
         return []
 
+    def run_starts(self) -> None:
+        """The guest is about to run (a console terminal goes raw)."""
+
+    def run_ends(self) -> None:
+        """The run is over: give back what only a running guest needed (a terminal's mode),
+        before lgemu prints its summary and ending."""
+
+    def input_ended(self) -> bool:
+        """Did this device's host input come to its end (end of file, pipe closed)?"""
+        return False
+
     def summary(self) -> str:
         """One line of what the device did, for `-v`."""
         return ""

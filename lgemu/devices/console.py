@@ -11,8 +11,11 @@ file — `--console-input FILE`, or stdin redirected from one — is read only w
 waiting, so a scripted session reaches the guest at the same instructions on every run.  A
 terminal or a pipe is read whenever it has bytes, up to a bound; its timing is the host's.
 
-A terminal is switched to raw-ish mode as the 2.6.24 Launcher did (no echo, no line editing,
-no signals, so Ctrl-C reaches the guest) and restored when the console is closed, on every
+A terminal is switched to raw mode while the guest runs, as `cfmakeraw` does and QEMU's
+`-nographic` stdio: no echo, no line editing, no signal keys (Ctrl-C, Ctrl-Z and Ctrl-\\ are
+bytes for the guest), no flow control (Ctrl-S, Ctrl-Q too), no CR/NL translation either way
+(the guest's own tty layer ends its lines with "\\r\\n": the host adding another "\\r" drew
+"\\r\\r\\n").  It is restored when the run ends and again when the console is closed, on every
 way out of lgemu.  Ctrl-] (the telnet escape) typed there ends the run (`KeyboardQuit`).
 """
 
@@ -30,12 +33,14 @@ from typing import Any, BinaryIO
 from ..abi import DeviceType
 from ..errors import ExitStatus, LgemuExit, UserError
 from ..launcher.loader import file_errors
+from ..signals import SIGNALS
 from .base import Device
 from .vring import Chain, Vring, total_length
 
 INPUT_QUEUE, OUTPUT_QUEUE = 0, 1
 QUIT_KEY = 0x1D  # Ctrl-]
 BACKLOG = 64 * 1024  # input read ahead of the guest from a terminal or pipe
+TTY_PIECE = 256  # a terminal reports room for output with at least this much free
 
 
 class KeyboardQuit(LgemuExit):
@@ -50,6 +55,19 @@ class ConsoleOutput:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream: BinaryIO | None = stream
         self.bytes_written = 0
+        # A pipe, socket or terminal can be full: it is written in pieces it takes at once
+        # when it has room (a pipe a page, a terminal 256 bytes), after waiting for that room.
+        self._fd: int | None = None
+        self._piece = 0
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, ValueError, OSError):  # in memory: never blocks
+            return
+        if os.isatty(fd):
+            self._fd, self._piece = fd, TTY_PIECE
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self._fd, self._piece = fd, select.PIPE_BUF
 
     def save_state(self) -> int:
         """Persist: bytes written (where they went is not guest state)."""
@@ -61,13 +79,24 @@ class ConsoleOutput:
 
     def write(self, data: bytes) -> None:
         """Write guest bytes exactly (no newline translation).  If the reader has gone
-        (`lgemu boot | head`), the rest is discarded and the guest runs on."""
+        (`lgemu boot | head`, a closed terminal), the rest is discarded and the guest runs
+        on.  A reader that stops reading (a full pipe) holds the guest up, but not a signal:
+        the wait for room includes it, and the output is dropped once one has come (this
+        runs inside a Unicorn callback, so it returns rather than raise; the run then ends
+        at the next boundary)."""
         if not data or self.stream is None:
             return
         try:
-            self.stream.write(data)
-            self.stream.flush()
-        except BrokenPipeError:
+            if self._fd is None:
+                self.stream.write(data)
+                self.stream.flush()
+            else:
+                for at in range(0, len(data), self._piece):
+                    if not SIGNALS.writable(self._fd):
+                        return
+                    self.stream.write(data[at:at + self._piece])
+                    self.stream.flush()
+        except OSError:  # EPIPE; EIO from a terminal that hung up
             self._discard()
             return
         self.bytes_written += len(data)
@@ -95,25 +124,48 @@ class ConsoleInput:
         self.owned = owned
         self.open = True
         self._saved_tty: list[Any] | None = None
-        if kind == "tty":
-            self._raw_mode()
 
     @property
     def live(self) -> bool:
         """True when bytes arrive on the host's schedule (terminal, pipe), not on demand."""
         return self.kind != "file"
 
-    def _raw_mode(self) -> None:
+    @property
+    def interactive(self) -> bool:
+        """A person types at a terminal (which shares the screen with lgemu's stderr)."""
+        return self.kind == "tty" and self.open
+
+    def raw_mode(self) -> None:
+        """A terminal goes raw (the guest is about to run); anything else is left alone."""
+        if self.kind != "tty" or not self.open or self._saved_tty is not None:
+            return
         try:
             self._saved_tty = termios.tcgetattr(self.fd)
         except termios.error:
             self.kind = "pipe"
             return
-        raw = termios.tcgetattr(self.fd)
-        raw[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
+        raw = [*self._saved_tty[:6], list(self._saved_tty[6])]
+        raw[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+                    | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
+        raw[1] &= ~termios.OPOST
+        raw[2] = raw[2] & ~(termios.CSIZE | termios.PARENB) | termios.CS8
+        raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
+                    | termios.IEXTEN)
         raw[6][termios.VMIN] = 1
         raw[6][termios.VTIME] = 0
-        termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+        _own_line_ends(self.fd, raw=True)
+
+    def restore(self) -> None:
+        """Give the terminal back its own settings (idempotent).  TCSANOW, not TCSADRAIN:
+        output already written was translated (or not) when written, and a terminal that is
+        not being read (or has hung up) must not keep lgemu from ending."""
+        if self._saved_tty is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.fd, termios.TCSANOW, self._saved_tty)
+            self._saved_tty = None
+            _own_line_ends(self.fd, raw=False)
 
     def ready(self) -> bool:
         """Can `read` return without blocking?"""
@@ -140,14 +192,25 @@ class ConsoleInput:
 
     def close(self) -> None:
         """Stop reading; restore the terminal."""
-        if self._saved_tty is not None:
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved_tty)
-            self._saved_tty = None
+        self.restore()
         if self.open and self.owned:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
         self.open = False
+
+
+def _own_line_ends(fd: int, raw: bool) -> None:
+    """lgemu's own lines on stderr while the terminal `fd` is raw (the gdb stub's notices,
+    an event log): with the terminal no longer turning "\\n" into "\\r\\n", Python's stderr
+    does, so they still start at the left margin.  Only when stderr is that terminal."""
+    stream = sys.stderr
+    try:
+        if not os.path.samestat(os.fstat(stream.fileno()), os.fstat(fd)):
+            return
+        stream.flush()
+        stream.reconfigure(newline="\r\n" if raw else "\n")  # "\n": POSIX stdio's own
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def _kind(fd: int) -> str:
@@ -259,6 +322,22 @@ class Console(Device):
     def polled_fds(self) -> list[int]:
         inq = self.queues[INPUT_QUEUE]
         return self.wait_fds() if not inq.wants_interrupt() and inq.pending() else []
+
+    def run_starts(self) -> None:
+        if self.source is not None:
+            self.source.raw_mode()
+
+    def run_ends(self) -> None:
+        if self.source is not None:
+            self.source.restore()
+
+    @property
+    def interactive(self) -> bool:
+        """Is the console read from a terminal, as a person types?"""
+        return self.source is not None and self.source.interactive
+
+    def input_ended(self) -> bool:
+        return self.source is not None and not self.source.open
 
     def summary(self) -> str:
         return f"output {self.output.bytes_written} bytes, input {self.bytes_in} bytes"

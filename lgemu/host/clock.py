@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..signals import SIGNALS
+
 DEFAULT_NS_PER_INSN = 10
 # Guest wall clock at boot in virtual mode: 2.6.24's release day, 2008-01-24 00:00:00 UTC.
 DEFAULT_EPOCH_NS = 1_201_132_800 * 1_000_000_000
@@ -99,6 +101,6 @@ class Clock:
             if self.wake_by is not None:
                 wait = min(wait, self.wake_by - time.monotonic())
             if wait > 0:
-                time.sleep(wait)
+                SIGNALS.sleep(wait)  # a signal to lgemu wakes it (and ends the run)
         else:
             self._slice_ns = max(self._slice_ns, self.deadline_ns)

@@ -7,7 +7,8 @@ back for hypercalls, traps, port I/O, `cpuid` and `rdtsc`; they are handled in p
 stopping, except HALT, a timer that falls due before the slice ends, and the end of the run.
 
 Exits from hooks never raise through Unicorn: the outcome is stored, the CPU is stopped, and
-`run()` returns it.
+`run()` returns it.  Signals to lgemu likewise (`lgemu.signals`): the handler only notes them
+and ends the CPU run (`interrupt`); the loop acts on them between runs.
 
 Controllers (debuggers, trace windows, `--stop-at`) steer the loop without changing what the
 guest sees.  A *slice* is the guest's own schedule: its length, and the work done at its start,
@@ -32,7 +33,6 @@ several *runs* of the CPU; between runs nothing happens but the controller's cal
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,6 +73,7 @@ from ..kills import (
 from ..launcher import BootInfo
 from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg, SegmentLoadError
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
+from ..signals import SIGNALS
 from . import cpu_model, events
 from .clock import Clock, ClockState
 from .hypercalls import hypercall
@@ -352,6 +353,14 @@ class Guest:
         self._paused = True
         self.cpu.stop_after_current()
 
+    def interrupt(self) -> None:
+        """From a signal handler (`lgemu.signals`), wherever it ran: end the current CPU run,
+        if one is going, after the current instruction; the run loop then ends the run.
+        Nothing is cut short and nothing raised, so the guest's state stays whole."""
+        if self._in_slice:
+            self._paused = True
+            self.cpu.stop_soon()
+
     def stop(self) -> None:
         """End the current slice after this instruction."""
         self._stop_requested = True
@@ -599,7 +608,10 @@ class Guest:
 
     def _idle(self) -> None:
         """A halted guest waits for its timer, or for host input that can wake it: input
-        into buffers it posted on a queue whose IRQ it wants and has not blocked."""
+        into buffers it posted on a queue whose IRQ it wants and has not blocked.  Once the
+        console's input has ended, a guest idling on its own timers is paced to real time:
+        each halt lasts as long on the host's clock as the guest time it skips, so an idle
+        guest costs no CPU; the guest sees the same times and events as unpaced."""
         clock = self.clock
         data = self.lg.data
         blocked = data.blocked_interrupts if data is not None else ~0
@@ -613,10 +625,12 @@ class Guest:
         if not fds and not polled:
             if clock.deadline_ns is None:
                 raise GuestStuck("halted with no timer set and no interrupt that can wake it")
-            clock.idle_until_timer()
-            return
-        # Wait on the host's clock (so such runs are not reproducible), in short steps so a
-        # wall-clock --timeout is still noticed.  Virtual time stands still while halted: the
+            if clock.realtime or not any(device.input_ended() for device in self.devices):
+                clock.idle_until_timer()
+                return
+        # Wait on the host's clock, in short steps so a wall-clock --timeout is still noticed
+        # (a signal wakes the wait at once).  Host input makes such runs not reproducible;
+        # pacing alone changes nothing the guest sees.  Virtual time stands still while halted: the
         # real time already waited for this deadline counts against it.
         wait = IDLE_WAIT_MAX_S
         if clock.deadline_ns is not None:
@@ -630,7 +644,7 @@ class Guest:
                 clock.idle_until_timer()
                 return
             wait = min(wait, left)
-        ready, _, _ = select.select(fds or polled, [], [], wait)  # the next step polls devices
+        ready = SIGNALS.wait(fds or polled, wait)  # the next step polls devices
         if ready and polled:
             clock.idle_until_timer()
 
@@ -641,8 +655,12 @@ class Guest:
         `max_instructions` have executed or `timeout` wall-clock seconds have passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.clock.wake_by = deadline  # a realtime halt must not sleep through the timeout
+        SIGNALS.on_signal = self.interrupt
+        for device in self.devices:
+            device.run_starts()
         try:
             while self.outcome is None:
+                SIGNALS.check()  # a signal ends the run here, between two instructions
                 self._step(max_instructions)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LimitReached(f"timeout: {timeout:g} s of wall-clock time",
@@ -652,6 +670,10 @@ class Guest:
         except CpuError as e:
             # A delivery between slices met a segment the guest broke (as `_guarded` does).
             self.outcome = self.outcome or cpu_kill(e)
+        finally:
+            SIGNALS.on_signal = None
+            for device in self.devices:
+                device.run_ends()
         return self.outcome
 
     def _step(self, max_instructions: int | None) -> None:

@@ -286,6 +286,12 @@ class Cpu:
         store happens twice, and the attempt is counted twice)."""
         self._count.value = self._counter.value
 
+    def stop_soon(self) -> None:
+        """Like `stop_after_current`, but safe from anywhere, even a signal handler that runs
+        between two runs: the limit is only ever lowered to the count so far, so a finished
+        run's `completed` stays as it was, and the next `run` sets its own limit."""
+        self._count.value = min(self._count.value, self._counter.value)
+
     def flush_tlb(self) -> None:
         """Forget every cached translation (guest page tables changed)."""
         self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
