@@ -21,9 +21,9 @@ from fuzzguest import (
     PREFIXES,
     SCRATCH,
     Op,
-    assert_clean_end,
+    assert_deserved,
     fuzz_settings,
-    run,
+    run_program,
     strategies,
 )
 from hypothesis import given
@@ -116,9 +116,10 @@ BLOCK_RINGS, BLOCK_LIMIT = layout(1)
        verbose=st.booleans())
 def test_console_rings_and_device_page_end_cleanly(lgemu_main, steps, verbose) -> None:
     program = map_devices(CONSOLE_LIMIT) + [op for step in steps for op in step]
-    status, out, err = run(lgemu_main, program[:48], extra=["-v"] if verbose else [])
+    outcome = run_program(lgemu_main, program[:48], extra=["-v"] if verbose else [])
+    status, err = outcome.status, outcome.err
     if not verbose:
-        assert_clean_end(status, err, out)
+        assert_deserved(outcome, program[:48])
         return
     # -v: the layout and a summary around the outcome; the last line is the outcome's own
     assert "Traceback" not in err and "internal error" not in err, err
@@ -143,8 +144,8 @@ def test_block_requests_stay_inside_the_image(lgemu_main, disk, steps, read_only
     option, path = disk(read_only)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     program = map_devices(BLOCK_LIMIT) + [op for step in steps for op in step]
-    status, out, err = run(lgemu_main, program[:48], extra=["--block", option])
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program[:48], extra=["--block", option]),
+                    program[:48])
     assert path.stat().st_size == SECTORS * 512
     if read_only:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == before

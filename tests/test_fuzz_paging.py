@@ -20,8 +20,10 @@ from fuzzguest import (
     SCRATCH,
     Op,
     assert_clean_end,
+    assert_deserved,
     fuzz_settings,
     run,
+    run_program,
     strategies,
 )
 from hypothesis import given
@@ -95,8 +97,7 @@ SWITCH = (Op.HCALL, int(abi.Hcall.NEW_PGTABLE), PGDIR)
        use=st.lists(use_steps, min_size=1, max_size=20))
 def test_random_page_tables_end_cleanly(lgemu_main, build, switch, use) -> None:
     program = [COPY_LAUNCHER_DIRECTORY, *build, *([SWITCH] if switch else []), *use]
-    status, out, err = run(lgemu_main, program[:48])
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program[:48]), program[:48])
 
 
 @fuzz_settings(200)

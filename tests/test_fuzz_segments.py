@@ -17,8 +17,10 @@ from fuzzguest import (
     NVARIANTS,
     Op,
     assert_clean_end,
+    assert_deserved,
     fuzz_settings,
     run,
+    run_program,
     strategies,
     sym,
 )
@@ -87,8 +89,7 @@ uses = st.builds(lambda op, variant, esp, ebx, ecx, edx: [(op, variant, esp, ebx
                                 uses, tls_anywhere), min_size=1, max_size=20))
 def test_random_descriptors_and_gates_end_cleanly(lgemu_main, steps) -> None:
     program = [op for step in steps for op in step]
-    status, out, err = run(lgemu_main, program[:48])
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program[:48]), program[:48])
 
 
 @fuzz_settings(200)
