@@ -565,7 +565,7 @@ def calls_made(ops: Sequence[Sequence[int]]) -> set[int]:
     return made
 
 
-def _explains(reason: str, ops: Sequence[Sequence[int]]) -> bool:
+def explains(reason: str, ops: Sequence[Sequence[int]]) -> bool:
     """Could a program made of `ops` (those that ran, up to the one under way) deserve to
     be killed for `reason`?  Each kill reason has its causes in the Host (see
     lgemu/host/hypercalls.py, paging.py, traps.py, guest.py); the interpreter itself, with
@@ -601,7 +601,7 @@ def assert_deserved(outcome: Outcome, ops: Sequence[Sequence[int]]) -> None:
 
     * powered down (0): every operation ran, and the interpreter printed its counters;
     * crashed (1): the program made LHCALL_CRASH; stuck (4): it made LHCALL_HALT;
-    * killed (3): the reason is one the operations that ran can cause (`_explains`) — the
+    * killed (3): the reason is one the operations that ran can cause (`explains`) — the
       interpreter's own set-up deserves none, nor does a program of harmless operations;
     * out of instructions (5): the program holds something that can take that long.
     Whatever the status, stderr is the one documented line (`assert_clean_end`)."""
@@ -619,7 +619,7 @@ def assert_deserved(outcome: Outcome, ops: Sequence[Sequence[int]]) -> None:
         assert H.HALT in calls, err
     elif status == 3:
         reason = assert_one_line(err).removeprefix(PREFIXES[3])
-        assert _explains(reason, ran), (reason, ran)
+        assert explains(reason, ran), (reason, ran)
     elif status == 5:
         kinds = {op[0] for op in ran}
         assert kinds - {Op.HCALL, Op.ASYNC, Op.LD, Op.PEEK} or calls - {H.FLUSH_ASYNC}, ran
