@@ -7,7 +7,7 @@ used rings, device page bytes (descriptor types, lengths, VIRTQUEUE fields, stat
 and virtio-blk request headers, and kicks queues — the right ones, the device page, the
 second page of a ring.  Runs use ``-v`` so the end-of-run summary, which reads the device
 page the guest scribbled on, is exercised too.  Disk images must keep their size, and a
-read-only image its bytes; every run ends cleanly.
+read-only image its bytes; every run ends as its program deserves.
 """
 
 from __future__ import annotations

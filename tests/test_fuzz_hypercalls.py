@@ -5,7 +5,7 @@ tests/test_hostile.py already throws random *synchronous* calls at the Host.  He
 are mixed with async-ring entries (§3.5), with ring status bytes the guest flips itself, and
 with time passing between them, so the ring is drained at every odd moment: before a
 synchronous call that kills, around a NOTIFY that stops a pass early, across the wrap of the
-ring cursor.  Every example must end cleanly (`fuzzguest.assert_clean_end`).
+ring cursor.  Every example must end as its program deserves (`fuzzguest.assert_deserved`).
 """
 
 from __future__ import annotations

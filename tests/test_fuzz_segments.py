@@ -16,10 +16,8 @@ from fuzzguest import (
     MEM,
     NVARIANTS,
     Op,
-    assert_clean_end,
     assert_deserved,
     fuzz_settings,
-    run,
     run_program,
     strategies,
     sym,
@@ -107,5 +105,4 @@ def test_one_descriptor_loaded_and_used_ends_cleanly(lgemu_main, index, value, v
                (Op.HCALL, int(abi.Hcall.LOAD_GDT), sym("gdt_table"), 32),
                (Op.TRAP, variant, 0, selector, 0, 0x1000),
                (Op.USER, variant, SCRATCH_STACK, selector, 0, 0x1000)]
-    status, out, err = run(lgemu_main, program)
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program), program)
