@@ -9,6 +9,8 @@ set up as `lgemu.host.guest.Guest` sets them up before the first instruction.
   guest's `lguest_data`, installed at `LGUEST_DATA`, as after LGUEST_INIT).
 * `Host.map(vaddr, paddr, writable)` writes a 4 KiB mapping into the guest's own page tables
   (page directory at `PGDIR`, page tables allocated from `PT_POOL`).
+* `Host.set_stack`, `set_kernel_pde`, `set_noirq`, `set_halted` put the per-guest state the
+  hypercalls would have set; tests read results through the components' public methods.
 * `killed(reason)` expects the Host to kill the guest with exactly that reason.
 """
 
@@ -64,6 +66,23 @@ class Host:
             self.memory.set_u32(pde_addr, pde)
         pte_addr = (pde & ~0xFFF) + 4 * ((vaddr >> 12) & 0x3FF)
         self.memory.set_u32(pte_addr, (paddr & ~0xFFF) | flags)
+
+    # Per-guest lguest state the hypercalls set (their owner may move: set it only here).
+    def set_stack(self, ss1: int, esp1: int) -> None:
+        """As SET_STACK leaves it: the ring-1 stack traps from ring 3 switch to."""
+        self.traps.ss1, self.traps.esp1 = ss1, esp1
+
+    def set_kernel_pde(self, pde: int) -> None:
+        """As LGUEST_INIT leaves it: the first directory entry of the kernel's half."""
+        self.paging.kernel_pde = pde
+
+    def set_noirq(self, start: int, end: int) -> None:
+        """As LGUEST_INIT leaves it: no interrupt is delivered with EIP in [start, end)."""
+        self.interrupts.noirq = (start, end)
+
+    def set_halted(self, halted: bool) -> None:
+        """As HALT leaves it (True) or a wake-up (False)."""
+        self.interrupts.halted = halted
 
     def pte(self, vaddr: int, pgdir: int = PGDIR) -> int:
         """The guest's page-table entry for `vaddr` (0 if its directory entry is absent)."""

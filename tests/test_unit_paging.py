@@ -104,7 +104,7 @@ def test_set_pte_checks_a_hint_only_where_lguest_would_install_it() -> None:
 
 def test_user_flush_and_set_pmd_forget_shadow_entries() -> None:
     h = host()
-    h.paging.kernel_pde = 0x300  # LGUEST_INIT: the kernel lives from 0xC0000000
+    h.set_kernel_pde(0x300)  # LGUEST_INIT: the kernel lives from 0xC0000000
     h.map(0x400000, 0x123000)
     h.map(0xC0400000, 0x124000)
     assert h.paging.demand_fault(0x400000, 0) and h.paging.demand_fault(0xC0400000, 0)

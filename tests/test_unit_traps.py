@@ -121,7 +121,7 @@ def test_a_direct_trap_clears_tf_as_the_cpu_does() -> None:
 
 def test_a_trap_from_ring_3_switches_to_the_set_stack() -> None:
     h = ready(ring=3)
-    h.traps.ss1, h.traps.esp1 = GUEST_DS, STACK_TOP
+    h.set_stack(GUEST_DS, STACK_TOP)
     h.traps.load_idt_entry(14, *gate(HANDLER, kind=GATE_INTERRUPT))
     h.traps.reflect(14, 0x1234, 6)
     assert (h.cpu.cpl(), h.cpu.reg(Reg.EIP), h.cpu.reg(Reg.SS)) == (1, HANDLER, GUEST_DS)
@@ -132,7 +132,7 @@ def test_a_trap_from_ring_3_switches_to_the_set_stack() -> None:
 
 def test_a_stack_segment_that_is_not_ring_1_data_is_trap_256() -> None:
     h = ready(ring=3)
-    h.traps.ss1, h.traps.esp1 = GUEST_CS, STACK_TOP  # code, not data
+    h.set_stack(GUEST_CS, STACK_TOP)  # code, not data
     h.traps.load_idt_entry(14, *gate(HANDLER))
     with killed("unhandled trap 256 at 0x1234 (stack segment 0x61 from SET_STACK is not a "
                 "usable ring-1 data segment)"):
@@ -174,7 +174,7 @@ def test_nothing_is_delivered_to_a_guest_that_cannot_take_it() -> None:
     h.data.irq_enabled = 0
     assert h.interrupts.maybe_interrupt(h.data, 0x1234, lambda: 0) is None
     h.data.irq_enabled = X86_EFLAGS_IF
-    h.interrupts.noirq = (0x1200, 0x1300)  # lguest_noirq_start..end
+    h.set_noirq(0x1200, 0x1300)  # lguest_noirq_start..end
     assert h.interrupts.maybe_interrupt(h.data, 0x1234, lambda: 0) is None
     assert h.interrupts.maybe_interrupt(h.data, 0x1300, lambda: 0) == 0
 
@@ -192,7 +192,7 @@ def test_a_halted_guest_is_woken_with_interrupts_on() -> None:
     h = ready()
     h.traps.load_idt_entry(0x20, *gate(HANDLER, kind=GATE_TRAP))
     h.data.irq_enabled = 0  # HALT is entered with interrupts off (safe_halt)
-    h.interrupts.halted = True
+    h.set_halted(True)
     h.interrupts.raise_irq(0)
     assert h.interrupts.maybe_interrupt(h.data, 0x1234, lambda: 0) == 0
     assert not h.interrupts.halted
