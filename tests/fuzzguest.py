@@ -599,7 +599,8 @@ def explains(reason: str, ops: Sequence[Sequence[int]]) -> bool:
     return any(re.match(pattern, reason) and cause for pattern, cause in rules)
 
 
-def assert_deserved(outcome: Outcome, ops: Sequence[Sequence[int]]) -> None:
+def assert_deserved(outcome: Outcome, ops: Sequence[Sequence[int]],
+                    verbose: bool = False) -> None:
     """Each run ends the way its program deserves, not merely in some documented way:
 
     * powered down (0): every operation ran, and the interpreter printed its counters;
@@ -607,8 +608,13 @@ def assert_deserved(outcome: Outcome, ops: Sequence[Sequence[int]]) -> None:
     * killed (3): the reason is one the operations that ran can cause (`explains`) — the
       interpreter's own set-up deserves none, nor does a program of harmless operations;
     * out of instructions (5): the program holds something that can take that long.
-    Whatever the status, stderr is the one documented line (`assert_clean_end`)."""
+    Whatever the status, stderr is the one documented line (`assert_clean_end`); with
+    `verbose` (-v) that line is the last one, after the layout and the summary."""
     status, out, err = outcome.status, outcome.out, outcome.err
+    if verbose:
+        assert "Traceback" not in err and "internal error" not in err, err
+        assert err.startswith("kernel "), err[:200]  # the layout comes first
+        err = err.splitlines()[-1] + "\n" if status else ""
     assert_clean_end(status, err, out)
     if status == 0:
         assert re.fullmatch(rb"(?s).*done t=[0-9a-f]{8} i=[0-9a-f]{8}\s*", out), out[-200:]
