@@ -25,7 +25,8 @@ forever or single-step itself ends with exit status 5 instead of a hung test.
 
 `assert_clean_end` states what every run of a hostile program must end in: a documented exit
 status, exactly one line on stderr (none for a power-down) with the prefix of that status, no
-traceback and no internal error.
+traceback and no internal error.  `assert_deserved` (with `run_program`, which also reads back
+the operation under way at the end) states which of those ends a given program deserves.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -398,7 +400,7 @@ class Interpreter:
         work = directory / "interpreter-run.elf"
         shutil.copyfile(elf, work)
         names = ("lguest_data", "gdt_table", "program", "__stack_top", "vector_stubs",
-                 "far_landing", "trap_count")
+                 "far_landing", "trap_count", "pc", "program")
         return cls(elf.read_bytes(), symbol_file_offset(elf, "program"), work,
                    {name: symbol_address(elf, name) for name in names})
 
@@ -504,3 +506,129 @@ def run(lgemu_main, ops: Sequence[Sequence[int]], extra: Iterable[str] = (),
         max_insns: int = MAX_INSNS) -> tuple[int, bytes, str]:
     """Boot the interpreter with `ops` through `lgemu_main` (the conftest fixture)."""
     return lgemu_main(boot_argv(interpreter().image(ops), extra, max_insns))
+
+
+# -- what a program deserves --------------------------------------------------------------
+@dataclass
+class Outcome:
+    """How one interpreter run ended, and which operation it was executing (index into the
+    program; None while the interpreter was still setting itself up)."""
+
+    status: int
+    out: bytes
+    err: str
+    at: int | None
+
+
+def run_program(lgemu_main, ops: Sequence[Sequence[int]], extra: Iterable[str] = (),
+                max_insns: int = MAX_INSNS) -> Outcome:
+    """`run`, and afterwards the interpreter's `pc` read back from guest RAM: the operation
+    under way when the run ended (`pc` moves past an operation before it starts)."""
+    from unittest import mock
+
+    from lgemu.machine.memory import GuestMemory
+
+    memories: list[GuestMemory] = []
+    original = GuestMemory.__init__
+
+    def init(self: GuestMemory, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        memories.append(self)
+    with mock.patch.object(GuestMemory, "__init__", init):
+        status, out, err = run(lgemu_main, ops, extra, max_insns)
+    at = None
+    if memories:
+        pc = memories[-1].u32(sym("pc"))
+        if pc:
+            at = (pc - sym("program")) // (4 * OP_WORDS) - 1
+    return Outcome(status, out, err, at)
+
+
+HVARIANT = next(i for i, (name, _) in enumerate(TRAP_VARIANTS) if name == "hypercall")
+H = abi.Hcall
+PAGE_TABLE_CALLS = {H.NEW_PGTABLE, H.SET_PTE, H.SET_PMD, H.FLUSH_TLB}
+SEGMENT_CALLS = {H.LOAD_GDT, H.LOAD_TLS, H.SET_STACK}
+WRITES = {Op.POKE32, Op.POKE8, Op.FILL, Op.COPY, Op.PDE, Op.TRAP, Op.USER}
+
+
+def calls_made(ops: Sequence[Sequence[int]]) -> set[int]:
+    """Hypercall numbers `ops` issue: synchronous, queued on the async ring, or from a trap
+    variant that makes one."""
+    made = set()
+    for op in ops:
+        op = [*op, 0, 0, 0, 0, 0, 0]
+        if op[0] == Op.HCALL:
+            made.add(op[1])
+        elif op[0] == Op.ASYNC:
+            made.add(op[2])
+        elif op[0] in (Op.TRAP, Op.USER) and op[1] % NVARIANTS == HVARIANT:
+            made.add(op[4])
+    return made
+
+
+def explains(reason: str, ops: Sequence[Sequence[int]]) -> bool:
+    """Could a program made of `ops` (those that ran, up to the one under way) deserve to
+    be killed for `reason`?  Each kill reason has its causes in the Host (see
+    lgemu/host/hypercalls.py, paging.py, traps.py, guest.py); the interpreter itself, with
+    no operations, deserves none of them."""
+    calls = calls_made(ops)
+    kinds = {op[0] for op in ops}
+    tables = bool(kinds & WRITES or calls & PAGE_TABLE_CALLS)
+    match = re.match(r"Bad hypercall (\d+)$", reason)
+    if match:
+        return int(match[1]) in calls and int(match[1]) not in set(H)
+    rules = [
+        (r"already have lguest_data$", H.LGUEST_INIT in calls),
+        (r"too many gdt entries \d+$", H.LOAD_GDT in calls),
+        (r"bad stack (segment|pages) \d+$", H.SET_STACK in calls),
+        (r"bad stack page 0x[0-9a-f]+$", bool(calls & {H.SET_STACK, H.NEW_PGTABLE}) or tables),
+        (r"bad NOTIFY address 0x[0-9a-f]+$", H.NOTIFY in calls),
+        (r"bad IDT type \d+$", H.LOAD_IDT_ENTRY in calls),
+        (r"bad (read|write) address 0x[0-9a-f]+ len \d+$",
+         bool(calls & {H.LOAD_GDT, H.LOAD_TLS, H.NOTIFY, H.CRASH})),
+        (r"vring \w+\.\d+: ", H.NOTIFY in calls),
+        (r"(bad page (table|directory) entry|attempt to access switcher pages)", tables),
+        (r"Bad address 0x[0-9a-f]+$", tables or bool(calls & SEGMENT_CALLS)),
+        (r"unhandled trap 256 ", bool(calls & SEGMENT_CALLS) or tables
+         or bool(kinds & {Op.TRAP, Op.USER})),
+        # Only LOAD_IDT_ENTRY takes a gate away; 2, 8 and 15 never had one.
+        (r"unhandled trap (\d+) at 0x", H.LOAD_IDT_ENTRY in calls
+         or re.match(r"unhandled trap (2|8|15) ", reason) is not None),
+        (r"triple fault at 0x", tables or bool(calls & SEGMENT_CALLS)),
+    ]
+    return any(re.match(pattern, reason) and cause for pattern, cause in rules)
+
+
+def assert_deserved(outcome: Outcome, ops: Sequence[Sequence[int]],
+                    verbose: bool = False) -> None:
+    """Each run ends the way its program deserves, not merely in some documented way:
+
+    * powered down (0): every operation ran, and the interpreter printed its counters;
+    * crashed (1): the program made LHCALL_CRASH; stuck (4): it made LHCALL_HALT;
+    * killed (3): the reason is one the operations that ran can cause (`explains`) — the
+      interpreter's own set-up deserves none, nor does a program of harmless operations;
+    * out of instructions (5): the program holds something that can take that long.
+    Whatever the status, stderr is the one documented line (`assert_clean_end`); with
+    `verbose` (-v) that line is the last one, after the layout and the summary."""
+    status, out, err = outcome.status, outcome.out, outcome.err
+    if verbose:
+        assert "Traceback" not in err and "internal error" not in err, err
+        assert err.startswith("kernel "), err[:200]  # the layout comes first
+        err = err.splitlines()[-1] + "\n" if status else ""
+    assert_clean_end(status, err, out)
+    if status == 0:
+        assert re.fullmatch(rb"(?s).*done t=[0-9a-f]{8} i=[0-9a-f]{8}\s*", out), out[-200:]
+        return
+    assert outcome.at is not None, f"ended during the interpreter's set-up: {err!r}"
+    ran = list(ops[:outcome.at + 1])
+    calls = calls_made(ran)
+    if status == 1:
+        assert H.CRASH in calls, err
+    elif status == 4:
+        assert H.HALT in calls, err
+    elif status == 3:
+        reason = assert_one_line(err).removeprefix(PREFIXES[3])
+        assert explains(reason, ran), (reason, ran)
+    elif status == 5:
+        kinds = {op[0] for op in ran}
+        assert kinds - {Op.HCALL, Op.ASYNC, Op.LD, Op.PEEK} or calls - {H.FLUSH_ASYNC}, ran

@@ -13,6 +13,7 @@ another.  Every wait has a timeout, so a broken stub fails the test instead of h
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -39,13 +41,23 @@ def bundled_guest() -> Path:
 
 class Lgemu:
     """`lgemu boot ARGS --gdb tcp::0` in a subprocess; `port` is the stub's.  With `piped`,
-    its stdin (the console's input) is a pipe the test writes to (`proc.stdin`)."""
+    its stdin (the console's input) is a pipe the test writes to (`stdin`); `preload` is
+    written into that pipe before lgemu starts."""
 
-    def __init__(self, args: Sequence[str], wait: bool = True, piped: bool = False) -> None:
+    def __init__(self, args: Sequence[str], wait: bool = True, piped: bool = False,
+                 preload: bytes = b"") -> None:
         argv = [sys.executable, "-m", "lgemu", "boot", *map(str, args), "--gdb", "tcp::0"]
+        self.stdin: BinaryIO | None = None
+        stdin: int = subprocess.DEVNULL
+        if piped:
+            stdin, write_end = os.pipe()
+            os.write(write_end, preload)  # a pipe holds far more than a test writes
+            self.stdin = os.fdopen(write_end, "wb")
         self.proc = subprocess.Popen([*argv, *(["-S"] if wait else [])], cwd=REPO_ROOT,
-                                     stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdin=stdin, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        if piped:
+            os.close(stdin)
         self._out = bytearray()
         self._err: list[str] = []
         self._port_known = threading.Event()

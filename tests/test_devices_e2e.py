@@ -3,8 +3,7 @@
 The guest programs (``guest_kernel/tests``: console_echo, blk_read, blk_write, net_echo,
 net_ping, net_send) bring up the lguest bus and print what they saw; here the other side is
 checked independently — checksums computed from the image files, the files read back after a
-run, frames rebuilt byte for byte, pcap files parsed by a reader written here.  Tests whose
-host option does not exist yet are skipped with a reason.
+run, frames rebuilt byte for byte, pcap files parsed by a reader written here.
 """
 
 from __future__ import annotations
@@ -22,24 +21,12 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
 from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT, boot_args, lgemu_main_in_process
-
-from lgemu.cli import BOOT_OPTIONS
 
 SECTOR = 512
 MAC_ECHO = "02:00:00:00:00:0a"
 MAC_PING = "02:00:00:00:00:0b"
 BROADCAST = b"\xff" * 6
-
-
-def _host_option(flag: str) -> bool:
-    return any(flag in flags for flags, _ in BOOT_OPTIONS)
-
-
-def needs(*flags: str) -> pytest.MarkDecorator:
-    missing = [f for f in flags if not _host_option(f)]
-    return pytest.mark.skipif(bool(missing), reason=f"lgemu boot has no {', '.join(missing)} yet")
 
 
 def boot(cmdline: str, *extra: str) -> tuple[int, bytes, str]:
@@ -67,7 +54,6 @@ CONSOLE_SCRIPT = b"hello world\r\nsecond\tline\nquit\nnot seen\n"
 CONSOLE_ECHOES = ["echo: hello world", "echo: second\\x09line"]
 
 
-@needs("--console-input")
 def test_console_input_file_is_echoed_reproducibly(tmp_path: Path) -> None:
     script = tmp_path / "input.txt"
     script.write_bytes(CONSOLE_SCRIPT)
@@ -82,7 +68,6 @@ def test_console_input_file_is_echoed_reproducibly(tmp_path: Path) -> None:
     assert runs[1] == runs[0]  # a scripted session is reproducible byte for byte
 
 
-@needs("--console-input")
 def test_console_input_from_a_stdin_pipe_is_echoed() -> None:
     proc = subprocess.run([sys.executable, "-m", "lgemu", "boot", "--append",
                            "lgemu.test=console_echo"], cwd=REPO_ROOT,
@@ -109,7 +94,6 @@ def test_an_idle_guest_waits_for_late_typing_in_real_time() -> None:
                                "lgemu guest: power down"]
 
 
-@needs("--console-input")
 def test_console_echo_gives_up_after_its_idle_limit(tmp_path: Path) -> None:
     script = tmp_path / "input.txt"
     script.write_bytes(b"no newline at the end")
@@ -138,7 +122,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@needs("--block")
 def test_blk_read_checksums_match_the_image_files(tmp_path: Path) -> None:
     # vdb ends in a partial sector, which is not part of the disk.
     a = image(tmp_path / "a.img", 256 * 1024, 1)
@@ -154,7 +137,6 @@ def test_blk_read_checksums_match_the_image_files(tmp_path: Path) -> None:
     assert results(out) == {"blk_read.vda": "PASS", "blk_read.vdb": "PASS"}
 
 
-@needs("--block")
 def test_blk_read_of_a_range_is_reproducible(tmp_path: Path) -> None:
     data = image(tmp_path / "disk.img", 64 * SECTOR, 3)
     args = ("lgemu.test=blk_read blk.sector=5 blk.sectors=300", "--block",
@@ -168,7 +150,6 @@ def test_blk_read_of_a_range_is_reproducible(tmp_path: Path) -> None:
         in lines(out)
 
 
-@needs("--block")
 def test_blk_write_lands_in_the_file_and_nowhere_else(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     before = image(disk, 32 * SECTOR, 4)
@@ -186,7 +167,6 @@ def test_blk_write_lands_in_the_file_and_nowhere_else(tmp_path: Path) -> None:
     assert after == before[:3 * SECTOR] + pattern + before[8 * SECTOR:]
 
 
-@needs("--block")
 def test_blk_write_to_a_read_only_image_changes_nothing(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     image(disk, 16 * SECTOR, 5)
@@ -199,7 +179,6 @@ def test_blk_write_to_a_read_only_image_changes_nothing(tmp_path: Path) -> None:
     assert "blk_write: write: status 1 (IOERR), used.len 1" in lines(out)
 
 
-@needs("--block")
 def test_blk_requests_past_the_end_are_refused(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     image(disk, 10 * SECTOR + 7, 6)
@@ -218,7 +197,6 @@ def test_blk_requests_past_the_end_are_refused(tmp_path: Path) -> None:
     assert "blk_write: write: status 1 (IOERR), used.len 1" in lines(out)
 
 
-@needs("--block")
 def test_blk_programs_without_a_disk_say_so() -> None:
     status, out, err = boot("lgemu.test=blk_read")
     assert (status, err) == (0, "")
@@ -251,7 +229,6 @@ def read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
     return records
 
 
-@needs("--net")
 def test_pcap_records_every_frame_sent_reproducibly(tmp_path: Path) -> None:
     captures = []
     for run in range(2):
@@ -270,7 +247,6 @@ def test_pcap_records_every_frame_sent_reproducibly(tmp_path: Path) -> None:
     assert stamps == sorted(stamps)
 
 
-@needs("--net")
 def test_net_ping_without_a_peer_gives_up_with_a_fail_line(tmp_path: Path) -> None:
     status, out, err = boot("lgemu.test=net_ping net.count=2 net.timeout=5 net.tries=2 "
                             "net.stop=0", "--net", f"pcap:{tmp_path / 'out.pcap'}")
@@ -314,7 +290,6 @@ class Reader(threading.Thread):
         self.ready.set()
 
 
-@needs("--net")
 def test_two_guests_exchange_frames_over_udp(tmp_path: Path) -> None:
     echo_port, ping_port = free_udp_ports(2)
     pcap = tmp_path / "ping.pcap"

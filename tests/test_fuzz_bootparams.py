@@ -12,7 +12,9 @@ or refused as one line with exit status 2.
 
 from __future__ import annotations
 
+import re
 import struct
+from pathlib import Path
 
 import pytest
 from fuzzguest import assert_clean_end, fuzz_settings
@@ -42,15 +44,19 @@ FIELD_VALUES = {
 }
 
 
-def boot_with_zero_page_changes(lgemu_main, monkeypatch, changes) -> tuple[int, bytes, str]:
+def boot_with_zero_page_changes(lgemu_main, monkeypatch, changes,
+                                seen: list[bool] | None = None) -> tuple[int, bytes, str]:
     """Boot the bundled guest with `changes` ((offset, value) pairs) written into the zero
-    page the Launcher builds; (status, out, err)."""
+    page the Launcher builds; (status, out, err).  `seen` gets whether the page changed."""
     original = lgemu.launcher.bootparams.build_zero_page  # never patched: no pile-up
 
     def corrupted(*args, **kwargs) -> bytes:
-        page = bytearray(original(*args, **kwargs))
+        pristine = original(*args, **kwargs)
+        page = bytearray(pristine)
         for offset, value in changes:
             struct.pack_into(FIELDS[offset], page, offset, value)
+        if seen is not None:
+            seen.append(page != pristine)
         return bytes(page)
 
     monkeypatch.setattr(lgemu.launcher, "build_zero_page", corrupted)
@@ -68,8 +74,30 @@ def field_changes():
 @fuzz_settings(40)
 @given(changes=field_changes())
 def test_a_corrupt_zero_page_ends_cleanly(lgemu_main, monkeypatch, changes) -> None:
-    status, out, err = boot_with_zero_page_changes(lgemu_main, monkeypatch, changes)
+    """A zero page written back as the Launcher made it boots exactly as an untouched one;
+    a changed one boots, panics (the guest's own checks) or is killed, in one line — the
+    banner program neither waits forever nor runs on."""
+    seen: list[bool] = []
+    status, out, err = boot_with_zero_page_changes(lgemu_main, monkeypatch, changes, seen)
     assert_clean_end(status, err, out)
+    if seen == [False]:
+        assert (status, out, err) == _untouched(lgemu_main)
+        return
+    assert seen == [True] and status in (0, 1, 3), (status, err)
+    if status == 0:
+        assert out.startswith(b"lgemu guest: Linux 2.6.24 lguest ABI") and \
+            out.endswith(b"lgemu guest: power down\r\n"), out
+
+
+_UNTOUCHED: list[tuple[int, bytes, str]] = []
+
+
+def _untouched(lgemu_main) -> tuple[int, bytes, str]:
+    """The outcome of the banner program with the zero page as the Launcher built it."""
+    if not _UNTOUCHED:
+        _UNTOUCHED.append(lgemu_main(["boot", "--max-insns", MAX_INSNS]))
+    assert _UNTOUCHED[0][0] == 0
+    return _UNTOUCHED[0]
 
 
 @pytest.mark.parametrize(("offset", "value", "status"), [
@@ -105,4 +133,24 @@ def test_any_command_line_boots_or_is_refused(lgemu_main, cmdline) -> None:
         assert len(cmdline.encode()) >= 2047 or "\0" in cmdline
         return
     assert_clean_end(status, err, out)
-    assert status in (0, 1), err  # the banner, a panic for an unknown program, or "crash"
+    # What the bundled guest does with it (guest_kernel/main.c and cmdline.c): words are
+    # separated by spaces, the last lgemu.test= picks the program, the word "crash" crashes
+    # after it.
+    words = [w for w in cmdline.encode().split(b" ") if w]
+    chosen = [w[len(b"lgemu.test="):] for w in words if w.startswith(b"lgemu.test=")]
+    if chosen and chosen[-1] not in PROGRAMS:
+        assert status == 1 and err.startswith("lgemu: guest crashed: unknown lgemu.test="), err
+    elif chosen and chosen[-1] != b"banner":
+        assert status in (0, 1), err  # another program: its own outcome
+    elif b"crash" in words:
+        assert (status, err) == (1, "lgemu: guest crashed: guest requested crash\n")
+    else:
+        assert (status, err) == (0, ""), err
+        assert out.endswith(b"lgemu guest: power down\r\n"), out
+        if "\n" not in cmdline and "\r" not in cmdline:
+            assert b'command line: "' + cmdline.encode() + b'"' in out, out
+
+
+PROGRAMS = frozenset(re.findall(rb'^\t\{ "(\w+)",', (Path(__file__).resolve().parent.parent /
+                                                    "guest_kernel" / "main.c").read_bytes(),
+                                re.MULTILINE))

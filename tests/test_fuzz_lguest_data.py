@@ -11,7 +11,17 @@ The examples interleave such writes with a ticking timer, halts, spins and traps
 
 from __future__ import annotations
 
-from fuzzguest import FUZZ, MEM, Op, assert_clean_end, ld, run, strategies, sym
+from fuzzguest import (
+    FUZZ,
+    MEM,
+    Op,
+    assert_deserved,
+    ld,
+    run,
+    run_program,
+    strategies,
+    sym,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -62,8 +72,7 @@ TICKING = [(Op.LD, ld("blocked_interrupts"), 0), (Op.LD, ld("irq_enabled"), 0x20
        ticking=st.booleans())
 def test_scribbled_lguest_data_ends_cleanly(lgemu_main, steps, ticking) -> None:
     program = (TICKING if ticking else []) + _flatten(steps)
-    status, out, err = run(lgemu_main, program[:48])
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program[:48]), program[:48])
 
 
 @FUZZ

@@ -16,9 +16,9 @@ from fuzzguest import (
     MEM,
     NVARIANTS,
     Op,
-    assert_clean_end,
+    assert_deserved,
     fuzz_settings,
-    run,
+    run_program,
     strategies,
     sym,
 )
@@ -87,8 +87,7 @@ uses = st.builds(lambda op, variant, esp, ebx, ecx, edx: [(op, variant, esp, ebx
                                 uses, tls_anywhere), min_size=1, max_size=20))
 def test_random_descriptors_and_gates_end_cleanly(lgemu_main, steps) -> None:
     program = [op for step in steps for op in step]
-    status, out, err = run(lgemu_main, program[:48])
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program[:48]), program[:48])
 
 
 @fuzz_settings(200)
@@ -106,5 +105,4 @@ def test_one_descriptor_loaded_and_used_ends_cleanly(lgemu_main, index, value, v
                (Op.HCALL, int(abi.Hcall.LOAD_GDT), sym("gdt_table"), 32),
                (Op.TRAP, variant, 0, selector, 0, 0x1000),
                (Op.USER, variant, SCRATCH_STACK, selector, 0, 0x1000)]
-    status, out, err = run(lgemu_main, program)
-    assert_clean_end(status, err, out)
+    assert_deserved(run_program(lgemu_main, program), program)

@@ -12,6 +12,7 @@ import shutil
 import struct
 
 import pytest
+from fuzzguest import Op, explains
 from guestasm import (
     assert_killed,
     assert_one_line,
@@ -23,6 +24,7 @@ from guestasm import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lgemu import abi
 from lgemu.kills import (
     AlreadyInitialized,
     BadGuestAddress,
@@ -473,5 +475,15 @@ def test_random_hypercalls_end_cleanly(lgemu_main, fuzz_image, calls):
     work.write_bytes(image)
     status, out, err = lgemu_main(["boot", str(work)])
     assert_clean_end(status, err)
+    # The outcome these calls deserve: all of them made (then "done"), or an end one of
+    # them can cause.
+    made = {nr for nr, *_ in calls}
     if status == 0:
         assert out.endswith(b"done")
+    elif status == 1:
+        assert abi.Hcall.CRASH in made, err
+    elif status == 4:
+        assert abi.Hcall.HALT in made, err
+    else:
+        reason = assert_one_line(err).removeprefix(PREFIXES[3])
+        assert explains(reason, [(Op.HCALL, *call) for call in calls]), (reason, calls)

@@ -20,8 +20,11 @@ DWARF that pyelftools cannot read leaves that part empty and says why in `proble
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import posixpath
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,15 +85,45 @@ def _rank(sym: Symbol) -> tuple[bool, bool, bool, str]:
     return (sym.kind != "function", sym.size == 0, not sym.is_global, sym.name)
 
 
+class Rows:
+    """One line table, compactly: sorted row addresses, and per row an index into `places`
+    (``file:line`` strings, each stored once; None after an end_sequence).  A row costs a
+    few bytes instead of a Python int and str apiece."""
+
+    __slots__ = ("addrs", "places", "which")
+
+    def __init__(self, rows: list[tuple[int, str | None]]) -> None:
+        rows.sort(key=lambda r: r[0])  # stable: within one address, the row order stands
+        index: dict[str | None, int] = {}
+        self.addrs = array("L", (a for a, _ in rows))
+        self.which = array("L", (index.setdefault(s, len(index)) for _, s in rows))
+        self.places: list[str | None] = list(index)
+
+    def __len__(self) -> int:
+        return len(self.addrs)
+
+    def source(self, address: int) -> str | None:
+        i = bisect.bisect_right(self.addrs, address) - 1
+        return self.places[self.which[i]] if i >= 0 else None
+
+
 class LineTable:
-    """DWARF line information, decoded one compilation unit at a time."""
+    """DWARF line information, decoded one compilation unit at a time.
+
+    A traced kernel reaches code in hundreds of units; kept whole, their decoded rows (and
+    the entries pyelftools caches behind them) took hundreds of megabytes.  So each unit is
+    kept as compact `Rows`, only the most recently used units up to `MAX_ROWS` rows in all
+    stay decoded (a unit asked for again is decoded again), and pyelftools' own copy of a
+    line program is dropped once it is read: memory stays bounded however long the run."""
+
+    MAX_ROWS = 400_000
 
     def __init__(self, elf: ELFFile) -> None:
         self._dwarf = elf.get_dwarf_info()
         self._aranges = self._dwarf.get_aranges()
-        # Per decoded unit: sorted row addresses and "file:line" (None after end_sequence).
-        self._units: dict[int, tuple[list[int], list[str | None]]] = {}
-        self._all: tuple[list[int], list[str | None]] | None = None
+        self._units: OrderedDict[int, Rows] = OrderedDict()  # by unit offset, oldest first
+        self._rows = 0
+        self._all: Rows | None = None
 
     def source(self, address: int) -> str | None:
         """``file:line`` of the instruction at link `address`, or None."""
@@ -100,21 +133,28 @@ class LineTable:
                 return None
             rows = self._units.get(offset)
             if rows is None:
-                rows = self._units[offset] = self._decode(self._dwarf.get_CU_at(offset))
+                rows = self._keep(offset, Rows(self._decode(self._dwarf.get_CU_at(offset))))
+            else:
+                self._units.move_to_end(offset)
         else:  # no .debug_aranges: decode every unit once, into one table
             if self._all is None:
-                merged = sorted(row for cu in self._dwarf.iter_CUs()
-                                for row in zip(*self._decode(cu), strict=True))
-                self._all = ([a for a, _ in merged], [s for _, s in merged])
+                self._all = Rows([row for cu in self._dwarf.iter_CUs()
+                                  for row in self._decode(cu)])
             rows = self._all
-        addrs, sources = rows
-        i = bisect.bisect_right(addrs, address) - 1
-        return sources[i] if i >= 0 else None
+        return rows.source(address)
 
-    def _decode(self, cu: object) -> tuple[list[int], list[str | None]]:
+    def _keep(self, offset: int, rows: Rows) -> Rows:
+        self._units[offset] = rows
+        self._rows += len(rows)
+        while self._rows > self.MAX_ROWS and len(self._units) > 1:
+            _, dropped = self._units.popitem(last=False)
+            self._rows -= len(dropped)
+        return rows
+
+    def _decode(self, cu: object) -> list[tuple[int, str | None]]:
         program = self._dwarf.line_program_for_CU(cu)
         if program is None:
-            return [], []
+            return []
         top = cu.get_top_DIE()
         comp_dir = _text(top.attributes["DW_AT_comp_dir"].value) \
             if "DW_AT_comp_dir" in top.attributes else ""
@@ -146,8 +186,26 @@ class LineTable:
                 continue
             rows.append((state.address,
                          None if state.end_sequence else f"{name(state.file)}:{state.line}"))
-        rows.sort(key=lambda r: r[0])  # stable: within one address, the row order stands
-        return [a for a, _ in rows], [s for _, s in rows]
+        self._forget(cu, top.attributes["DW_AT_stmt_list"].value)
+        return rows
+
+    def _forget(self, cu: object, line_offset: int) -> None:
+        """pyelftools keeps, in private caches, every unit, abbreviation table and decoded
+        line program it ever parsed: drop this unit's (we have its rows).  Should those
+        caches change shape, nothing breaks — memory is merely not given back."""
+        dwarf = self._dwarf
+        programs = getattr(dwarf, "_linetable_cache", None)
+        if isinstance(programs, dict):
+            programs.pop(line_offset, None)
+        abbrevs = getattr(dwarf, "_abbrevtable_cache", None)
+        if isinstance(abbrevs, dict):
+            with contextlib.suppress(Exception):
+                abbrevs.pop(cu["debug_abbrev_offset"], None)
+        units, offsets = getattr(dwarf, "_cu_cache", None), getattr(dwarf, "_cu_offsets_map", None)
+        if isinstance(units, list) and isinstance(offsets, list) and len(units) == len(offsets):
+            i = bisect.bisect_left(offsets, getattr(cu, "cu_offset", -1))
+            if i < len(units) and units[i] is cu:
+                del units[i], offsets[i]
 
 
 def _text(value: bytes | str) -> str:

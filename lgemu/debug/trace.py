@@ -482,7 +482,7 @@ class Tracer:
     def _forget(self, begin: int, end: int) -> None:
         for address in [a for a in self._decoded if begin <= a < end]:
             del self._decoded[address]
-            for cache in self._caches:
+            for cache in (*self._caches, *self._skips):  # none outlives its decoding
                 cache.pop(address, None)
 
     def _on_linked(self, address: int, size: int) -> None:

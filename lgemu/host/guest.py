@@ -335,6 +335,7 @@ class Guest:
         return self.cpu.slice_position if self._in_slice else 0
 
     _in_slice = False
+    _started = False  # the first slice has started (see `_step`)
 
     @property
     def icount(self) -> int:
@@ -681,7 +682,13 @@ class Guest:
         if not self._slice_left:
             # A slice starts: what lguest did before every guest entry.  Nothing here may
             # depend on how controllers cut the previous slice into runs.
-            self._poll_devices()
+            if self._started:
+                self._poll_devices()
+            # At instruction 0 no device is set up to receive anything, so the first slice
+            # starts without a poll: input already waiting when lgemu starts is read after
+            # the controllers' first look (with -S, after gdb lets the guest run), never
+            # into the state that history starts from.
+            self._started = True
             if clock.expired():
                 interrupts.raise_irq(IRQ_TIMER)
             eip = self.cpu.reg(Reg.EIP)
