@@ -162,9 +162,9 @@ def test_mutated_section_tables_are_read_safely(tmp_path, linux_like_elf, data):
     """Corrupt section headers, symbol and string tables.  While what the check reads is
     intact, its answer is exactly the unmutated file's; once it is damaged, the check says
     that, nothing (it cannot tell), or — when start_kernel's entry is lost too — that the
-    symbols show no sign of lguest at all.  Loading agrees with the check: a refusal about lguest is the check's very
-    line (any other is one line about the file's structure), and it loads only when the
-    check said nothing and no loaded byte was cut off."""
+    symbols show no sign of lguest at all.  Loading agrees with the check: a refusal about
+    lguest is the check's very line (any other is one line about the file's structure), and
+    it loads only when the check said nothing and no loaded byte was cut off."""
     image = bytearray(linux_like_elf)
     loaded_end, needed = _table_extents(linux_like_elf)
     shoff, = struct.unpack_from("<I", image, 32)
