@@ -1,0 +1,133 @@
+"""The real 4.4 guest's early console, run against lgemu's PCI bus.
+
+lguest 4.x's `early_put_chars` (arch/x86/lguest/boot.c) is the guest's first contact with
+its devices: it checks that slot 1 holds a virtio console (ID 0x10431AF4), walks its
+capability list for the device-config and configuration-access capabilities, and then
+writes each character to `virtio_console_config.emerg_wr` through the access window, all
+with `in`/`out` on ports 0xCF8/0xCFC.  The function touches nothing else but `printk`, so
+it runs here on its own: the kernel's own code, loaded from the shared 4.4 vmlinux into a
+bare flat 32-bit CPU, with every port access going to `lgemu.devices.pci.PciBus` and each
+call to `printk` answered by recording its format.  The oracle is the bytes that arrive at
+the console and the messages the kernel chose to print.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_32, Uc
+from unicorn import x86_const as X
+
+from lgemu.abi import MIB
+from lgemu.devices.console import Console, ConsoleOutput
+from lgemu.devices.pci import PciBus
+from lgemu.devices.virtio_pci import VirtioPciFunction
+from lgemu.elf import program_headers, symbol_value
+from lgemu.machine.memory import GuestMemory
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VMLINUX_XZ = REPO_ROOT.parent / "shared" / "kernels" / "linux-4.4.vmlinux.xz"
+PT_LOAD = 1
+STACK_TOP = 0x9000_0000
+STRINGS = 0x9100_0000
+STOP = 0x9200_0000  # early_put_chars returns here
+_cache: dict[str, Path] = {}
+
+
+def vmlinux_4_4() -> Path:
+    """The decompressed 4.4 vmlinux (skips when the shared kernels are absent)."""
+    if not VMLINUX_XZ.exists():
+        pytest.skip(f"no prebuilt 4.4 kernel at {VMLINUX_XZ}")
+    if "4.4" not in _cache:
+        target = Path(tempfile.mkdtemp(prefix="lgemu-k4-")) / "linux-4.4.vmlinux"
+        with lzma.open(VMLINUX_XZ) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        _cache["4.4"] = target
+    return _cache["4.4"]
+
+
+class EarlyConsole:
+    """The 4.4 kernel image in a flat CPU whose port I/O reaches `bus`."""
+
+    def __init__(self, bus: PciBus) -> None:
+        path = vmlinux_4_4()
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+            found = program_headers(f, size)
+            assert found is not None
+            for ph in found[1]:
+                if ph.type != PT_LOAD:
+                    continue
+                start, end = ph.vaddr & ~0xFFF, (ph.vaddr + ph.memsz + 0xFFF) & ~0xFFF
+                uc.mem_map(start, end - start)
+                f.seek(ph.offset)
+                uc.mem_write(ph.vaddr, f.read(ph.filesz))  # the rest (.bss) stays zero
+            self.entry = symbol_value(f, size, "early_put_chars")
+            self.printk = symbol_value(f, size, "printk")
+        assert self.entry is not None and self.printk is not None
+        for base in (STACK_TOP - 0x10000, STRINGS, STOP):
+            uc.mem_map(base, 0x10000)
+        self.messages: list[str] = []
+        uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, ud: bus.port_in(port, size),
+                    None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN,
+                    lambda uc, port, size, value, ud: bus.port_out(port, size, value),
+                    None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_CODE, self._printk, None, self.printk, self.printk)
+
+    def _printk(self, uc: Uc, address: int, size: int, ud: object) -> None:
+        """printk(fmt, ...): note the format (less its KERN_ level) and return 0."""
+        esp = uc.reg_read(X.UC_X86_REG_ESP)
+        ret, fmt = (int.from_bytes(uc.mem_read(esp + i, 4), "little") for i in (0, 4))
+        text = bytes(uc.mem_read(fmt, 128)).split(b"\0")[0]
+        self.messages.append(text.lstrip(b"\x01")[1:].decode())
+        uc.reg_write(X.UC_X86_REG_ESP, esp + 4)
+        uc.reg_write(X.UC_X86_REG_EAX, 0)
+        uc.reg_write(X.UC_X86_REG_EIP, ret)
+
+    def put_chars(self, text: bytes) -> int:
+        """early_put_chars(0, text, len(text)) as hvc calls it (regparm: eax, edx, ecx)."""
+        uc = self.uc
+        uc.mem_write(STRINGS, text)
+        esp = STACK_TOP - 4
+        uc.mem_write(esp, STOP.to_bytes(4, "little"))
+        for reg, value in ((X.UC_X86_REG_ESP, esp), (X.UC_X86_REG_EAX, 0),
+                           (X.UC_X86_REG_EDX, STRINGS), (X.UC_X86_REG_ECX, len(text))):
+            uc.reg_write(reg, value)
+        uc.emu_start(self.entry, STOP, count=1_000_000)
+        assert uc.reg_read(X.UC_X86_REG_EIP) == STOP
+        return uc.reg_read(X.UC_X86_REG_EAX)
+
+
+def console_bus() -> tuple[PciBus, bytearray]:
+    bus = PciBus()
+    early = bytearray()
+    console = Console(ConsoleOutput(io.BytesIO()))
+    bus.add(VirtioPciFunction(console, GuestMemory(16 * MIB), 1, 0x0110_0000,
+                              lambda line: None, emergency=early.append))
+    return bus, early
+
+
+def test_the_4_4_early_console_writes_through_emerg_wr() -> None:
+    bus, early = console_bus()
+    kernel = EarlyConsole(bus)
+    text = b"Linux version 4.4.11 (lguest)\r\n"
+    written = 0
+    while written < len(text):
+        count = kernel.put_chars(text[written:])
+        assert count == 1  # one character per call, through the window
+        written += count
+    assert bytes(early) == text
+    assert kernel.messages == ["lguest: Console via virtio-pci emerg_wr\n"]
+
+
+def test_without_a_console_in_slot_1_the_kernel_says_so_and_drops_its_output() -> None:
+    kernel = EarlyConsole(PciBus())  # only the host bridge
+    assert kernel.put_chars(b"lost") == 4
+    assert kernel.messages == ["lguest: PCI device is %#x!\n"]
