@@ -300,3 +300,14 @@ class BadVirtioPci(Kill):
 
     def text(self) -> str:
         return f"virtio-pci {self.device}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class BadMmio(Kill):
+    """A load or store in the PCI memory window that no BAR's registers cover whole."""
+
+    addr: int
+    size: int
+
+    def text(self) -> str:
+        return f"MMIO access of {self.size} bytes at {self.addr:#x}: no device register there"

@@ -24,7 +24,7 @@ from lgemu.devices.virtio_pci import (
     VIRTIO_F_VERSION_1,
     VirtioPciFunction,
 )
-from lgemu.errors import GuestKilled
+from lgemu.errors import GuestKilled, PowerDown
 from lgemu.kills import BadPciAccess, BadVirtioPci, BrokenVring
 from lgemu.machine.memory import GuestMemory
 
@@ -234,3 +234,91 @@ def test_rings_outside_memory_are_refused(rig: Rig) -> None:
     fn.mmio_write(20, 1, 0)
     fn.mmio_write(32, 4, 0x10008)  # misaligned
     assert "16-byte aligned" in kill_of(lambda: fn.mmio_write(28, 2, 1)).text()
+
+
+# -- through the Host: a guest's own in/out and loads/stores ----------------------------------
+
+def run_pci_guest(tmp_path, body: str) -> tuple[object, bytes]:
+    """Boot a test guest (tests/guestasm.py) with a console on PCI bus 0 instead of the
+    device page; returns (how the run ended, console bytes)."""
+    from guestasm import build_guest
+
+    from lgemu.host.clock import Clock
+    from lgemu.host.guest import Guest
+    from lgemu.launcher import launch, load_kernel
+
+    elf = build_guest(tmp_path, body, PCI_GUEST_DATA)
+    memory = GuestMemory(64 * MIB)
+    stdout = io.BytesIO()
+    output = ConsoleOutput(stdout)
+    info = launch(memory, load_kernel(elf), "", None, [])
+    guest = Guest(memory, info, [], output, Clock(1))
+    guest.attach_pci([Console(output)])
+    return guest.run(2_000_000), stdout.getvalue()
+
+
+# conf1 read of slot 1's register \reg into %eax (the guest's own port I/O).
+CONF1_MACRO = """
+	.macro CONF1_READ reg
+	movl $(0x80000800 | \\reg), %eax
+	movw $0xcf8, %dx
+	outl %eax, %dx
+	movw $0xcfc, %dx
+	inl %dx, %eax
+	.endm
+"""
+PCI_GUEST_DATA = """
+	.balign 4096
+bar_pt: .fill 1024, 4, 0
+"""
+# lguest emulates port I/O only for kernel code (EIP at or above kernel_address): this
+# guest's kernel is at 1 MiB.  Then map slot 1's BAR0 (in %esi) at the same virtual
+# address with a page table of the guest's own.
+MAP_BAR = CONF1_MACRO + """
+	movl $0x100000, lguest_data+LD_KERNEL_ADDRESS
+	INIT
+	CONF1_READ 0x10
+	andl $0xfffffff0, %eax
+	movl %eax, %esi
+	movl %esi, %ecx
+	shrl $12, %ecx
+	andl $0x3ff, %ecx
+	movl %esi, %eax
+	orl $3, %eax
+	movl %eax, bar_pt(,%ecx,4)
+	movl %esi, %ecx
+	shrl $22, %ecx
+	movl lguest_data+LD_PGDIR, %edi
+	movl $bar_pt, %eax
+	orl $7, %eax
+	movl %eax, (%edi,%ecx,4)
+"""
+
+
+def test_guest_port_io_and_mmio_reach_the_functions(tmp_path) -> None:
+    outcome, out = run_pci_guest(tmp_path, MAP_BAR + """
+	CONF1_READ 0
+	PUTHEX %eax
+	NEWLINE
+	movzwl 18(%esi), %eax
+	PUTHEX %eax
+	NEWLINE
+	movl $0x4b4f, %ebx
+	movl %ebx, 68(%esi)
+	shrl $8, %ebx
+	movl %ebx, 68(%esi)
+	POWER_DOWN
+""")
+    assert isinstance(outcome, PowerDown), outcome
+    # The ID read through conf1, num_queues loaded from BAR0, then emerg_wr stores "OK".
+    assert out == b"10431af4\n00000002\nOK"
+
+
+def test_a_guest_reading_between_registers_is_killed(tmp_path) -> None:
+    outcome, _ = run_pci_guest(tmp_path, MAP_BAR + """
+	movb 59(%esi), %al
+	POWER_DOWN
+""")
+    assert isinstance(outcome, GuestKilled), outcome
+    assert outcome.kill == BadVirtioPci("console", "1-byte access at BAR0 offset 0x3b is "
+                                        "outside its registers")

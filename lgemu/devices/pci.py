@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..errors import GuestKilled
-from ..kills import BadPciAccess
+from ..kills import BadMmio, BadPciAccess
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
@@ -54,7 +54,9 @@ CLASS_BRIDGE, SUBCLASS_HOST = 0x06, 0x00
 
 class PciFunction(Protocol):
     """What a function on the bus answers: reads and writes of its configuration space
-    (offset and size already checked to stay inside one aligned dword)."""
+    (offset and size already checked to stay inside one aligned dword); a function with
+    registers in memory also has a BAR (`bar`, 0 for none, and `bar_size`) and answers
+    `mmio_read`/`mmio_write` with offsets into it."""
 
     name: str
 
@@ -169,6 +171,25 @@ class PciBus:
         if target is not None:
             function, offset = target
             function.config_write(offset, size, value)
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        """A guest load of `size` bytes at guest-physical `addr` in the memory window."""
+        function, offset = self._bar_at(addr, size)
+        return function.mmio_read(offset, size)  # type: ignore[attr-defined]
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        """A guest store of `size` bytes of `value` at guest-physical `addr`."""
+        function, offset = self._bar_at(addr, size)
+        function.mmio_write(offset, size, value)  # type: ignore[attr-defined]
+
+    def _bar_at(self, addr: int, size: int) -> tuple[PciFunction, int]:
+        """The function whose BAR holds [addr, addr+size) whole, and the offset in it; the
+        guest is killed if none does (a BAR it moved, an access across two)."""
+        for function in self.slots.values():
+            base = getattr(function, "bar", 0)
+            if base and base <= addr and addr + size <= base + function.bar_size:  # type: ignore[attr-defined]
+                return function, addr - base
+        raise GuestKilled(BadMmio(addr, size))
 
     def save_state(self) -> int:
         """Persist: the address register (functions keep their own state)."""

@@ -33,6 +33,7 @@ from ..errors import GuestKilled
 from ..kills import BadVirtioPci
 from ..machine.memory import GuestMemory
 from .base import Device
+from .console import Console
 from .pci import (
     PCI_BASE_ADDRESS_0,
     PCI_CAP_ID_VNDR,
@@ -52,6 +53,7 @@ from .pci import (
     PCI_SUBSYSTEM_VENDOR_ID,
     PCI_VENDOR_ID,
     ConfigSpace,
+    PciBus,
 )
 from .vring import Vring, WrittenPages
 
@@ -125,6 +127,8 @@ def modern_config(device: Device) -> tuple[int, bytes]:
 
 class VirtioPciFunction:
     """One virtio device as a PCI function: configuration space plus BAR0's registers."""
+
+    bar_size = BAR_SIZE
 
     def __init__(self, device: Device, memory: GuestMemory, irq: int, bar: int,
                  raise_line: Callable[[int], None], written: WrittenPages | None = None,
@@ -374,3 +378,22 @@ class VirtioPciFunction:
         ring = self.queues[index].ring
         assert ring is not None
         self.device.kick(ring)
+
+
+def pci_bus(devices: list[Device], memory: GuestMemory, window: int,
+            raise_line: Callable[[int], None], written: WrittenPages) -> PciBus:
+    """Bus 0 as lguest 4.x's Launcher populated it: the host bridge in slot 0, the console
+    in slot 1 (where the guest's early console looks for it), then the other devices in
+    command-line order; slot N's BAR0 is the N-th page of the memory `window` above RAM
+    and its interrupt line is N (line 0 is the timer)."""
+    bus = PciBus()
+    ordered = [d for d in devices if isinstance(d, Console)] + \
+        [d for d in devices if not isinstance(d, Console)]
+    for slot, device in enumerate(ordered, start=1):
+        emergency = None
+        if isinstance(device, Console):
+            console = device
+            emergency = lambda byte, console=console: console.output.write(bytes([byte]))  # noqa: E731
+        bus.add(VirtioPciFunction(device, memory, slot, window + slot * BAR_SIZE, raise_line,
+                                  written, emergency))
+    return bus

@@ -53,6 +53,7 @@ from ..abi import (
 )
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
+from ..devices.pci import PciBus
 from ..devices.vring import Vring, WrittenPages
 from ..errors import (
     ExitStatus,
@@ -222,8 +223,27 @@ class Guest:
             device.attach(rings, self.interrupts.raise_irq)
             device.wall_ns = self._wall_ns
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
+        self.pci: PciBus | None = None  # 4.x: bus 0 behind ports 0xCF8-0xCFF
         self._install_hooks()
         self._boot_cpu()
+
+    def attach_pci(self, devices: list[Device]) -> None:
+        """4.x: put `devices` on PCI bus 0 instead of the device page (docs/eras.md): their
+        configuration space answers the guest's port I/O, their BARs its loads and stores
+        in a window of pages above guest memory."""
+        from ..devices.virtio_pci import BAR_SIZE, pci_bus
+        window = (self.memory.size + (1 << 20) - 1) & ~((1 << 20) - 1)
+        self.pci = bus = pci_bus(devices, self.memory, window, self.interrupts.raise_irq,
+                                 self.written)
+        size = (len(bus.slots) + 1) * BAR_SIZE
+        self.cpu.map_mmio(window, size,
+                          self._guarded(lambda offset, n: bus.mmio_read(window + offset, n), 0),
+                          self._guarded(lambda offset, n, value:
+                                        bus.mmio_write(window + offset, n, value), None))
+        self.paging.iomem = (window, window + size)
+        for device in devices:
+            device.wall_ns = self._wall_ns
+        self.devices = [*self.devices, *devices]
 
     # -- Persist ---------------------------------------------------------------------------
     def save_state(self) -> GuestState:
@@ -540,6 +560,13 @@ class Guest:
             self.stop()
             return None
         prefixed, opcode, _ = decoded
+        if self.pci is not None and self.pci.handles(port):
+            size = 4 if opcode & 1 and not prefixed else 2 if opcode & 1 else 1
+            mask = (1 << 8 * size) - 1
+            if is_in:
+                return cpu.reg(Reg.EAX) & ~mask | self.pci.port_in(port, size)
+            self.pci.port_out(port, size, cpu.reg(Reg.EAX) & mask)
+            return None
         if not is_in:
             return None
         eax = cpu.reg(Reg.EAX)

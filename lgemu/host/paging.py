@@ -97,6 +97,7 @@ class Paging:
         self._slots: list[int | None] = [None] * SHADOW_SLOTS  # guest pgdir per slot
         self._next_victim = 0
         self.slot = 0
+        self.iomem = (0, 0)  # [start, end) of device registers a PTE may map (4.x BARs)
         self.guest_pgdir = 0
 
     def save_state(self) -> PagingState:
@@ -170,7 +171,10 @@ class Paging:
         self.cpu.flush_tlb()
 
     def _check_pte(self, pte: int) -> None:
-        if pte & (PTE_PWT | PTE_PSE) or (pte >> 12) * PAGE_SIZE >= self.memory.limit:
+        frame = (pte >> 12) * PAGE_SIZE
+        if self.iomem[0] <= frame < self.iomem[1] and not pte & PTE_PSE:
+            return  # a PCI BAR page (4.x): its loads and stores reach the devices
+        if pte & (PTE_PWT | PTE_PSE) or frame >= self.memory.limit:
             raise GuestKilled(BadPageTableEntry())
 
     # -- demand paging (ABI §7.1) ----------------------------------------------------------
