@@ -209,7 +209,7 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
 
     mem = check_config(config)
     kernel = load_kernel(config.kernel)
-    boot_era(kernel, config.abi)  # an era lgemu cannot run stops here, before it runs
+    era = boot_era(kernel, config.abi)  # an era lgemu cannot run stops here, before it runs
     try:
         self_test()
     except SelfTestError as e:
@@ -221,7 +221,7 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
         info = launch(memory, kernel, config.cmdline, config.initrd,
                       [d.spec() for d in devices])
         clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
-        guest = Guest(memory, info, devices, output, clock)
+        guest = Guest(memory, info, devices, output, clock, era)
         with attach_debugging(guest, config, stderr):
             # Only now, with every file and port opened: bad input stays the only line.
             if config.verbose and stderr is not None:

@@ -51,6 +51,7 @@ from ..abi import (
     Gate,
     Vector,
 )
+from ..abi_eras import ERA_2_6_24, Era, HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
 from ..devices.pci import PciBus
@@ -77,9 +78,9 @@ from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
 from ..signals import SIGNALS
 from . import cpu_model, events
 from .clock import Clock, ClockState
-from .hypercalls import hypercall
+from .hypercalls import HypercallTable, hypercall
 from .interrupts import Interrupts, InterruptsState
-from .paging import Paging, PagingState
+from .paging import Paging, PagingState, map_kernel_half
 from .segments import TSS_LIMIT, Gdt
 from .state import LguestState
 from .traps import GP, Traps
@@ -99,6 +100,8 @@ EMULATED_PREFIXES = (frozenset(), frozenset({OPSIZE_PREFIX}))
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
+VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall, #UD on a CPU without VMX
+VMCALL_PATCH = bytes((0xCD, LGUEST_TRAP_ENTRY, 0x90))  # what lguest rewrote it to: int $0x1f; nop
 
 
 class Stage(IntEnum):
@@ -179,8 +182,14 @@ class Guest:
     """An lguest guest: the Host's state for it and the loop that runs it."""
 
     def __init__(self, memory: GuestMemory, boot: BootInfo, devices: list[Device],
-                 console: ConsoleOutput, clock: Clock) -> None:
+                 console: ConsoleOutput, clock: Clock, era: Era = ERA_2_6_24) -> None:
         self.memory = memory
+        # The guest's lguest ABI, chosen once at launch: its hypercall numbers and
+        # lguest_data layout (`hcalls`), and where its hypercall arguments are.
+        self.era = era
+        self.hcalls = HypercallTable.of(era)
+        self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
+        self._vmcall = era.hcall_insn is HcallInsn.VMCALL
         self.boot = boot
         self.console = console
         self.clock = clock
@@ -280,6 +289,8 @@ class Guest:
     # -- the state of ABI §2 ----------------------------------------------------------------
     def _boot_cpu(self) -> None:
         cpu = self.cpu
+        if self.era.page_tables is not PageTables.LAUNCHER:
+            map_kernel_half(self.memory.ram, self.boot.pgdir, self.memory.ram_size)
         cpu.set_gdt(switcher_linear(HOST_GDT), 32 * 8 - 1)
         self.paging.new_pgtable(self.boot.pgdir)
         cpu.set_reg(Reg.CR4, GUEST_CR4)
@@ -427,7 +438,10 @@ class Guest:
     def _on_interrupt(self, vector: int) -> None:
         cs, eax, edx, ebx, ecx = self.cpu.regs(EXIT_REGS)
         if vector == LGUEST_TRAP_ENTRY and cs & 3 == 1:  # no CPU exception uses vector 31
-            hypercall(self, eax, edx, ebx, ecx)
+            if self._kvm_args:
+                hypercall(self, eax, ebx, ecx, edx)
+            else:
+                hypercall(self, eax, edx, ebx, ecx)
         else:
             eip, ss, esp, eflags = self.cpu.regs(TRAP_REGS)
             self._trap(vector, eip, cs & 3, (cs, ss, esp, eflags))
@@ -486,8 +500,33 @@ class Guest:
                 pass
         return 2
 
+    def _rewrite_vmcall(self, eip: int) -> bool:
+        """2.6.30-2.6.33: a ring-1 `vmcall` at `eip` becomes `int $0x1f; nop` in guest
+        memory, as lguest's Host patched it, and runs again from `eip` as a hypercall.  The
+        three bytes are written through the guest's page tables byte by byte (they may
+        straddle two pages), whether or not the guest mapped them writable, as lguest wrote
+        them; the pages' translated code is dropped first (Unicorn §8.3).  False if it is
+        not such a vmcall."""
+        if not self._vmcall or self.cpu.reg(Reg.CS) & 3 != 1:
+            return False
+        where = [self.paging.translate((eip + i) & 0xFFFFFFFF, mark=False) for i in range(3)]
+        if None in where:
+            return False
+        ram = self.memory.ram
+        if bytes(ram[pa] for pa in where) != VMCALL:  # type: ignore[index]
+            return False
+        for pa, byte in zip(where, VMCALL_PATCH, strict=True):
+            ram[pa] = byte  # type: ignore[index]
+            self.written.add(pa, 1)  # type: ignore[arg-type]
+        self._invalidate_written()
+        if self.observers:
+            self.emit("trap", events.vmcall_rewritten(eip))
+        return True
+
     def _on_invalid(self) -> None:
         eip = self.cpu.reg(Reg.EIP)
+        if self._vmcall and self._rewrite_vmcall(eip):
+            return
         pa = self.paging.translate(eip, mark=False)
         if pa is not None and self.memory.ram[pa] == ICEBP:
             # Unicorn has no #DB for icebp ("int1"); the CPU raises one, as a trap (EIP

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..abi import (
+    PAGE_OFFSET,
     PAGE_SIZE,
     PDE_ALLOWED_FLAGS,
     PTE_ACCESSED,
@@ -273,3 +274,13 @@ class Paging:
             if self.translate(va, write=True) is None:
                 raise GuestKilled(BadStackPage(va))
             self.demand_fault(va, PF_WRITE)
+
+
+def map_kernel_half(ram: bytearray, pgdir: int, mem: int) -> None:
+    """2.6.29 on, the Host built the guest's first page tables (`PageTables.HOST`): the
+    Launcher's identity map of `mem` bytes at directory `pgdir`, and the same PTE pages again
+    from ``PAGE_OFFSET`` (what a 2.6.24 guest's lguest_entry copied itself), stopping short
+    of the switcher's entry."""
+    first = PAGE_OFFSET >> 22
+    count = min(-(-mem // (PAGE_SIZE * 1024)), SWITCHER_PDE - first)
+    ram[pgdir + 4 * first:pgdir + 4 * (first + count)] = ram[pgdir:pgdir + 4 * count]
