@@ -61,6 +61,10 @@ class Net(Device):
         self.backlog: deque[bytes] = deque()
         self.stats = {"tx": 0, "rx": 0, "dropped": 0}
 
+    # The virtio_net_hdr in front of every frame: 10 bytes, or 12 (with num_buffers) for a
+    # virtio 1.0 driver (`lgemu.devices.virtio_pci` sets that).
+    hdr_size = VIRTIO_NET_HDR.size
+
     def spec(self) -> DeviceSpec:
         return net_spec(self.mac)
 
@@ -93,9 +97,9 @@ class Net(Device):
         if chain.writable:
             raise queue.reject(chain, "device-writable buffer in the transmit queue")
         header, *data = chain.buffers
-        if header.length != VIRTIO_NET_HDR.size:
+        if header.length != self.hdr_size:
             raise queue.reject(chain, f"first buffer is {header.length} bytes, not the "
-                                      f"{VIRTIO_NET_HDR.size}-byte virtio_net_hdr")
+                                      f"{self.hdr_size}-byte virtio_net_hdr")
         length = total_length(data)
         if length > MAX_FRAME:
             self.stats["dropped"] += 1
@@ -121,7 +125,7 @@ class Net(Device):
                     self.stats["dropped"] += 1
                 else:
                     self.backlog.append(frame)
-        if self.backlog:
+        if self.backlog and self.queues:  # (a PCI device has no queues until set up)
             rxq = self.queues[RX_QUEUE]
             self.serve(rxq, lambda chain: self._receive(rxq, chain), lambda: bool(self.backlog))
 
@@ -129,17 +133,19 @@ class Net(Device):
         """Put the oldest waiting frame, after a zero header, into one rx chain."""
         if chain.readable:
             raise queue.reject(chain, "device-readable buffer in the receive queue")
-        if chain.buffers[0].length != VIRTIO_NET_HDR.size:
+        if chain.buffers[0].length != self.hdr_size:
             raise queue.reject(chain, f"first buffer is {chain.buffers[0].length} bytes, "
-                                      f"not the {VIRTIO_NET_HDR.size}-byte virtio_net_hdr")
+                                      f"not the {self.hdr_size}-byte virtio_net_hdr")
         frame = self.backlog.popleft()
         if self.pcap is not None:
             self.pcap.record(frame, self.wall_ns())
         self.stats["rx"] += 1
         # Like a TAP read into the guest's buffers: a frame too long for them is cut.
-        return queue.write(chain.buffers, bytes(VIRTIO_NET_HDR.size) + frame)
+        return queue.write(chain.buffers, bytes(self.hdr_size) + frame)
 
     def wake_irqs(self) -> list[int]:
+        if not self.queues:
+            return []
         rxq = self.queues[RX_QUEUE]
         if self.link is None or not rxq.wants_interrupt() or not rxq.pending():
             return []

@@ -117,7 +117,10 @@ def lguest_init(g: Host, addr: int, _a2: int, _a3: int) -> None:
     data.set_u32(layout.tsc_khz, 0)  # the guest takes its time from lguest_data.time
     if data.u32(layout.syscall_vec) != SYSCALL_VECTOR:
         raise GuestKilled(BadSyscallVector())
-    noirq = (data.u32(layout.noirq_start), data.u32(layout.noirq_end))
+    noirq_start = data.u32(layout.noirq_start)
+    # 4.x names one address, its lguest_iret's `iret`: the window is that instruction.
+    noirq = (noirq_start, noirq_start + 1 if layout.noirq_end is None
+             else data.u32(layout.noirq_end))
     data.set_time(g.clock.wall_ns(g.position()))
     kernel_address = data.u32(layout.kernel_address)
     data.set_u32(layout.reserve_mem, RESERVE_MEM)

@@ -42,8 +42,8 @@ class DataLayout:
     order: tuple[int, ...]  # indices into an unpacked entry of arg0..arg3
     reserve_mem: int
     tsc_khz: int
-    noirq_start: int
-    noirq_end: int
+    noirq_start: int  # 4.x: noirq_iret, the one address not to interrupt
+    noirq_end: int | None  # None: 4.x, whose window is the single noirq_iret address
     kernel_address: int
     syscall_vec: int
     pgdir: int | None  # None: the era has no lguest_data.pgdir (3.x)
@@ -56,7 +56,8 @@ class DataLayout:
         assert ld is not None and era.lguest_data_size is not None
         return cls(era.lguest_data_size, ld["hcall_status"], ld["hcalls"],
                    struct.Struct(f"<{len(ring)}I"), tuple(ring.index(a) for a in RING_ARGS),
-                   ld["reserve_mem"], ld["tsc_khz"], ld["noirq_start"], ld["noirq_end"],
+                   ld["reserve_mem"], ld["tsc_khz"],
+                   ld.get("noirq_start", ld.get("noirq_iret", 0)), ld.get("noirq_end"),
                    ld["kernel_address"], ld["syscall_vec"], ld.get("pgdir"),
                    ld.get("irq_pending"))
 
