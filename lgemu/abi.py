@@ -338,6 +338,7 @@ def vring_offsets(num: int, align: int = PAGE_SIZE) -> tuple[int, int, int]:
 
 # -- ABI §12 device protocols -------------------------------------------------------------------
 VIRTIO_BLK_OUTHDR = struct.Struct("<IIQQ")  # type, ioprio, sector, id
+VIRTIO_BLK_OUTHDR_FIRST = struct.Struct("<IIQ")  # its first three: virtio 1.0's whole header
 VIRTIO_BLK_T_IN = 0
 VIRTIO_BLK_T_OUT = 1
 VIRTIO_BLK_T_SCSI_CMD = 2

@@ -225,7 +225,8 @@ ERAS: tuple[Era, ...] = (
     Era("4.1-4.13", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
-        DeviceBus.PCI, (), PageTables.GUEST, pae=True, bounds_checked=False, facts_from="linux-4.4",
+        DeviceBus.PCI, (), PageTables.GUEST, pae=True, boots=True, bounds_checked=False,
+        facts_from="linux-4.4",
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
              "left Linux in 4.14"),
 )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..abi import (
     VIRTIO_BLK_OUTHDR,
+    VIRTIO_BLK_OUTHDR_FIRST,
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
@@ -130,16 +131,20 @@ class Block(Device):
         queue.write((status_buffer,), bytes([status]))
         return written + 1
 
-    @staticmethod
-    def _layout(queue: Vring, chain: Chain) -> tuple[Buffer, Buffer]:
+    # The request header's size: 2.6.24's 24 bytes, or 16 (no id) for a virtio 1.0 driver
+    # (`lgemu.devices.virtio_pci` sets that).
+    hdr_size = VIRTIO_BLK_OUTHDR.size
+
+    def _layout(self, queue: Vring, chain: Chain) -> tuple[Buffer, Buffer]:
         """The header and status buffers of a request, checked as ABI §12.2 says: the first
-        out buffer is exactly the 24-byte header, the last in buffer exactly 1 byte."""
+        out buffer is exactly the header (24 bytes; 16 over virtio-PCI), the last in buffer
+        exactly 1 byte."""
         out, into = chain.readable, chain.writable
         if not out:
             raise queue.reject(chain, "no device-readable virtio_blk_outhdr")
-        if out[0].length != VIRTIO_BLK_OUTHDR.size:
+        if out[0].length != self.hdr_size:
             raise queue.reject(chain, f"header is {out[0].length} bytes, not "
-                                      f"{VIRTIO_BLK_OUTHDR.size}")
+                                      f"{self.hdr_size}")
         if not into:
             raise queue.reject(chain, "no device-writable status byte")
         if into[-1].length != 1:
@@ -150,8 +155,9 @@ class Block(Device):
         """Carry out one request: (status, data bytes written into the guest).  Like the
         Launcher, a write uses the out buffers after the header and a read the in buffers
         before the status byte; any others are ignored."""
-        kind, _ioprio, sector, _id = VIRTIO_BLK_OUTHDR.unpack_from(queue.memory.ram,
-                                                                   header.addr)
+        # type, ioprio and sector lead both headers; 2.6.24's unused id follows them
+        kind, _ioprio, sector = VIRTIO_BLK_OUTHDR_FIRST.unpack_from(queue.memory.ram,
+                                                                    header.addr)
         self.stats["requests"] += 1
         if kind & VIRTIO_BLK_T_BARRIER:
             try:
