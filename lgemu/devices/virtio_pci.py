@@ -141,6 +141,7 @@ class VirtioPciFunction:
         self.raise_line = raise_line
         self.written = written
         self.emergency = emergency  # emerg_wr's byte goes here (the console's output)
+        self.on_push: Callable[[Vring, int, int], None] | None = None  # as `Vring.on_push`
         self.name = device.name
         if device.type == DeviceType.NET:
             device.hdr_size = VIRTIO_NET_HDR_V1  # type: ignore[attr-defined]
@@ -347,6 +348,7 @@ class VirtioPciFunction:
             queue.ring = Vring.placed(self.memory, f"{self.name}.{self.queue_select}",
                                       queue.desc, queue.avail, queue.used, queue.size,
                                       self.irq, self.written)
+            queue.ring.on_push = self.on_push
         else:
             setattr(queue, name[6:-3], value)  # queue_desc_lo -> QueueSetup.desc
 

@@ -250,6 +250,8 @@ class Guest:
                           self._guarded(lambda offset, n, value:
                                         bus.mmio_write(window + offset, n, value), None))
         self.paging.iomem = (window, window + size)
+        for function in bus.slots.values():
+            function.on_push = self._vring_pushed  # type: ignore[attr-defined]
         for device in devices:
             device.wall_ns = self._wall_ns
         self.devices = [*self.devices, *devices]
