@@ -215,13 +215,13 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     except SelfTestError as e:
         raise UserError(f"unsupported Unicorn: {e}") from None
     output = ConsoleOutput(stdout)
-    devices = build_devices(config, output)  # command-line order, the console last (ABI §10.3)
+    devices = build_devices(config, output, era)  # command-line order, console last (ABI §10.3)
     try:
         memory = GuestMemory(mem)
         info = launch(memory, kernel, config.cmdline, config.initrd,
-                      [d.spec() for d in devices])
+                      [d.spec() for d in devices], era)
         clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
-        guest = Guest(memory, info, devices, output, clock, era)
+        guest = Guest(memory, info, devices, output, clock)
         with attach_debugging(guest, config, stderr):
             # Only now, with every file and port opened: bad input stays the only line.
             if config.verbose and stderr is not None:
