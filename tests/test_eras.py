@@ -22,7 +22,7 @@ from elftools.elf.elffile import ELFFile
 from guestasm import build_guest
 
 from lgemu import abi
-from lgemu.abi_eras import ERA_2_6_24, era_named
+from lgemu.abi_eras import ERA_2_6_24, ERAS, era_named
 from lgemu.launcher import load_kernel
 from lgemu.launcher.era import detect_era, supported_names
 
@@ -350,7 +350,8 @@ def test_vmcall_in_lguest_entry_code_is_not_2_6_24(boot_guest, tmp_path):
     # It runs: the vmcall becomes a hypercall with its argument in ebx (lguest_data there
     # is all zeros, so its syscall vector is refused).
     status, out, err = boot_guest(path)
-    assert (status, out) == (3, b"") and one_line(err) == "lgemu: guest killed: bad syscall vector\n"
+    assert (status, out) == (3, b"")
+    assert one_line(err) == "lgemu: guest killed: bad syscall vector\n"
 
 
 @pytest.mark.parametrize("payload", [
