@@ -181,7 +181,7 @@ def test_twenty_byte_ring_entries(asm_guest):
     assert_powered_down(run, b"hi ok ")
 
 
-# -- irq_pending and SEND_INTERRUPTS (2.6.31 on) ----------------------------------------------------
+# -- irq_pending and SEND_INTERRUPTS (2.6.31 on) ---------------------------------------------------
 def test_an_interrupt_waiting_on_a_guest_with_interrupts_off_sets_irq_pending(asm_guest):
     """The Host says so in lguest_data.irq_pending; the guest turns interrupts on and asks with
     SEND_INTERRUPTS, and the interrupt arrives on the way back from that call."""
@@ -208,7 +208,7 @@ def test_an_interrupt_waiting_on_a_guest_with_interrupts_off_sets_irq_pending(as
     assert_powered_down(run, b"pending " + hexwords(1, 0))
 
 
-# -- LOAD_GDT_ENTRY (2.6.30 on) ---------------------------------------------------------------------
+# -- LOAD_GDT_ENTRY (2.6.30 on) --------------------------------------------------------------------
 @pytest.mark.parametrize("index", [32, 33, 0xFFFFFFFF])
 def test_load_gdt_entry_beyond_the_table_is_killed(asm_guest, index):
     run = asm_guest(f"INIT\n HCALL $LHCALL_LOAD_GDT_ENTRY, ${index:#x}, $0, $0", era=VMCALL_ERA)
