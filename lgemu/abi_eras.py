@@ -3,9 +3,9 @@
 `lgemu.abi` defines the 2.6.24 ABI, the one lgemu implements, to the byte.  lguest's guest
 interface was never frozen, though, and every few releases a guest kernel spoke to its Host
 a little differently.  This module records those differences once, as values, so that the
-code which will one day boot each era chooses among them at launch instead of copying the
-2.6.24 code per era.  Today it serves `lgemu.launcher.era` (which era is this image?) and
-`lgemu info`; only the 2.6.24 era boots.
+code which boots each era chooses among them at launch instead of copying the 2.6.24 code per
+era.  It serves `lgemu.launcher.era` (which era is this image?), `lgemu info`, and a boot:
+the Launcher, the devices and the Host read the chosen `Era` (the eras with `boots` set).
 
 An `Era` holds, for a range of kernel releases:
 
