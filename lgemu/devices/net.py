@@ -1,7 +1,8 @@
 """The virtio network device (type 1, ABI §12.3): queue 0 receives, queue 1 transmits.
 
-Every frame crosses the ring behind an 8-byte `virtio_net_hdr`.  lgemu offers no offloads
-(the Launcher sent no feature field), so the header is all zeros both ways.
+Every frame crosses the ring behind a `virtio_net_hdr`, 8 bytes in 2.6.24 and 10 from 2.6.25
+(`Era.net_hdr_size`).  lgemu offers no offloads (the Launcher sent no feature field), so the
+header is all zeros both ways.
 
 Transmit is served inside the kick: each chain is one frame, sent on the host wire
 (`netback`), recorded in the pcap file if any, and returned at once.  Receive is never served
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ..abi import VIRTIO_NET_HDR, DeviceType
+from ..abi import DeviceType
 from ..launcher.devicepage import DeviceSpec, net_spec
 from .base import Device
 from .netback import MAX_FRAME, Link, NetOption, PcapWriter, open_link
@@ -93,9 +94,9 @@ class Net(Device):
         if chain.writable:
             raise queue.reject(chain, "device-writable buffer in the transmit queue")
         header, *data = chain.buffers
-        if header.length != VIRTIO_NET_HDR.size:
+        if header.length != self.era.net_hdr_size:
             raise queue.reject(chain, f"first buffer is {header.length} bytes, not the "
-                                      f"{VIRTIO_NET_HDR.size}-byte virtio_net_hdr")
+                                      f"{self.era.net_hdr_size}-byte virtio_net_hdr")
         length = total_length(data)
         if length > MAX_FRAME:
             self.stats["dropped"] += 1
@@ -129,15 +130,15 @@ class Net(Device):
         """Put the oldest waiting frame, after a zero header, into one rx chain."""
         if chain.readable:
             raise queue.reject(chain, "device-readable buffer in the receive queue")
-        if chain.buffers[0].length != VIRTIO_NET_HDR.size:
+        if chain.buffers[0].length != self.era.net_hdr_size:
             raise queue.reject(chain, f"first buffer is {chain.buffers[0].length} bytes, "
-                                      f"not the {VIRTIO_NET_HDR.size}-byte virtio_net_hdr")
+                                      f"not the {self.era.net_hdr_size}-byte virtio_net_hdr")
         frame = self.backlog.popleft()
         if self.pcap is not None:
             self.pcap.record(frame, self.wall_ns())
         self.stats["rx"] += 1
         # Like a TAP read into the guest's buffers: a frame too long for them is cut.
-        return queue.write(chain.buffers, bytes(VIRTIO_NET_HDR.size) + frame)
+        return queue.write(chain.buffers, bytes(self.era.net_hdr_size) + frame)
 
     def wake_irqs(self) -> list[int]:
         rxq = self.queues[RX_QUEUE]
