@@ -17,6 +17,7 @@ have (i386 had only ``socketcall`` before 4.3), so a 30-line static program asse
 from __future__ import annotations
 
 import lzma
+import re
 import shutil
 import struct
 import subprocess
@@ -24,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from gdbrun import needs_gdb, run_under_gdb
 from guestasm import tools_or_skip
 from linuxkernel import KERNELS, SHELL_CPIO
 
@@ -217,3 +219,15 @@ def test_3_13_event_log_names_its_calls(boot_guest, tmp_path):
                      "hcall NEW_PGTABLE pgdir=0x123f000",
                      "hcall LOAD_GDT_ENTRY index=0 desc=0x0000000000000000"]
     assert "hcall SET_PGD " in text and "vmcall" not in text
+
+
+@needs_gdb
+def test_gdb_on_2_6_32_sees_the_rewritten_code_and_the_eras_call_names():
+    kernel = _kernel("linux-2.6.32", "vmlinux")
+    run = run_under_gdb(["break lguest_init", "continue", "x/4i lguest_entry",
+                         "monitor hcalls", "kill"],
+                        ["--append", "console=hvc0", "--max-insns", "5000000"], kernel)
+    assert "Breakpoint 1, lguest_init () at " in run.gdb
+    assert "<lguest_entry+10>:\tint    $0x1f" in run.gdb
+    assert "<lguest_entry+12>:\tnop" in run.gdb
+    assert re.search(r"LGUEST_INIT +1 +0", run.gdb)
