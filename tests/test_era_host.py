@@ -170,14 +170,16 @@ def test_int_0x1f_in_the_new_register_order(asm_guest):
 
 
 # -- the async ring's five-argument entries (2.6.31 on) -----------------------------------------
-def test_twenty_byte_ring_entries(asm_guest):
+@pytest.mark.parametrize("era", [ERA_2_6_30, VMCALL_ERA, ERA_3], ids=lambda e: e.name)
+def test_ring_entries_in_each_eras_layout(asm_guest, era):
+    """16 bytes in argument order (2.6.30), 20 with a fifth argument (2.6.31 on)."""
     run = asm_guest("""
         INIT
         ASYNC	0, $LHCALL_NOTIFY, $hi
         ASYNC	1, $LHCALL_NOTIFY, $ok
         HCALL	$LHCALL_FLUSH_ASYNC
         POWER_DOWN
-    """, STRINGS, era=VMCALL_ERA)
+    """, STRINGS, era=era)
     assert_powered_down(run, b"hi ok ")
 
 
@@ -236,6 +238,19 @@ def test_load_gdt_entry_loads_one_usable_descriptor(asm_guest):
         POWER_DOWN
     """, era=VMCALL_ERA)
     assert_powered_down(run, hexwords(0x80))
+
+
+def test_load_gdt_entry_cannot_replace_the_hosts_tss(asm_guest):
+    """Entry 16 stays the Host's TSS: loading it into %fs is a #GP on its selector."""
+    run = asm_guest("""
+        INIT
+        HCALL	$LHCALL_LOAD_GDT_ENTRY, $16, $0x0000FFFF, $0x00CFB300
+        movw	$(16 * 8 + 1), %ax
+    load:
+        movw	%ax, %fs
+        POWER_DOWN
+    """, era=VMCALL_ERA)
+    assert_killed(run, UnhandledTrap(13, run.symbol("load"), 16 * 8))
 
 
 def test_the_old_load_gdt_is_gone(asm_guest):
