@@ -312,6 +312,20 @@ BLK_SEG_MAX = 126
 
 VQCONFIG = struct.Struct("<HHI")  # struct lguest_vqconfig: num, irq, pfn
 
+# -- ABI Appendix C: the device page from 2.6.25 on ---------------------------------------------
+# The header grew to type, num_vq, feature_len, config_len, status; after it come num_vq
+# lguest_vqconfigs, feature_len bytes of features the device offers, feature_len bytes the
+# driver accepts, then config_len bytes of the device type's fixed config struct.
+DEVICE_DESC_V2 = struct.Struct("<BBBBB")
+DESC_V2_STATUS = 4  # offset of the status byte in that header
+VIRTIO_BLK_F_SEG_MAX = 2  # feature bits (bit n is byte n / 8, bit n % 8)
+VIRTIO_BLK_F_RO = 5
+VIRTIO_NET_F_MAC = 5
+VIRTIO_BLK_CONFIG = struct.Struct("<QII")  # capacity, size_max, seg_max
+VIRTIO_BLK_OUTHDR_V2 = struct.Struct("<IIQ")  # type, ioprio, sector: 2.6.25 dropped `id`
+LGUEST_SHUTDOWN_POWEROFF = 1  # LHCALL_SHUTDOWN's second argument
+LGUEST_SHUTDOWN_RESTART = 2
+
 # -- ABI §11 vring ------------------------------------------------------------------------------
 VRING_DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 VRING_DESC_F_NEXT = 1
@@ -338,7 +352,6 @@ def vring_offsets(num: int, align: int = PAGE_SIZE) -> tuple[int, int, int]:
 
 # -- ABI §12 device protocols -------------------------------------------------------------------
 VIRTIO_BLK_OUTHDR = struct.Struct("<IIQQ")  # type, ioprio, sector, id
-VIRTIO_BLK_OUTHDR_FIRST = struct.Struct("<IIQ")  # its first three: virtio 1.0's whole header
 VIRTIO_BLK_T_IN = 0
 VIRTIO_BLK_T_OUT = 1
 VIRTIO_BLK_T_SCSI_CMD = 2

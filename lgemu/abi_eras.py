@@ -3,9 +3,9 @@
 `lgemu.abi` defines the 2.6.24 ABI, the one lgemu implements, to the byte.  lguest's guest
 interface was never frozen, though, and every few releases a guest kernel spoke to its Host
 a little differently.  This module records those differences once, as values, so that the
-code which will one day boot each era chooses among them at launch instead of copying the
-2.6.24 code per era.  Today it serves `lgemu.launcher.era` (which era is this image?) and
-`lgemu info`; only the 2.6.24 era boots.
+code which boots each era chooses among them at launch instead of copying the 2.6.24 code per
+era.  It serves `lgemu.launcher.era` (which era is this image?), `lgemu info`, and a boot:
+the Launcher, the devices and the Host read the chosen `Era` (the eras with `boots` set).
 
 An `Era` holds, for a range of kernel releases:
 
@@ -20,7 +20,9 @@ An `Era` holds, for a range of kernel releases:
 * the device bus and the device descriptor header (`device_desc`: its u8 members in order);
 * who builds the page tables the guest starts on (`page_tables`), whether device status
   writes are reported to the Launcher (`status_notify`) and whether PAE guests are accepted
-  (`pae`).
+  (`pae`);
+* the size of a block request's header (`blk_outhdr_size`) and of a network frame's
+  (`net_hdr_size`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -79,6 +81,8 @@ class Era:
     page_tables: PageTables
     status_notify: bool = False  # a device status write is reported with NOTIFY(its address)
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
+    blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
+    net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -185,40 +189,40 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.25", (2, 6, 25), "5-byte descriptors (virtqueues, feature bits, fixed config); "
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
-        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
+        net_hdr_size=10, boots=True,
         note="no 2.6.25 kernel built; its lguest_data is 2.6.24's and 2.6.26's"),
     Era("2.6.26-2.6.28", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
-        facts_from="linux-2.6.26"),
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.26"),
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
-        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, boots=True, status_notify=True,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True,
         note="no 2.6.29 kernel built; lguest_data as 2.6.26 per the era notes"),
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
-        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, boots=True, status_notify=True,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True,
         note="no 2.6.30 kernel built; 16-byte ring entries in argument order per the notes"),
     Era("2.6.31-2.6.33", (2, 6, 31), "a fifth argument in esi, 20-byte ring entries, "
         "irq_pending and SEND_INTERRUPTS, SET_PGD/SET_PMD renumbered, PAE allowed",
         _HCALLS_2_6_31, HcallInsn.VMCALL, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        boots=True,
-        facts_from="linux-2.6.32"),
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.32"),
     Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        boots=True,
-        bounds_checked=False,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
         note="no kernel of this era built; its last release is not pinned down (3.4 "
              "trees have no lguest_data.pgdir, some 3.0 trees still do)"),
     Era("3.4-4.0", (3, 4, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
-        boots=True,
-        bounds_checked=False,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
         facts_from="linux-3.13",
         note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
              "latest)"),
@@ -226,7 +230,7 @@ ERAS: tuple[Era, ...] = (
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, boots=True, bounds_checked=False,
-        facts_from="linux-4.4",
+        facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
              "left Linux in 4.14"),
 )

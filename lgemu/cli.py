@@ -216,14 +216,14 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     except SelfTestError as e:
         raise UserError(f"unsupported Unicorn: {e}") from None
     output = ConsoleOutput(stdout)
-    devices = build_devices(config, output)  # command-line order, the console last (ABI §10.3)
+    devices = build_devices(config, output, era)  # command-line order, console last (ABI §10.3)
     try:
         memory = GuestMemory(mem)
         on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
         info = launch(memory, kernel, config.cmdline, config.initrd,
-                      [] if on_pci else [d.spec() for d in devices])
+                      [] if on_pci else [d.spec() for d in devices], era)
         clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
-        guest = Guest(memory, info, [] if on_pci else devices, output, clock, era)
+        guest = Guest(memory, info, [] if on_pci else devices, output, clock)
         if on_pci:
             guest.attach_pci(devices)
         with attach_debugging(guest, config, stderr):

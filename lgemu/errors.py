@@ -22,6 +22,7 @@ class ExitStatus:
     STUCK = 4  # halted with nothing that could ever wake it
     INSN_LIMIT = 5  # --max-insns reached
     TIMEOUT = 6  # --timeout reached
+    RESTART = 7  # LHCALL_SHUTDOWN restart (2.6.25 on): lgemu ends where lguest restarted
     INTERNAL = 70  # a bug in lgemu itself (EX_SOFTWARE)
     HANGUP = 129  # SIGHUP: the terminal (or whoever started lgemu) went away
     INTERRUPTED = 130  # Ctrl-C (SIGINT), Ctrl-] on the console terminal
@@ -77,9 +78,21 @@ class GuestStuck(LgemuExit):
 
 
 class PowerDown(LgemuExit):
-    """LHCALL_CRASH "Power down": the guest switched itself off."""
+    """LHCALL_CRASH "Power down" (from 2.6.25 LHCALL_SHUTDOWN power-off with that reason):
+    the guest switched itself off."""
 
     status = ExitStatus.POWER_DOWN
+
+
+class GuestRestart(LgemuExit):
+    """LHCALL_SHUTDOWN with LGUEST_SHUTDOWN_RESTART: the guest asked to be restarted, which
+    lgemu leaves to whoever started it (status 7, the reason on the line)."""
+
+    status = ExitStatus.RESTART
+    prefix = "lgemu: guest asked to restart"
+
+    def line(self) -> str:
+        return self.prefix + (f": {self.message}" if self.message else "")
 
 
 class InternalError(LgemuExit):

@@ -195,6 +195,52 @@ class BadNotifyAddress(Kill):
         return f"bad NOTIFY address {self.addr:#x}"
 
 
+@dataclass(frozen=True)
+class BadShutdown(Kill):
+    """LHCALL_SHUTDOWN (2.6.25 on) asked for neither power-off (1) nor restart (2)."""
+
+    how: int
+
+    def text(self) -> str:
+        return f"bad SHUTDOWN request {self.how:#x} (1 powers off, 2 restarts)"
+
+
+# -- the device page from 2.6.25 on (ABI Appendix C) -----------------------------------------
+@dataclass(frozen=True)
+class BadStatusNotify(Kill):
+    """NOTIFY inside the device page at an offset where no descriptor starts (2.6.26 on a
+    status write is reported with the descriptor's own address)."""
+
+    offset: int
+
+    def text(self) -> str:
+        return f"NOTIFY at device page offset {self.offset:#x}, where no device descriptor starts"
+
+
+@dataclass(frozen=True)
+class BadDeviceStatus(Kill):
+    """A device status byte with bits virtio does not define."""
+
+    device: str
+    status: int
+
+    def text(self) -> str:
+        return f"device {self.device}: status {self.status:#04x} sets undefined bits"
+
+
+@dataclass(frozen=True)
+class UnofferedFeatures(Kill):
+    """The driver accepted feature bits the device never offered."""
+
+    device: str
+    accepted: int
+    offered: int
+
+    def text(self) -> str:
+        return (f"device {self.device}: driver accepted features {self.accepted:#x}, "
+                f"only {self.offered:#x} were offered")
+
+
 # -- traps and the CPU ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class UnhandledTrap(Kill):

@@ -22,7 +22,7 @@ from elftools.elf.elffile import ELFFile
 from guestasm import build_guest
 
 from lgemu import abi
-from lgemu.abi_eras import ERA_2_6_24, era_named
+from lgemu.abi_eras import ERA_2_6_24, ERAS, era_named
 from lgemu.launcher import load_kernel
 from lgemu.launcher.era import detect_era, supported_names
 
@@ -300,7 +300,7 @@ def test_a_bzimage_release_string_alone_names_the_era(boot_guest, lgemu_main, tm
     status, out, err = lgemu_main(["info", str(path)])
     assert status == 0 and f"ABI era: {era} (" in out.decode()
     assert f"  release {release.split()[0].decode()}: the {era} era" in out.decode()
-    if not era_named(era).boots:  # an era that boots runs the image instead
+    if not era_named(era).boots:  # a booting era would run the fake image's nops
         status, out, err = boot_guest(path)
         assert status == 2 and f"a {era} lguest guest (Linux " in one_line(err)
 
@@ -350,7 +350,8 @@ def test_vmcall_in_lguest_entry_code_is_not_2_6_24(boot_guest, tmp_path):
     # It runs: the vmcall becomes a hypercall with its argument in ebx (lguest_data there
     # is all zeros, so its syscall vector is refused).
     status, out, err = boot_guest(path)
-    assert (status, out) == (3, b"") and one_line(err) == "lgemu: guest killed: bad syscall vector\n"
+    assert (status, out) == (3, b"")
+    assert one_line(err) == "lgemu: guest killed: bad syscall vector\n"
 
 
 @pytest.mark.parametrize("payload", [
@@ -404,6 +405,15 @@ def test_abi_naming_an_era_that_does_not_boot_is_refused(boot_guest, value, era)
                              f"supported (lgemu boots {supported_names()} guests)\n")
 
 
+def test_abi_forcing_a_later_era_on_the_bundled_guest(boot_guest):
+    """The bundled guest speaks 2.6.24: run as a 2.6.26 guest, its CRASH("Power down") is
+    read as SHUTDOWN with neither power-off nor restart, and the guest is killed for it."""
+    status, out, err = boot_guest(None, extra=["--abi", "2.6.26"])
+    assert status == 3 and b"power down" in out
+    assert one_line(err) == ("lgemu: guest killed: bad SHUTDOWN request 0x0 (1 powers off, "
+                             "2 restarts)\n")
+
+
 @pytest.mark.parametrize("value", ["2.6.22", "4.14", "3", "latest", ""])
 def test_abi_that_is_no_era_is_a_usage_error(boot_guest, value):
     status, out, err = boot_guest(None, extra=[f"--abi={value}"])
@@ -421,4 +431,4 @@ def test_the_2_6_24_era_is_lgemu_abi():
                                      for name, _ in abi.LguestData._fields_}
     assert era.hcall_ring == tuple(name for name, _ in abi.HcallArgs._fields_)
     assert len(era.device_desc) == abi.DEVICE_DESC.size
-    assert era.boots
+    assert [e.name for e in ERAS if e.boots][:3] == ["2.6.24", "2.6.25", "2.6.26-2.6.28"]

@@ -75,7 +75,7 @@ def test_a_2_6_23_guest_is_named(lgemu_main, tmp_path):
                      LGUEST_SYMBOLS + "\t.globl lguest_send_dma\nlguest_send_dma:\n")
     assert "lguest guest: yes; ABI era: 2.6.23 (the first lguest" in out
     assert "  symbols: lguest_send_dma (the DMA lguest bus)\n" in out
-    assert ("\nlgemu: booting 2.6.23 guests is not yet supported (lgemu boots "
+    assert (f"\nlgemu: booting 2.6.23 guests is not yet supported (lgemu boots "
             f"{supported_names()}; --abi 2.6.24 forces the 2.6.24 ABI, for experiments)\n") in out
 
 

@@ -11,6 +11,7 @@ from lgemu import kills
 from lgemu.errors import ExitStatus, GuestKilled
 from lgemu.kills import (
     AlreadyInitialized,
+    BadDeviceStatus,
     BadGuestAddress,
     BadHypercall,
     BadIdtType,
@@ -22,9 +23,11 @@ from lgemu.kills import (
     BadPageTableEntry,
     BadPciAccess,
     BadRequest,
+    BadShutdown,
     BadStackPage,
     BadStackPages,
     BadStackSegment,
+    BadStatusNotify,
     BadSyscallVector,
     BadVirtioPci,
     BadVirtualAddress,
@@ -38,6 +41,7 @@ from lgemu.kills import (
     TooManyGdtEntries,
     TripleFault,
     UnhandledTrap,
+    UnofferedFeatures,
     UnusableStackSegment,
 )
 
@@ -61,6 +65,11 @@ WORDING: list[tuple[Kill, str]] = [
     (BadStackPage(0x800fff), "bad stack page 0x800fff"),
     (BadIdtType(5), "bad IDT type 5"),
     (BadNotifyAddress(0xffffffff), "bad NOTIFY address 0xffffffff"),
+    (BadShutdown(3), "bad SHUTDOWN request 0x3 (1 powers off, 2 restarts)"),
+    (BadStatusNotify(0x7), "NOTIFY at device page offset 0x7, where no device descriptor starts"),
+    (BadDeviceStatus("vda", 0x40), "device vda: status 0x40 sets undefined bits"),
+    (UnofferedFeatures("eth0", 0x21, 0x20),
+     "device eth0: driver accepted features 0x21, only 0x20 were offered"),
     (UnhandledTrap(13, 0x100042, 0xfa), "unhandled trap 13 at 0x100042 (0xfa)"),
     (UnusableStackSegment(0x100042, 0x79),
      "unhandled trap 256 at 0x100042 (stack segment 0x79 from SET_STACK is not a usable "

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..abi_eras import ERA_2_6_24, Era
 from .base import Device
 from .console import Console, ConsoleOutput, open_console_input
 
@@ -63,9 +64,11 @@ def check_options(config: BootConfig) -> None:
         DEVICE_OPTIONS[name].parse(value)
 
 
-def build_devices(config: BootConfig, output: ConsoleOutput) -> list[Device]:
-    """The devices `config` asks for (`--block`, `--net`, in order), then the console.
-    If one cannot be built, those already open are closed before the error goes up."""
+def build_devices(config: BootConfig, output: ConsoleOutput,
+                  era: Era = ERA_2_6_24) -> list[Device]:
+    """The devices `config` asks for (`--block`, `--net`, in order), then the console, each
+    speaking `era`'s protocols.  If one cannot be built, those already open are closed
+    before the error goes up."""
     devices: list[Device] = []
     counts: dict[str, int] = {}
     try:
@@ -75,6 +78,8 @@ def build_devices(config: BootConfig, output: ConsoleOutput) -> list[Device]:
             devices.append(option.build(option.parse(value), index))
             counts[name] = index + 1
         devices.append(Console(output, open_console_input(config.console_input)))
+        for device in devices:
+            device.era = era
     except BaseException:
         for device in devices:
             device.close()

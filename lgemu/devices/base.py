@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..abi_eras import ERA_2_6_24, Era
 from ..launcher.devicepage import DeviceSpec
 from .vring import Chain, Vring
 
@@ -29,6 +30,10 @@ class Device:
         self.queues: list[Vring] = []
         self.raise_irq: Callable[[int], None] = lambda line: None
         self.wall_ns: Callable[[], int] = lambda: 0  # the guest's wall clock (set by the Host)
+        self.era: Era = ERA_2_6_24  # whose protocols the driver speaks (set by build_devices)
+        # Feature bits the driver accepted (2.6.25 on; set at each status write or read from
+        # the device page by the Host, always a subset of `spec().features`).
+        self.acked: int = 0
 
     def spec(self) -> DeviceSpec:
         """How the Launcher describes this device on the device page (a device with config
@@ -42,6 +47,10 @@ class Device:
 
     def kick(self, queue: Vring) -> None:
         """The guest notified `queue` (LHCALL_NOTIFY with its pfn << 12)."""
+
+    def reset(self) -> None:
+        """The driver wrote status 0 (2.6.26 on): the Host has emptied the queues; forget
+        anything half-done with them (the base keeps nothing)."""
 
     def poll(self) -> None:
         """Slice boundary: move host input (if any) into buffers the guest has posted."""

@@ -2,9 +2,10 @@
 
 `--block FILE[,ro]` gives the guest a disk (vda, vdb, … in command-line order) whose capacity
 is the file's size in 512-byte sectors; a trailing partial sector is not part of the disk.
-A request is one chain: a 24-byte `virtio_blk_outhdr` the guest wrote, the data buffers, and
-a 1-byte status the host writes.  Reads go straight from the file into guest memory
-(`preadv`), writes straight from guest memory into the file (`pwritev`).
+A request is one chain: a 24-byte `virtio_blk_outhdr` (16 bytes from 2.6.25) the guest
+wrote, the data buffers, and a 1-byte status the host writes.  Reads go straight from the
+file into guest memory (`preadv`), writes straight from guest memory into the file
+(`pwritev`).
 
 Where the 2.6.24 Launcher aborted (a malformed request) the guest is killed instead, naming
 the queue and the head; where it grew or truncated the file (a write past the end) the request
@@ -20,8 +21,7 @@ import stat
 from pathlib import Path
 
 from ..abi import (
-    VIRTIO_BLK_OUTHDR,
-    VIRTIO_BLK_OUTHDR_FIRST,
+    VIRTIO_BLK_OUTHDR_V2,
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
@@ -98,7 +98,7 @@ class Block(Device):
                     from None
 
     def spec(self) -> DeviceSpec:
-        return block_spec(self.capacity)
+        return block_spec(self.capacity, self.read_only)
 
     def close(self) -> None:
         """Flush every completed write to the disk and close the image (every exit path)."""
@@ -131,20 +131,16 @@ class Block(Device):
         queue.write((status_buffer,), bytes([status]))
         return written + 1
 
-    # The request header's size: 2.6.24's 24 bytes, or 16 (no id) for a virtio 1.0 driver
-    # (`lgemu.devices.virtio_pci` sets that).
-    hdr_size = VIRTIO_BLK_OUTHDR.size
-
     def _layout(self, queue: Vring, chain: Chain) -> tuple[Buffer, Buffer]:
         """The header and status buffers of a request, checked as ABI §12.2 says: the first
-        out buffer is exactly the header (24 bytes; 16 over virtio-PCI), the last in buffer
-        exactly 1 byte."""
+        out buffer is exactly the era's header (24 bytes; 16 from 2.6.25), the last in
+        buffer exactly 1 byte."""
         out, into = chain.readable, chain.writable
         if not out:
             raise queue.reject(chain, "no device-readable virtio_blk_outhdr")
-        if out[0].length != self.hdr_size:
+        if out[0].length != self.era.blk_outhdr_size:
             raise queue.reject(chain, f"header is {out[0].length} bytes, not "
-                                      f"{self.hdr_size}")
+                                      f"{self.era.blk_outhdr_size}")
         if not into:
             raise queue.reject(chain, "no device-writable status byte")
         if into[-1].length != 1:
@@ -155,9 +151,8 @@ class Block(Device):
         """Carry out one request: (status, data bytes written into the guest).  Like the
         Launcher, a write uses the out buffers after the header and a read the in buffers
         before the status byte; any others are ignored."""
-        # type, ioprio and sector lead both headers; 2.6.24's unused id follows them
-        kind, _ioprio, sector = VIRTIO_BLK_OUTHDR_FIRST.unpack_from(queue.memory.ram,
-                                                                    header.addr)
+        # type, ioprio and sector lead both eras' headers; 2.6.24's unused id follows them
+        kind, _ioprio, sector = VIRTIO_BLK_OUTHDR_V2.unpack_from(queue.memory.ram, header.addr)
         self.stats["requests"] += 1
         if kind & VIRTIO_BLK_T_BARRIER:
             try:

@@ -1,7 +1,8 @@
 """The virtio network device (type 1, ABI §12.3): queue 0 receives, queue 1 transmits.
 
-Every frame crosses the ring behind an 8-byte `virtio_net_hdr`.  lgemu offers no offloads
-(the Launcher sent no feature field), so the header is all zeros both ways.
+Every frame crosses the ring behind a `virtio_net_hdr`, 8 bytes in 2.6.24 and 10 from 2.6.25
+(`Era.net_hdr_size`).  lgemu offers no offloads (the Launcher sent no feature field), so the
+header is all zeros both ways.
 
 Transmit is served inside the kick: each chain is one frame, sent on the host wire
 (`netback`), recorded in the pcap file if any, and returned at once.  Receive is never served
@@ -19,7 +20,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ..abi import VIRTIO_NET_HDR, DeviceType
+from ..abi import DeviceType
+from ..abi_eras import DeviceBus
 from ..launcher.devicepage import DeviceSpec, net_spec
 from .base import Device
 from .netback import MAX_FRAME, Link, NetOption, PcapWriter, open_link
@@ -61,10 +63,6 @@ class Net(Device):
         self.backlog: deque[bytes] = deque()
         self.stats = {"tx": 0, "rx": 0, "dropped": 0}
 
-    # The virtio_net_hdr in front of every frame: 10 bytes, or 12 (with num_buffers) for a
-    # virtio 1.0 driver (`lgemu.devices.virtio_pci` sets that).
-    hdr_size = VIRTIO_NET_HDR.size
-
     def spec(self) -> DeviceSpec:
         return net_spec(self.mac)
 
@@ -96,16 +94,33 @@ class Net(Device):
         """Send one frame; like the Launcher, report its length back (0 if dropped)."""
         if chain.writable:
             raise queue.reject(chain, "device-writable buffer in the transmit queue")
+        if self.era.device_bus is DeviceBus.PCI:
+            return self._transmit_any_layout(queue, chain)
         header, *data = chain.buffers
-        if header.length != self.hdr_size:
+        if header.length != self.era.net_hdr_size:
             raise queue.reject(chain, f"first buffer is {header.length} bytes, not the "
-                                      f"{self.hdr_size}-byte virtio_net_hdr")
+                                      f"{self.era.net_hdr_size}-byte virtio_net_hdr")
         length = total_length(data)
         if length > MAX_FRAME:
             self.stats["dropped"] += 1
             return 0
         self._send(queue.gather(tuple(data)))
         return length
+
+    def _transmit_any_layout(self, queue: Vring, chain: Chain) -> int:
+        """Virtio 1.0 (4.x over PCI): the header need not be a buffer of its own (4.4's
+        driver puts it in front of the frame when there is room), so the frame is whatever
+        follows the header's bytes."""
+        hdr = self.era.net_hdr_size
+        total = total_length(chain.buffers)
+        if total < hdr:
+            raise queue.reject(chain, f"{total} bytes, shorter than the {hdr}-byte "
+                                      "virtio_net_hdr")
+        if total - hdr > MAX_FRAME:
+            self.stats["dropped"] += 1
+            return 0
+        self._send(queue.gather(chain.buffers)[hdr:])
+        return total - hdr
 
     def _send(self, frame: bytes) -> None:
         if self.pcap is not None:
@@ -133,15 +148,15 @@ class Net(Device):
         """Put the oldest waiting frame, after a zero header, into one rx chain."""
         if chain.readable:
             raise queue.reject(chain, "device-readable buffer in the receive queue")
-        if chain.buffers[0].length != self.hdr_size:
+        if chain.buffers[0].length != self.era.net_hdr_size:
             raise queue.reject(chain, f"first buffer is {chain.buffers[0].length} bytes, "
-                                      f"not the {self.hdr_size}-byte virtio_net_hdr")
+                                      f"not the {self.era.net_hdr_size}-byte virtio_net_hdr")
         frame = self.backlog.popleft()
         if self.pcap is not None:
             self.pcap.record(frame, self.wall_ns())
         self.stats["rx"] += 1
         # Like a TAP read into the guest's buffers: a frame too long for them is cut.
-        return queue.write(chain.buffers, bytes(self.hdr_size) + frame)
+        return queue.write(chain.buffers, bytes(self.era.net_hdr_size) + frame)
 
     def wake_irqs(self) -> list[int]:
         if not self.queues:

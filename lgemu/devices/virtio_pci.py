@@ -66,8 +66,6 @@ VIRTIO_NET_F_MAC = 1 << 5
 VIRTIO_MSI_NO_VECTOR = 0xFFFF
 QUEUE_SIZE = 256  # the largest ring each queue offers (lguest 4.x's VIRTQUEUE_NUM)
 BLK_SEG_MAX = 126
-VIRTIO_NET_HDR_V1 = 12  # virtio 1.0's virtio_net_hdr always has num_buffers
-VIRTIO_BLK_OUTHDR_V1 = 16  # virtio 1.0's virtio_blk_outhdr: type, ioprio, sector
 
 # virtio_pci_cap cfg_type values.
 CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE, CAP_PCI_CFG = 1, 2, 3, 4, 5
@@ -143,10 +141,6 @@ class VirtioPciFunction:
         self.emergency = emergency  # emerg_wr's byte goes here (the console's output)
         self.on_push: Callable[[Vring, int, int], None] | None = None  # as `Vring.on_push`
         self.name = device.name
-        if device.type == DeviceType.NET:
-            device.hdr_size = VIRTIO_NET_HDR_V1  # type: ignore[attr-defined]
-        elif device.type == DeviceType.BLOCK:
-            device.hdr_size = VIRTIO_BLK_OUTHDR_V1  # type: ignore[attr-defined]
         self.features, config = modern_config(device)
         self.device_config = bytearray(config)
         self.space = ConfigSpace()

@@ -153,6 +153,16 @@ class Vring:
         """Persist: back to `state`."""
         self.last_avail, self.in_flight = state
 
+    def reset(self) -> None:
+        """The driver reset its device (status 0, 2.6.26 on): zero the ring's memory and
+        start over, as lguest's Launcher did, so a driver probing again finds fresh rings."""
+        base = self.pfn * PAGE_SIZE
+        size = self.used - base + 4 + 8 * self.num
+        self.memory.ram[base:base + size] = bytes(size)
+        self.written.add(base, size)
+        self.last_avail = 0
+        self.in_flight = 0
+
     def _kill(self, what: str) -> GuestKilled:
         return GuestKilled(BrokenVring(self.name, what))
 

@@ -13,6 +13,8 @@ Host did on an exit from the guest:
 * ``irq``    — ``irq 1 → vec 0x21 eip=…``: an interrupt delivered into the guest;
 * ``vring``  — ``vring console.1 head=0 len=47 avail 3 → used 3``: a device returned a chain
   (the guest's avail.idx then, the used.idx after the push);
+* ``device`` — ``device vda status 0x07 features=0x4``: a driver reported a status write
+  (2.6.26 on; status 0 is a reset) and the features it had accepted by then;
 * ``pgfill`` — ``pgfill eip=… cr2=… err=…``: a #PF the Host absorbed by filling its shadow page
   directory (lguest's demand_page); the guest never sees it, so trace writers leave it out.
 """
@@ -35,6 +37,11 @@ class Observer(Protocol):
 TRAP_NAMES = {int(vector): f"#{vector.name}" for vector in Vector}  # NMI (2) has no mnemonic
 GATE_TASK = 0x5
 GATE_TYPES = {GATE_TASK: "task", GATE_INTERRUPT: "intr", GATE_TRAP: "trap"}
+
+
+def device_status(name: str, status: int, features: int) -> str:
+    """A device status write the driver reported (2.6.26 on)."""
+    return f"device {name} status {status:#04x} features={features:#x}"
 
 
 def _idt_entry(vector: int, lo: int, hi: int) -> str:

@@ -51,10 +51,11 @@ from ..abi import (
     Gate,
     Vector,
 )
-from ..abi_eras import ERA_2_6_24, Era, HcallInsn, PageTables
+from ..abi_eras import HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
 from ..devices.pci import PciBus
+from ..devices.status import refresh_acked, status_written
 from ..devices.vring import Vring, WrittenPages
 from ..errors import (
     ExitStatus,
@@ -66,6 +67,7 @@ from ..errors import (
 )
 from ..kills import (
     BadNotifyAddress,
+    BadStatusNotify,
     CpuFailure,
     NotMemory,
     SegmentLoad,
@@ -182,11 +184,11 @@ class Guest:
     """An lguest guest: the Host's state for it and the loop that runs it."""
 
     def __init__(self, memory: GuestMemory, boot: BootInfo, devices: list[Device],
-                 console: ConsoleOutput, clock: Clock, era: Era = ERA_2_6_24) -> None:
+                 console: ConsoleOutput, clock: Clock) -> None:
         self.memory = memory
-        # The guest's lguest ABI, chosen once at launch: its hypercall numbers and
-        # lguest_data layout (`hcalls`), and where its hypercall arguments are.
-        self.era = era
+        # The guest's lguest ABI, chosen once at launch (the Launcher laid out for it): its
+        # hypercall numbers and lguest_data layout (`hcalls`), where its arguments are.
+        self.era = era = boot.era
         self.hcalls = HypercallTable.of(era)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
         self._vmcall = era.hcall_insn is HcallInsn.VMCALL
@@ -232,6 +234,14 @@ class Guest:
             device.attach(rings, self.interrupts.raise_irq)
             device.wall_ns = self._wall_ns
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
+        # 2.6.25 on: descriptors by their offset in the device page, for status writes
+        # (2.6.26 reports them) and the accepted features (2.6.25 leaves them to be read).
+        era = boot.era
+        self._descriptors = {layout.offset: (device, layout) for device, layout in
+                             zip(devices, boot.device_page.devices, strict=True)
+                             if layout.feature_len or era.status_notify}
+        self._status_notify = era.status_notify
+        self._read_acked = bool(self._descriptors) and not era.status_notify
         self.pci: PciBus | None = None  # 4.x: bus 0 behind ports 0xCF8-0xCFF
         self._install_hooks()
         self._boot_cpu()
@@ -425,16 +435,41 @@ class Guest:
             self.cpu.set_reg(Reg.CR0, want)
 
     def notify(self, addr: int) -> None:
-        """LHCALL_NOTIFY: route a kick to its queue, or print an early-console string."""
+        """LHCALL_NOTIFY: route a kick to its queue, a status write (2.6.26 on) to its device,
+        or print an early-console string."""
         target = self.queues.get(addr // PAGE_SIZE)
         if target is not None:
             device, ring = target
+            if self._read_acked:
+                self._refresh_acked(device)
             device.kick(ring)
             self._invalidate_written()
+            return
+        page = self.boot.device_page.address
+        if self._status_notify and page <= addr < page + PAGE_SIZE:
+            self._status_written(addr - page)
             return
         if addr >= self.memory.limit:
             raise GuestKilled(BadNotifyAddress(addr))
         self.console.write(self.memory.cstring(addr, self.memory.limit - addr))
+
+    def _status_written(self, offset: int) -> None:
+        """NOTIFY(device page + offset): the driver of the device whose descriptor starts
+        there wrote its status byte (lgemu.devices.status)."""
+        found = self._descriptors.get(offset)
+        if found is None:
+            raise GuestKilled(BadStatusNotify(offset))
+        device, layout = found
+        status = status_written(self.memory.ram, self.boot.device_page, layout, device)
+        self._invalidate_written()  # a reset zeroed the device's rings
+        if self.observers:
+            self.emit("device", events.device_status(device.name, status, device.acked))
+
+    def _refresh_acked(self, device: Device) -> None:
+        for found, layout in self._descriptors.values():
+            if found is device:
+                refresh_acked(self.memory.ram, self.boot.device_page, layout, device)
+                return
 
     # -- exits inside a slice ------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:

@@ -23,6 +23,8 @@ from ..abi import (
     GDT_ENTRIES,
     GDT_ENTRY_TLS_ENTRIES,
     HCALL_STATUS_EMPTY,
+    LGUEST_SHUTDOWN_POWEROFF,
+    LGUEST_SHUTDOWN_RESTART,
     LHCALL_RING_SIZE,
     RESERVE_MEM,
     SWITCHER_PDE,
@@ -30,12 +32,13 @@ from ..abi import (
     Hcall,
 )
 from ..abi_eras import ERA_2_6_24, Era
-from ..errors import GuestCrashed, GuestKilled, PowerDown
+from ..errors import GuestCrashed, GuestKilled, GuestRestart, PowerDown
 from ..kills import (
     AlreadyInitialized,
     BadHypercall,
     BadKernelAddress,
     BadLguestData,
+    BadShutdown,
     BadStackPages,
     BadStackSegment,
     BadSyscallVector,
@@ -136,6 +139,15 @@ def flush_async(g: Host, _a1: int, _a2: int, _a3: int) -> None:
     """Nothing: the ring was drained on the way in."""
 
 
+def _printable(raw: bytearray) -> str:
+    """A guest's message as one line on the user's terminal: up to its NUL, a panic's closing
+    newline dropped, other newlines and escape sequences shown as backslash-x and two hex
+    digits, never interpreted."""
+    raw[-1:] = b"\0"
+    message = raw[:raw.index(0)].decode("latin-1").rstrip("\n")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
+
+
 def crash(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """LHCALL_CRASH: panic, or "Power down" from pm_power_off (ABI §9.2)."""
     raw = bytearray(g.memory.read(addr, CRASH_MESSAGE_BYTES))
@@ -143,10 +155,27 @@ def crash(g: Host, addr: int, _a2: int, _a3: int) -> None:
     message = raw[:raw.index(0)].decode("latin-1")
     if message == POWER_DOWN:
         raise PowerDown(message)
-    # The reason is one line on the user's terminal: a panic's closing newline is dropped,
-    # other newlines and escape sequences from the guest are shown as \xNN, never interpreted.
-    message = message.rstrip("\n")
-    raise GuestCrashed("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message))
+    raise GuestCrashed(_printable(raw))
+
+
+def shutdown(g: Host, addr: int, how: int, _a3: int) -> None:
+    """LHCALL_SHUTDOWN (2.6.25 on, call 2 in CRASH's place; ABI Appendix C).
+
+    2.6.26's guest makes it three ways, all read from its code: lguest_power_off passes
+    "Power down" with POWEROFF, lguest_panic the panic message with POWEROFF too, and
+    lguest_restart the reboot command with RESTART.  So POWEROFF is CRASH again (status 0 for
+    "Power down", a crash for anything else); RESTART ends the run with status 7, since
+    lgemu does not start guests over.  lguest's Host restarted even when the reason could not
+    be read (restart's command is often NULL, whose physical address is no memory), so the
+    reason is read only as far as guest memory goes."""
+    if how == LGUEST_SHUTDOWN_POWEROFF:
+        crash(g, addr, 0, 0)
+    if how != LGUEST_SHUTDOWN_RESTART:
+        raise GuestKilled(BadShutdown(how))
+    length = min(CRASH_MESSAGE_BYTES, max(0, g.memory.limit - addr))
+    raw = bytearray(g.memory.read(addr, length)) if length and g.memory.valid(addr, length) \
+        else bytearray(1)
+    raise GuestRestart(_printable(raw))
 
 
 def load_gdt(g: Host, addr: int, count: int, _a3: int) -> None:
@@ -255,6 +284,7 @@ BY_NAME: dict[str, Handler] = {
     "LOAD_TLS": load_tls,
     "NOTIFY": notify,
     "SEND_INTERRUPTS": send_interrupts,
+    "SHUTDOWN": shutdown,
 }
 
 HANDLERS: dict[int, Handler] = {

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..abi import CMDLINE_ADDR, COMMAND_LINE_SIZE, MIB, PAGE_SIZE, ZERO_PAGE_ADDR
+from ..abi_eras import ERA_2_6_24, Era
 from ..errors import UserError
 from ..machine.memory import MAX_RAM, GuestMemory
 from .bootparams import build_zero_page, command_line_bytes
@@ -45,6 +46,7 @@ from .devicepage import (
     block_spec,
     config_field,
     console_spec,
+    descriptor_format,
     lay_out_devices,
     net_spec,
 )
@@ -69,6 +71,7 @@ __all__ = [
     "command_line_bytes",
     "config_field",
     "console_spec",
+    "descriptor_format",
     "launch",
     "lay_out_devices",
     "load_kernel",
@@ -94,6 +97,7 @@ class BootInfo:
     device_page: DevicePage
     kernel: KernelImage
     initrd_where: str = ""  # why the initrd is where it is, for -v
+    era: Era = ERA_2_6_24  # the guest ABI the Launcher laid out for; the Host and devices follow it
 
 
 def check_memory_size(mib: int) -> int:
@@ -189,11 +193,12 @@ def _place_segment(ram: Ram, segment: Segment) -> None:
 
 
 def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str],
-           initrd: Path | None, devices: list[DeviceSpec]) -> BootInfo:
+           initrd: Path | None, devices: list[DeviceSpec], era: Era = ERA_2_6_24) -> BootInfo:
     """Lay out a fresh guest in `memory` the way lguest's Launcher does; see the module doc.
 
     `cmdline` is the kernel arguments (see `command_line_bytes`); `devices` are in creation
-    order, the console last.  Sets ``memory.limit`` to the end of the last vring.  Raises
+    order, the console last; `era` (chosen once, by `lgemu.launcher.era.boot_era`) decides
+    the device descriptors' shape.  Sets ``memory.limit`` to the end of the last vring.  Raises
     `UserError` for anything that doesn't fit.
     """
     mem = memory.ram_size
@@ -210,7 +215,7 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     memory.ram[ZERO_PAGE_ADDR:ZERO_PAGE_ADDR + PAGE_SIZE] = build_zero_page(
         mem, initrd_addr, initrd_size)
     memory.ram[CMDLINE_ADDR:CMDLINE_ADDR + len(command_line)] = command_line
-    device_page = lay_out_devices(memory.ram, mem, devices)
+    device_page = lay_out_devices(memory.ram, mem, devices, descriptor_format(era))
     memory.limit = device_page.pfn_limit * PAGE_SIZE
     return BootInfo(kernel.entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
-                    device_page, kernel, initrd_where)
+                    device_page, kernel, initrd_where, era)

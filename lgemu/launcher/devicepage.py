@@ -13,11 +13,18 @@ holds its VIRTQUEUE fields first, in queue order, then the device-specific field
 
 The guest-physical space ends right after the last vring: that is the ``pfn_limit`` the Host
 enforces on every address a guest hands it.
+
+From 2.6.25 the descriptor changed shape (ABI Appendix C): a 5-byte header (type, num_vq,
+feature_len, config_len, status), the vqconfigs, the feature bits offered, the feature bits
+the driver accepted, and a fixed config struct per device type.  Everything else — creation
+order, IRQs, ring pages — stayed.  The two shapes are two `DescriptorFormat`s; the era picks
+one (`descriptor_format`) and `lay_out_devices` is the same for both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..abi import (
     BLK_SEG_MAX,
@@ -26,12 +33,18 @@ from ..abi import (
     CONFIG_F_VIRTQUEUE,
     CONFIG_FIELD_HDR,
     CONFIG_NET_MAC_F,
+    DESC_V2_STATUS,
     DEVICE_DESC,
+    DEVICE_DESC_V2,
     DEVICE_PAGES,
     LGUEST_IRQS,
     PAGE_SHIFT,
     PAGE_SIZE,
     U32,
+    VIRTIO_BLK_CONFIG,
+    VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_NET_F_MAC,
     VIRTQUEUE_NUM,
     VQCONFIG,
     VRING_PAGES,
@@ -39,6 +52,9 @@ from ..abi import (
 )
 from ..errors import UserError
 from .pagetables import Ram
+
+if TYPE_CHECKING:
+    from ..abi_eras import Era
 
 FIRST_DEVICE_IRQ = 1  # IRQ 0 is the timer
 MAX_CONFIG_LEN = 0xFF  # config_len is one byte
@@ -55,25 +71,34 @@ def config_field(ftype: int, payload: bytes) -> bytes:
 
 @dataclass
 class DeviceSpec:
-    """A device to put on the bus: its type, how many virtqueues, and its other config fields.
+    """A device to put on the bus: its type, how many virtqueues, and what it tells the driver.
 
-    `config` is the already-encoded device-specific fields that follow the VIRTQUEUE fields
-    (see `config_field`, `block_spec`, `net_spec`).
+    `config` is the 2.6.24 form, already-encoded device-specific fields that follow the
+    VIRTQUEUE fields (see `config_field`, `block_spec`, `net_spec`); `features` (bits
+    offered) and `fixed_config` (the type's config struct) are the 2.6.25 form of the same
+    facts.  Each `DescriptorFormat` writes the form its era reads.
     """
 
     type: int
     num_queues: int
     config: bytes = b""
+    features: int = 0
+    fixed_config: bytes = b""
 
     @property
     def config_len(self) -> int:
-        """The descriptor's ``config_len``: VIRTQUEUE fields plus the device fields."""
-        return self.num_queues * _VQ_FIELD_SIZE + len(self.config)
+        """The 2.6.24 descriptor's ``config_len``: VIRTQUEUE fields plus the device fields."""
+        return TLV_FORMAT.config_len(self)
 
     @property
     def descriptor_size(self) -> int:
-        """Bytes the descriptor takes in the device page."""
-        return DEVICE_DESC.size + self.config_len
+        """Bytes the 2.6.24 descriptor takes in the device page."""
+        return TLV_FORMAT.size(self)
+
+    @property
+    def feature_len(self) -> int:
+        """Bytes of one feature bitmap (offered or accepted) in a 2.6.25 descriptor."""
+        return (self.features.bit_length() + 7) // 8
 
 
 @dataclass
@@ -93,16 +118,25 @@ class QueueLayout:
 
 @dataclass
 class DeviceLayout:
-    """A device as placed: its descriptor's offset in the device page and its queues."""
+    """A device as placed: its descriptor's offset in the device page and its queues, and
+    (2.6.25 on) where its status byte and feature bitmaps are."""
 
     spec: DeviceSpec
     offset: int
     queues: list[QueueLayout] = field(default_factory=list)
+    status_field: int = 2  # the status byte's offset inside the descriptor (ABI §10.4)
+    features_offset: int = 0  # offered bitmap in the device page (0: no bitmaps)
+    feature_len: int = 0
 
     @property
     def status_offset(self) -> int:
         """Offset of the status byte (written by the guest, ABI §10.4) in the device page."""
-        return self.offset + 2
+        return self.offset + self.status_field
+
+    @property
+    def acked_offset(self) -> int:
+        """Offset of the bitmap the driver writes its accepted features into."""
+        return self.features_offset + self.feature_len
 
 
 @dataclass
@@ -123,26 +157,108 @@ def console_spec() -> DeviceSpec:
     return DeviceSpec(DeviceType.CONSOLE, 2)
 
 
-def block_spec(capacity_sectors: int) -> DeviceSpec:
-    """A block device as 2.6.24's Launcher describes it: one queue, CAPACITY, then SEG_MAX."""
+def block_spec(capacity_sectors: int, read_only: bool = False) -> DeviceSpec:
+    """A block device as 2.6.24's Launcher describes it: one queue, CAPACITY, then SEG_MAX;
+    from 2.6.25 the SEG_MAX feature (and RO for a read-only disk, which drivers that know
+    the bit mount read-only) with capacity and seg_max in `virtio_blk_config`."""
     config = config_field(CONFIG_BLK_F_CAPACITY, capacity_sectors.to_bytes(8, "little"))
     config += config_field(CONFIG_BLK_F_SEG_MAX, U32.pack(BLK_SEG_MAX))
-    return DeviceSpec(DeviceType.BLOCK, 1, config)
+    features = 1 << VIRTIO_BLK_F_SEG_MAX | (1 << VIRTIO_BLK_F_RO if read_only else 0)
+    return DeviceSpec(DeviceType.BLOCK, 1, config, features,
+                      VIRTIO_BLK_CONFIG.pack(capacity_sectors, 0, BLK_SEG_MAX))
 
 
 def net_spec(mac: bytes) -> DeviceSpec:
-    """A network device: rx queue, tx queue, then the MAC field."""
+    """A network device: rx queue, tx queue, then the MAC field (from 2.6.25 the MAC
+    feature and `virtio_net_config`, which is the MAC alone)."""
     if len(mac) != 6:
         raise ValueError(f"MAC address of {len(mac)} bytes")
-    return DeviceSpec(DeviceType.NET, 2, config_field(CONFIG_NET_MAC_F, mac))
+    return DeviceSpec(DeviceType.NET, 2, config_field(CONFIG_NET_MAC_F, mac),
+                      1 << VIRTIO_NET_F_MAC, mac)
 
 
-def _check(specs: list[DeviceSpec]) -> None:
+class DescriptorFormat:
+    """How one era writes a device's descriptor (a strategy `lay_out_devices` is given)."""
+
+    name = ""
+
+    def size(self, spec: DeviceSpec) -> int:
+        """Bytes the descriptor takes in the device page."""
+        raise NotImplementedError
+
+    def fits(self, spec: DeviceSpec) -> bool:
+        """Do the descriptor's one-byte length fields hold this device?"""
+        raise NotImplementedError
+
+    def write(self, spec: DeviceSpec, queues: list[QueueLayout], offset: int) -> tuple[
+            bytes, DeviceLayout]:
+        """The descriptor's bytes and the device's layout at `offset`."""
+        raise NotImplementedError
+
+
+class TlvFormat(DescriptorFormat):
+    """2.6.24 (ABI §10.1): a 3-byte header, then VIRTQUEUE fields and the device's fields."""
+
+    name = "2.6.24"
+
+    def config_len(self, spec: DeviceSpec) -> int:
+        """``config_len``: VIRTQUEUE fields plus the device fields."""
+        return spec.num_queues * _VQ_FIELD_SIZE + len(spec.config)
+
+    def size(self, spec: DeviceSpec) -> int:
+        return DEVICE_DESC.size + self.config_len(spec)
+
+    def fits(self, spec: DeviceSpec) -> bool:
+        return self.config_len(spec) <= MAX_CONFIG_LEN
+
+    def write(self, spec: DeviceSpec, queues: list[QueueLayout], offset: int) -> tuple[
+            bytes, DeviceLayout]:
+        fields = b"".join(config_field(CONFIG_F_VIRTQUEUE, VQCONFIG.pack(q.num, q.irq, q.pfn))
+                          for q in queues) + spec.config
+        return DEVICE_DESC.pack(spec.type, len(fields), 0) + fields, DeviceLayout(
+            spec, offset, queues)
+
+
+class VirtioFormat(DescriptorFormat):
+    """2.6.25 on (ABI Appendix C): 5-byte header, vqconfigs, offered and accepted feature
+    bitmaps (the accepted one starts zero: the driver fills it), fixed config."""
+
+    name = "2.6.25"
+
+    def size(self, spec: DeviceSpec) -> int:
+        return (DEVICE_DESC_V2.size + spec.num_queues * VQCONFIG.size + 2 * spec.feature_len
+                + len(spec.fixed_config))
+
+    def fits(self, spec: DeviceSpec) -> bool:
+        return (spec.num_queues <= 0xFF and spec.feature_len <= 0xFF
+                and len(spec.fixed_config) <= MAX_CONFIG_LEN)
+
+    def write(self, spec: DeviceSpec, queues: list[QueueLayout], offset: int) -> tuple[
+            bytes, DeviceLayout]:
+        flen = spec.feature_len
+        header = DEVICE_DESC_V2.pack(spec.type, len(queues), flen, len(spec.fixed_config), 0)
+        vqs = b"".join(VQCONFIG.pack(q.num, q.irq, q.pfn) for q in queues)
+        features = spec.features.to_bytes(flen, "little") + bytes(flen)
+        layout = DeviceLayout(spec, offset, queues, DESC_V2_STATUS,
+                              offset + len(header) + len(vqs), flen)
+        return header + vqs + features + spec.fixed_config, layout
+
+
+TLV_FORMAT = TlvFormat()
+VIRTIO_FORMAT = VirtioFormat()
+
+
+def descriptor_format(era: Era) -> DescriptorFormat:
+    """The descriptor shape `era`'s guests read (its `device_desc` header names it)."""
+    return VIRTIO_FORMAT if "num_vq" in era.device_desc else TLV_FORMAT
+
+
+def _check(specs: list[DeviceSpec], fmt: DescriptorFormat) -> None:
     """Refuse a bus the guest could not use; user-caused limits are `UserError`s."""
     for spec in specs:
-        if not 1 <= spec.type <= 0xFF or spec.num_queues < 0 or spec.config_len > MAX_CONFIG_LEN:
+        if not 1 <= spec.type <= 0xFF or spec.num_queues < 0 or not fmt.fits(spec):
             raise ValueError(f"impossible device {spec}")
-    used = sum(spec.descriptor_size for spec in specs)
+    used = sum(fmt.size(spec) for spec in specs)
     if used > PAGE_SIZE:
         raise UserError(f"{_NOT_ENOUGH}: {len(specs)} device descriptors need {used} bytes, "
                         f"the device page holds {PAGE_SIZE}")
@@ -157,32 +273,28 @@ def _check(specs: list[DeviceSpec]) -> None:
                         f"pages of vring, only {DEVICE_PAGES - 1} are reserved")
 
 
-def lay_out_devices(ram: Ram, mem: int, specs: list[DeviceSpec]) -> DevicePage:
-    """Write the device page at `mem` and zero the vrings above it, in `specs` order.
+def lay_out_devices(ram: Ram, mem: int, specs: list[DeviceSpec],
+                    fmt: DescriptorFormat = TLV_FORMAT) -> DevicePage:
+    """Write the device page at `mem` in `fmt` and zero the vrings above it, in `specs` order.
 
     The caller lists devices in lguest's creation order (console last).  Returns where
     everything went; ``pfn_limit = (mem + 4096 + 8192 * queues) / 4096``.
     """
     if mem % PAGE_SIZE:
         raise ValueError(f"device page at unaligned address {mem:#x}")
-    _check(specs)
+    _check(specs, fmt)
     page = bytearray(PAGE_SIZE)  # unused bytes, including the terminator, stay 0
     next_pfn = (mem >> PAGE_SHIFT) + 1
     next_irq = FIRST_DEVICE_IRQ
     offset = 0
     devices = []
     for spec in specs:
-        device = DeviceLayout(spec, offset)
-        fields = bytearray()
+        queues = []
         for index in range(spec.num_queues):
-            queue = QueueLayout(index, VIRTQUEUE_NUM, next_irq, next_pfn)
-            fields += config_field(CONFIG_F_VIRTQUEUE, VQCONFIG.pack(queue.num, queue.irq,
-                                                                     queue.pfn))
-            device.queues.append(queue)
+            queues.append(QueueLayout(index, VIRTQUEUE_NUM, next_irq, next_pfn))
             next_irq += 1
             next_pfn += VRING_PAGES
-        fields += spec.config
-        descriptor = DEVICE_DESC.pack(spec.type, len(fields), 0) + fields
+        descriptor, device = fmt.write(spec, queues, offset)
         page[offset:offset + len(descriptor)] = descriptor
         offset += len(descriptor)
         devices.append(device)
