@@ -32,6 +32,7 @@ from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_32, Uc
 from unicorn import x86_const as X
 
 from lgemu.abi import MIB
+from lgemu.abi_eras import era_named
 from lgemu.devices.console import Console, ConsoleOutput
 from lgemu.devices.pci import PciBus
 from lgemu.devices.virtio_pci import VirtioPciFunction
@@ -211,3 +212,29 @@ def test_4_4_boots_to_the_shell_with_console_disk_and_network(boot_guest, tmp_pa
     assert b"Kernel panic - not syncing: Attempted to kill init!" in session
     assert (status, err) == (1, "lgemu: guest crashed: Attempted to kill init! "
                                 "exitcode=0x00000000\n")
+
+
+# -- noirq_iret ---------------------------------------------------------------------------------
+
+ERA_4 = era_named("4.1")
+SPIN_ON_THE_TIMER = """
+	movl	$%s, lguest_data + LD_NOIRQ_IRET
+	INIT
+	SET_GATE 0x20, timer, GATE_INT
+	movl	$0, lguest_data + LD_BLOCKED
+	movl	$0x200, lguest_data + LD_IRQ_ENABLED
+	HCALL	$LHCALL_SET_CLOCKEVENT, $1000
+spin:	jmp	spin
+timer:	POWER_DOWN
+"""
+
+
+@pytest.mark.parametrize(("noirq_iret", "status"), [("0", 0), ("spin", 5)])
+def test_no_interrupt_arrives_at_noirq_iret(asm_guest, noirq_iret: str, status: int) -> None:
+    """4.x names one instruction, its lguest_iret's `iret`, where the Host must not
+    interrupt: a guest spinning there never takes its timer (the run ends at --max-insns),
+    one spinning elsewhere takes it at once and powers down."""
+    # 4.x has no NOTIFY: the prelude's print helpers, never called here, still name it.
+    run = asm_guest(SPIN_ON_THE_TIMER % noirq_iret, ".set LHCALL_NOTIFY, 17", era=ERA_4,
+                    extra=["--max-insns", "3000000"])
+    assert run.status == status, run.err
