@@ -322,3 +322,40 @@ def test_a_guest_reading_between_registers_is_killed(tmp_path) -> None:
     assert isinstance(outcome, GuestKilled), outcome
     assert outcome.kill == BadVirtioPci("console", "1-byte access at BAR0 offset 0x3b is "
                                         "outside its registers")
+
+
+def test_virtio_1_0_frames_may_share_the_header_buffer(tmp_path) -> None:
+    """4.4's driver puts the 12-byte header in front of the frame when it can: the frame
+    is what follows it; a chain shorter than the header is refused."""
+    from lgemu.abi_eras import era_named
+    from lgemu.devices.net import Net
+    from lgemu.devices.netback import parse_net_option
+
+    pcap = tmp_path / "net.pcap"
+    net = Net(parse_net_option(f"pcap:{pcap}"), 0)
+    net.era = era_named("4.1")
+    memory = GuestMemory(16 * MIB)
+    fn = VirtioPciFunction(net, memory, 2, BAR, lambda line: None)
+    try:
+        fn.mmio_write(20, 1, 3)
+        fn.mmio_write(8, 4, 1)
+        fn.mmio_write(12, 4, 1)  # VERSION_1
+        fn.mmio_write(20, 1, 3 | 8)
+        setup_queue(fn, 0, 0x10000)
+        setup_queue(fn, 1, 0x20000)
+        fn.mmio_write(20, 1, 3 | 4 | 8)
+        ram = memory.ram
+        frame = bytes(range(42))
+        ram[0x30000:0x30000 + 54] = bytes(12) + frame
+        struct.pack_into("<QIHH", ram, 0x20000, 0x30000, 54, 0, 0)
+        struct.pack_into("<QIHH", ram, 0x20010, 0x30000, 8, 0, 0)
+        struct.pack_into("<HHHH", ram, 0x20000 + 16 * 16, 0, 1, 0, 1)
+        fn.mmio_write(NOTIFY_AT, 2, 1)
+        net.close()
+        assert pcap.read_bytes()[24 + 16:] == frame  # after the file and record headers
+        struct.pack_into("<H", ram, 0x20000 + 16 * 16 + 2, 2)  # the 8-byte chain
+        kind = kill_of(lambda: fn.mmio_write(NOTIFY_AT, 2, 1))
+        assert kind.text() == ("vring eth0.1: request at head 1: 8 bytes, shorter than the "
+                               "12-byte virtio_net_hdr")
+    finally:
+        net.close()
