@@ -359,3 +359,51 @@ def test_virtio_1_0_frames_may_share_the_header_buffer(tmp_path) -> None:
                                "12-byte virtio_net_hdr")
     finally:
         net.close()
+
+
+# -- any sequence of register accesses ------------------------------------------------------------
+
+def _fuzz_ops():
+    from hypothesis import strategies as st
+    sizes = st.sampled_from([1, 2, 4])
+    value = st.integers(0, 0xFFFFFFFF)
+    interesting = st.sampled_from([0, 1, 0x10, 0x40, 0x84, 0x88, 0x8C, 0x90, 0x94, 20, 22, 24,
+                                   28, 32, 36, 56, 58, 59, 60, 68, 72, 0xFFC])
+    offset = st.one_of(interesting, st.integers(0, 0x1FFF))
+    return st.lists(st.one_of(
+        st.tuples(st.just("out"), st.integers(0xCF8, 0xCFF), sizes, value),
+        st.tuples(st.just("in"), st.integers(0xCF8, 0xCFF), sizes, st.just(0)),
+        st.tuples(st.just("load"), offset, sizes, st.just(0)),
+        st.tuples(st.just("store"), offset, sizes, value),
+    ), max_size=40)
+
+
+def test_any_access_sequence_is_answered_or_killed() -> None:
+    """Whatever a guest does with the ports and the BAR window, each access is answered
+    with a value of its width or kills the guest with a PCI, virtio-PCI, MMIO or vring
+    reason: never another exception, never a value wider than the access."""
+    from fuzzguest import fuzz_settings
+    from hypothesis import given
+
+    from lgemu.kills import BadMmio
+
+    @fuzz_settings(150)
+    @given(_fuzz_ops())
+    def run(ops) -> None:
+        rig = Rig()
+        base = rig.function.bar
+        for kind, where, size, value in ops:
+            try:
+                if kind == "out":
+                    rig.bus.port_out(where, size, value)
+                elif kind == "in":
+                    assert 0 <= rig.bus.port_in(where, size) < 1 << 8 * size
+                elif kind == "load":
+                    assert 0 <= rig.bus.mmio_read(base + where, size) < 1 << 8 * size
+                else:
+                    rig.bus.mmio_write(base + where, size, value)
+            except GuestKilled as killed:
+                assert isinstance(killed.kill, (BadPciAccess, BadVirtioPci, BadMmio,
+                                                BrokenVring))
+                return
+    run()

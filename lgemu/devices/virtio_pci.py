@@ -292,8 +292,8 @@ class VirtioPciFunction:
             return self.status
         if name in ("config_generation", "queue_notify_off") or name.endswith("_hi"):
             return 0
-        if name == "queue_select":
-            return self.queue_select
+        if name in ("device_feature_select", "driver_feature_select", "queue_select"):
+            return getattr(self, name)
         if queue is None:
             return 0  # queue_size 0: no such queue
         if name == "queue_size":
