@@ -82,7 +82,7 @@ class Era:
     status_notify: bool = False  # a device status write is reported with NOTIFY(its address)
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
     blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
-    net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added a u16 hdr_len
+    net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -201,37 +201,37 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
-        blk_outhdr_size=16, net_hdr_size=10,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True,
         note="no 2.6.29 kernel built; lguest_data as 2.6.26 per the era notes"),
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
-        blk_outhdr_size=16, net_hdr_size=10,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True,
         note="no 2.6.30 kernel built; 16-byte ring entries in argument order per the notes"),
     Era("2.6.31-2.6.33", (2, 6, 31), "a fifth argument in esi, 20-byte ring entries, "
         "irq_pending and SEND_INTERRUPTS, SET_PGD/SET_PMD renumbered, PAE allowed",
         _HCALLS_2_6_31, HcallInsn.VMCALL, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, facts_from="linux-2.6.32"),
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.32"),
     Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, bounds_checked=False,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
         note="no kernel of this era built; its last release is not pinned down (3.4 "
              "trees have no lguest_data.pgdir, some 3.0 trees still do)"),
     Era("3.4-4.0", (3, 4, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, bounds_checked=False,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
         facts_from="linux-3.13",
         note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
              "latest)"),
     Era("4.1-4.13", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
-        DeviceBus.PCI, (), PageTables.GUEST, pae=True, bounds_checked=False, facts_from="linux-4.4",
-        blk_outhdr_size=16, net_hdr_size=10,
+        DeviceBus.PCI, (), PageTables.GUEST, pae=True, boots=True, bounds_checked=False,
+        facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
              "left Linux in 4.14"),
 )

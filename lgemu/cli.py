@@ -197,6 +197,7 @@ def check_config(config: BootConfig) -> int:
 
 def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
     """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
+    from .abi_eras import DeviceBus
     from .debug import attach_debugging
     from .devices import build_devices
     from .devices.console import ConsoleOutput
@@ -218,10 +219,13 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     devices = build_devices(config, output, era)  # command-line order, console last (ABI §10.3)
     try:
         memory = GuestMemory(mem)
+        on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
         info = launch(memory, kernel, config.cmdline, config.initrd,
-                      [d.spec() for d in devices], era)
+                      [] if on_pci else [d.spec() for d in devices], era)
         clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
-        guest = Guest(memory, info, devices, output, clock)
+        guest = Guest(memory, info, [] if on_pci else devices, output, clock)
+        if on_pci:
+            guest.attach_pci(devices)
         with attach_debugging(guest, config, stderr):
             # Only now, with every file and port opened: bad input stays the only line.
             if config.verbose and stderr is not None:

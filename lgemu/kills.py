@@ -320,3 +320,40 @@ class BadRequest(Kill):
 
     def text(self) -> str:
         return f"vring {self.queue}: request at head {self.head}: {self.detail}"
+
+
+# -- PCI and virtio-PCI (the 4.x eras) ------------------------------------------------------
+@dataclass(frozen=True)
+class BadPciAccess(Kill):
+    """A configuration-mechanism #1 access (ports 0xCF8-0xCFF) no driver makes: it spans
+    past the data port, or is misaligned against the register it names."""
+
+    port: int
+    size: int
+    detail: str
+
+    def text(self) -> str:
+        return f"PCI config access of {self.size} bytes at port {self.port:#x}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class BadVirtioPci(Kill):
+    """A virtio 1.0 PCI function's registers used against its rules: an access outside or
+    across its BAR's structures, a bad width, a queue set up out of range."""
+
+    device: str  # e.g. "00:01.0 console"
+    detail: str
+
+    def text(self) -> str:
+        return f"virtio-pci {self.device}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class BadMmio(Kill):
+    """A load or store in the PCI memory window that no BAR's registers cover whole."""
+
+    addr: int
+    size: int
+
+    def text(self) -> str:
+        return f"MMIO access of {self.size} bytes at {self.addr:#x}: no device register there"

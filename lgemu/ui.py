@@ -24,7 +24,6 @@ from .abi import (
     VQCONFIG,
     DeviceStatus,
     DeviceType,
-    hcall_name,
 )
 from .debug.tap import StreamTap, is_terminal, tap_console, untap_console
 from .errors import ExitStatus
@@ -143,7 +142,7 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
     table.add_column("async", justify="right")
     for nr in sorted(set(stats.hypercalls) | set(stats.async_hypercalls)):
         ring = stats.async_hypercalls[nr]
-        table.add_row(hcall_name(nr), str(stats.hypercalls[nr] - ring), str(ring))
+        table.add_row(guest.hcalls.name(nr), str(stats.hypercalls[nr] - ring), str(ring))
     con.print(table)
     events = Table(title="traps, interrupts and vrings")
     for column, justify in (("event", "left"), ("which", "left"), ("count", "right")):

@@ -21,9 +21,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from guestasm import GuestRun, build_guest
+
+if TYPE_CHECKING:
+    from lgemu.abi_eras import Era
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 60
@@ -124,8 +128,11 @@ def run_lgemu() -> Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture
 def asm_guest(tmp_path: Path) -> Callable[..., GuestRun]:
     def run(body: str, data: str = "", mem: int = 64, cmdline: str = "",
-            extra: Sequence[str] = ()) -> GuestRun:
-        elf = build_guest(tmp_path, body, data)
+            extra: Sequence[str] = (), era: Era | None = None) -> GuestRun:
+        """`era`: assemble in that era's ABI and run with ``--abi`` naming it."""
+        elf = build_guest(tmp_path, body, data, era)
+        if era is not None:
+            extra = ["--abi", era.name, *extra]
         status, out, err = lgemu_main_in_process(boot_args(elf, cmdline, mem, extra))
         return GuestRun(status, out, err, elf, last_outcome[0])
     return run

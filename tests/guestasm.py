@@ -35,6 +35,12 @@ from a call that should have ended the run shows up as a failure, never as a han
 
 Builds are cached by source text, so a test that builds the same guest again costs nothing.
 
+`build_guest(..., era=ERA)` speaks a later era's ABI instead (`lgemu.abi_eras`), to be run
+with ``--abi``: that era's ``LHCALL_*`` numbers and ``LD_*`` offsets, its ``lguest_data``
+layout, ``HCALL`` with its argument registers and instruction (``vmcall`` in 2.6.30-2.6.33),
+``ASYNC`` with its ring entries, and ``CRASH``/``POWER_DOWN`` as SHUTDOWN with POWEROFF
+where call 2 is SHUTDOWN.  Without `era` the source is 2.6.24's, byte for byte.
+
 Python helpers for the tests: `descriptor` and `quads` write GDT entries, `symbol_address` and
 `symbol_file_offset` find a symbol in the built image (to name an EIP in an expected kill
 reason, or to patch data in the file), and `GuestRun` with `assert_killed`, `assert_crashed`,
@@ -53,6 +59,7 @@ from pathlib import Path
 import pytest
 
 from lgemu import abi
+from lgemu.abi_eras import Era
 from lgemu.errors import GuestKilled
 from lgemu.kills import Kill
 
@@ -220,14 +227,54 @@ def tools_or_skip() -> tuple[str, str]:
     return assembler, linker
 
 
-def source(body: str, data: str = "") -> str:
-    """The complete .S file for a body and its data."""
-    return PRELUDE + body + "\n" + EPILOGUE + "\n\t.data\n" + data + "\n"
+def _era_prelude(era: Era) -> str:
+    """PRELUDE rewritten for `era`'s ABI (see the module docstring)."""
+    ld = dict(era.lguest_data or {})
+    size = era.lguest_data_size or 0
+    consts = [f"\t.set LHCALL_{name}, {nr}" for name, nr in era.hypercalls.items()]
+    if "SHUTDOWN" in era.hypercalls:
+        consts.append(f"\t.set LHCALL_CRASH, {era.hypercalls['SHUTDOWN']}")
+    consts += [f"\t.set LD_{name.upper()}, {off}" for name, off in ld.items()]
+    consts += [f"\t.set LD_IRQ_ENABLED, {ld['irq_enabled']}",
+               f"\t.set LD_BLOCKED, {ld['blocked_interrupts']}",
+               f"\t.set LD_TIME_NSEC, {ld['time'] + abi.Timespec.tv_nsec.offset}",
+               f"\t.set STACK_SIZE, {STACK_SIZE}", f"\t.set LGUEST_DATA_SIZE, {size}"]
+    text = "\n".join(consts) + PRELUDE[len(_CONSTANTS):]
+    regs = ["%" + r for r in era.hcall_regs[:3]]
+    insn = "vmcall" if era.hcall_insn.name == "VMCALL" else "int\t$0x1f"
+    text = text.replace("\tpopl\t%eax\n\tpopl\t%edx\n\tpopl\t%ebx\n\tpopl\t%ecx\n\tint\t$0x1f\n",
+                        f"\tpopl\t%eax\n\tpopl\t{regs[0]}\n\tpopl\t{regs[1]}\n"
+                        f"\tpopl\t{regs[2]}\n\t{insn}\n")
+    if "SHUTDOWN" in era.hypercalls:  # SHUTDOWN(reason, POWEROFF): a crash unless "Power down"
+        text = text.replace("\tHCALL\t$LHCALL_CRASH, $\\label\n",
+                            "\tHCALL\t$LHCALL_CRASH, $\\label, $1\n")
+    entry = 4 * len(era.hcall_ring)
+    args = {"arg0": "\\nr", "arg1": "\\a1", "arg2": "\\a2", "arg3": "\\a3"}
+    stores = "".join(f"\tmovl\t{args[m]}, lguest_data + LD_HCALLS + {entry} * \\slot + {4 * i}\n"
+                     for i, m in enumerate(era.hcall_ring) if m in args)
+    start = text.index("\t.macro ASYNC")
+    end = text.index("\tmovb\t$0, lguest_data + LD_HCALL_STATUS", start)
+    text = text[:start] + "\t.macro ASYNC slot, nr, a1=$0, a2=$0, a3=$0\n" + stores + text[end:]
+    # lguest_data: every field zero but those a guest initialises (as the 2.6.24 one).
+    start = text.index("lguest_data:\n") + len("lguest_data:\n")
+    end = text.index("__power_down:")
+    init = (f"\t.org\tlguest_data + {ld['blocked_interrupts']}\n\t.long\t1\n"
+            f"\t.org\tlguest_data + {ld['hcall_status']}\n\t.fill\t64, 1, 0xff\n"
+            f"\t.org\tlguest_data + {ld['kernel_address']}\n\t.long\t0xC0000000\n"
+            f"\t.org\tlguest_data + {ld['syscall_vec']}\n\t.long\t0x80\n"
+            f"\t.org\tlguest_data + {size}\n")
+    return text[:start] + init + text[end:]
 
 
-def build_guest(tmp_path: Path, body: str, data: str = "") -> Path:
+def source(body: str, data: str = "", era: Era | None = None) -> str:
+    """The complete .S file for a body and its data (in `era`'s ABI if given)."""
+    prelude = PRELUDE if era is None else _era_prelude(era)
+    return prelude + body + "\n" + EPILOGUE + "\n\t.data\n" + data + "\n"
+
+
+def build_guest(tmp_path: Path, body: str, data: str = "", era: Era | None = None) -> Path:
     """Assemble and link a guest; returns the ELF path (cached per source text)."""
-    text = source(body, data)
+    text = source(body, data, era)
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     cached = _built.get(key)
     if cached is not None and cached.exists():

@@ -17,9 +17,11 @@ from lgemu.kills import (
     BadIdtType,
     BadKernelAddress,
     BadLguestData,
+    BadMmio,
     BadNotifyAddress,
     BadPageDirectoryEntry,
     BadPageTableEntry,
+    BadPciAccess,
     BadRequest,
     BadShutdown,
     BadStackPage,
@@ -27,6 +29,7 @@ from lgemu.kills import (
     BadStackSegment,
     BadStatusNotify,
     BadSyscallVector,
+    BadVirtioPci,
     BadVirtualAddress,
     BrokenVring,
     CpuFailure,
@@ -80,6 +83,11 @@ WORDING: list[tuple[Kill, str]] = [
      "vring console.1: descriptor 0 links to 300, not below 128"),
     (BadRequest("vda.0", 0, "no device-writable status byte"),
      "vring vda.0: request at head 0: no device-writable status byte"),
+    (BadPciAccess(0xCFE, 4, "runs past the data port 0xcff"),
+     "PCI config access of 4 bytes at port 0xcfe: runs past the data port 0xcff"),
+    (BadVirtioPci("console", "write to the read-only ISR"),
+     "virtio-pci console: write to the read-only ISR"),
+    (BadMmio(0x4100ffe, 4), "MMIO access of 4 bytes at 0x4100ffe: no device register there"),
 ]
 
 

@@ -25,7 +25,6 @@ from ..abi import (
     X86_CR0_TS,
     X86_EFLAGS_IF,
     DeviceType,
-    hcall_name,
 )
 from ..machine.cpu import Reg
 
@@ -149,9 +148,10 @@ class Monitor:
         if not calls:
             return "no hypercalls yet\n"
         out = [f"{'hypercall':<16} {'sync':>8} {'async':>8}"]
+        name = self.guest.hcalls.name  # the guest's era's names
         for nr in calls:
             ring = stats.async_hypercalls[nr]
-            out.append(f"{hcall_name(nr):<16} {stats.hypercalls[nr] - ring:>8} {ring:>8}")
+            out.append(f"{name(nr):<16} {stats.hypercalls[nr] - ring:>8} {ring:>8}")
         return "\n".join(out) + "\n"
 
     # -- the kernel's view -------------------------------------------------------------------

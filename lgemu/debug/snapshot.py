@@ -122,6 +122,8 @@ class Timeline:
         guest = self.guest
         if guest.clock.realtime:
             return "the clock is realtime"
+        if guest.pci is not None:  # the functions' registers and queue set-up are not saved
+            return "the devices are on PCI (a 4.x guest)"
         others = [d.name for d in guest.devices if d.type != DeviceType.CONSOLE]
         if others:
             return f"devices other than the console are attached ({', '.join(others)})"

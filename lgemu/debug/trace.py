@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, TextIO
 import capstone
 
 from ..errors import InternalError, LgemuExit, UserError
+from ..host.events import VMCALL_REWRITTEN
 from ..host.guest import Stage
 from ..machine.cpu import Reg
 from .symbols import Symbols
@@ -504,6 +505,9 @@ class Tracer:
             if kind == "hcall" and text.startswith("hcall NEW_PGTABLE"):
                 self._forget(0, KERNEL_BASE)
                 self._blocks = {a: c for a, c in self._blocks.items() if a >= KERNEL_BASE}
+            elif kind == "trap" and text.endswith(VMCALL_REWRITTEN):  # the Host patched code
+                eip = int(text.split("eip=", 1)[1].split(None, 1)[0], 16)
+                self._forget(eip, eip + 3)  # vmcall is 3 bytes
             if not self.filter.in_window(icount):
                 return
             if self._console_wrote:

@@ -282,6 +282,8 @@ class Console(Device):
 
     # -- input ---------------------------------------------------------------------------------
     def poll(self) -> None:
+        if not self.queues:  # a PCI console has no queues until the driver sets them up
+            return
         source = self.source
         inq = self.queues[INPUT_QUEUE]
         if source is not None and source.open:
@@ -308,6 +310,8 @@ class Console(Device):
         self.backlog += data
 
     def wake_irqs(self) -> list[int]:
+        if not self.queues:
+            return []
         inq = self.queues[INPUT_QUEUE]
         if self.source is None or not self.source.open or not inq.wants_interrupt():
             return []
@@ -320,6 +324,8 @@ class Console(Device):
         return [source.fd]
 
     def polled_fds(self) -> list[int]:
+        if not self.queues:
+            return []
         inq = self.queues[INPUT_QUEUE]
         return self.wait_fds() if not inq.wants_interrupt() and inq.pending() else []
 

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any
 
 from ..abi import DeviceType
+from ..abi_eras import DeviceBus
 from ..launcher.devicepage import DeviceSpec, net_spec
 from .base import Device
 from .netback import MAX_FRAME, Link, NetOption, PcapWriter, open_link
@@ -93,17 +94,33 @@ class Net(Device):
         """Send one frame; like the Launcher, report its length back (0 if dropped)."""
         if chain.writable:
             raise queue.reject(chain, "device-writable buffer in the transmit queue")
+        if self.era.device_bus is DeviceBus.PCI:
+            return self._transmit_any_layout(queue, chain)
         header, *data = chain.buffers
-        size = self.era.net_hdr_size
-        if header.length != size:
+        if header.length != self.era.net_hdr_size:
             raise queue.reject(chain, f"first buffer is {header.length} bytes, not the "
-                                      f"{size}-byte virtio_net_hdr")
+                                      f"{self.era.net_hdr_size}-byte virtio_net_hdr")
         length = total_length(data)
         if length > MAX_FRAME:
             self.stats["dropped"] += 1
             return 0
         self._send(queue.gather(tuple(data)))
         return length
+
+    def _transmit_any_layout(self, queue: Vring, chain: Chain) -> int:
+        """Virtio 1.0 (4.x over PCI): the header need not be a buffer of its own (4.4's
+        driver puts it in front of the frame when there is room), so the frame is whatever
+        follows the header's bytes."""
+        hdr = self.era.net_hdr_size
+        total = total_length(chain.buffers)
+        if total < hdr:
+            raise queue.reject(chain, f"{total} bytes, shorter than the {hdr}-byte "
+                                      "virtio_net_hdr")
+        if total - hdr > MAX_FRAME:
+            self.stats["dropped"] += 1
+            return 0
+        self._send(queue.gather(chain.buffers)[hdr:])
+        return total - hdr
 
     def _send(self, frame: bytes) -> None:
         if self.pcap is not None:
@@ -123,7 +140,7 @@ class Net(Device):
                     self.stats["dropped"] += 1
                 else:
                     self.backlog.append(frame)
-        if self.backlog:
+        if self.backlog and self.queues:  # (a PCI device has no queues until set up)
             rxq = self.queues[RX_QUEUE]
             self.serve(rxq, lambda chain: self._receive(rxq, chain), lambda: bool(self.backlog))
 
@@ -131,18 +148,19 @@ class Net(Device):
         """Put the oldest waiting frame, after a zero header, into one rx chain."""
         if chain.readable:
             raise queue.reject(chain, "device-readable buffer in the receive queue")
-        size = self.era.net_hdr_size
-        if chain.buffers[0].length != size:
+        if chain.buffers[0].length != self.era.net_hdr_size:
             raise queue.reject(chain, f"first buffer is {chain.buffers[0].length} bytes, "
-                                      f"not the {size}-byte virtio_net_hdr")
+                                      f"not the {self.era.net_hdr_size}-byte virtio_net_hdr")
         frame = self.backlog.popleft()
         if self.pcap is not None:
             self.pcap.record(frame, self.wall_ns())
         self.stats["rx"] += 1
         # Like a TAP read into the guest's buffers: a frame too long for them is cut.
-        return queue.write(chain.buffers, bytes(size) + frame)
+        return queue.write(chain.buffers, bytes(self.era.net_hdr_size) + frame)
 
     def wake_irqs(self) -> list[int]:
+        if not self.queues:
+            return []
         rxq = self.queues[RX_QUEUE]
         if self.link is None or not rxq.wants_interrupt() or not rxq.pending():
             return []

@@ -120,6 +120,31 @@ class Vring:
         self.in_flight = 0  # chains popped and not yet pushed back
         memory.check(base, used + 4 + 8 * num)  # the whole ring is guest memory
 
+    @classmethod
+    def placed(cls, memory: GuestMemory, name: str, desc: int, avail: int, used: int,
+               num: int, irq: int, written: WrittenPages | None = None) -> Vring:
+        """A virtio 1.0 queue whose three parts the driver placed apart (virtio-PCI's
+        queue_desc, queue_avail and queue_used): each part is checked to lie inside guest
+        memory, at the alignment virtio 1.0 requires (16, 2 and 4 bytes), and `num` must
+        be a power of two; any failure kills the guest.  `pfn` is the descriptor table's
+        page, for the event log only (no LHCALL_NOTIFY names these queues)."""
+        ring = cls.__new__(cls)
+        ring.memory, ring.name, ring.num, ring.irq = memory, name, num, irq
+        ring.written = written if written is not None else WrittenPages()
+        if not 0 < num <= 0x8000 or num & (num - 1):
+            raise ring._kill(f"queue size {num} is not a power of two up to 32768")
+        for part, addr, size, align in (("descriptor table", desc, 16 * num, 16),
+                                        ("available ring", avail, 6 + 2 * num, 2),
+                                        ("used ring", used, 6 + 8 * num, 4)):
+            if addr % align or not memory.valid(addr, size):
+                raise ring._kill(f"{part} at {addr:#x} ({size} bytes, {align}-byte aligned) "
+                                 "is not in guest memory")
+        ring.pfn = desc >> PAGE_SHIFT
+        ring.desc, ring.avail, ring.used = desc, avail, used
+        ring.last_avail = 0
+        ring.in_flight = 0
+        return ring
+
     def save_state(self) -> tuple[int, int]:
         """Persist: (last_avail, in_flight); the ring itself is guest memory."""
         return self.last_avail, self.in_flight

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..abi import GATE_INTERRUPT, GATE_TRAP, Gate, Hcall, Vector, hcall_name
+from ..abi import GATE_INTERRUPT, GATE_TRAP, Gate, Vector, hcall_name
 
 
 class Observer(Protocol):
@@ -53,29 +53,38 @@ def _idt_entry(vector: int, lo: int, hi: int) -> str:
 
 
 # Argument names per hypercall (ABI §3.3); a callable where a plain format cannot say it.
-_ARGS: dict[int, str | Callable[[int, int, int], str]] = {
-    Hcall.FLUSH_ASYNC: "",
-    Hcall.LGUEST_INIT: "lguest_data={0:#x}",
-    Hcall.CRASH: "message={0:#x}",
-    Hcall.LOAD_GDT: "table={0:#x} entries={1}",
-    Hcall.NEW_PGTABLE: "pgdir={0:#x}",
-    Hcall.FLUSH_TLB: lambda a1, a2, a3: "user+kernel" if a1 else "user",
-    Hcall.LOAD_IDT_ENTRY: _idt_entry,
-    Hcall.SET_STACK: "ss={0:#x} esp={1:#x} pages={2}",
-    Hcall.TS: "ts={0}",
-    Hcall.SET_CLOCKEVENT: "delta_ns={0}",
-    Hcall.HALT: "",
-    Hcall.SET_PTE: "pgdir={0:#x} vaddr={1:#x} pte={2:#x}",
-    Hcall.SET_PMD: "pgdir={0:#x} index={1}",
-    Hcall.LOAD_TLS: "descriptors={0:#x} cpu={1}",
-    Hcall.NOTIFY: "addr={0:#x}",
+_ARGS: dict[str, str | Callable[[int, int, int], str]] = {
+    "FLUSH_ASYNC": "",
+    "LGUEST_INIT": "lguest_data={0:#x}",
+    "CRASH": "message={0:#x}",
+    "LOAD_GDT": "table={0:#x} entries={1}",
+    "NEW_PGTABLE": "pgdir={0:#x}",
+    "FLUSH_TLB": lambda a1, a2, a3: "user+kernel" if a1 else "user",
+    "LOAD_IDT_ENTRY": _idt_entry,
+    "SET_STACK": "ss={0:#x} esp={1:#x} pages={2}",
+    "TS": "ts={0}",
+    "SET_CLOCKEVENT": "delta_ns={0}",
+    "HALT": "",
+    "SET_PTE": "pgdir={0:#x} vaddr={1:#x} pte={2:#x}",
+    "SET_PMD": "pgdir={0:#x} index={1}",
+    "LOAD_TLS": "descriptors={0:#x} cpu={1}",
+    "NOTIFY": "addr={0:#x}",
+    # later eras' calls (lgemu.abi_eras)
+    "SHUTDOWN": lambda a1, a2, a3: f"reason={a1:#x} " + {1: "poweroff", 2: "restart"}.get(
+        a2, f"how={a2}"),
+    "LOAD_GDT_ENTRY": lambda a1, a2, a3: f"index={a1} desc={a3 << 32 | a2:#018x}",
+    "SET_PGD": "pgdir={0:#x} index={1}",
+    "SEND_INTERRUPTS": "",
 }
 
 
-def hcall(nr: int, a1: int, a2: int, a3: int, from_ring: bool = False) -> str:
-    """``hcall NAME args`` (``[async]`` when it came from the async ring)."""
-    spec = _ARGS.get(nr)
-    name = hcall_name(nr)
+def hcall(nr: int, a1: int, a2: int, a3: int, from_ring: bool = False,
+          name: str | None = None) -> str:
+    """``hcall NAME args`` (``[async]`` when it came from the async ring).  `name` is the
+    guest's era's name for `nr` (`HypercallTable.name`); the arguments are decoded by it."""
+    if name is None:
+        name = hcall_name(nr)
+    spec = _ARGS.get(name)
     if spec is None:
         args = f"{a1:#x} {a2:#x} {a3:#x}"
     elif callable(spec):
@@ -84,6 +93,15 @@ def hcall(nr: int, a1: int, a2: int, a3: int, from_ring: bool = False) -> str:
         args = spec.format(a1, a2, a3)
     text = f"hcall {name} {args}" if args else f"hcall {name}"
     return text + " [async]" if from_ring else text
+
+
+VMCALL_REWRITTEN = " vmcall → int $0x1f"
+
+
+def vmcall_rewritten(eip: int) -> str:
+    """2.6.30-2.6.33: ``trap #UD eip=… vmcall → int $0x1f`` (the Host patched the guest's
+    code: whoever caches decoded instructions forgets those three bytes)."""
+    return f"trap #UD eip={eip:#x}{VMCALL_REWRITTEN}"
 
 
 def trap(vector: int, eip: int, error_code: int, cr2: int | None = None) -> str:

@@ -51,8 +51,10 @@ from ..abi import (
     Gate,
     Vector,
 )
+from ..abi_eras import HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
+from ..devices.pci import PciBus
 from ..devices.status import refresh_acked, status_written
 from ..devices.vring import Vring, WrittenPages
 from ..errors import (
@@ -78,9 +80,9 @@ from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
 from ..signals import SIGNALS
 from . import cpu_model, events
 from .clock import Clock, ClockState
-from .hypercalls import hypercall
+from .hypercalls import HypercallTable, hypercall
 from .interrupts import Interrupts, InterruptsState
-from .paging import Paging, PagingState
+from .paging import Paging, PagingState, map_kernel_half
 from .segments import TSS_LIMIT, Gdt
 from .state import LguestState
 from .traps import GP, Traps
@@ -100,6 +102,8 @@ EMULATED_PREFIXES = (frozenset(), frozenset({OPSIZE_PREFIX}))
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
+VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall, #UD on a CPU without VMX
+VMCALL_PATCH = bytes((0xCD, LGUEST_TRAP_ENTRY, 0x90))  # what lguest rewrote it to: int $0x1f; nop
 
 
 class Stage(IntEnum):
@@ -182,6 +186,12 @@ class Guest:
     def __init__(self, memory: GuestMemory, boot: BootInfo, devices: list[Device],
                  console: ConsoleOutput, clock: Clock) -> None:
         self.memory = memory
+        # The guest's lguest ABI, chosen once at launch (the Launcher laid out for it): its
+        # hypercall numbers and lguest_data layout (`hcalls`), where its arguments are.
+        self.era = era = boot.era
+        self.hcalls = HypercallTable.of(era)
+        self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
+        self._vmcall = era.hcall_insn is HcallInsn.VMCALL
         self.boot = boot
         self.console = console
         self.clock = clock
@@ -232,8 +242,29 @@ class Guest:
                              if layout.feature_len or era.status_notify}
         self._status_notify = era.status_notify
         self._read_acked = bool(self._descriptors) and not era.status_notify
+        self.pci: PciBus | None = None  # 4.x: bus 0 behind ports 0xCF8-0xCFF
         self._install_hooks()
         self._boot_cpu()
+
+    def attach_pci(self, devices: list[Device]) -> None:
+        """4.x: put `devices` on PCI bus 0 instead of the device page (docs/eras.md): their
+        configuration space answers the guest's port I/O, their BARs its loads and stores
+        in a window of pages above guest memory."""
+        from ..devices.virtio_pci import BAR_SIZE, pci_bus
+        window = (self.memory.size + (1 << 20) - 1) & ~((1 << 20) - 1)
+        self.pci = bus = pci_bus(devices, self.memory, window, self.interrupts.raise_irq,
+                                 self.written)
+        size = (len(bus.slots) + 1) * BAR_SIZE
+        self.cpu.map_mmio(window, size,
+                          self._guarded(lambda offset, n: bus.mmio_read(window + offset, n), 0),
+                          self._guarded(lambda offset, n, value:
+                                        bus.mmio_write(window + offset, n, value), None))
+        self.paging.iomem = (window, window + size)
+        for function in bus.slots.values():
+            function.on_push = self._vring_pushed  # type: ignore[attr-defined]
+        for device in devices:
+            device.wall_ns = self._wall_ns
+        self.devices = [*self.devices, *devices]
 
     # -- Persist ---------------------------------------------------------------------------
     def save_state(self) -> GuestState:
@@ -270,6 +301,8 @@ class Guest:
     # -- the state of ABI §2 ----------------------------------------------------------------
     def _boot_cpu(self) -> None:
         cpu = self.cpu
+        if self.era.page_tables is not PageTables.LAUNCHER:
+            map_kernel_half(self.memory.ram, self.boot.pgdir, self.memory.ram_size)
         cpu.set_gdt(switcher_linear(HOST_GDT), 32 * 8 - 1)
         self.paging.new_pgtable(self.boot.pgdir)
         cpu.set_reg(Reg.CR4, GUEST_CR4)
@@ -442,7 +475,10 @@ class Guest:
     def _on_interrupt(self, vector: int) -> None:
         cs, eax, edx, ebx, ecx = self.cpu.regs(EXIT_REGS)
         if vector == LGUEST_TRAP_ENTRY and cs & 3 == 1:  # no CPU exception uses vector 31
-            hypercall(self, eax, edx, ebx, ecx)
+            if self._kvm_args:
+                hypercall(self, eax, ebx, ecx, edx)
+            else:
+                hypercall(self, eax, edx, ebx, ecx)
         else:
             eip, ss, esp, eflags = self.cpu.regs(TRAP_REGS)
             self._trap(vector, eip, cs & 3, (cs, ss, esp, eflags))
@@ -501,8 +537,33 @@ class Guest:
                 pass
         return 2
 
+    def _rewrite_vmcall(self, eip: int) -> bool:
+        """2.6.30-2.6.33: a ring-1 `vmcall` at `eip` becomes `int $0x1f; nop` in guest
+        memory, as lguest's Host patched it, and runs again from `eip` as a hypercall.  The
+        three bytes are written through the guest's page tables byte by byte (they may
+        straddle two pages), whether or not the guest mapped them writable, as lguest wrote
+        them; the pages' translated code is dropped first (Unicorn §8.3).  False if it is
+        not such a vmcall."""
+        if not self._vmcall or self.cpu.reg(Reg.CS) & 3 != 1:
+            return False
+        where = [self.paging.translate((eip + i) & 0xFFFFFFFF, mark=False) for i in range(3)]
+        if None in where:
+            return False
+        ram = self.memory.ram
+        if bytes(ram[pa] for pa in where) != VMCALL:  # type: ignore[index]
+            return False
+        for pa, byte in zip(where, VMCALL_PATCH, strict=True):
+            ram[pa] = byte  # type: ignore[index]
+            self.written.add(pa, 1)  # type: ignore[arg-type]
+        self._invalidate_written()
+        if self.observers:
+            self.emit("trap", events.vmcall_rewritten(eip))
+        return True
+
     def _on_invalid(self) -> None:
         eip = self.cpu.reg(Reg.EIP)
+        if self._vmcall and self._rewrite_vmcall(eip):
+            return
         pa = self.paging.translate(eip, mark=False)
         if pa is not None and self.memory.ram[pa] == ICEBP:
             # Unicorn has no #DB for icebp ("int1"); the CPU raises one, as a trap (EIP
@@ -575,6 +636,13 @@ class Guest:
             self.stop()
             return None
         prefixed, opcode, _ = decoded
+        if self.pci is not None and self.pci.handles(port):
+            size = 4 if opcode & 1 and not prefixed else 2 if opcode & 1 else 1
+            mask = (1 << 8 * size) - 1
+            if is_in:
+                return cpu.reg(Reg.EAX) & ~mask | self.pci.port_in(port, size)
+            self.pci.port_out(port, size, cpu.reg(Reg.EAX) & mask)
+            return None
         if not is_in:
             return None
         eax = cpu.reg(Reg.EAX)

@@ -4,27 +4,25 @@ One handler per call number, in a table; the async ring is drained before every 
 call after LGUEST_INIT (ABI §3.2, §3.5).  Handlers take the `Host` (the guest's lguest state `lg`
 and the parts of the Host they act on) and the three arguments, and return nothing: no 2.6.24
 hypercall returns a value.
+
+Later eras renumbered calls and added some (`lgemu.abi_eras`): the handlers are named by the
+call they implement, and `HypercallTable.of(era)` numbers them once, at launch, the way the
+guest's era does.  Which registers carry the arguments is the run loop's (`Guest`); a fifth
+argument (esi, 2.6.31 on) only matters to PAE guests and is not read.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..abi import (
     GDT_ENTRIES,
     GDT_ENTRY_TLS_ENTRIES,
     HCALL_STATUS_EMPTY,
-    LD_KERNEL_ADDRESS,
-    LD_NOIRQ_END,
-    LD_NOIRQ_START,
-    LD_PGDIR,
-    LD_RESERVE_MEM,
-    LD_SYSCALL_VEC,
-    LD_TSC_KHZ,
-    LGUEST_DATA_SIZE,
     LGUEST_SHUTDOWN_POWEROFF,
     LGUEST_SHUTDOWN_RESTART,
     LHCALL_RING_SIZE,
@@ -33,7 +31,7 @@ from ..abi import (
     SYSCALL_VECTOR,
     Hcall,
 )
-from ..abi_eras import Era
+from ..abi_eras import ERA_2_6_24, Era
 from ..errors import GuestCrashed, GuestKilled, GuestRestart, PowerDown
 from ..kills import (
     AlreadyInitialized,
@@ -48,7 +46,7 @@ from ..kills import (
     TooManyGdtEntries,
 )
 from . import events
-from .lguest_data import LguestData
+from .lguest_data import LAYOUT_2_6_24, DataLayout, LguestData
 from .state import LguestState
 
 if TYPE_CHECKING:
@@ -78,6 +76,7 @@ class Host(Protocol):
     the run loop's actions (`lgemu.host.guest.Guest` is the one implementation)."""
 
     lg: LguestState
+    hcalls: HypercallTable  # this guest's era's numbering and lguest_data layout
     memory: GuestMemory
     boot: BootInfo
     clock: Clock
@@ -114,17 +113,22 @@ def lguest_init(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """The first hypercall: register `struct lguest_data`, in the order of ABI §3.4."""
     if g.lg.data is not None:
         raise GuestKilled(AlreadyInitialized())
-    if not g.memory.valid(addr, LGUEST_DATA_SIZE):
+    layout = g.hcalls.layout
+    if not g.memory.valid(addr, layout.size):
         raise GuestKilled(BadLguestData(addr))
-    data = LguestData(g.memory, addr)
-    data.set_u32(LD_TSC_KHZ, 0)  # the guest takes its time from lguest_data.time
-    if data.u32(LD_SYSCALL_VEC) != SYSCALL_VECTOR:
+    data = LguestData(g.memory, addr, layout)
+    data.set_u32(layout.tsc_khz, 0)  # the guest takes its time from lguest_data.time
+    if data.u32(layout.syscall_vec) != SYSCALL_VECTOR:
         raise GuestKilled(BadSyscallVector())
-    noirq = (data.u32(LD_NOIRQ_START), data.u32(LD_NOIRQ_END))
+    noirq_start = data.u32(layout.noirq_start)
+    # 4.x names one address, its lguest_iret's `iret`: the window is that instruction.
+    noirq = (noirq_start, noirq_start + 1 if layout.noirq_end is None
+             else data.u32(layout.noirq_end))
     data.set_time(g.clock.wall_ns(g.position()))
-    kernel_address = data.u32(LD_KERNEL_ADDRESS)
-    data.set_u32(LD_RESERVE_MEM, RESERVE_MEM)
-    data.set_u32(LD_PGDIR, g.boot.pgdir)
+    kernel_address = data.u32(layout.kernel_address)
+    data.set_u32(layout.reserve_mem, RESERVE_MEM)
+    if layout.pgdir is not None:  # 3.x guests build their own and have no field for it
+        data.set_u32(layout.pgdir, g.boot.pgdir)
     if kernel_address >> 22 >= SWITCHER_PDE:
         raise GuestKilled(BadKernelAddress(kernel_address))
     g.lg.register(data, kernel_address, noirq)
@@ -180,6 +184,18 @@ def load_gdt(g: Host, addr: int, count: int, _a3: int) -> None:
         raise GuestKilled(TooManyGdtEntries(count))
     raw = g.memory.read(addr, 8 * count)
     g.gdt.load(list(struct.unpack(f"<{count}Q", raw)))
+
+
+def load_gdt_entry(g: Host, index: int, lo: int, hi: int) -> None:
+    """LHCALL_LOAD_GDT_ENTRY (2.6.30 on): one descriptor, `lo` and `hi` words, at `index`."""
+    if index >= GDT_ENTRIES:
+        raise GuestKilled(TooManyGdtEntries(index))
+    g.gdt.load_entry(index, lo | hi << 32)
+
+
+def send_interrupts(g: Host, _a1: int, _a2: int, _a3: int) -> None:
+    """LHCALL_SEND_INTERRUPTS (2.6.31 on): the guest saw lguest_data.irq_pending when it
+    enabled interrupts; the way back into the guest delivers them (`Guest._after_exit`)."""
 
 
 def load_tls(g: Host, addr: int, _cpu: int, _a3: int) -> None:
@@ -246,6 +262,31 @@ def notify(g: Host, addr: int, _a2: int, _a3: int) -> None:
     g.notify(addr)
 
 
+# Every handler under the name the eras give its call (`Era.hypercalls`).  2.6.31 renamed
+# 2.6.24's SET_PMD (a page directory entry) to SET_PGD and gave SET_PMD to PAE's middle
+# level, which lgemu does not implement: `HypercallTable.of` leaves that one out.
+BY_NAME: dict[str, Handler] = {
+    "FLUSH_ASYNC": flush_async,
+    "LGUEST_INIT": lguest_init,
+    "CRASH": crash,
+    "LOAD_GDT": load_gdt,
+    "LOAD_GDT_ENTRY": load_gdt_entry,
+    "NEW_PGTABLE": new_pgtable,
+    "FLUSH_TLB": flush_tlb,
+    "LOAD_IDT_ENTRY": load_idt_entry,
+    "SET_STACK": set_stack,
+    "TS": task_switched,
+    "SET_CLOCKEVENT": set_clockevent,
+    "HALT": halt,
+    "SET_PTE": set_pte,
+    "SET_PMD": set_pmd,
+    "SET_PGD": set_pmd,
+    "LOAD_TLS": load_tls,
+    "NOTIFY": notify,
+    "SEND_INTERRUPTS": send_interrupts,
+    "SHUTDOWN": shutdown,
+}
+
 HANDLERS: dict[int, Handler] = {
     Hcall.FLUSH_ASYNC: flush_async,
     Hcall.LGUEST_INIT: lguest_init,
@@ -265,32 +306,47 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
-# An era's own meaning for a number 2.6.24 also uses (by the era's name for it).
-_ERA_HANDLERS: dict[str, Handler] = {"SHUTDOWN": shutdown}
-_TABLES: dict[int, dict[int, Handler]] = {}
+@dataclass(frozen=True)
+class HypercallTable:
+    """One era's hypercalls as the Host dispatches them: number → handler, the numbers the
+    Host itself looks for, names for the event log and -v, and its lguest_data layout."""
+
+    era: Era
+    handlers: Mapping[int, Handler]
+    init: int  # LGUEST_INIT
+    notify: int  # NOTIFY (-1 where the era has none)
+    layout: DataLayout
+
+    @classmethod
+    def of(cls, era: Era) -> HypercallTable:
+        """The table for `era`, built once at launch."""
+        if era is ERA_2_6_24:
+            return TABLE_2_6_24
+        pae_only = {"SET_PMD"} if "SET_PGD" in era.hypercalls else set()
+        handlers = {nr: BY_NAME[name] for name, nr in era.hypercalls.items()
+                    if name in BY_NAME and name not in pae_only}
+        return cls(era, handlers, era.hypercalls["LGUEST_INIT"],
+                   era.hypercalls.get("NOTIFY", -1), DataLayout.of(era))
+
+    def name(self, nr: int) -> str:
+        """The era's name of call `nr` (the number if it has none)."""
+        return self.era.hcall_name(nr)
 
 
-def handlers_for(era: Era) -> dict[int, Handler]:
-    """The handler table for `era`'s guests: 2.6.24's, with the era's own calls in place."""
-    table = _TABLES.get(id(era))
-    if table is None:
-        table = dict(HANDLERS)
-        for name, handler in _ERA_HANDLERS.items():
-            if name in era.hypercalls:
-                table[era.hypercalls[name]] = handler
-        _TABLES[id(era)] = table
-    return table
+TABLE_2_6_24 = HypercallTable(ERA_2_6_24, HANDLERS, Hcall.LGUEST_INIT, Hcall.NOTIFY,
+                              LAYOUT_2_6_24)
 
 
 def run_hypercall(g: Host, nr: int, a1: int, a2: int, a3: int,
                   from_ring: bool = False) -> None:
     """Execute one call, synchronous or from the ring."""
-    handler = handlers_for(g.boot.era).get(nr)
+    table = g.hcalls
+    handler = table.handlers.get(nr)
     if handler is None:
         raise GuestKilled(BadHypercall(nr))
     g.stats.hypercalls[nr] += 1
     if g.observers:
-        g.emit("hcall", events.hcall(nr, a1, a2, a3, from_ring))
+        g.emit("hcall", events.hcall(nr, a1, a2, a3, from_ring, table.name(nr)))
     handler(g, a1, a2, a3)
 
 
@@ -307,7 +363,7 @@ def _drain_ring_pass(g: Host) -> bool:
         g.stats.async_hypercalls[nr] += 1
         run_hypercall(g, nr, a1, a2, a3, from_ring=True)
         data.ring_done(slot)
-        if nr == Hcall.NOTIFY:
+        if nr == g.hcalls.notify:
             return True
     return False
 
@@ -316,11 +372,11 @@ def hypercall(g: Host, nr: int, a1: int, a2: int, a3: int) -> None:
     """A synchronous hypercall, with lguest's order of work (ABI §3.2)."""
     data = g.lg.data
     if data is None:
-        if nr != Hcall.LGUEST_INIT:
+        if nr != g.hcalls.init:
             raise GuestKilled(HypercallBeforeInit(nr))
         g.stats.hypercalls[nr] += 1
         if g.observers:
-            g.emit("hcall", events.hcall(nr, a1, a2, a3))
+            g.emit("hcall", events.hcall(nr, a1, a2, a3, name=g.hcalls.name(nr)))
         lguest_init(g, a1, a2, a3)
         return
     # lguest returned to the Launcher at a ring NOTIFY and drained the rest on re-entry;

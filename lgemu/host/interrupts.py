@@ -71,6 +71,7 @@ class Interrupts:
             data.irq_enabled = X86_EFLAGS_IF
             self.halted = False
         elif not data.irq_enabled & X86_EFLAGS_IF:
+            data.set_irq_pending(True)  # 2.6.31 on: its irq_enable will ask for it
             return None
         line = (candidates & -candidates).bit_length() - 1
         delivered = None
@@ -79,6 +80,8 @@ class Interrupts:
             self.delivered[line] += 1
             self.traps.deliver(FIRST_EXTERNAL_VECTOR + line, eip)
             delivered = line
+            if not self.candidates(data):
+                data.set_irq_pending(False)
         # else it stays pending until the guest installs a gate
         data.set_time(wall_ns())
         return delivered

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..abi import (
+    PAGE_OFFSET,
     PAGE_SIZE,
     PDE_ALLOWED_FLAGS,
     PTE_ACCESSED,
@@ -97,6 +98,7 @@ class Paging:
         self._slots: list[int | None] = [None] * SHADOW_SLOTS  # guest pgdir per slot
         self._next_victim = 0
         self.slot = 0
+        self.iomem = (0, 0)  # [start, end) of device registers a PTE may map (4.x BARs)
         self.guest_pgdir = 0
 
     def save_state(self) -> PagingState:
@@ -170,7 +172,10 @@ class Paging:
         self.cpu.flush_tlb()
 
     def _check_pte(self, pte: int) -> None:
-        if pte & (PTE_PWT | PTE_PSE) or (pte >> 12) * PAGE_SIZE >= self.memory.limit:
+        frame = (pte >> 12) * PAGE_SIZE
+        if self.iomem[0] <= frame < self.iomem[1] and not pte & PTE_PSE:
+            return  # a PCI BAR page (4.x): its loads and stores reach the devices
+        if pte & (PTE_PWT | PTE_PSE) or frame >= self.memory.limit:
             raise GuestKilled(BadPageTableEntry())
 
     # -- demand paging (ABI §7.1) ----------------------------------------------------------
@@ -269,3 +274,13 @@ class Paging:
             if self.translate(va, write=True) is None:
                 raise GuestKilled(BadStackPage(va))
             self.demand_fault(va, PF_WRITE)
+
+
+def map_kernel_half(ram: bytearray, pgdir: int, mem: int) -> None:
+    """2.6.29 on, the Host built the guest's first page tables (`PageTables.HOST`): the
+    Launcher's identity map of `mem` bytes at directory `pgdir`, and the same PTE pages again
+    from ``PAGE_OFFSET`` (what a 2.6.24 guest's lguest_entry copied itself), stopping short
+    of the switcher's entry."""
+    first = PAGE_OFFSET >> 22
+    count = min(-(-mem // (PAGE_SIZE * 1024)), SWITCHER_PDE - first)
+    ram[pgdir + 4 * first:pgdir + 4 * (first + count)] = ram[pgdir:pgdir + 4 * count]

@@ -75,6 +75,12 @@ class Gdt:
             self.entries[i] = desc
         self._fix_up(range(GDT_ENTRIES))
 
+    def load_entry(self, index: int, desc: int) -> None:
+        """LHCALL_LOAD_GDT_ENTRY (2.6.30 on): one entry (`index` already checked), fixed up
+        like the rest; the Host's own entries stay the Host's."""
+        self.entries[index] = desc
+        self._fix_up(range(index, index + 1))
+
     def load_tls(self, descriptors: list[int]) -> None:
         """LHCALL_LOAD_TLS: entries 6, 7 and 8 (ABI §6.3)."""
         for i, desc in enumerate(descriptors[:GDT_ENTRY_TLS_ENTRIES]):

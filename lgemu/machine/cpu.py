@@ -438,6 +438,17 @@ class Cpu:
         self.flush_tlb()
         self.flush_code()
 
+    def map_mmio(self, base: int, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """Make guest-physical [base, base+size) device registers: every load calls
+        read(offset, size) and every store write(offset, size, value), with the offset from
+        `base`; the instruction itself completes inside Unicorn, whatever its form, and a
+        handler that ends the run stops the CPU as any hook does.  (lguest's Host instead
+        took the page fault, decoded the instruction and let the Launcher emulate it; the
+        guest sees the same loads and stores.)"""
+        self.uc.mmio_map(base, size, lambda uc, offset, n, ud: read(offset, n), None,
+                         lambda uc, offset, n, value, ud: write(offset, n, value), None)
+
     def on_bad_access(self, fn: Callable[[str, int], None]) -> None:
         """fn(kind, physical address) when the guest reaches outside its memory or writes
         the host pages; the handler must stop the CPU."""
