@@ -37,7 +37,6 @@ EXPECTED = {
     "linux-3.13": "3.4-4.0",
     "linux-4.4": "4.1-4.13",
 }
-UNSUPPORTED = [name for name, era in EXPECTED.items() if not era_named(era).boots]
 FORMS = ("vmlinux", "stripped", "bzImage")
 LGUEST_STRUCTS = ("lguest_data", "hcall_args", "lguest_device_desc")
 
@@ -224,13 +223,14 @@ def test_info_names_the_era_and_what_lgemu_will_do(lgemu_main, kernel, name):
                 "experiments)\n") in out
 
 
-@pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("name", UNSUPPORTED)
-def test_boot_stops_before_running_an_unsupported_era(boot_guest, kernel, name, form):
-    path = kernel(name, form)
+def test_boot_stops_before_running_an_unsupported_era(boot_guest, tmp_path):
+    """2.6.23's DMA bus is the one era lgemu detects and cannot run yet: a guest showing it
+    (here a small one with `lguest_send_dma`) stops before its first instruction."""
+    path = build_guest(tmp_path, "\t.globl lguest_init, lguest_entry, lguest_send_dma\n"
+                       "lguest_init:\nlguest_entry:\nlguest_send_dma:\n\tPOWER_DOWN\n")
     status, out, err = boot_guest(path, "console=hvc0")
     assert (status, out) == (2, b"")
-    assert one_line(err).startswith(f"lgemu: {path}: a {EXPECTED[name]} lguest guest (Linux ")
+    assert one_line(err).startswith(f"lgemu: {path}: a 2.6.23 lguest guest")
     assert (f"booting that era is not yet supported; lgemu boots {supported_names()} guests "
             "(--abi 2.6.24 forces the 2.6.24 ABI)") in err
 
@@ -392,13 +392,9 @@ def test_hostile_images_are_no_facts_never_a_traceback(lgemu_main, kernel, tmp_p
 
 
 # -- --abi ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("value", "era"), [
-    ("3.13", "3.4-4.0"), ("2.6.27", "2.6.26-2.6.28"), ("2.6.31-2.6.33", "2.6.31-2.6.33"),
-    ("4.1", "4.1-4.13"), ("2.6.23", "2.6.23"),
-])
+@pytest.mark.parametrize(("value", "era"), [("2.6.23", "2.6.23")])
 def test_abi_naming_an_era_that_does_not_boot_is_refused(boot_guest, value, era):
-    if era_named(era).boots:
-        pytest.skip(f"the {era} era boots")
+    assert not era_named(era).boots
     status, out, err = boot_guest(None, extra=["--abi", value])
     assert (status, out) == (2, b"")
     assert one_line(err) == (f"lgemu: --abi {value}: booting the {era} era is not yet "
