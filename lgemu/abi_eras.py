@@ -21,8 +21,8 @@ An `Era` holds, for a range of kernel releases:
 * who builds the page tables the guest starts on (`page_tables`), whether device status
   writes are reported to the Launcher (`status_notify`) and whether PAE guests are accepted
   (`pae`);
-* the size of a block request's header (`blk_outhdr_size`) and of a network frame's
-  (`net_hdr_size`).
+* the sizes of a block request's header and of a network frame's (`blk_outhdr_size`,
+  `net_hdr_size`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -82,7 +82,7 @@ class Era:
     status_notify: bool = False  # a device status write is reported with NOTIFY(its address)
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
     blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
-    net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
+    net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added a u16 hdr_len
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -191,7 +191,8 @@ ERAS: tuple[Era, ...] = (
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
         net_hdr_size=10, boots=True,
-        note="no 2.6.25 kernel built; its lguest_data is 2.6.24's and 2.6.26's"),
+        note="no 2.6.25 kernel built; its lguest_data is 2.6.24's and 2.6.26's, its block "
+             "and net headers 2.6.26's as the history has them"),
     Era("2.6.26-2.6.28", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,

@@ -109,6 +109,8 @@ def describe_boot(stream: TextIO, info: BootInfo) -> None:
             table.add_row(f"{dev.offset:#x}", kind, str(q.index), str(q.num), str(q.irq),
                           f"{q.pfn:#x}", status_text(0) if q.index == 0 else "")
         fields = [_field_value(name, payload) for _, name, payload in _fields(dev) if payload]
+        if dev.feature_len:  # 2.6.25 on: the bits the driver may accept
+            fields.append(f"features offered {dev.spec.features:#x}")
         if fields:
             configs.append(f"{kind} at {dev.offset:#x}: " + ", ".join(fields))
     con.print(table)

@@ -196,6 +196,23 @@ def test_after_a_reset_the_rings_are_fresh_and_serve_again(asm_guest, tmp_path):
     assert_powered_down(run, hexwords(1, 0, 513, 0, 0, 1, 0, 513))
 
 
+def test_frames_carry_the_10_byte_net_header_from_2_6_25(asm_guest, tmp_path):
+    """Queue 1 is the card's transmit queue (it comes first); an 8-byte 2.6.24 header is
+    refused, a 10-byte one sends the frame."""
+    frame = "\t.balign 4\nnethdr:\t.fill 10, 1, 0\nframe:\t.fill 60, 1, 0x42\n" + DEVPT_BSS
+    pcap = tmp_path / "net.pcap"
+    for size, sent in ((8, False), (10, True)):
+        run = asm_guest(_guest(chain(1, [("$nethdr", f"${size}", False),
+                                         ("$frame", "$60", False)]) + report(1)),
+                        frame, extra=["--abi", "2.6.26", "--net", f"pcap:{pcap}"])
+        if sent:
+            assert_powered_down(run, hexwords(1, 0, 60))
+            assert pcap.read_bytes()[-60:] == b"\x42" * 60
+        else:
+            assert_killed(run, BadRequest("eth0.1", 0, "first buffer is 8 bytes, not the "
+                                                       "10-byte virtio_net_hdr"))
+
+
 @pytest.mark.parametrize(("body", "kill"), [
     (_set_status(0x47), BadDeviceStatus("vda", 0x47)),
     (_set_status(7, accepted=0x0C), UnofferedFeatures("vda", 0x0C, 4)),

@@ -1,7 +1,7 @@
 """The virtio network device (type 1, ABI §12.3): queue 0 receives, queue 1 transmits.
 
 Every frame crosses the ring behind a `virtio_net_hdr`, 8 bytes in 2.6.24 and 10 from 2.6.25
-(`Era.net_hdr_size`).  lgemu offers no offloads (the Launcher sent no feature field), so the
+(`Era.net_hdr_size`).  lgemu offers no offloads (the Launcher offers only the MAC), so the
 header is all zeros both ways.
 
 Transmit is served inside the kick: each chain is one frame, sent on the host wire
@@ -94,9 +94,10 @@ class Net(Device):
         if chain.writable:
             raise queue.reject(chain, "device-writable buffer in the transmit queue")
         header, *data = chain.buffers
-        if header.length != self.era.net_hdr_size:
+        size = self.era.net_hdr_size
+        if header.length != size:
             raise queue.reject(chain, f"first buffer is {header.length} bytes, not the "
-                                      f"{self.era.net_hdr_size}-byte virtio_net_hdr")
+                                      f"{size}-byte virtio_net_hdr")
         length = total_length(data)
         if length > MAX_FRAME:
             self.stats["dropped"] += 1
@@ -130,15 +131,16 @@ class Net(Device):
         """Put the oldest waiting frame, after a zero header, into one rx chain."""
         if chain.readable:
             raise queue.reject(chain, "device-readable buffer in the receive queue")
-        if chain.buffers[0].length != self.era.net_hdr_size:
+        size = self.era.net_hdr_size
+        if chain.buffers[0].length != size:
             raise queue.reject(chain, f"first buffer is {chain.buffers[0].length} bytes, "
-                                      f"not the {self.era.net_hdr_size}-byte virtio_net_hdr")
+                                      f"not the {size}-byte virtio_net_hdr")
         frame = self.backlog.popleft()
         if self.pcap is not None:
             self.pcap.record(frame, self.wall_ns())
         self.stats["rx"] += 1
         # Like a TAP read into the guest's buffers: a frame too long for them is cut.
-        return queue.write(chain.buffers, bytes(self.era.net_hdr_size) + frame)
+        return queue.write(chain.buffers, bytes(size) + frame)
 
     def wake_irqs(self) -> list[int]:
         rxq = self.queues[RX_QUEUE]
