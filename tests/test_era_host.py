@@ -8,6 +8,8 @@ rewritten, when an interrupt arrives, and how a run ends.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from guestasm import assert_killed, assert_powered_down, descriptor, quads
 
@@ -289,3 +291,16 @@ def test_events_name_each_eras_calls(asm_guest, tmp_path):
     for line in ("hcall LOAD_GDT_ENTRY index=16 desc=0x0000000000000000",
                  "hcall SET_PGD pgdir=", "hcall SEND_INTERRUPTS", "hcall SHUTDOWN reason="):
         assert line in text, line
+
+
+def test_the_v_summary_names_each_eras_calls(asm_guest):
+    run = asm_guest("""
+        INIT
+        HCALL	$LHCALL_LOAD_GDT_ENTRY, $20, $0, $0
+        HCALL	$LHCALL_SEND_INTERRUPTS
+        POWER_DOWN
+    """, era=VMCALL_ERA, extra=["-v"])
+    assert run.status == 0, run.err
+    table = run.err[run.err.index("hypercalls"):]
+    for name in ("LGUEST_INIT", "LOAD_GDT_ENTRY", "SEND_INTERRUPTS", "SHUTDOWN"):
+        assert re.search(rf"│ {name} +│ +1 │ +0 │", table), name

@@ -542,19 +542,22 @@ class Guest:
         memory, as lguest's Host patched it, and runs again from `eip` as a hypercall.  The
         three bytes are written through the guest's page tables byte by byte (they may
         straddle two pages), whether or not the guest mapped them writable, as lguest wrote
-        them; the pages' translated code is dropped first (Unicorn §8.3).  False if it is
+        them; then the pages' translated code is dropped (Unicorn §8.3).  False if it is
         not such a vmcall."""
         if not self._vmcall or self.cpu.reg(Reg.CS) & 3 != 1:
             return False
-        where = [self.paging.translate((eip + i) & 0xFFFFFFFF, mark=False) for i in range(3)]
-        if None in where:
-            return False
+        where: list[int] = []
+        for i in range(len(VMCALL)):
+            pa = self.paging.translate((eip + i) & 0xFFFFFFFF, mark=False)
+            if pa is None:
+                return False
+            where.append(pa)
         ram = self.memory.ram
-        if bytes(ram[pa] for pa in where) != VMCALL:  # type: ignore[index]
+        if bytes(ram[pa] for pa in where) != VMCALL:
             return False
         for pa, byte in zip(where, VMCALL_PATCH, strict=True):
-            ram[pa] = byte  # type: ignore[index]
-            self.written.add(pa, 1)  # type: ignore[arg-type]
+            ram[pa] = byte
+            self.written.add(pa, 1)
         self._invalidate_written()
         if self.observers:
             self.emit("trap", events.vmcall_rewritten(eip))
