@@ -136,6 +136,29 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
 ]
 
 
+# (flags, argparse keyword arguments) for `lgemu lab`; per-guest options take NAME:VALUE.
+LAB_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("lab_file",), dict(type=Path, metavar="LAB.toml", help="the lab: guests and switches")),
+    (("--pcap",), dict(type=Path, metavar="FILE",
+                       help="capture every switch, each in its own classic pcap file: "
+                            "FILE-SWITCH.pcap (virtual timestamps)")),
+    (("--max-insns",), dict(type=_positive, metavar="N",
+                            help="stop each guest after N instructions (exit status 5)")),
+    (("--timeout",), dict(type=_positive_float, metavar="SECONDS",
+                          help="stop the lab after this much wall-clock time (exit status 6)")),
+    (("-v", "--verbose"), dict(action="count", default=0,
+                               help="a summary per guest and per switch on stderr")),
+    (("--trace",), dict(action="append", default=[], metavar="NAME:FILE",
+                        help="an instruction trace of guest NAME (repeatable)")),
+    (("--events",), dict(action="store_true",
+                         help="the traced guests' lguest event log only")),
+    (("--coverage",), dict(action="append", default=[], metavar="NAME:FILE",
+                           help="guest NAME's executed blocks (drcov)")),
+    (("--gdb",), dict(action="append", default=[], metavar="NAME:tcp::PORT",
+                      help="serve gdb for guest NAME; the others wait while it is stopped")),
+]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
 
@@ -151,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("boot", help="boot a guest kernel")
     for flags, kwargs in BOOT_OPTIONS:
         boot.add_argument(*flags, **kwargs)
+    lab = sub.add_parser("lab", help="run several guests on one virtual clock, joined by "
+                                     "virtual switches (lgemu.lab)")
+    for flags, kwargs in LAB_OPTIONS:
+        lab.add_argument(*flags, **kwargs)
     info = sub.add_parser("info", help="describe a kernel image: ELF, lguest ABI, symbols")
     info.add_argument("kernel", type=Path, metavar="VMLINUX", help="ELF vmlinux or bzImage")
     return parser
@@ -166,6 +193,22 @@ def info(kernel: Path, stdout: TextIO) -> int:
     image = load_kernel(kernel)  # the Launcher's checks: a bad file is one line, exit 2
     describe_kernel(stdout, image, Symbols.load(kernel), detect_era(image))
     return 0
+
+
+def lab(args: argparse.Namespace) -> int:
+    """`lgemu lab LAB.toml`: returns the worst exit status of its guests (lgemu.lab)."""
+    from .lab.config import load_lab
+    from .lab.scheduler import LabOptions, main_lab, per_guest
+
+    names = [g.name for g in load_lab(args.lab_file).guests]
+    options = LabOptions(
+        pcap=args.pcap, verbose=args.verbose, max_insns=args.max_insns, timeout=args.timeout,
+        trace=per_guest(args.trace, "--trace", names), events=args.events,
+        coverage={k: Path(v) for k, v in per_guest(args.coverage, "--coverage", names).items()},
+        gdb=per_guest(args.gdb, "--gdb", names))
+    if options.events and not options.trace:
+        raise UserError("--events needs --trace NAME:FILE")
+    return main_lab(args.lab_file, options)
 
 
 def parse_boot(args: argparse.Namespace) -> BootConfig:
@@ -263,6 +306,8 @@ def _main(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "info":
             return info(args.kernel, sys.stdout)
+        if args.command == "lab":
+            return lab(args)
         config = parse_boot(args)
         outcome = boot(config, sys.stdout.buffer, sys.stderr)
     except LgemuExit as e:
