@@ -77,11 +77,18 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                         help="a virtio disk backed by FILE (vda, vdb, … in order); ,ro "
                              "refuses writes")),
     (("--net",), dict(action="append", type=lambda v: ("net", v), default=[], dest="devices",
-                      metavar="WIRE[,mac=M][,pcap=FILE]",
+                      metavar="WIRE[,mac=M][,pcap=FILE][,record=FILE]",
                       help="a virtio network card (eth0, eth1, … in order) on WIRE: "
-                           "udp:LOCALPORT:HOST:PORT, tap:IFNAME or pcap:FILE")),
+                           "udp:LOCALPORT:HOST:PORT, tap:IFNAME, replay:FILE (of a udp or tap "
+                           "card's record=FILE) or pcap:FILE")),
     (("--console-input",), dict(type=Path, metavar="FILE",
                                 help="feed FILE to the console instead of stdin, reproducibly")),
+    (("--console-record",), dict(type=Path, metavar="FILE",
+                                 help="record the console input read (terminal, pipe) with the "
+                                      "instruction count it arrived at, for --console-replay")),
+    (("--console-replay",), dict(type=Path, metavar="FILE",
+                                 help="feed the console exactly what --console-record recorded, "
+                                      "at the same instruction counts")),
     (("--trace",), dict(metavar="FILE", help="write an instruction trace with lguest events "
                                              "to FILE ('-': stdout, among the guest's output)")),
     (("--trace-format",), dict(choices=("text", "jsonl", "tenet"), default="text",

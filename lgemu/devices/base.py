@@ -29,6 +29,7 @@ class Device:
         self.queues: list[Vring] = []
         self.raise_irq: Callable[[int], None] = lambda line: None
         self.wall_ns: Callable[[], int] = lambda: 0  # the guest's wall clock (set by the Host)
+        self.icount: Callable[[], int] = lambda: 0  # instructions executed (set by the Host)
 
     def spec(self) -> DeviceSpec:
         """How the Launcher describes this device on the device page (a device with config

@@ -221,6 +221,7 @@ class Guest:
                 ring.on_push = self._vring_pushed
             device.attach(rings, self.interrupts.raise_irq)
             device.wall_ns = self._wall_ns
+            device.icount = lambda: self.icount
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
         self._install_hooks()
         self._boot_cpu()
