@@ -22,6 +22,7 @@ class ExitStatus:
     STUCK = 4  # halted with nothing that could ever wake it
     INSN_LIMIT = 5  # --max-insns reached
     TIMEOUT = 6  # --timeout reached
+    REPLAY_DIVERGED = 7  # a replayed guest sent what the recorded one did not
     INTERNAL = 70  # a bug in lgemu itself (EX_SOFTWARE)
     HANGUP = 129  # SIGHUP: the terminal (or whoever started lgemu) went away
     INTERRUPTED = 130  # Ctrl-C (SIGINT), Ctrl-] on the console terminal

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import LgemuExit, UserError
+from ..errors import ExitStatus, LgemuExit, UserError
 from .netback import Link
 
 MAGIC = b"lgemu-replay 1\n"
@@ -37,7 +37,7 @@ Position = Callable[[], tuple[int, int]]
 class ReplayDiverged(LgemuExit):
     """The replayed guest did something the recorded one did not."""
 
-    status = 7
+    status = ExitStatus.REPLAY_DIVERGED
     prefix = "lgemu: replay diverged: "
 
 
