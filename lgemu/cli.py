@@ -163,6 +163,8 @@ LAB_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                            help="guest NAME's executed blocks (drcov)")),
     (("--gdb",), dict(action="append", default=[], metavar="NAME:tcp::PORT",
                       help="serve gdb for guest NAME; the others wait while it is stopped")),
+    (("-S",), dict(action="store_true", dest="gdb_wait",
+                   help="with --gdb: wait for gdb before the first instruction")),
 ]
 
 
@@ -212,7 +214,9 @@ def lab(args: argparse.Namespace) -> int:
         pcap=args.pcap, verbose=args.verbose, max_insns=args.max_insns, timeout=args.timeout,
         trace=per_guest(args.trace, "--trace", names), events=args.events,
         coverage={k: Path(v) for k, v in per_guest(args.coverage, "--coverage", names).items()},
-        gdb=per_guest(args.gdb, "--gdb", names))
+        gdb=per_guest(args.gdb, "--gdb", names), gdb_wait=args.gdb_wait)
+    if options.gdb_wait and not options.gdb:
+        raise UserError("-S needs --gdb NAME:tcp::PORT")
     if options.events and not options.trace:
         raise UserError("--events needs --trace NAME:FILE")
     return main_lab(args.lab_file, options)

@@ -178,3 +178,37 @@ def test_per_guest_options_name_a_guest_of_the_lab(tmp_path):
     status, out, err = run_lab(ping_lab(tmp_path), "--trace", "nobody:t.txt")
     assert (status, out) == (2, b"")
     assert err == "lgemu: --trace nobody:t.txt: no guest named 'nobody' in the lab\n"
+
+
+def test_gdb_on_one_guest_holds_the_lab_and_changes_nothing(tmp_path):
+    """-S: the lab waits for gdb on the ping guest before its first instruction; after gdb
+    continues, the run is byte for byte the one without gdb."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT
+    from rspclient import RspClient
+
+    lab = ping_lab(tmp_path)
+    plain = subprocess.run([sys.executable, "-m", "lgemu", "lab", str(lab)], cwd=REPO_ROOT,
+                           capture_output=True, timeout=SUBPROCESS_TIMEOUT, check=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lgemu", "lab", str(lab), "--gdb",
+                             f"ping:tcp::{port}", "-S"], cwd=REPO_ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        client = RspClient.connect(port)
+        assert client.command("?").startswith(("S05", "T05"))
+        client.send("c")
+        out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    assert out == plain.stdout
+    assert err.decode().splitlines()[-2:] == plain.stderr.decode().splitlines()

@@ -73,6 +73,7 @@ class LabOptions:
     events: bool = False
     coverage: dict[str, Path] = field(default_factory=dict)
     gdb: dict[str, str] = field(default_factory=dict)
+    gdb_wait: bool = False
 
 
 @dataclass
@@ -118,7 +119,8 @@ def guest_config(spec: GuestSpec, options: LabOptions) -> BootConfig:
                       trace=options.trace.get(spec.name),
                       events=options.events and spec.name in options.trace,
                       coverage=options.coverage.get(spec.name),
-                      gdb=options.gdb.get(spec.name), status=False)
+                      gdb=options.gdb.get(spec.name),
+                      gdb_wait=options.gdb_wait and spec.name in options.gdb, status=False)
 
 
 class Lab:
