@@ -212,3 +212,83 @@ def test_gdb_on_one_guest_holds_the_lab_and_changes_nothing(tmp_path):
     assert proc.returncode == 0
     assert out == plain.stdout
     assert err.decode().splitlines()[-2:] == plain.stderr.decode().splitlines()
+
+
+# -- two real 2.6.24 guests --------------------------------------------------------------------
+INIT_SOURCE = Path(__file__).parent / "labinit" / "udp_init.c"
+INIT_CFLAGS = ("-m32", "-march=i686", "-Os", "-ffreestanding", "-nostdlib", "-static",
+               "-fno-pic", "-no-pie", "-fno-stack-protector")
+
+
+def newc_cpio(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
+    """A newc initramfs of (name, mode, data, (rdev major, minor)) entries."""
+    out = b""
+    for ino, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", (0, 0))],
+                                                   1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, *rdev, len(encoded), 0)
+        out += b"070701" + "".join(f"{v:08x}" for v in fields).encode() + encoded
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def udp_initramfs(tmp_path: Path) -> Path:
+    """tests/labinit/udp_init.c as /init (skips without a compiler for 32-bit x86)."""
+    import subprocess
+
+    binary = tmp_path / "udp_init"
+    try:
+        built = subprocess.run(["gcc", *INIT_CFLAGS, "-o", str(binary), str(INIT_SOURCE)],
+                               capture_output=True, timeout=60, check=False)
+    except FileNotFoundError:
+        pytest.skip("no gcc to build the lab's /init")
+    if built.returncode != 0:
+        pytest.skip(f"gcc cannot build 32-bit x86 programs: {built.stderr.decode()[:200]}")
+    cpio = tmp_path / "udp.cpio"
+    cpio.write_bytes(newc_cpio([("dev", 0o40755, b"", (0, 0)),
+                                ("dev/console", 0o20600, b"", (5, 1)),
+                                ("init", 0o100755, binary.read_bytes(), (0, 0))]))
+    return cpio
+
+
+def real_udp_lab(tmp_path: Path, kernel: Path) -> Path:
+    cpio = udp_initramfs(tmp_path)
+    lab = tmp_path / "real.toml"
+    lab.write_text("".join(f"""
+[[guest]]
+name = "{role}"
+kernel = "{kernel}"
+initrd = "{cpio}"
+append = "console=hvc0 rdinit=/init {role}"
+net = ["sw0"]
+""" for role in ("echo", "ping")) + '[[switch]]\nname = "sw0"\nlatency_us = 100\n')
+    return lab
+
+
+def check_real_udp_lab(tmp_path: Path, kernel: Path) -> None:
+    """Two real 2.6.24 guests exchange UDP datagrams (and ARP) over a switch, the same bytes
+    and the same capture in two runs."""
+    lab = real_udp_lab(tmp_path, kernel)
+    runs = []
+    for run in range(2):
+        status, out, err = run_lab(lab, "--pcap", str(tmp_path / f"r{run}.pcap"))
+        runs.append((status, out, err, (tmp_path / f"r{run}-sw0.pcap").read_bytes()))
+    assert runs[0] == runs[1]
+    status, out, err, _ = runs[0]
+    assert status == 0, err
+    assert [line for line in lines_of(out, "ping") if line.startswith("udp_init")] == [
+        "udp_init: ping 10.0.0.1 -> 10.0.0.2", *(f"udp_init: echoed: hello {i} (8 bytes)"
+                                                  for i in range(3)),
+        "udp_init: 3 rounds"]
+    assert "udp_init: got: hello 2 (8 bytes)" in lines_of(out, "echo")
+    frames = [frame for _, frame in read_pcap(tmp_path / "r0-sw0.pcap")]
+    udp = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 17]
+    assert sorted(f[42:50] for f in udp) == sorted(2 * [b"hello %d\0" % i for i in range(3)])
+    assert any(f[12:14] == b"\x08\x06" for f in frames)  # the kernels resolved each other
+
+
+def test_two_real_linux_guests_exchange_udp_the_same_way_twice(tmp_path):
+    from linuxkernel import real_kernel
+
+    check_real_udp_lab(tmp_path, real_kernel())
