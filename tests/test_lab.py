@@ -292,3 +292,30 @@ def test_two_real_linux_guests_exchange_udp_the_same_way_twice(tmp_path):
     from linuxkernel import real_kernel
 
     check_real_udp_lab(tmp_path, real_kernel())
+
+
+def test_ctrl_c_ends_every_guest_of_the_lab_the_documented_way(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT
+    from test_devices_e2e import Reader
+
+    # The echo guest waits (idling on its timer) far longer than the test does.
+    lab = lab_file(tmp_path, "", "lgemu.test=net_echo net.idle=100000000",
+                   "lgemu.test=net_echo net.idle=100000000")
+    proc = subprocess.Popen([sys.executable, "-m", "lgemu", "lab", str(lab)], cwd=REPO_ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out = Reader(proc, b"ping| net_echo: eth0")
+        assert out.ready.wait(SUBPROCESS_TIMEOUT)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert proc.stderr.read().decode().splitlines() == [
+        "lgemu: echo: interrupted (exit 130)", "lgemu: ping: interrupted (exit 130)"]

@@ -23,13 +23,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ..config import BootConfig
 from ..errors import ExitStatus, GuestStuck, LgemuExit, LimitReached, UserError
 from ..signals import SIGNALS
 from .config import GuestSpec, LabSpec
 from .switch import Switch, SwitchPort
+
+if TYPE_CHECKING:
+    from ..host.guest import Guest
 
 NO_SWITCH_WINDOW_NS = 10_000_000  # guests that share no switch cannot disturb each other
 LAB_MAC_PREFIX = bytes((0x02, 0x6C, 0x67))
@@ -82,9 +85,9 @@ class Member:
 
     spec: GuestSpec
     config: BootConfig
-    guest: object  # lgemu.host.guest.Guest (imported late, as lgemu.cli does)
+    guest: Guest
     ports: list[SwitchPort]
-    console: object
+    console: PrefixedLines | None  # None: the console has a file of its own
     outcome: LgemuExit | None = None
 
 
@@ -216,7 +219,7 @@ class Lab:
     # -- running -----------------------------------------------------------------------------
     def _interrupt(self) -> None:
         if self.current is not None:
-            self.current.guest.interrupt()  # type: ignore[attr-defined]
+            self.current.guest.interrupt()
 
     def _end(self, member: Member, outcome: LgemuExit) -> None:
         member.outcome = member.outcome or outcome
@@ -258,10 +261,10 @@ class Lab:
     def _window(self) -> None:
         live = list(self._live())
         end = self.now_ns + self.lookahead
-        if all(m.guest.interrupts.halted for m in live):  # type: ignore[attr-defined]
+        if all(m.guest.interrupts.halted for m in live):
             # Nobody runs, so nobody sends before the next timer or arrival: go there.
             events = [t for m in live for t in
-                      (m.guest.clock.deadline_ns, self._next_arrival(m))  # type: ignore
+                      (m.guest.clock.deadline_ns, self._next_arrival(m))
                       if t is not None]
             if not events:
                 for member in live:
@@ -272,11 +275,11 @@ class Lab:
         for member in live:
             guest = member.guest
             self.current = member
-            while member.outcome is None and guest.clock.now_ns() < end:  # type: ignore
+            while member.outcome is None and guest.clock.now_ns() < end:
                 arrival = self._next_arrival(member)
-                now = guest.clock.now_ns()  # type: ignore[attr-defined]
+                now = guest.clock.now_ns()
                 horizon = end if arrival is None or arrival <= now else min(end, arrival)
-                outcome = guest.run_until(horizon, member.config.max_insns)  # type: ignore
+                outcome = guest.run_until(horizon, member.config.max_insns)
                 if outcome is not None:
                     self._end(member, outcome)
             self.current = None
@@ -307,7 +310,7 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -
             wall = time.monotonic() - started if options.verbose > 1 else None
             for member in lab.members:
                 print(f"== guest {member.spec.name} ==", file=stderr, flush=True)
-                describe_run(stderr, member.guest, member.outcome, wall)  # type: ignore
+                describe_run(stderr, member.guest, member.outcome, wall)
             for switch in lab.switches.values():
                 print(switch.summary(), file=stderr, flush=True)
     worst = 0
