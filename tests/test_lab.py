@@ -319,3 +319,18 @@ def test_ctrl_c_ends_every_guest_of_the_lab_the_documented_way(tmp_path):
     assert proc.returncode == 130
     assert proc.stderr.read().decode().splitlines() == [
         "lgemu: echo: interrupted (exit 130)", "lgemu: ping: interrupted (exit 130)"]
+
+
+def test_bandwidth_delays_each_frame_by_its_length(tmp_path):
+    """At 10 Mbit/s a 1514-byte frame takes 1211 µs to leave its card, on top of the latency."""
+    lab = ping_lab(tmp_path, f"latency_us = {LATENCY_US}\nbandwidth_mbps = 10", count=2)
+    status, _out, err = run_lab(lab, "--pcap", str(tmp_path / "c.pcap"))
+    assert status == 0, err
+    records = read_pcap(tmp_path / "c-sw0.pcap")
+    gaps = {len(ping): back - sent
+            for (sent, ping), (back, _) in zip(records[::2], records[1::2], strict=True)}
+    serialise = {length: length * 8 / 10 for length in gaps}  # µs at 10 Mbit/s
+    assert set(gaps) == {60, 1514}
+    for length, gap in gaps.items():
+        assert gap >= LATENCY_US + serialise[length] - 1  # stamps are whole µs
+    assert gaps[1514] - gaps[60] >= serialise[1514] - serialise[60] - 1
