@@ -124,7 +124,8 @@ def test_loss_follows_the_seed(tmp_path):
     assert captures[7][0] != captures[8][0]
     # Lost frames were sent (and captured) but never arrived: the guest resent them.
     out, summary, _ = captures[7][0]
-    assert summary == ["switch sw0: 2 ports, 21 frames, 6 lost, 0 reordered"]
+    assert summary == ["switch sw0: 2 ports, 21 frames, 6 lost, 0 reordered, 0 dropped "
+                       "(queue full)"]
     assert "net_ping: 6 of 6 frames echoed (13 sent, 0 other frames)" in lines_of(out, "ping")
 
 
@@ -334,3 +335,16 @@ def test_bandwidth_delays_each_frame_by_its_length(tmp_path):
     for length, gap in gaps.items():
         assert gap >= LATENCY_US + serialise[length] - 1  # stamps are whole µs
     assert gaps[1514] - gaps[60] >= serialise[1514] - serialise[60] - 1
+
+
+def test_a_card_flooding_the_switch_costs_the_others_bounded_memory():
+    from lgemu.lab.switch import INBOX_FRAMES, Switch, SwitchSpec
+
+    switch = Switch(SwitchSpec("sw0", 50_000), 0)
+    flooder, victim = switch.port("a"), switch.port("b")
+    for n in range(INBOX_FRAMES + 100):
+        flooder.send(b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + n.to_bytes(4, "big"))
+    victim.now_ns = lambda: 10**9
+    frames = victim.receive()
+    assert len(frames) == INBOX_FRAMES and switch.stats["dropped"] == 100
+    assert [int.from_bytes(f[12:], "big") for f in frames] == list(range(INBOX_FRAMES))

@@ -26,6 +26,10 @@ from pathlib import Path
 
 from ..devices.netback import Link, PcapWriter
 
+# Frames on their way to one card, at most: a guest that floods the switch costs the others
+# bounded memory (the rest is dropped, as a full switch queue would).
+INBOX_FRAMES = 1024
+
 
 @dataclass(frozen=True)
 class SwitchSpec:
@@ -88,7 +92,7 @@ class Switch:
         self.stations: dict[bytes, SwitchPort] = {}
         self.pcap: PcapWriter | None = None
         self._captured: list[tuple[int, int, int, bytes]] = []
-        self.stats = {"frames": 0, "lost": 0, "reordered": 0}
+        self.stats = {"frames": 0, "lost": 0, "reordered": 0, "dropped": 0}
 
     def port(self, owner: str) -> SwitchPort:
         """A new port for a card of guest `owner`."""
@@ -128,8 +132,12 @@ class Switch:
         targets = [known] if known is not None and known is not source else \
             [p for p in self.ports if p is not source]
         for port in targets:
-            if port.attached:
-                heapq.heappush(port.inbox, (arrival, source.number, source.sent, frame))
+            if not port.attached:
+                continue
+            if len(port.inbox) >= INBOX_FRAMES:
+                self.stats["dropped"] += 1
+                continue
+            heapq.heappush(port.inbox, (arrival, source.number, source.sent, frame))
 
     def flush_capture(self, until_ns: int) -> None:
         """Write captured frames sent before `until_ns`, in time order (then port, then
@@ -152,4 +160,5 @@ class Switch:
         """One line for -v."""
         s = self.stats
         return (f"switch {self.spec.name}: {len(self.ports)} ports, {s['frames']} frames, "
-                f"{s['lost']} lost, {s['reordered']} reordered")
+                f"{s['lost']} lost, {s['reordered']} reordered, {s['dropped']} dropped "
+                "(queue full)")
