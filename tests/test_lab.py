@@ -126,6 +126,7 @@ def test_loss_follows_the_seed(tmp_path):
     out, summary, _ = captures[7][0]
     assert summary == ["switch sw0: 2 ports, 21 frames, 6 lost, 0 reordered, 0 dropped "
                        "(queue full)"]
+    assert err.splitlines()[-3].startswith("lab: ") and " windows (lookahead 100 µs;" in err
     assert "net_ping: 6 of 6 frames echoed (13 sent, 0 other frames)" in lines_of(out, "ping")
 
 

@@ -154,6 +154,7 @@ class Lab:
         self.members: list[Member] = []
         self.lookahead = min((s.latency_ns for s in lab.switches), default=NO_SWITCH_WINDOW_NS)
         self.now_ns = 0  # start of the current window
+        self.windows = 0
         self.current: Member | None = None
 
     # -- building ---------------------------------------------------------------------------
@@ -301,6 +302,7 @@ class Lab:
         for switch in self.switches.values():
             switch.flush_capture(end)
         self.now_ns = end
+        self.windows += 1
 
 
 def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -> int:
@@ -328,6 +330,9 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -
                 describe_run(stderr, member.guest, member.outcome, wall)
             for switch in lab.switches.values():
                 print(switch.summary(), file=stderr, flush=True)
+            print(f"lab: {lab.windows} windows (lookahead {lab.lookahead / 1000:g} µs; longer "
+                  f"while every guest is halted), {lab.now_ns / 1e9:.6f} s of guest time",
+                  file=stderr, flush=True)
     worst = 0
     for member in lab.members:
         outcome = member.outcome
