@@ -33,6 +33,7 @@ from .switch import Switch, SwitchPort
 
 if TYPE_CHECKING:
     from ..host.guest import Guest
+    from .workers import WorkerPool
 
 NO_SWITCH_WINDOW_NS = 10_000_000  # guests that share no switch cannot disturb each other
 LAB_MAC_PREFIX = bytes((0x02, 0x6C, 0x67))
@@ -155,6 +156,7 @@ class Lab:
         self.lookahead = min((s.latency_ns for s in lab.switches), default=NO_SWITCH_WINDOW_NS)
         self.now_ns = 0  # start of the current window
         self.windows = 0
+        self.pool: WorkerPool | None = None  # --workers: guests run in other processes
         self.current: Member | None = None
 
     # -- building ---------------------------------------------------------------------------
@@ -274,13 +276,18 @@ class Lab:
         arrivals = [a for port in member.ports if (a := port.next_arrival()) is not None]
         return min(arrivals, default=None)
 
+    def _waiting(self, member: Member) -> tuple[bool, int | None, int | None]:
+        """Is the guest halted, its timer, and the next frame on its way to it."""
+        guest = member.guest
+        return guest.interrupts.halted, guest.clock.deadline_ns, self._next_arrival(member)
+
     def _window(self) -> None:
         live = list(self._live())
         end = self.now_ns + self.lookahead
-        if all(m.guest.interrupts.halted for m in live):
+        waiting = [self._waiting(m) for m in live]
+        if all(halted for halted, _, _ in waiting):
             # Nobody runs, so nobody sends before the next timer or arrival: go there.
-            events = [t for m in live for t in
-                      (m.guest.clock.deadline_ns, self._next_arrival(m))
+            events = [t for _, deadline, arrival in waiting for t in (deadline, arrival)
                       if t is not None]
             if not events:
                 for member in live:
@@ -288,21 +295,28 @@ class Lab:
                                                  "its way (every guest of the lab waits)"))
                 return
             end = max(end, min(events))
-        for member in live:
-            guest = member.guest
-            self.current = member
-            while member.outcome is None and guest.clock.now_ns() < end:
-                arrival = self._next_arrival(member)
-                now = guest.clock.now_ns()
-                horizon = end if arrival is None or arrival <= now else min(end, arrival)
-                outcome = guest.run_until(horizon, member.config.max_insns)
-                if outcome is not None:
-                    self._end(member, outcome)
-            self.current = None
+        if self.pool is not None:
+            self.pool.window(live, end)
+        else:
+            for member in live:
+                self.advance(member, end)
         for switch in self.switches.values():
             switch.flush_capture(end)
         self.now_ns = end
         self.windows += 1
+
+    def advance(self, member: Member, end: int) -> None:
+        """Run one guest to guest time `end`, its run cut at each frame's arrival."""
+        guest = member.guest
+        self.current = member
+        while member.outcome is None and guest.clock.now_ns() < end:
+            arrival = self._next_arrival(member)
+            now = guest.clock.now_ns()
+            horizon = end if arrival is None or arrival <= now else min(end, arrival)
+            outcome = guest.run_until(horizon, member.config.max_insns)
+            if outcome is not None:
+                self._end(member, outcome)
+        self.current = None
 
 
 def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -> int:
