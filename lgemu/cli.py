@@ -165,6 +165,9 @@ LAB_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                       help="serve gdb for guest NAME; the others wait while it is stopped")),
     (("-S",), dict(action="store_true", dest="gdb_wait",
                    help="with --gdb: wait for gdb before the first instruction")),
+    (("--workers",), dict(type=_positive, default=1, metavar="N",
+                          help="run the guests in N worker processes (the same bytes as one; "
+                               "not with --trace, --coverage, --gdb or -v)")),
 ]
 
 
@@ -214,7 +217,13 @@ def lab(args: argparse.Namespace) -> int:
         pcap=args.pcap, verbose=args.verbose, max_insns=args.max_insns, timeout=args.timeout,
         trace=per_guest(args.trace, "--trace", names), events=args.events,
         coverage={k: Path(v) for k, v in per_guest(args.coverage, "--coverage", names).items()},
-        gdb=per_guest(args.gdb, "--gdb", names), gdb_wait=args.gdb_wait)
+        gdb=per_guest(args.gdb, "--gdb", names), gdb_wait=args.gdb_wait, workers=args.workers)
+    if options.workers > 1:
+        for option, given in (("--trace", options.trace), ("--coverage", options.coverage),
+                              ("--gdb", options.gdb), ("-v", options.verbose)):
+            if given:
+                raise UserError(f"--workers: {option} watches a guest in its own process; "
+                                "run without --workers")
     if options.gdb_wait and not options.gdb:
         raise UserError("-S needs --gdb NAME:tcp::PORT")
     if options.events and not options.trace:

@@ -349,3 +349,30 @@ def test_a_card_flooding_the_switch_costs_the_others_bounded_memory():
     frames = victim.receive()
     assert len(frames) == INBOX_FRAMES and switch.stats["dropped"] == 100
     assert [int.from_bytes(f[12:], "big") for f in frames] == list(range(INBOX_FRAMES))
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_worker_processes_give_the_same_bytes(tmp_path, workers):
+    """--workers: the guests run in other processes; consoles (stdout and a console file),
+    stderr and the capture are those of one process, with loss and reordering on."""
+    lab = lab_file(tmp_path, "latency_us = 200\nloss = 0.2\nreorder = 0.3\nseed = 5",
+                   "lgemu.test=net_echo net.idle=50",
+                   f"lgemu.test=net_ping net.count=6 net.timeout=5 net.peer={MAC_ECHO}",
+                   'console = "echo.log"')
+    runs = []
+    for count in (1, workers):
+        status, out, err = run_lab(lab, "--pcap", str(tmp_path / f"w{count}.pcap"),
+                                   "--workers", str(count))
+        runs.append((status, out, err, (tmp_path / "echo.log").read_bytes(),
+                     (tmp_path / f"w{count}-sw0.pcap").read_bytes()))
+    assert runs[0] == runs[1]
+    status, out, err, echo_log, _ = runs[0]
+    assert status == 0 and "PASS net_ping.echoes" in lines_of(out, "ping")
+    assert b"net_echo: " in echo_log
+
+
+def test_workers_refuse_what_watches_a_guest(tmp_path):
+    status, out, err = run_lab(ping_lab(tmp_path), "--workers", "2", "-v")
+    assert (status, out) == (2, b"")
+    assert err == ("lgemu: --workers: -v watches a guest in its own process; run without "
+                   "--workers\n")

@@ -4,5 +4,5 @@
 seeded loss and reordering, the capture), and `scheduler.py` runs the guests: a conservative
 scheduler that lets no guest run more than one lookahead (the smallest switch latency) ahead of
 the others, so every frame arrives at exactly its send time plus latency on the receiver's
-clock, whatever the host's load.
+clock, whatever the host's load.  `workers.py` runs the same windows in several processes.
 """

@@ -78,6 +78,7 @@ class LabOptions:
     coverage: dict[str, Path] = field(default_factory=dict)
     gdb: dict[str, str] = field(default_factory=dict)
     gdb_wait: bool = False
+    workers: int = 1
 
 
 @dataclass
@@ -278,6 +279,8 @@ class Lab:
 
     def _waiting(self, member: Member) -> tuple[bool, int | None, int | None]:
         """Is the guest halted, its timer, and the next frame on its way to it."""
+        if self.pool is not None:
+            return self.pool.waiting(member)
         guest = member.guest
         return guest.interrupts.halted, guest.clock.deadline_ns, self._next_arrival(member)
 
@@ -334,6 +337,10 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         lab.build(stack, stdout, stderr)
+        if options.workers > 1:
+            from .workers import WorkerPool
+            lab.pool = WorkerPool(lab, min(options.workers, len(lab.members)))
+            stack.callback(lab.pool.close)
         lab.run()
         stdout.flush()
         if options.verbose:

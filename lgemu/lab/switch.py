@@ -93,6 +93,8 @@ class Switch:
         self.pcap: PcapWriter | None = None
         self._captured: list[tuple[int, int, int, bytes]] = []
         self.stats = {"frames": 0, "lost": 0, "reordered": 0, "dropped": 0}
+        # Told of every frame put on its way to a port (lgemu.lab.workers ships them).
+        self.on_push: Callable[[SwitchPort, tuple[int, int, int, bytes]], None] | None = None
 
     def port(self, owner: str) -> SwitchPort:
         """A new port for a card of guest `owner`."""
@@ -137,7 +139,10 @@ class Switch:
             if len(port.inbox) >= INBOX_FRAMES:
                 self.stats["dropped"] += 1
                 continue
-            heapq.heappush(port.inbox, (arrival, source.number, source.sent, frame))
+            entry = (arrival, source.number, source.sent, frame)
+            heapq.heappush(port.inbox, entry)
+            if self.on_push is not None:
+                self.on_push(port, entry)
 
     def flush_capture(self, until_ns: int) -> None:
         """Write captured frames sent before `until_ns`, in time order (then port, then
