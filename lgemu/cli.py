@@ -228,6 +228,9 @@ def lab(args: argparse.Namespace) -> int:
         raise UserError("-S needs --gdb NAME:tcp::PORT")
     if options.events and not options.trace:
         raise UserError("--events needs --trace NAME:FILE")
+    if options.workers > 1:
+        from .lab.workers import WorkerPool
+        return main_lab(args.lab_file, options, WorkerPool)
     return main_lab(args.lab_file, options)
 
 

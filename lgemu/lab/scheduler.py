@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 from ..config import BootConfig
 from ..errors import ExitStatus, GuestStuck, LgemuExit, LimitReached, UserError
@@ -33,7 +33,6 @@ from .switch import Switch, SwitchPort
 
 if TYPE_CHECKING:
     from ..host.guest import Guest
-    from .workers import WorkerPool
 
 NO_SWITCH_WINDOW_NS = 10_000_000  # guests that share no switch cannot disturb each other
 LAB_MAC_PREFIX = bytes((0x02, 0x6C, 0x67))
@@ -79,6 +78,19 @@ class LabOptions:
     gdb: dict[str, str] = field(default_factory=dict)
     gdb_wait: bool = False
     workers: int = 1
+
+
+class Pool(Protocol):
+    """Runs the lab's windows in other processes (`lgemu.lab.workers.WorkerPool`)."""
+
+    def window(self, live: list[Member], end: int) -> None:
+        """Advance the live guests to guest time `end`."""
+
+    def waiting(self, member: Member) -> tuple[bool, int | None, int | None]:
+        """Is the guest halted, its timer, and the next frame on its way to it."""
+
+    def close(self) -> None:
+        """Stop the worker processes."""
 
 
 @dataclass
@@ -157,7 +169,7 @@ class Lab:
         self.lookahead = min((s.latency_ns for s in lab.switches), default=NO_SWITCH_WINDOW_NS)
         self.now_ns = 0  # start of the current window
         self.windows = 0
-        self.pool: WorkerPool | None = None  # --workers: guests run in other processes
+        self.pool: Pool | None = None  # --workers: guests run in other processes
         self.current: Member | None = None
 
     # -- building ---------------------------------------------------------------------------
@@ -322,8 +334,10 @@ class Lab:
         self.current = None
 
 
-def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -> int:
-    """`lgemu lab`: build and run the lab; one line per guest on stderr; the worst status."""
+def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO,
+            pool: Callable[[Lab, int], Pool] | None = None) -> int:
+    """`lgemu lab`: build and run the lab; one line per guest on stderr; the worst status.
+    With `options.workers` > 1, `pool` starts the worker processes once the lab is built."""
     from .config import load_lab
 
     lab_spec = load_lab(path)
@@ -337,9 +351,8 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         lab.build(stack, stdout, stderr)
-        if options.workers > 1:
-            from .workers import WorkerPool
-            lab.pool = WorkerPool(lab, min(options.workers, len(lab.members)))
+        if options.workers > 1 and pool is not None:
+            lab.pool = pool(lab, min(options.workers, len(lab.members)))
             stack.callback(lab.pool.close)
         lab.run()
         stdout.flush()
@@ -366,6 +379,7 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO) -
     return worst
 
 
-def main_lab(path: Path, options: LabOptions) -> int:
+def main_lab(path: Path, options: LabOptions,
+             pool: Callable[[Lab, int], Pool] | None = None) -> int:
     """`run_lab` on the process's stdout and stderr."""
-    return run_lab(path, options, sys.stdout.buffer, sys.stderr)
+    return run_lab(path, options, sys.stdout.buffer, sys.stderr, pool)
