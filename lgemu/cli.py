@@ -77,11 +77,18 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                         help="a virtio disk backed by FILE (vda, vdb, … in order); ,ro "
                              "refuses writes")),
     (("--net",), dict(action="append", type=lambda v: ("net", v), default=[], dest="devices",
-                      metavar="WIRE[,mac=M][,pcap=FILE]",
+                      metavar="WIRE[,mac=M][,pcap=FILE][,record=FILE]",
                       help="a virtio network card (eth0, eth1, … in order) on WIRE: "
-                           "udp:LOCALPORT:HOST:PORT, tap:IFNAME or pcap:FILE")),
+                           "udp:LOCALPORT:HOST:PORT, tap:IFNAME, replay:FILE (of a udp or tap "
+                           "card's record=FILE) or pcap:FILE")),
     (("--console-input",), dict(type=Path, metavar="FILE",
                                 help="feed FILE to the console instead of stdin, reproducibly")),
+    (("--console-record",), dict(type=Path, metavar="FILE",
+                                 help="record the console input read (terminal, pipe) with the "
+                                      "instruction count it arrived at, for --console-replay")),
+    (("--console-replay",), dict(type=Path, metavar="FILE",
+                                 help="feed the console exactly what --console-record recorded, "
+                                      "at the same instruction counts")),
     (("--trace",), dict(metavar="FILE", help="write an instruction trace with lguest events "
                                              "to FILE ('-': stdout, among the guest's output)")),
     (("--trace-format",), dict(choices=("text", "jsonl", "tenet"), default="text",
@@ -136,6 +143,34 @@ BOOT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
 ]
 
 
+# (flags, argparse keyword arguments) for `lgemu lab`; per-guest options take NAME:VALUE.
+LAB_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("lab_file",), dict(type=Path, metavar="LAB.toml", help="the lab: guests and switches")),
+    (("--pcap",), dict(type=Path, metavar="FILE",
+                       help="capture every switch, each in its own classic pcap file: "
+                            "FILE-SWITCH.pcap (virtual timestamps)")),
+    (("--max-insns",), dict(type=_positive, metavar="N",
+                            help="stop each guest after N instructions (exit status 5)")),
+    (("--timeout",), dict(type=_positive_float, metavar="SECONDS",
+                          help="stop the lab after this much wall-clock time (exit status 6)")),
+    (("-v", "--verbose"), dict(action="count", default=0,
+                               help="a summary per guest and per switch on stderr")),
+    (("--trace",), dict(action="append", default=[], metavar="NAME:FILE",
+                        help="an instruction trace of guest NAME (repeatable)")),
+    (("--events",), dict(action="store_true",
+                         help="the traced guests' lguest event log only")),
+    (("--coverage",), dict(action="append", default=[], metavar="NAME:FILE",
+                           help="guest NAME's executed blocks (drcov)")),
+    (("--gdb",), dict(action="append", default=[], metavar="NAME:tcp::PORT",
+                      help="serve gdb for guest NAME; the others wait while it is stopped")),
+    (("-S",), dict(action="store_true", dest="gdb_wait",
+                   help="with --gdb: wait for gdb before the first instruction")),
+    (("--workers",), dict(type=_positive, default=1, metavar="N",
+                          help="run the guests in N worker processes (the same bytes as one; "
+                               "not with --trace, --coverage, --gdb or -v)")),
+]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
 
@@ -151,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("boot", help="boot a guest kernel")
     for flags, kwargs in BOOT_OPTIONS:
         boot.add_argument(*flags, **kwargs)
+    lab = sub.add_parser("lab", help="run several guests on one virtual clock, joined by "
+                                     "virtual switches (lgemu.lab)")
+    for flags, kwargs in LAB_OPTIONS:
+        lab.add_argument(*flags, **kwargs)
     info = sub.add_parser("info", help="describe a kernel image: ELF, lguest ABI, symbols")
     info.add_argument("kernel", type=Path, metavar="VMLINUX", help="ELF vmlinux or bzImage")
     return parser
@@ -166,6 +205,33 @@ def info(kernel: Path, stdout: TextIO) -> int:
     image = load_kernel(kernel)  # the Launcher's checks: a bad file is one line, exit 2
     describe_kernel(stdout, image, Symbols.load(kernel), detect_era(image))
     return 0
+
+
+def lab(args: argparse.Namespace) -> int:
+    """`lgemu lab LAB.toml`: returns the worst exit status of its guests (lgemu.lab)."""
+    from .lab.config import load_lab
+    from .lab.scheduler import LabOptions, main_lab, per_guest
+
+    names = [g.name for g in load_lab(args.lab_file).guests]
+    options = LabOptions(
+        pcap=args.pcap, verbose=args.verbose, max_insns=args.max_insns, timeout=args.timeout,
+        trace=per_guest(args.trace, "--trace", names), events=args.events,
+        coverage={k: Path(v) for k, v in per_guest(args.coverage, "--coverage", names).items()},
+        gdb=per_guest(args.gdb, "--gdb", names), gdb_wait=args.gdb_wait, workers=args.workers)
+    if options.workers > 1:
+        for option, given in (("--trace", options.trace), ("--coverage", options.coverage),
+                              ("--gdb", options.gdb), ("-v", options.verbose)):
+            if given:
+                raise UserError(f"--workers: {option} watches a guest in its own process; "
+                                "run without --workers")
+    if options.gdb_wait and not options.gdb:
+        raise UserError("-S needs --gdb NAME:tcp::PORT")
+    if options.events and not options.trace:
+        raise UserError("--events needs --trace NAME:FILE")
+    if options.workers > 1:
+        from .lab.workers import WorkerPool
+        return main_lab(args.lab_file, options, WorkerPool)
+    return main_lab(args.lab_file, options)
 
 
 def parse_boot(args: argparse.Namespace) -> BootConfig:
@@ -197,16 +263,14 @@ def check_config(config: BootConfig) -> int:
 
 def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
     """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
-    from .abi_eras import DeviceBus
+    from .assemble import assemble_guest
     from .debug import attach_debugging
     from .devices import build_devices
     from .devices.console import ConsoleOutput
     from .host.clock import Clock
-    from .host.guest import Guest
-    from .launcher import launch, load_kernel
+    from .launcher import load_kernel
     from .launcher.era import boot_era
     from .machine.cpu import SelfTestError, self_test
-    from .machine.memory import GuestMemory
 
     mem = check_config(config)
     kernel = load_kernel(config.kernel)
@@ -218,14 +282,10 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     output = ConsoleOutput(stdout)
     devices = build_devices(config, output, era)  # command-line order, console last (ABI §10.3)
     try:
-        memory = GuestMemory(mem)
-        on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
-        info = launch(memory, kernel, config.cmdline, config.initrd,
-                      [] if on_pci else [d.spec() for d in devices], era)
         clock = Clock(config.ns_per_insn, realtime=config.clock == "realtime")
-        guest = Guest(memory, info, [] if on_pci else devices, output, clock)
-        if on_pci:
-            guest.attach_pci(devices)
+        guest = assemble_guest(kernel, era, mem, config.cmdline, config.initrd, devices,
+                               output, clock)
+        info = guest.boot
         with attach_debugging(guest, config, stderr):
             # Only now, with every file and port opened: bad input stays the only line.
             if config.verbose and stderr is not None:
@@ -267,6 +327,8 @@ def _main(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "info":
             return info(args.kernel, sys.stdout)
+        if args.command == "lab":
+            return lab(args)
         config = parse_boot(args)
         outcome = boot(config, sys.stdout.buffer, sys.stderr)
     except LgemuExit as e:

@@ -33,6 +33,8 @@ class BootConfig:
     # key of `lgemu.devices.DEVICE_OPTIONS` ("block", "net").
     devices: list[tuple[str, str]] = field(default_factory=list)
     console_input: Path | None = None
+    console_record: Path | None = None  # lgemu.devices.replay
+    console_replay: Path | None = None
     # traces, the event log, coverage, the status line (lgemu.debug.trace / .coverage, ui)
     trace: str | None = None
     trace_format: str = "text"
@@ -71,6 +73,10 @@ class BootConfig:
                     return f"{option} needs --trace FILE or --events"
         elif self.trace_regs and self.events:
             return "--trace-regs: --events writes no instructions"
+        if self.console_replay is not None and self.console_input is not None:
+            return "--console-replay: the recording is the console's input (no --console-input)"
+        if self.console_replay is not None and self.console_record is not None:
+            return "--console-record cannot be combined with --console-replay"
         if self.gdb is None and self.gdb_wait:
             return "-S needs --gdb (or -s)"
         if self.timeline is not None and self.gdb is not None:

@@ -23,6 +23,7 @@ class ExitStatus:
     INSN_LIMIT = 5  # --max-insns reached
     TIMEOUT = 6  # --timeout reached
     RESTART = 7  # LHCALL_SHUTDOWN restart (2.6.25 on): lgemu ends where lguest restarted
+    REPLAY_DIVERGED = 8  # a replayed guest sent what the recorded one did not
     INTERNAL = 70  # a bug in lgemu itself (EX_SOFTWARE)
     HANGUP = 129  # SIGHUP: the terminal (or whoever started lgemu) went away
     INTERRUPTED = 130  # Ctrl-C (SIGINT), Ctrl-] on the console terminal

@@ -403,14 +403,17 @@ def test_a_local_port_in_use_is_one_line_and_exit_2(lgemu_main):
     ("udp:0:127.0.0.1:70000",
      "--net udp:0:127.0.0.1:70000: port '70000' is not a port number"),
     ("ether:eth0", "--net ether:eth0: unknown kind 'ether' (udp:LOCALPORT:HOST:PORT, "
-                   "tap:IFNAME or pcap:FILE)"),
+                   "tap:IFNAME, replay:FILE or pcap:FILE)"),
     ("pcap:", "--net pcap:: want pcap:FILE"),
     ("pcap:x.pcap,mac=01:00:5e:00:00:01", "--net: MAC address 01:00:5e:00:00:01 is a "
                                           "multicast address"),
     ("pcap:x.pcap,mac=02:00:00:00:00", "--net: bad MAC address '02:00:00:00:00' (want "
                                        "XX:XX:XX:XX:XX:XX)"),
     ("pcap:x.pcap,speed=10", "--net pcap:x.pcap,speed=10: unexpected 'speed=10' (mac=XX:..., "
-                             "pcap=FILE)"),
+                             "pcap=FILE, and record=FILE on udp and tap)"),
+    ("pcap:x.pcap,record=r", "--net pcap:x.pcap,record=r: unexpected 'record=r' (mac=XX:..., "
+                             "pcap=FILE, and record=FILE on udp and tap)"),
+    ("replay:", "--net replay:: want replay:FILE"),
     ("tap:", "--net tap:: not a valid interface name"),
     ("tap:a-name-far-too-long", "--net tap:a-name-far-too-long: not a valid interface name"),
 ])

@@ -64,6 +64,23 @@ def check_options(config: BootConfig) -> None:
         DEVICE_OPTIONS[name].parse(value)
 
 
+def console_device(config: BootConfig, output: ConsoleOutput) -> Console:
+    """The console, its input recorded (`--console-record`) or replayed (`--console-replay`)
+    if asked (lgemu.devices.replay)."""
+    if config.console_replay is not None:
+        from .replay import ReplayInput
+        source: Any = ReplayInput(config.console_replay)
+    else:
+        source = open_console_input(config.console_input)
+        if config.console_record is not None and source is not None:
+            from .replay import RecordingInput
+            source = RecordingInput(source, config.console_record)
+    console = Console(output, source)
+    if hasattr(source, "position"):
+        source.position = lambda: (console.icount(), console.wall_ns())
+    return console
+
+
 def build_devices(config: BootConfig, output: ConsoleOutput,
                   era: Era = ERA_2_6_24) -> list[Device]:
     """The devices `config` asks for (`--block`, `--net`, in order), then the console, each
@@ -77,7 +94,7 @@ def build_devices(config: BootConfig, output: ConsoleOutput,
             index = counts.get(name, 0)
             devices.append(option.build(option.parse(value), index))
             counts[name] = index + 1
-        devices.append(Console(output, open_console_input(config.console_input)))
+        devices.append(console_device(config, output))
         for device in devices:
             device.era = era
     except BaseException:

@@ -34,6 +34,7 @@ class Device:
         # Feature bits the driver accepted (2.6.25 on; set at each status write or read from
         # the device page by the Host, always a subset of `spec().features`).
         self.acked: int = 0
+        self.icount: Callable[[], int] = lambda: 0  # instructions executed (set by the Host)
 
     def spec(self) -> DeviceSpec:
         """How the Launcher describes this device on the device page (a device with config

@@ -319,7 +319,8 @@ class Console(Device):
 
     def wait_fds(self) -> list[int]:
         source = self.source
-        if source is None or not source.open or not source.live or len(self.backlog) >= BACKLOG:
+        if source is None or not source.open or not source.live or source.fd < 0 \
+                or len(self.backlog) >= BACKLOG:  # fd -1: a replay, due input is already in
             return []
         return [source.fd]
 

@@ -12,7 +12,8 @@ buffers at slice boundaries.  2.6.24's `virtnet_open()` kicks its rx queue befor
 for good (ABI Appendix A).
 
 Frames arrive on the host's schedule, so a run with a udp or tap wire is not reproducible
-instruction for instruction; a pcap-only device has no input and changes nothing.
+instruction for instruction unless recorded and replayed (`replay.py`); a pcap-only device has
+no input and changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..abi_eras import DeviceBus
 from ..launcher.devicepage import DeviceSpec, net_spec
 from .base import Device
 from .netback import MAX_FRAME, Link, NetOption, PcapWriter, open_link
+from .replay import RecordingLink, ReplayLink
 from .vring import Chain, Vring, total_length
 
 RX_QUEUE, TX_QUEUE = 0, 1
@@ -57,11 +59,19 @@ class Net(Device):
         try:
             self.pcap = PcapWriter(option.pcap) if option.pcap is not None else None
             self.link = open_link(option)
+            position = self._position
+            if option.record is not None and self.link is not None:
+                self.link = RecordingLink(self.link, option.record, position)
+            if option.replay is not None:
+                self.link = ReplayLink(option.replay, position)
         except BaseException:
             self.close()
             raise
         self.backlog: deque[bytes] = deque()
         self.stats = {"tx": 0, "rx": 0, "dropped": 0}
+
+    def _position(self) -> tuple[int, int]:
+        return self.icount(), self.wall_ns()
 
     def spec(self) -> DeviceSpec:
         return net_spec(self.mac)
@@ -167,6 +177,6 @@ class Net(Device):
         return [rxq.irq]
 
     def wait_fds(self) -> list[int]:
-        if self.link is None or len(self.backlog) >= BACKLOG_FRAMES:
+        if self.link is None or len(self.backlog) >= BACKLOG_FRAMES or self.link.fileno() < 0:
             return []
         return [self.link.fileno()]

@@ -10,6 +10,8 @@ offers three ends, chosen with `--net`:
 * ``tap:IFNAME`` — a TAP interface (``/dev/net/tun``, no packet-info header), as lguest had;
   needs CAP_NET_ADMIN or an interface the user owns.
 * ``pcap:FILE`` — no wire at all: frames the guest sends are only recorded.
+* ``replay:FILE`` — no wire: the frames a udp or tap card recorded with ``,record=FILE``
+  arrive again at the same instruction counts (`lgemu.devices.replay`).
 
 Any of them takes ``,mac=XX:XX:XX:XX:XX:XX`` (the guest's MAC address) and the first two
 ``,pcap=FILE``: every frame sent or received is appended to FILE in the classic pcap format
@@ -210,6 +212,8 @@ class NetOption:
     host: str = ""
     port: int = 0
     ifname: str = ""
+    record: Path | None = None  # ,record=FILE (lgemu.devices.replay)
+    replay: Path | None = None  # replay:FILE
 
 
 def parse_mac(text: str) -> bytes:
@@ -252,21 +256,29 @@ def parse_net_option(text: str) -> NetOption:
                            host=fields[1], port=_port(fields[2], "port", text))
     elif kind == "tap":
         option = NetOption("tap", ifname=args)
+    elif kind == "replay":
+        if not args:
+            raise UserError(f"--net {text}: want replay:FILE")
+        option = NetOption("replay", replay=Path(args))
     elif kind == "pcap":
         if not args:
             raise UserError(f"--net {text}: want pcap:FILE")
         option = NetOption("pcap", pcap=Path(args))
     else:
         raise UserError(f"--net {text}: unknown kind {kind!r} (udp:LOCALPORT:HOST:PORT, "
-                        "tap:IFNAME or pcap:FILE)")
+                        "tap:IFNAME, replay:FILE or pcap:FILE)")
     for extra in extras:
         key, _, value = extra.partition("=")
         if key == "mac" and option.mac is None:
             option.mac = parse_mac(value)
         elif key == "pcap" and option.pcap is None and value:
             option.pcap = Path(value)
+        elif key == "record" and option.record is None and value \
+                and option.kind in ("udp", "tap"):
+            option.record = Path(value)
         else:
-            raise UserError(f"--net {text}: unexpected {extra!r} (mac=XX:..., pcap=FILE)")
+            raise UserError(f"--net {text}: unexpected {extra!r} (mac=XX:..., pcap=FILE, "
+                            "and record=FILE on udp and tap)")
     return option
 
 

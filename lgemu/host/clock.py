@@ -104,3 +104,9 @@ class Clock:
                 SIGNALS.sleep(wait)  # a signal to lgemu wakes it (and ends the run)
         else:
             self._slice_ns = max(self._slice_ns, self.deadline_ns)
+
+    def idle_until(self, bound_ns: int) -> None:
+        """A halted guest in a lab (virtual time only) skips to its timer or to `bound_ns`,
+        whichever comes first: frames may arrive from other guests at `bound_ns`."""
+        target = bound_ns if self.deadline_ns is None else min(bound_ns, self.deadline_ns)
+        self._slice_ns = max(self._slice_ns, target)

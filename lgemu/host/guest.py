@@ -233,6 +233,7 @@ class Guest:
                 ring.on_push = self._vring_pushed
             device.attach(rings, self.interrupts.raise_irq)
             device.wall_ns = self._wall_ns
+            device.icount = lambda: self.icount
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
         # 2.6.25 on: descriptors by their offset in the device page, for status writes
         # (2.6.26 reports them) and the accepted features (2.6.25 leaves them to be read).
@@ -379,6 +380,8 @@ class Guest:
 
     _in_slice = False
     _started = False  # the first slice has started (see `_step`)
+    # Guest time (ns) `run_until` runs to: slices end there, a halted guest skips there.
+    horizon_ns: int | None = None
 
     @property
     def icount(self) -> int:
@@ -783,6 +786,23 @@ class Guest:
                 device.run_ends()
         return self.outcome
 
+    def run_until(self, horizon_ns: int, max_instructions: int | None = None) -> LgemuExit | None:
+        """Run on until guest time reaches `horizon_ns`, for a scheduler of several guests
+        (`lgemu.lab`): slices end there and a halted guest skips there (or to its timer);
+        no host input is waited for.  Returns how the run ended, or None at the horizon.
+        Signals, timeouts and the devices' run_starts/run_ends are the caller's."""
+        self.horizon_ns = horizon_ns
+        try:
+            while self.outcome is None and self.clock.now_ns() < horizon_ns:
+                self._step(max_instructions)
+        except LgemuExit as outcome:
+            self.outcome = self.outcome or outcome
+        except CpuError as e:
+            self.outcome = self.outcome or cpu_kill(e)
+        finally:
+            self.horizon_ns = None
+        return self.outcome
+
     def _step(self, max_instructions: int | None) -> None:
         clock, interrupts = self.clock, self.interrupts
         if not self._slice_left:
@@ -801,11 +821,16 @@ class Guest:
             if self.lg.data is not None and interrupts.pending:
                 self._inject(eip)
             if interrupts.halted:
-                self._idle()
+                if self.horizon_ns is None:
+                    self._idle()
+                else:  # in a lab, host input is the lab's: nothing to wait for
+                    clock.idle_until(self.horizon_ns)
                 return
             limit = PENDING_SLICE if interrupts.pending else SLICE
             if max_instructions is not None:
                 limit = min(limit, max_instructions - clock.executed)
+            if self.horizon_ns is not None:
+                limit = min(limit, -(-(self.horizon_ns - clock.now_ns()) // clock.ns_per_insn))
             self._slice_left = clock.slice_budget(limit)
             self._slice_end_ns = clock.now_ns() + self._slice_left * clock.ns_per_insn
         caps = [cap for c in self.controllers if (cap := c.boundary(self)) is not None]

@@ -1,0 +1,36 @@
+"""One guest put together: the step between the Launcher and the run loop.
+
+`lgemu boot` and `lgemu lab` both end their set-up here.  The era chosen once from the kernel
+(`lgemu.launcher.era.boot_era`) decides how the devices are announced: on the lguest bus's
+device page, which the Launcher lays out (2.6.24 to 3.x), or as PCI functions on bus 0, which
+the Host answers (4.x, docs/eras.md).  Everything else is the same for every era.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .abi_eras import DeviceBus, Era
+from .devices.base import Device
+from .devices.console import ConsoleOutput
+from .host.clock import Clock
+from .host.guest import Guest
+from .launcher import KernelImage, launch
+from .machine.memory import GuestMemory
+
+
+def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,
+                   initrd: Path | None, devices: list[Device], output: ConsoleOutput,
+                   clock: Clock) -> Guest:
+    """A guest of `mem` bytes running `kernel` with `devices` (the console last), laid out by
+    the Launcher for `era`, ready for its first instruction."""
+    for device in devices:
+        device.era = era
+    memory = GuestMemory(mem)
+    on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
+    info = launch(memory, kernel, cmdline, initrd,
+                  [] if on_pci else [d.spec() for d in devices], era)
+    guest = Guest(memory, info, [] if on_pci else devices, output, clock)
+    if on_pci:
+        guest.attach_pci(devices)
+    return guest

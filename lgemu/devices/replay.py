@@ -1,0 +1,219 @@
+"""Recording and replaying what arrives from the host: network frames and console input.
+
+A run with a udp or tap wire, or console input typed or piped in, gets that input on the
+host's schedule.  Recorded (`--net udp:…,record=FILE`, `--console-record FILE`), each piece of
+input is kept with the guest instruction count and guest wall-clock time at which the device
+took it, which is always between two slices.  Replayed (`--net replay:FILE`,
+`--console-replay FILE`), the same pieces are handed over at the same count and time, with no
+wire or terminal at all, so the guest executes the same instructions: console, trace and the
+frames it sends come out the same.  What it sends is checked against the recording; the first
+frame that differs ends the run (`ReplayDiverged`).
+
+The file: the line ``lgemu-replay 1``, then records of a kind byte (``R`` a frame received,
+``S`` a frame sent, ``C`` console input, whose empty record is its end), the instruction
+count, the wall-clock time in ns, the length, and the bytes.  A recording can be replayed by
+the same lgemu and guest with the same options otherwise (memory, command line, MAC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..errors import ExitStatus, LgemuExit, UserError
+from .netback import Link
+
+MAGIC = b"lgemu-replay 1\n"
+RECORD = struct.Struct("<cQQI")  # kind, instruction count, guest wall-clock ns, length
+RECEIVED, SENT, CONSOLE = b"R", b"S", b"C"
+# Where the guest stands when input is taken: (instruction count, guest wall-clock ns).
+Position = Callable[[], tuple[int, int]]
+
+
+class ReplayDiverged(LgemuExit):
+    """The replayed guest did something the recorded one did not."""
+
+    status = ExitStatus.REPLAY_DIVERGED
+    prefix = "lgemu: replay diverged: "
+
+
+class Recorder:
+    """A recording file being written (a full disk ends the recording, not the run)."""
+
+    def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory")
+        try:
+            self.file: BinaryIO | None = path.open("wb")
+            self.file.write(MAGIC)
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f"{path}: cannot write a recording: {e.strerror}") from None
+
+    def record(self, kind: bytes, at: tuple[int, int], data: bytes) -> None:
+        """Append one record."""
+        if self.file is None:
+            return
+        try:
+            self.file.write(RECORD.pack(kind, at[0], max(at[1], 0), len(data)) + data)
+            self.file.flush()
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+
+
+def read_records(path: Path, kinds: bytes) -> list[tuple[bytes, int, int, bytes]]:
+    """A recording's records of the given kinds (UserError if it is not one)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the recording: {e.strerror}") from None
+    if not data.startswith(MAGIC):
+        raise UserError(f"{path}: not an lgemu recording")
+    records, offset = [], len(MAGIC)
+    while offset < len(data):
+        if offset + RECORD.size > len(data):
+            raise UserError(f"{path}: recording cut short")
+        kind, icount, wall_ns, length = RECORD.unpack_from(data, offset)
+        offset += RECORD.size
+        if kind not in (RECEIVED, SENT, CONSOLE) or offset + length > len(data):
+            raise UserError(f"{path}: damaged recording at byte {offset - RECORD.size}")
+        if kind in kinds:
+            records.append((kind, icount, wall_ns, data[offset:offset + length]))
+        offset += length
+    return records
+
+
+class RecordingLink(Link):
+    """A real wire whose arriving and departing frames are also recorded."""
+
+    def __init__(self, inner: Link, path: Path, position: Position) -> None:
+        self.inner = inner
+        self.recorder = Recorder(path)
+        self.position = position
+        self.description = f"{inner.description}, recorded to {path}"
+
+    def send(self, frame: bytes) -> bool:
+        self.recorder.record(SENT, self.position(), frame)
+        return self.inner.send(frame)
+
+    def receive(self) -> list[bytes]:
+        frames = self.inner.receive()
+        if frames:
+            at = self.position()
+            for frame in frames:
+                self.recorder.record(RECEIVED, at, frame)
+        return frames
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def close(self) -> None:
+        self.inner.close()
+        self.recorder.close()
+
+
+class ReplayLink(Link):
+    """No wire: the recorded frames arrive at their recorded instruction counts."""
+
+    def __init__(self, path: Path, position: Position) -> None:
+        records = read_records(path, RECEIVED + SENT)
+        self.arriving = deque(r for r in records if r[0] == RECEIVED)
+        self.expected = deque(r for r in records if r[0] == SENT)
+        self.position = position
+        self.sent = 0
+        self.description = f"replay of {path}"
+
+    def send(self, frame: bytes) -> bool:
+        icount, _ = self.position()
+        self.sent += 1
+        if not self.expected:
+            raise ReplayDiverged(f"frame {self.sent} sent at instruction {icount} was never "
+                                 "sent in the recording")
+        _, recorded_at, _, recorded = self.expected.popleft()
+        if frame != recorded:
+            raise ReplayDiverged(
+                f"frame {self.sent} sent at instruction {icount} differs from the recording "
+                f"({len(frame)} bytes; recorded {len(recorded)} bytes at instruction "
+                f"{recorded_at})")
+        return True
+
+    def receive(self) -> list[bytes]:
+        now = self.position()
+        frames = []
+        while self.arriving and self.arriving[0][1:3] <= now:
+            frames.append(self.arriving.popleft()[3])
+        return frames
+
+    def fileno(self) -> int:
+        return -1  # nothing to wait for: frames come when the guest reaches their count
+
+
+class RecordingInput:
+    """Console input from a terminal or pipe, every piece read also recorded."""
+
+    def __init__(self, inner: Any, path: Path) -> None:
+        self.inner = inner
+        self.recorder = Recorder(path)
+        self.position: Position = lambda: (0, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read(self, limit: int) -> bytes:
+        """Read as the source does, and record what was read (b"": its end)."""
+        data = self.inner.read(limit)
+        self.recorder.record(CONSOLE, self.position(), data)
+        return data
+
+    def close(self) -> None:
+        """Close the source and the recording."""
+        self.inner.close()
+        self.recorder.close()
+
+
+class ReplayInput:
+    """Console input replayed from a recording, as a live source that never blocks."""
+
+    kind = "replay"
+    live = True
+    interactive = False
+    fd = -1  # nothing to wait on (see `Console.wait_fds`)
+
+    def __init__(self, path: Path) -> None:
+        self.pieces = deque(read_records(path, CONSOLE))
+        self.position: Position = lambda: (0, 0)
+        self.open = True
+
+    def raw_mode(self) -> None:
+        """No terminal."""
+
+    def restore(self) -> None:
+        """No terminal."""
+
+    def ready(self) -> bool:
+        """Is the next recorded piece due?"""
+        return self.open and bool(self.pieces) and self.pieces[0][1:3] <= self.position()
+
+    def read(self, limit: int) -> bytes:
+        """The next recorded piece (b"" and closed at the recorded end)."""
+        if not self.ready():
+            return b""
+        data = self.pieces.popleft()[3]
+        if not data:
+            self.open = False
+        return data[:limit]
+
+    def close(self) -> None:
+        """Stop replaying."""
+        self.open = False

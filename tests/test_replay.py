@@ -1,0 +1,91 @@
+"""Record and replay (lgemu.devices.replay): a live udp session or piped console input,
+recorded with the instruction counts it arrived at, replays to the same console bytes and the
+same event log with no wire and no input; a replay that sends something else stops at once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT, lgemu_main_in_process
+from test_devices_e2e import MAC_ECHO, MAC_PING, Reader, free_udp_ports, lgemu_process, results
+
+PING = f"lgemu.test=net_ping net.count=4 net.peer={MAC_ECHO}"
+
+
+def record_udp_session(tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """An echo guest and a ping guest in two processes over loopback UDP; the ping side is
+    recorded and traced (its event log)."""
+    echo_port, ping_port = free_udp_ports(2)
+    recording = tmp_path / "ping.rec"
+    echo = lgemu_process(["boot", "--net", f"udp:{echo_port}:127.0.0.1:{ping_port},"
+                          f"mac={MAC_ECHO}", "--append", "lgemu.test=net_echo"])
+    try:
+        echo_out = Reader(echo, b"ready")
+        assert echo_out.ready.wait(SUBPROCESS_TIMEOUT), "net_echo never became ready"
+        ping = subprocess.run(
+            [sys.executable, "-m", "lgemu", "boot", "--net",
+             f"udp:{ping_port}:127.0.0.1:{echo_port},mac={MAC_PING},record={recording}",
+             "--append", PING, "--trace", str(tmp_path / "recorded.trace"), "--events"],
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=SUBPROCESS_TIMEOUT, check=False)
+        echo.wait(SUBPROCESS_TIMEOUT)
+    finally:
+        echo.kill()
+        echo.wait()
+    echo_out.join(5)
+    assert (ping.returncode, ping.stderr) == (0, b"")
+    assert results(ping.stdout) == {"net_ping.echoes": "PASS"}
+    return recording, ping
+
+
+def test_a_recorded_udp_session_replays_to_the_same_console_and_event_log(tmp_path):
+    recording, live = record_udp_session(tmp_path)
+    replay = tmp_path / "replayed.trace"
+    status, out, err = lgemu_main_in_process(
+        ["boot", "--net", f"replay:{recording},mac={MAC_PING}", "--append", PING,
+         "--trace", str(replay), "--events"])
+    assert (status, err) == (0, "")
+    assert out == live.stdout
+    assert replay.read_bytes() == (tmp_path / "recorded.trace").read_bytes()
+
+
+def test_a_replay_that_sends_another_frame_stops_naming_it(tmp_path):
+    recording, _ = record_udp_session(tmp_path)
+    # Another MAC: the very first frame sent has another source address.
+    status, _out, err = lgemu_main_in_process(
+        ["boot", "--net", f"replay:{recording},mac=02:00:00:00:00:0c", "--append", PING])
+    assert status == 8
+    assert len(err.splitlines()) == 1
+    assert err.startswith("lgemu: replay diverged: frame 1 sent at instruction ")
+    assert "differs from the recording (60 bytes; recorded 60 bytes at instruction " in err
+
+
+CONSOLE_LINES = b"hello\nworld\nquit\n"
+
+
+def test_piped_console_input_replays_exactly(tmp_path):
+    recording = tmp_path / "console.rec"
+    live = subprocess.run(
+        [sys.executable, "-m", "lgemu", "boot", "--append", "lgemu.test=console_echo",
+         "--console-record", str(recording), "--trace", str(tmp_path / "live.trace"),
+         "--events"], cwd=REPO_ROOT, input=CONSOLE_LINES, capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT, check=False)
+    assert (live.returncode, live.stderr) == (0, b"")
+    assert b"echo: world\r\n" in live.stdout
+    status, out, err = lgemu_main_in_process(
+        ["boot", "--append", "lgemu.test=console_echo", "--console-replay", str(recording),
+         "--trace", str(tmp_path / "replay.trace"), "--events"])
+    assert (status, err) == (0, "")
+    assert out == live.stdout
+    assert (tmp_path / "replay.trace").read_bytes() == (tmp_path / "live.trace").read_bytes()
+
+
+def test_a_file_that_is_not_a_recording_is_one_line_and_status_2(tmp_path):
+    bogus = tmp_path / "bogus.rec"
+    bogus.write_bytes(b"hello")
+    for args in (["--net", f"replay:{bogus}"], ["--console-replay", str(bogus)]):
+        status, out, err = lgemu_main_in_process(["boot", *args])
+        assert (status, out, err) == (2, b"", f"lgemu: {bogus}: not an lgemu recording\n")
