@@ -1,4 +1,4 @@
-"""lgemu: Linux 2.6.24 lguest guests on a portable Unicorn CPU, Host and Launcher in Python.
+"""lgemu: Linux lguest guests on a portable Unicorn CPU, Host and Launcher in Python.
 
 Reading order for a boot, from `lgemu boot` to the first console byte (docs/architecture.md
 says what each step holds; tests/test_docs.py keeps the two lists equal):
