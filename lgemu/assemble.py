@@ -1,6 +1,8 @@
-"""One guest put together: the step between the Launcher and the run loop.
+"""One guest put together: its options checked, then the step between the Launcher and the
+run loop.
 
-`lgemu boot` and `lgemu lab` both end their set-up here.  The era chosen once from the kernel
+`lgemu boot` and `lgemu lab` both begin their set-up with `check_config` and end it with
+`assemble_guest`.  The era chosen once from the kernel
 (`lgemu.launcher.era.boot_era`) decides how the devices are announced: on the lguest bus's
 device page, which the Launcher lays out (2.6.24 to 3.x), or as PCI functions on bus 0, which
 the Host answers (4.x, docs/eras.md).  Everything else is the same for every era.
@@ -11,12 +13,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from .abi_eras import DeviceBus, Era
+from .config import BootConfig
 from .devices.base import Device
 from .devices.console import ConsoleOutput
+from .errors import UserError
 from .host.clock import Clock
 from .host.guest import Guest
 from .launcher import KernelImage, launch
 from .machine.memory import GuestMemory
+
+
+def check_config(config: BootConfig) -> int:
+    """Every check of the options that needs nothing loaded or opened, so a bad command line
+    (or lab file) is refused before the kernel is read, Unicorn tested or a device opened
+    (UserError).  Returns the guest RAM size in bytes."""
+    from .debug import check_options as check_debugging
+    from .devices import check_options as check_devices
+    from .launcher import check_memory_size
+
+    problem = config.contradictions()
+    if problem is not None:
+        raise UserError(problem)
+    mem = check_memory_size(config.mem_mib)
+    check_devices(config)
+    check_debugging(config)
+    return mem
 
 
 def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,

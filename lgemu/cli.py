@@ -244,26 +244,10 @@ def parse_boot(args: argparse.Namespace) -> BootConfig:
     return BootConfig(**values)
 
 
-def check_config(config: BootConfig) -> int:
-    """Every check of the options that needs nothing loaded or opened, so a bad command line
-    is refused before the kernel is read, Unicorn tested or a device opened (UserError).
-    Returns the guest RAM size in bytes."""
-    from .debug import check_options as check_debugging
-    from .devices import check_options as check_devices
-    from .launcher import check_memory_size
-
-    problem = config.contradictions()
-    if problem is not None:
-        raise UserError(problem)
-    mem = check_memory_size(config.mem_mib)
-    check_devices(config)
-    check_debugging(config)
-    return mem
-
 
 def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
     """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
-    from .assemble import assemble_guest
+    from .assemble import assemble_guest, check_config
     from .debug import attach_debugging
     from .devices import build_devices
     from .devices.console import ConsoleOutput

@@ -64,7 +64,7 @@ class BootConfig:
 
     def contradictions(self) -> str | None:
         """The first pair of options that cannot go together (a one-line complaint), or
-        None.  Option values are checked by their own parsers (`lgemu.cli.check_config`)."""
+        None.  Option values are checked by their own parsers (`lgemu.assemble.check_config`)."""
         if not self.traced:
             for option, given in (("--trace-regs", self.trace_regs),
                                   ("--trace-filter", self.trace_filter),

@@ -125,21 +125,6 @@ def capture_path(pcap: Path, switch: str) -> Path:
     return pcap.with_name(f"{pcap.stem}-{switch}{pcap.suffix or '.pcap'}")
 
 
-def check_config(config: BootConfig) -> int:
-    """What `lgemu.cli.check_config` checks for `lgemu boot`, for one guest of a lab (the lab
-    does not import the command line).  Returns the RAM size in bytes."""
-    from ..debug import check_options as check_debugging
-    from ..devices import check_options as check_devices
-    from ..launcher import check_memory_size
-
-    problem = config.contradictions()
-    if problem is not None:
-        raise UserError(problem)
-    mem = check_memory_size(config.mem_mib)
-    check_devices(config)
-    check_debugging(config)
-    return mem
-
 
 def guest_config(spec: GuestSpec, options: LabOptions) -> BootConfig:
     """What `lgemu boot` would be given for this guest."""
@@ -175,7 +160,7 @@ class Lab:
     # -- building ---------------------------------------------------------------------------
     def build(self, stack: contextlib.ExitStack, stdout: BinaryIO, stderr: TextIO | None) -> None:
         """Open every file and device and launch every guest (UserError on bad input)."""
-        from ..assemble import assemble_guest
+        from ..assemble import assemble_guest, check_config
         from ..debug import attach_debugging
         from ..devices import DEVICE_OPTIONS
         from ..devices.console import Console, ConsoleOutput, open_console_input
