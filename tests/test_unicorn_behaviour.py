@@ -371,6 +371,21 @@ def test_emu_start_probes_until_through_the_guest_mmu() -> None:
     assert m.reg("CR2") == 0x7FFFFF and m.context_field(OFF_OLD_EXCEPTION) == 14
 
 
+def test_every_run_probes_each_exit_through_the_guest_mmu() -> None:
+    """Unicorn §9.12: with exits enabled, the end of every run looks each exit up like `until`."""
+    m = Machine()
+    m.paging()
+    m.code("404040")
+    m.uc.ctl_exits_enabled(True)
+    m.uc.ctl_set_exits([FAR, CODE + 0x100])  # both mapped: nothing left behind
+    m.uc.emu_start(CODE, FAR, count=3)
+    assert m.reg("CR2") == 0 and m.context_field(OFF_OLD_EXCEPTION) == -1
+    m.uc.ctl_set_exits([FAR, 0x800000])  # one unmapped: a silent page fault at its end
+    m.uc.emu_start(CODE, FAR, count=3)
+    assert m.reg("EAX") == 6
+    assert m.reg("CR2") == 0x7FFFFF and m.context_field(OFF_OLD_EXCEPTION) == 14
+
+
 def test_reading_a_selector_writes_only_two_bytes() -> None:
     m = Machine()
     buf = ctypes.c_uint64(0xFFFFFFFFFFFFFFFF)

@@ -242,10 +242,12 @@ class Cpu:
         except UcError as e:
             raise CpuError(f"{e} at eip {self.reg(Reg.EIP):#x}") from None
         self.at_breakpoint = bool(self._breakpoints) and self.reg(Reg.EIP) in self._breakpoints
-        if self.reg(Reg.CS) & 3 == 3:
+        if self._breakpoints or self.reg(Reg.CS) & 3 == 3:
             # Measured: a run that ends in ring 3 leaves a page fault in the CPU state (the
-            # exit looks at `until`, a supervisor page, as ring 3), and the guest's next
-            # fault would become a double fault.  No fault is pending between runs.
+            # exit looks at `until`, a supervisor page, as ring 3), and so does every run
+            # while a breakpoint is set where the current page tables map nothing (each
+            # exit is looked up the same way, Unicorn §9.12); the guest's next fault would
+            # become a double fault.  No fault is pending between runs.
             self.ack_exception()
 
     @property
