@@ -486,6 +486,15 @@ class Cpu:
         callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: fn(address, size))
         return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
 
+    def record_blocks(self, blocks: set[tuple[int, int]], begin: int = 1, end: int = 0) -> int:
+        """Add (address, size) to `blocks` each time a translated block starting in [begin,
+        end] runs, like `on_block` but with the set's own `add` as the only Python call per
+        block (one frame fewer: coverage runs this millions of times); a handle for
+        `remove_hook`."""
+        add = blocks.add
+        callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: add((address, size)))
+        return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
+
     def on_block_linked(self, fn: Callable[[int, int], None], begin: int = 1,
                         end: int = 0) -> int:
         """fn(address, size) when Unicorn links a block starting in [begin, end] to the block
