@@ -386,6 +386,18 @@ def test_every_run_probes_each_exit_through_the_guest_mmu() -> None:
     assert m.reg("CR2") == 0x7FFFFF and m.context_field(OFF_OLD_EXCEPTION) == 14
 
 
+def test_remove_cache_looks_its_address_up_through_the_guest_mmu() -> None:
+    """`Cpu._drop_code_at` tells a mapped address from an unmapped one by what is left."""
+    m = Machine()
+    m.paging()
+    m.code("404040")
+    m.uc.emu_start(CODE, FAR, count=3)
+    m.uc.ctl_remove_cache(CODE, CODE + 1)
+    assert m.context_field(OFF_OLD_EXCEPTION) == -1
+    m.uc.ctl_remove_cache(0x800000, 0x800001)
+    assert m.context_field(OFF_OLD_EXCEPTION) == 14
+
+
 def test_reading_a_selector_writes_only_two_bytes() -> None:
     m = Machine()
     buf = ctypes.c_uint64(0xFFFFFFFFFFFFFFFF)

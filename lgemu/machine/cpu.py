@@ -370,25 +370,46 @@ class Cpu:
         self._callbacks.append(callback)
         self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(instruction))
 
-    def set_breakpoints(self, addresses: frozenset[int]) -> None:
+    def set_breakpoints(self, addresses: frozenset[int], shared: bool = False) -> None:
         """Make every run stop before executing an instruction at one of these linear
         addresses (a run starting at one stops at once: leave it out to step over it).
 
         These are Unicorn's exits: checked when code is translated, so they cost nothing
         while the guest runs elsewhere, whereas a code hook, even on an address never
         reached, makes every instruction of a count-sliced run slower (tools/bench).  The
-        price is paid on change: all translated code is dropped.  The instruction at the
-        exit is not counted; `at_breakpoint` tells the run loop why the run ended early."""
+        price is paid on change: translated code that holds a changed address is dropped.
+        With `shared` (the caller knows every address space maps these addresses to the
+        same code: kernel text) only the blocks at the changed addresses go; otherwise all
+        translated code does, since a block translated in another address space cannot be
+        found from this one.  The instruction at the exit is not counted; `at_breakpoint`
+        tells the run loop why the run ended early."""
         addresses = frozenset(addresses)
         if addresses == self._breakpoints:
             return
+        changed = addresses ^ self._breakpoints
         self._breakpoints = addresses
         if addresses:
             self.uc.ctl_exits_enabled(True)
             self.uc.ctl_set_exits([UNTIL, *sorted(addresses)])
         else:
             self.uc.ctl_exits_enabled(False)
-        self.flush_code()
+        if not (shared and self._drop_code_at(changed)):
+            self.flush_code()
+
+    def _drop_code_at(self, addresses: frozenset[int]) -> bool:
+        """Drop the translated blocks holding the byte before and the byte at each linear
+        address (an exit's own block too, Unicorn §9.12), looked up through the current page
+        tables; False when one is not mapped there (then the caller must drop everything).
+        A failed look-up leaves a #PF behind (Unicorn §9.1): it is acknowledged away."""
+        self.ack_exception()
+        for address in addresses:
+            if address:
+                self.uc.ctl_remove_cache(address - 1, address)
+            self.uc.ctl_remove_cache(address, address + 1)
+        uclib.uc_context_save(self._h, self._ctx.context)
+        mapped = self._old_exception.value == -1
+        self.ack_exception()
+        return mapped
 
     def on_code(self, fn: Callable[[int], None], begin: int, end: int) -> int:
         """fn(address) before each instruction at a linear address in [begin, end]; returns a
