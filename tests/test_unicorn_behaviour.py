@@ -427,3 +427,18 @@ def test_code_hooks_only_fire_inside_their_range() -> None:
                   CODE + 2, CODE + 3)
     m.uc.emu_start(CODE, FAR, count=8)
     assert hits == [CODE + 2, CODE + 3]
+
+
+def test_batched_register_reads_are_exact_without_masks() -> None:
+    """`Cpu.regs` returns each slot as Unicorn wrote it: a selector's two bytes and a 32-bit
+    register's four never pick up bytes from elsewhere, however often a batch is reused."""
+    from lgemu.machine.cpu import Cpu, Reg
+    from lgemu.machine.memory import GuestMemory
+
+    cpu = Cpu(GuestMemory(RAM))
+    batch = (Reg.EAX, Reg.CS, Reg.EDX, Reg.SS)
+    for eax, edx in ((0xFFFFFFFF, 0), (0x12345678, 0xFFFFFFFF), (0, 0x80000000)):
+        cpu.set_reg(Reg.EAX, eax)
+        cpu.set_reg(Reg.EDX, edx)
+        assert cpu.regs(batch) == [eax, cpu.reg(Reg.CS), edx, cpu.reg(Reg.SS)]
+        assert all(value <= 0xFFFF for value in cpu.regs((Reg.CS, Reg.SS)))

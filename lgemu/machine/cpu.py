@@ -110,7 +110,6 @@ class Reg(IntEnum):
     FOP = X.UC_X86_REG_FOP
 
 
-SELECTORS = frozenset({Reg.CS, Reg.SS, Reg.DS, Reg.ES, Reg.FS, Reg.GS})
 GPRS = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI)
 
 
@@ -178,12 +177,14 @@ class Cpu:
             vals = (ctypes.c_uint64 * len(regs))()
             ptrs = (ctypes.c_void_p * len(regs))(
                 *[ctypes.addressof(vals) + 8 * i for i in range(len(regs))])
-            # Unicorn writes 2 bytes for a selector and 4 for the rest (Unicorn §9.2): mask.
-            masks = tuple(0xFFFF if r in SELECTORS else 0xFFFFFFFF for r in regs)
-            batch = self._batches[regs] = (ids, vals, ptrs, len(regs), masks)
-        ids, vals, ptrs, n, masks = batch
+            batch = self._batches[regs] = (ids, vals, ptrs, len(regs))
+        ids, vals, ptrs, n = batch
         uclib.uc_reg_read_batch(self._h, ids, ptrs, n)
-        return [v & m for v, m in zip(vals, masks, strict=True)]
+        # Unicorn writes 2 bytes for a selector and 4 for the rest (Unicorn §9.2), but each
+        # slot of a batch only ever holds its one register: the bytes above stay zero from
+        # the array's creation, so no mask is needed (a Tenet trace reads this per
+        # instruction).
+        return vals[:]
 
     def jump(self, esp: int, eip: int) -> None:
         """Continue at `eip` with `esp`, same ring, nothing to acknowledge (one C call)."""
