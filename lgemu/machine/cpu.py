@@ -148,6 +148,9 @@ class Cpu:
             ctypes.cast(self._h, ctypes.c_void_p).value + OFF_EMU_COUNT)
         self._stopped_before = False  # the last run ended before the instruction it counted
         self._breakpoints: frozenset[int] = frozenset()
+        # Exits removed with `shared`: an address space that maps one elsewhere may still
+        # hold its block (see `run`).
+        self._stale: set[int] = set()
         self.at_breakpoint = False  # the last run ended at one of `set_breakpoints`
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value + CTX_HEADER
@@ -242,7 +245,15 @@ class Cpu:
             self.uc.emu_start(eip, UNTIL, 0, count)
         except UcError as e:
             raise CpuError(f"{e} at eip {self.reg(Reg.EIP):#x}") from None
-        self.at_breakpoint = bool(self._breakpoints) and self.reg(Reg.EIP) in self._breakpoints
+        self.at_breakpoint = False
+        if self._breakpoints or self._stale:
+            eip = self.reg(Reg.EIP)
+            self.at_breakpoint = eip in self._breakpoints
+            if not self.at_breakpoint and eip in self._stale:
+                # A removed exit whose block survived where the address maps elsewhere: the
+                # run ended early for nothing.  Drop everything and let the loop go on.
+                self.flush_code()
+                self.at_breakpoint = True
         if self._breakpoints or self.reg(Reg.CS) & 3 == 3:
             # Measured: a run that ends in ring 3 leaves a page fault in the CPU state (the
             # exit looks at `until`, a supervisor page, as ring 3), and so does every run
@@ -306,6 +317,7 @@ class Cpu:
     def flush_code(self) -> None:
         """Drop every translated block (after guest memory was replaced wholesale)."""
         self.uc.ctl_flush_tb()
+        self._stale.clear()
 
     def invalidate_code(self, pages: list[int]) -> None:
         """Drop translated code for physical pages the Host wrote (Unicorn §8.3)."""
@@ -382,8 +394,10 @@ class Cpu:
         With `shared` (the caller knows every address space maps these addresses to the
         same code: kernel text) only the blocks at the changed addresses go; otherwise all
         translated code does, since a block translated in another address space cannot be
-        found from this one.  The instruction at the exit is not counted; `at_breakpoint`
-        tells the run loop why the run ended early."""
+        found from this one (should a guest map them differently after all, a removed exit
+        that survives there only costs one early run end, `run` notices it).  The
+        instruction at the exit is not counted; `at_breakpoint` tells the run loop why the
+        run ended early."""
         addresses = frozenset(addresses)
         if addresses == self._breakpoints:
             return
@@ -394,8 +408,15 @@ class Cpu:
             self.uc.ctl_set_exits([UNTIL, *sorted(addresses)])
         else:
             self.uc.ctl_exits_enabled(False)
-        if not (shared and self._drop_code_at(changed)):
+        if shared and self._drop_code_at(changed):
+            self._stale |= changed - addresses
+        else:
             self.flush_code()
+
+    @property
+    def breakpoints(self) -> frozenset[int]:
+        """The addresses `set_breakpoints` armed last."""
+        return self._breakpoints
 
     def _drop_code_at(self, addresses: frozenset[int]) -> bool:
         """Drop the translated blocks holding the byte before and the byte at each linear
