@@ -63,6 +63,18 @@ def test_break_registers_memory_step_detach() -> None:
 
 
 @needs_gdb
+def test_breakpoint_where_nothing_is_mapped_changes_nothing() -> None:
+    """A breakpoint at an address no page table maps (Unicorn §9.12) is never hit, and the
+    guest, faults and address-space switches included, runs exactly as without gdb."""
+    run = run_under_gdb(["break *0x08048000", "continue"])
+    assert "Breakpoint 1 at 0x8048000" in run.gdb, run.gdb
+    assert "[Inferior 1 (Remote target) exited normally]" in run.gdb, run.gdb
+    assert "guest killed" not in run.err
+    assert run.status == 0
+    assert run.out == plain_output([])
+
+
+@needs_gdb
 def test_watchpoint_on_lguest_data() -> None:
     """The guest's own stores to lguest_data.irq_enabled stop it right after the store."""
     elf = bundled_guest()

@@ -1,9 +1,9 @@
 """A guest whose console input has ended and that idles on its own timers.
 
 With the virtual clock such a guest used to skip from timer to timer at full speed for ever
-(one core busy, guest time racing ahead of real time).  Now each of its halts lasts as long
-in real time as the guest time it skips: it costs next to no CPU, and it sees exactly what
-it saw before (only the pacing changed), so runs stay byte-reproducible.
+(one core busy, guest time racing ahead of real time).  Now its halts wait in real time
+until the host's clock catches up with the guest's: it costs next to no CPU, and it sees
+exactly what it saw before (only the pacing changed), so runs stay byte-reproducible.
 """
 
 from __future__ import annotations

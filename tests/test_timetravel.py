@@ -74,22 +74,23 @@ class BreakpointStops:
     """Stop at every instruction at `addresses` (Unicorn exits), then step over it, as the
     gdb stub does."""
 
-    def __init__(self, guest: Guest, addresses: frozenset[int]) -> None:
+    def __init__(self, guest: Guest, addresses: frozenset[int], shared: bool = False) -> None:
         self.addresses = addresses
         self.hits = 0
         self.stepping = False
-        guest.cpu.set_breakpoints(addresses)
+        self.shared = shared  # kernel text: only the changed blocks are dropped
+        guest.cpu.set_breakpoints(addresses, shared)
 
     def boundary(self, guest: Guest) -> int | None:
         cpu = guest.cpu
         if self.stepping:
             self.stepping = False
-            cpu.set_breakpoints(self.addresses)
+            cpu.set_breakpoints(self.addresses, self.shared)
         eip = cpu.reg(Reg.EIP)
         if eip in self.addresses:
             self.hits += cpu.at_breakpoint
             self.stepping = True
-            cpu.set_breakpoints(self.addresses - {eip})
+            cpu.set_breakpoints(self.addresses - {eip}, self.shared)
             return 1
         return None
 
@@ -127,6 +128,25 @@ def test_controllers_are_asked_in_stage_order_then_adding_order(
     status, _, _, _ = boot_with("timer", attach)
     assert status == 0 and len(asked) >= 4 and len(asked) % 4 == 0
     assert asked[:8] == ["trace", "status", "steer1", "steer2"] * 2
+
+
+@pytest.mark.parametrize("program", ["timer", "usermode"])
+def test_shared_breakpoints_drop_only_their_blocks_and_hit_as_often(
+        boot_with: Callable[..., tuple], program: str) -> None:
+    """Breakpoints changed with `shared` (only the blocks at the changed addresses are
+    dropped) stop exactly where and as often as with all code dropped on every change."""
+    elf = bundled_guest()
+    hot = frozenset(symbol(elf, name) for name in ("printk", "memcpy", "lguest_iret"))
+    runs = {}
+    for shared in (False, True):
+        seen: list[BreakpointStops] = []
+
+        def attach(guest: Guest, shared: bool = shared, seen: list = seen) -> None:
+            seen.append(BreakpointStops(guest, hot, shared))
+            guest.add_controller(seen[0], Stage.STEER)
+        runs[shared] = (boot_with(program, attach), seen[0].hits)
+    assert runs[True] == runs[False]
+    assert runs[True][1] > 10 and runs[True][0] == boot_with(program)
 
 
 @pytest.mark.parametrize("program", ["timer", "usermode"])

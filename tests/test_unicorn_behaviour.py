@@ -371,6 +371,33 @@ def test_emu_start_probes_until_through_the_guest_mmu() -> None:
     assert m.reg("CR2") == 0x7FFFFF and m.context_field(OFF_OLD_EXCEPTION) == 14
 
 
+def test_every_run_probes_each_exit_through_the_guest_mmu() -> None:
+    """Unicorn §9.12: with exits enabled, the end of every run looks each exit up like `until`."""
+    m = Machine()
+    m.paging()
+    m.code("404040")
+    m.uc.ctl_exits_enabled(True)
+    m.uc.ctl_set_exits([FAR, CODE + 0x100])  # both mapped: nothing left behind
+    m.uc.emu_start(CODE, FAR, count=3)
+    assert m.reg("CR2") == 0 and m.context_field(OFF_OLD_EXCEPTION) == -1
+    m.uc.ctl_set_exits([FAR, 0x800000])  # one unmapped: a silent page fault at its end
+    m.uc.emu_start(CODE, FAR, count=3)
+    assert m.reg("EAX") == 6
+    assert m.reg("CR2") == 0x7FFFFF and m.context_field(OFF_OLD_EXCEPTION) == 14
+
+
+def test_remove_cache_looks_its_address_up_through_the_guest_mmu() -> None:
+    """`Cpu._drop_code_at` tells a mapped address from an unmapped one by what is left."""
+    m = Machine()
+    m.paging()
+    m.code("404040")
+    m.uc.emu_start(CODE, FAR, count=3)
+    m.uc.ctl_remove_cache(CODE, CODE + 1)
+    assert m.context_field(OFF_OLD_EXCEPTION) == -1
+    m.uc.ctl_remove_cache(0x800000, 0x800001)
+    assert m.context_field(OFF_OLD_EXCEPTION) == 14
+
+
 def test_reading_a_selector_writes_only_two_bytes() -> None:
     m = Machine()
     buf = ctypes.c_uint64(0xFFFFFFFFFFFFFFFF)
@@ -400,3 +427,18 @@ def test_code_hooks_only_fire_inside_their_range() -> None:
                   CODE + 2, CODE + 3)
     m.uc.emu_start(CODE, FAR, count=8)
     assert hits == [CODE + 2, CODE + 3]
+
+
+def test_batched_register_reads_are_exact_without_masks() -> None:
+    """`Cpu.regs` returns each slot as Unicorn wrote it: a selector's two bytes and a 32-bit
+    register's four never pick up bytes from elsewhere, however often a batch is reused."""
+    from lgemu.machine.cpu import Cpu, Reg
+    from lgemu.machine.memory import GuestMemory
+
+    cpu = Cpu(GuestMemory(RAM))
+    batch = (Reg.EAX, Reg.CS, Reg.EDX, Reg.SS)
+    for eax, edx in ((0xFFFFFFFF, 0), (0x12345678, 0xFFFFFFFF), (0, 0x80000000)):
+        cpu.set_reg(Reg.EAX, eax)
+        cpu.set_reg(Reg.EDX, edx)
+        assert cpu.regs(batch) == [eax, cpu.reg(Reg.CS), edx, cpu.reg(Reg.SS)]
+        assert all(value <= 0xFFFF for value in cpu.regs((Reg.CS, Reg.SS)))

@@ -68,10 +68,8 @@ class Coverage:
 
     def attach(self) -> None:
         """Start recording (before the run)."""
-        self._hook = self.guest.cpu.on_block(self._on_block)
-
-    def _on_block(self, address: int, size: int) -> None:
-        self.blocks.add((address, size))  # sizes beyond MAX_BLOCK are dropped in `entries`
+        # Sizes beyond MAX_BLOCK are dropped in `entries`.
+        self._hook = self.guest.cpu.record_blocks(self.blocks)
 
     def close(self) -> None:
         """Stop recording and write the file (after the run, whatever the outcome)."""

@@ -54,7 +54,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from ..abi import LD_CR2, PAGE_SIZE
+from ..abi import LD_CR2, PAGE_OFFSET, PAGE_SIZE
 from ..errors import ExitStatus, LgemuExit, UserError
 from ..host.guest import Stage
 from ..machine.cpu import Reg
@@ -749,7 +749,9 @@ class GdbStub:
         cpu = self.guest.cpu
         forward = self.mode in (CONTINUE, STEP)
         armed = frozenset(self.breakpoints) - {self.step_over} if forward else frozenset()
-        cpu.set_breakpoints(armed)
+        # Kernel addresses map to the same code in every address space: changing those
+        # drops only their blocks, not all translated code.
+        cpu.set_breakpoints(armed, shared=all(a >= PAGE_OFFSET for a in armed | cpu.breakpoints))
         if self.mode == SEARCH and not self.search_hooks:
             self.search_hooks = [cpu.on_code(self._record_breakpoint, addr, addr)
                                  for addr in self.breakpoints]

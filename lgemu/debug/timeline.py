@@ -135,7 +135,7 @@ class Timeline:
                 self.skip = eip
                 cap = 1
         wanted = self.armed - {self.skip} if self.skip is not None else self.armed
-        cpu.set_breakpoints(frozenset(wanted))
+        cpu.set_breakpoints(frozenset(wanted), shared=True)  # kernel text only
         return cap
 
     def _entered(self, eip: int, esp: int) -> None:

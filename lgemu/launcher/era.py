@@ -397,9 +397,12 @@ def _choose(facts: _Facts, release: str | None, is_guest: bool | None) -> Detect
     return Detection(allowed[0], True, is_guest, release, tuple(lines))
 
 
-def detect_era(image: KernelImage) -> Detection:
+def detect_era(image: KernelImage, quick: bool = False) -> Detection:
     """The lguest era of `image` (already accepted by `load_kernel`), with the evidence.
-    Never raises for the file's contents; an unreadable file gives no facts."""
+    Never raises for the file's contents; an unreadable file gives no facts.  `quick` reads
+    DWARF (most of the time a 23 MB vmlinux takes to start) only when the symbols leave more
+    than one era, so a DWARF fact that would contradict them goes unseen: for booting, not
+    for `lgemu info`."""
     facts = _Facts()
     release: str | None = None
     is_guest: bool | None = None
@@ -413,8 +416,13 @@ def detect_era(image: KernelImage) -> Detection:
                     is_guest = not missing
                     if missing:
                         facts.note(f"no {' or '.join(missing)} symbol")
-                    _dwarf_facts(facts, dwarf_structs(f, symbols))
-                    _symbol_facts(facts, symbols)
+                    if quick:
+                        _symbol_facts(facts, symbols)
+                        if len(facts.allowed) > 1:
+                            _dwarf_facts(facts, dwarf_structs(f, symbols))
+                    else:
+                        _dwarf_facts(facts, dwarf_structs(f, symbols))
+                        _symbol_facts(facts, symbols)
                 blobs: list[bytes] = [segment.data for segment in image.segments]
             else:
                 magic = read_range(f, size, SETUP_HEADER_MAGIC_OFFSET, len(SETUP_HEADER_MAGIC))
@@ -442,7 +450,9 @@ def boot_era(image: KernelImage, abi: str | None) -> Era:
             raise UserError(f"--abi {abi}: booting the {era.name} era is not yet supported "
                             f"(lgemu boots {supported_names()} guests)")
         return era
-    detection = detect_era(image)
+    detection = detect_era(image, quick=True)
+    if detection.era is None or not detection.era.boots:
+        detection = detect_era(image)  # the whole evidence for the message
     force = f"--abi {ERA_2_6_24.key} forces the 2.6.24 ABI"
     if detection.era is None:
         raise UserError(f"{image.path}: lguest ABI era unknown: {detection.unknown_because} "

@@ -29,10 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..abi import KERNEL_LOAD_ADDR, SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET, U32
 from ..elf import (
@@ -51,7 +48,11 @@ from ..errors import UserError
 from ..machine.memory import MAX_RAM
 from .guestcheck import check_lguest_guest
 
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
 MAX_PHNUM = 64  # a vmlinux has a handful; anything near this is not a kernel
+ET_EXEC, EM_386 = 2, 3  # e_type and e_machine of an i386 executable (the ELF specification)
 
 # bzImage setup header (Documentation/i386/boot.txt), as file offsets.
 BZ_SETUP_SECTS = 0x1F1
@@ -176,6 +177,8 @@ def load_kernel(path: str | Path, check_guest: bool = True) -> KernelImage:
 @contextmanager
 def _parsing(path: Path, what: str) -> Iterator[None]:
     """Turn whatever pyelftools raises about `what` into one `UserError` line."""
+    from elftools.common.exceptions import ELFError
+
     try:
         yield
     except (ELFError, struct.error, ValueError, OSError) as exc:
@@ -223,6 +226,17 @@ def _check_elf_header(path: Path, elf: ELFFile, size: int) -> None:
         )
 
 
+def _plain_i386_executable(head: bytes, size: int) -> bool:
+    """Does the file header pass every test of `_check_elf_header` (read directly)?"""
+    if len(head) < ELF32_EHDR_SIZE or head[4] != ELFCLASS32 or head[5] != ELFDATA2LSB:
+        return False
+    e_type, e_machine = struct.unpack_from("<HH", head, 16)
+    (phoff,) = struct.unpack_from("<I", head, 28)
+    phentsize, phnum = struct.unpack_from("<HH", head, 42)
+    return (e_type == ET_EXEC and e_machine == EM_386 and phentsize == ELF32_PHDR_SIZE
+            and 0 < phnum <= MAX_PHNUM and phoff + phnum * ELF32_PHDR_SIZE <= size)
+
+
 def _load_elf(path: Path, f: BinaryIO, size: int, head: bytes) -> KernelImage:
     elf_class, data_encoding = head[4:5], head[5:6]
     if elf_class not in (bytes([ELFCLASS32]), bytes([ELFCLASS64])):
@@ -233,9 +247,14 @@ def _load_elf(path: Path, f: BinaryIO, size: int, head: bytes) -> KernelImage:
     if size < header_size:
         raise _fail(path, f"truncated ELF (file header is {size} of {header_size} bytes)")
 
-    with _parsing(path, "header"):
-        elf = ELFFile(f)
-    _check_elf_header(path, elf, size)
+    if not _plain_i386_executable(head, size):
+        # Something is wrong: pyelftools (imported only now, it costs a fifth of start-up)
+        # names the machine and type for the message.
+        from elftools.elf.elffile import ELFFile
+
+        with _parsing(path, "header"):
+            elf = ELFFile(f)
+        _check_elf_header(path, elf, size)
 
     # The bare program headers (`lgemu.elf`), now that the table is known to be in the file:
     # pyelftools' Segment objects for PT_DYNAMIC or PT_NOTE would go on to read sections and

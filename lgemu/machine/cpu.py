@@ -110,7 +110,6 @@ class Reg(IntEnum):
     FOP = X.UC_X86_REG_FOP
 
 
-SELECTORS = frozenset({Reg.CS, Reg.SS, Reg.DS, Reg.ES, Reg.FS, Reg.GS})
 GPRS = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI)
 
 
@@ -149,6 +148,9 @@ class Cpu:
             ctypes.cast(self._h, ctypes.c_void_p).value + OFF_EMU_COUNT)
         self._stopped_before = False  # the last run ended before the instruction it counted
         self._breakpoints: frozenset[int] = frozenset()
+        # Exits removed with `shared`: an address space that maps one elsewhere may still
+        # hold its block (see `run`).
+        self._stale: set[int] = set()
         self.at_breakpoint = False  # the last run ended at one of `set_breakpoints`
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value + CTX_HEADER
@@ -178,12 +180,14 @@ class Cpu:
             vals = (ctypes.c_uint64 * len(regs))()
             ptrs = (ctypes.c_void_p * len(regs))(
                 *[ctypes.addressof(vals) + 8 * i for i in range(len(regs))])
-            # Unicorn writes 2 bytes for a selector and 4 for the rest (Unicorn §9.2): mask.
-            masks = tuple(0xFFFF if r in SELECTORS else 0xFFFFFFFF for r in regs)
-            batch = self._batches[regs] = (ids, vals, ptrs, len(regs), masks)
-        ids, vals, ptrs, n, masks = batch
+            batch = self._batches[regs] = (ids, vals, ptrs, len(regs))
+        ids, vals, ptrs, n = batch
         uclib.uc_reg_read_batch(self._h, ids, ptrs, n)
-        return [v & m for v, m in zip(vals, masks, strict=True)]
+        # Unicorn writes 2 bytes for a selector and 4 for the rest (Unicorn §9.2), but each
+        # slot of a batch only ever holds its one register: the bytes above stay zero from
+        # the array's creation, so no mask is needed (a Tenet trace reads this per
+        # instruction).
+        return vals[:]
 
     def jump(self, esp: int, eip: int) -> None:
         """Continue at `eip` with `esp`, same ring, nothing to acknowledge (one C call)."""
@@ -241,11 +245,21 @@ class Cpu:
             self.uc.emu_start(eip, UNTIL, 0, count)
         except UcError as e:
             raise CpuError(f"{e} at eip {self.reg(Reg.EIP):#x}") from None
-        self.at_breakpoint = bool(self._breakpoints) and self.reg(Reg.EIP) in self._breakpoints
-        if self.reg(Reg.CS) & 3 == 3:
+        self.at_breakpoint = False
+        if self._breakpoints or self._stale:
+            eip = self.reg(Reg.EIP)
+            self.at_breakpoint = eip in self._breakpoints
+            if not self.at_breakpoint and eip in self._stale:
+                # A removed exit whose block survived where the address maps elsewhere: the
+                # run ended early for nothing.  Drop everything and let the loop go on.
+                self.flush_code()
+                self.at_breakpoint = True
+        if self._breakpoints or self.reg(Reg.CS) & 3 == 3:
             # Measured: a run that ends in ring 3 leaves a page fault in the CPU state (the
-            # exit looks at `until`, a supervisor page, as ring 3), and the guest's next
-            # fault would become a double fault.  No fault is pending between runs.
+            # exit looks at `until`, a supervisor page, as ring 3), and so does every run
+            # while a breakpoint is set where the current page tables map nothing (each
+            # exit is looked up the same way, Unicorn §9.12); the guest's next fault would
+            # become a double fault.  No fault is pending between runs.
             self.ack_exception()
 
     @property
@@ -303,6 +317,7 @@ class Cpu:
     def flush_code(self) -> None:
         """Drop every translated block (after guest memory was replaced wholesale)."""
         self.uc.ctl_flush_tb()
+        self._stale.clear()
 
     def invalidate_code(self, pages: list[int]) -> None:
         """Drop translated code for physical pages the Host wrote (Unicorn §8.3)."""
@@ -368,25 +383,55 @@ class Cpu:
         self._callbacks.append(callback)
         self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(instruction))
 
-    def set_breakpoints(self, addresses: frozenset[int]) -> None:
+    def set_breakpoints(self, addresses: frozenset[int], shared: bool = False) -> None:
         """Make every run stop before executing an instruction at one of these linear
         addresses (a run starting at one stops at once: leave it out to step over it).
 
         These are Unicorn's exits: checked when code is translated, so they cost nothing
         while the guest runs elsewhere, whereas a code hook, even on an address never
         reached, makes every instruction of a count-sliced run slower (tools/bench).  The
-        price is paid on change: all translated code is dropped.  The instruction at the
-        exit is not counted; `at_breakpoint` tells the run loop why the run ended early."""
+        price is paid on change: translated code that holds a changed address is dropped.
+        With `shared` (the caller knows every address space maps these addresses to the
+        same code: kernel text) only the blocks at the changed addresses go; otherwise all
+        translated code does, since a block translated in another address space cannot be
+        found from this one (should a guest map them differently after all, a removed exit
+        that survives there only costs one early run end, `run` notices it).  The
+        instruction at the exit is not counted; `at_breakpoint` tells the run loop why the
+        run ended early."""
         addresses = frozenset(addresses)
         if addresses == self._breakpoints:
             return
+        changed = addresses ^ self._breakpoints
         self._breakpoints = addresses
         if addresses:
             self.uc.ctl_exits_enabled(True)
             self.uc.ctl_set_exits([UNTIL, *sorted(addresses)])
         else:
             self.uc.ctl_exits_enabled(False)
-        self.flush_code()
+        if shared and self._drop_code_at(changed):
+            self._stale |= changed - addresses
+        else:
+            self.flush_code()
+
+    @property
+    def breakpoints(self) -> frozenset[int]:
+        """The addresses `set_breakpoints` armed last."""
+        return self._breakpoints
+
+    def _drop_code_at(self, addresses: frozenset[int]) -> bool:
+        """Drop the translated blocks holding the byte before and the byte at each linear
+        address (an exit's own block too, Unicorn §9.12), looked up through the current page
+        tables; False when one is not mapped there (then the caller must drop everything).
+        A failed look-up leaves a #PF behind (Unicorn §9.1): it is acknowledged away."""
+        self.ack_exception()
+        for address in addresses:
+            if address:
+                self.uc.ctl_remove_cache(address - 1, address)
+            self.uc.ctl_remove_cache(address, address + 1)
+        uclib.uc_context_save(self._h, self._ctx.context)
+        mapped = self._old_exception.value == -1
+        self.ack_exception()
+        return mapped
 
     def on_code(self, fn: Callable[[int], None], begin: int, end: int) -> int:
         """fn(address) before each instruction at a linear address in [begin, end]; returns a
@@ -493,6 +538,15 @@ class Cpu:
         """fn(address, size) each time a translated block starting in [begin, end] runs
         (size in bytes, as Unicorn translated it); a handle for `remove_hook`."""
         callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: fn(address, size))
+        return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
+
+    def record_blocks(self, blocks: set[tuple[int, int]], begin: int = 1, end: int = 0) -> int:
+        """Add (address, size) to `blocks` each time a translated block starting in [begin,
+        end] runs, like `on_block` but with the set's own `add` as the only Python call per
+        block (one frame fewer: coverage runs this millions of times); a handle for
+        `remove_hook`."""
+        add = blocks.add
+        callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: add((address, size)))
         return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
 
     def on_block_linked(self, fn: Callable[[int, int], None], begin: int = 1,
