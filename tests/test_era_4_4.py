@@ -21,13 +21,11 @@ where the prebuilt kernels in shared/kernels beside the repository are absent.
 from __future__ import annotations
 
 import io
-import lzma
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
+from linuxkernel import SHELL_CPIO, shared_kernel
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_32, Uc
 from unicorn import x86_const as X
 
@@ -39,27 +37,15 @@ from lgemu.devices.virtio_pci import VirtioPciFunction
 from lgemu.elf import program_headers, symbol_value
 from lgemu.machine.memory import GuestMemory
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-KERNELS = REPO_ROOT.parent / "shared" / "kernels"
-VMLINUX_XZ = KERNELS / "linux-4.4.vmlinux.xz"
-SHELL_CPIO = KERNELS / "klibc-shell.cpio"
 PT_LOAD = 1
 STACK_TOP = 0x9000_0000
 STRINGS = 0x9100_0000
 STOP = 0x9200_0000  # early_put_chars returns here
-_cache: dict[str, Path] = {}
 
 
 def vmlinux_4_4() -> Path:
     """The decompressed 4.4 vmlinux (skips when the shared kernels are absent)."""
-    if not VMLINUX_XZ.exists():
-        pytest.skip(f"no prebuilt 4.4 kernel at {VMLINUX_XZ}")
-    if "4.4" not in _cache:
-        target = Path(tempfile.mkdtemp(prefix="lgemu-k4-")) / "linux-4.4.vmlinux"
-        with lzma.open(VMLINUX_XZ) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        _cache["4.4"] = target
-    return _cache["4.4"]
+    return shared_kernel("linux-4.4")
 
 
 class EarlyConsole:

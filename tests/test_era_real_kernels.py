@@ -16,84 +16,17 @@ have (i386 had only ``socketcall`` before 4.3), so a 30-line static program asse
 
 from __future__ import annotations
 
-import lzma
 import re
-import shutil
-import struct
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from gdbrun import needs_gdb, run_under_gdb
-from guestasm import tools_or_skip
-from linuxkernel import KERNELS, SHELL_CPIO
+from linuxkernel import arp_who_has, pcap_frames, shared_kernel, shell_with_netup
 
 SECTORS = 64
 MARK = b"lgemu-disk-mark-0123456789abcdef"  # 32 bytes at the start of the disk
 MAC = "52:54:00:12:34:56"
-# An ARP request "who has 10.0.2.2, tell 10.0.2.15" from MAC: what netup's datagram causes.
-ARP_WHO_HAS = (bytes.fromhex("ffffffffffff") + bytes.fromhex(MAC.replace(":", "")) + b"\x08\x06"
-               + bytes.fromhex("0001080006040001") + bytes.fromhex(MAC.replace(":", ""))
-               + bytes((10, 0, 2, 15)) + bytes(6) + bytes((10, 0, 2, 2)))
-
-NETUP = r"""
-	.text
-	.globl	_start
-_start:
-	movl	$102, %eax		/* socketcall(SYS_SOCKET, AF_INET, SOCK_DGRAM, 0) */
-	movl	$1, %ebx
-	movl	$sock_args, %ecx
-	int	$0x80
-	testl	%eax, %eax
-	js	out
-	movl	%eax, fd
-	movl	%eax, send_args
-	movl	$54, %eax		/* ioctl(fd, SIOCSIFADDR, eth0 10.0.2.15) */
-	movl	fd, %ebx
-	movl	$0x8916, %ecx
-	movl	$ifr_addr, %edx
-	int	$0x80
-	testl	%eax, %eax
-	js	out
-	movl	$54, %eax		/* ioctl(fd, SIOCSIFFLAGS, eth0 IFF_UP) */
-	movl	fd, %ebx
-	movl	$0x8914, %ecx
-	movl	$ifr_flags, %edx
-	int	$0x80
-	testl	%eax, %eax
-	js	out
-	movl	$102, %eax		/* socketcall(SYS_SENDTO, ... 10.0.2.2:9) */
-	movl	$11, %ebx
-	movl	$send_args, %ecx
-	int	$0x80
-	testl	%eax, %eax
-	js	out
-	xorl	%eax, %eax
-out:
-	negl	%eax
-	movl	%eax, %ebx		/* exit(errno or 0) */
-	movl	$1, %eax
-	int	$0x80
-
-	.data
-sock_args:	.long	2, 2, 0
-fd:		.long	0
-ifr_addr:	.ascii	"eth0"
-		.fill	12, 1, 0
-		.word	2, 0
-		.byte	10, 0, 2, 15
-		.fill	8, 1, 0
-ifr_flags:	.ascii	"eth0"
-		.fill	12, 1, 0
-		.word	1
-		.fill	22, 1, 0
-dest:		.word	2
-		.byte	0, 9, 10, 0, 2, 2
-		.fill	8, 1, 0
-payload:	.ascii	"lgemu-net"
-send_args:	.long	0, payload, 9, 0, dest, 16
-"""
+ARP_WHO_HAS = arp_who_has(MAC)
 
 # kernel → (the command line, the last shell line, what the shell's prompt is)
 KERNEL_SHELLS = {
@@ -101,59 +34,12 @@ KERNEL_SHELLS = {
     "linux-3.13": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),
     "linux-4.4": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),  # devices on PCI
 }
-_cache: dict[str, Path] = {}
 
 
 def _kernel(name: str, form: str = "bzImage") -> Path:
-    """The prebuilt kernel (`form` bzImage, or vmlinux decompressed once per session)."""
-    packed = KERNELS / (f"{name}.bzImage" if form == "bzImage" else f"{name}.vmlinux.xz")
-    if not packed.exists() or not SHELL_CPIO.exists():
-        pytest.skip(f"no prebuilt {name} kernel and shell in {KERNELS}")
-    if form == "bzImage":
-        return packed
-    if name not in _cache:
-        target = Path(tempfile.mkdtemp(prefix="lgemu-k-")) / f"{name}.vmlinux"
-        with lzma.open(packed) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        _cache[name] = target
-    return _cache[name]
+    return shared_kernel(name, form)
 
 
-def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc cpio archive of (name, mode, data), with its trailer."""
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], 1000):
-        encoded = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
-        out += b"070701" + "".join(f"{v:08X}" for v in fields).encode() + encoded
-        out += bytes(-len(out) % 4) + data
-        out += bytes(-len(out) % 4)
-    return bytes(out)
-
-
-def _shell_with_netup(tmp_path: Path) -> Path:
-    """klibc-shell.cpio with /bin/netup appended (the kernel unpacks both archives)."""
-    assembler, linker = tools_or_skip()
-    src, obj, exe = tmp_path / "netup.S", tmp_path / "netup.o", tmp_path / "netup"
-    src.write_text(NETUP)
-    for cmd in ([assembler, "--32", "-o", str(obj), str(src)],
-                [linker, "-m", "elf_i386", "-static", "-o", str(exe), str(obj)]):
-        subprocess.run(cmd, check=True, capture_output=True)
-    base = SHELL_CPIO.read_bytes()
-    initrd = tmp_path / "shell-netup.cpio"
-    initrd.write_bytes(base + bytes(-len(base) % 4)
-                       + _newc([("bin/netup", 0o100755, exe.read_bytes())]))
-    return initrd
-
-
-def _frames(pcap: Path) -> list[bytes]:
-    data = pcap.read_bytes()[24:]
-    frames = []
-    while len(data) >= 16:
-        length = struct.unpack_from("<I", data, 8)[0]
-        frames.append(data[16:16 + length])
-        data = data[16 + length:]
-    return frames
 
 
 @pytest.mark.parametrize("name", KERNEL_SHELLS)
@@ -178,7 +64,7 @@ def test_shell_disk_and_network_then_power_off(boot_guest, tmp_path, name):
                       "sleep 1\n"
                       f"{last}\n")
     status, out, err = boot_guest(kernel, cmdline, extra=[
-        "--initrd", str(_shell_with_netup(tmp_path)), "--console-input", str(script),
+        "--initrd", str(shell_with_netup(tmp_path)), "--console-input", str(script),
         "--block", str(disk), "--net", f"pcap:{pcap},mac={MAC}"])
     assert (status, err) == (0, ""), (status, err, out[-3000:])
     version = name.removeprefix("linux-")
@@ -189,7 +75,7 @@ def test_shell_disk_and_network_then_power_off(boot_guest, tmp_path, name):
     assert disk.read_bytes()[512:512 + len(written) + 1] == written + b"\0"
     assert f"{prompt.decode()}{MAC}\r\n".encode() in out
     assert prompt + b"netup=0\r\n" in out
-    assert any(frame.startswith(ARP_WHO_HAS) for frame in _frames(pcap))
+    assert any(frame.startswith(ARP_WHO_HAS) for frame in pcap_frames(pcap))
     assert out.endswith(b"Power down.\r\n") or out.endswith(b"reboot: Power down\r\n")
 
 
