@@ -10,7 +10,6 @@ Tests that need no real kernel build images that say exactly one thing each.
 
 from __future__ import annotations
 
-import lzma
 import shutil
 import struct
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 from elfimage import bzimage, elf_image
 from elftools.elf.elffile import ELFFile
 from guestasm import build_guest
+from linuxkernel import shared_kernel
 
 from lgemu import abi
 from lgemu.abi_eras import ERA_2_6_24, ERAS, era_named
@@ -61,13 +61,8 @@ def kernel(kernel_cache, tmp_path_factory):
             return _kernel_file(name, ".bzImage")
         if (name, form) in kernel_cache:
             return kernel_cache[name, form]
-        packed = _kernel_file(name, ".vmlinux.xz")
-        vmlinux = kernel_cache.get((name, "vmlinux"))
-        if vmlinux is None:
-            vmlinux = tmp_path_factory.mktemp("kernels") / f"{name}.vmlinux"
-            with lzma.open(packed) as src, vmlinux.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            kernel_cache[name, "vmlinux"] = vmlinux
+        _kernel_file(name, ".vmlinux.xz")  # skips, naming the file, where it is absent
+        vmlinux = shared_kernel(name)
         if form == "stripped":
             strip = shutil.which("strip") or pytest.skip("binutils' strip is not installed")
             stripped = vmlinux.with_suffix(".stripped")

@@ -12,7 +12,6 @@ The real-kernel tests need ``shared/kernels`` next to the repository and skip wi
 
 from __future__ import annotations
 
-import lzma
 import re
 import shutil
 import struct
@@ -23,6 +22,7 @@ import pytest
 from conftest import REPO_ROOT
 from elfimage import ElfImage, ElfSegment, bzimage
 from guestasm import assert_one_line, build_guest
+from linuxkernel import real_kernel
 
 from lgemu.abi import MIB, PAGE_SIZE
 from lgemu.launcher import launch, load_kernel
@@ -45,11 +45,8 @@ def shared(name: str) -> Path:
 @pytest.fixture(scope="module")
 def vmlinux_2_6_24(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real 2.6.24 vmlinux (HIGHMEM4G, with symbols), unpacked from its .xz."""
-    packed = shared("linux-2.6.24.vmlinux.xz")
-    path = tmp_path_factory.mktemp("kernels") / "linux-2.6.24.vmlinux"
-    with lzma.open(packed) as src, path.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return path
+    shared("linux-2.6.24.vmlinux.xz")
+    return real_kernel()
 
 
 def kernel_like(tmp_path: Path, vaddr_offset: int = 0xC0000000) -> Path:
