@@ -290,9 +290,12 @@ class Reader(threading.Thread):
         self.ready.set()
 
 
-def test_two_guests_exchange_frames_over_udp(tmp_path: Path) -> None:
+def ping_over_udp(ping_card: str, *ping_args: str) -> tuple[
+        subprocess.CompletedProcess, subprocess.Popen, Reader]:
+    """A net_echo guest and a ping guest in two processes over loopback UDP.  `ping_card` ends
+    the ping card's option (e.g. ``,pcap=FILE``), `ping_args` follow it; returns the ping run,
+    the echo process (ended) and what the echo guest printed."""
     echo_port, ping_port = free_udp_ports(2)
-    pcap = tmp_path / "ping.pcap"
     echo = lgemu_process(["boot", "--net", f"udp:{echo_port}:127.0.0.1:{ping_port},"
                           f"mac={MAC_ECHO}", "--append", "lgemu.test=net_echo"])
     try:
@@ -300,8 +303,7 @@ def test_two_guests_exchange_frames_over_udp(tmp_path: Path) -> None:
         assert echo_out.ready.wait(SUBPROCESS_TIMEOUT), "net_echo never became ready"
         ping = subprocess.run(
             [sys.executable, "-m", "lgemu", "boot", "--net",
-             f"udp:{ping_port}:127.0.0.1:{echo_port},mac={MAC_PING},pcap={pcap}",
-             "--append", f"lgemu.test=net_ping net.count=5 net.peer={MAC_ECHO}"],
+             f"udp:{ping_port}:127.0.0.1:{echo_port},mac={MAC_PING}{ping_card}", *ping_args],
             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True,
             timeout=SUBPROCESS_TIMEOUT, check=False)
         echo.wait(SUBPROCESS_TIMEOUT)
@@ -309,6 +311,13 @@ def test_two_guests_exchange_frames_over_udp(tmp_path: Path) -> None:
         echo.kill()
         echo.wait()
     echo_out.join(5)
+    return ping, echo, echo_out
+
+
+def test_two_guests_exchange_frames_over_udp(tmp_path: Path) -> None:
+    pcap = tmp_path / "ping.pcap"
+    ping, echo, echo_out = ping_over_udp(
+        f",pcap={pcap}", "--append", f"lgemu.test=net_ping net.count=5 net.peer={MAC_ECHO}")
     assert (ping.returncode, ping.stderr) == (0, b"")
     assert (echo.returncode, echo.stderr.read()) == (0, b"")
     assert results(ping.stdout) == {"net_ping.echoes": "PASS"}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT, lgemu_main_in_process
-from test_devices_e2e import MAC_ECHO, MAC_PING, Reader, free_udp_ports, lgemu_process, results
+from test_devices_e2e import MAC_ECHO, MAC_PING, ping_over_udp, results
 
 PING = f"lgemu.test=net_ping net.count=4 net.peer={MAC_ECHO}"
 
@@ -18,24 +18,10 @@ PING = f"lgemu.test=net_ping net.count=4 net.peer={MAC_ECHO}"
 def record_udp_session(tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """An echo guest and a ping guest in two processes over loopback UDP; the ping side is
     recorded and traced (its event log)."""
-    echo_port, ping_port = free_udp_ports(2)
     recording = tmp_path / "ping.rec"
-    echo = lgemu_process(["boot", "--net", f"udp:{echo_port}:127.0.0.1:{ping_port},"
-                          f"mac={MAC_ECHO}", "--append", "lgemu.test=net_echo"])
-    try:
-        echo_out = Reader(echo, b"ready")
-        assert echo_out.ready.wait(SUBPROCESS_TIMEOUT), "net_echo never became ready"
-        ping = subprocess.run(
-            [sys.executable, "-m", "lgemu", "boot", "--net",
-             f"udp:{ping_port}:127.0.0.1:{echo_port},mac={MAC_PING},record={recording}",
-             "--append", PING, "--trace", str(tmp_path / "recorded.trace"), "--events"],
-            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True,
-            timeout=SUBPROCESS_TIMEOUT, check=False)
-        echo.wait(SUBPROCESS_TIMEOUT)
-    finally:
-        echo.kill()
-        echo.wait()
-    echo_out.join(5)
+    ping, _echo, _echo_out = ping_over_udp(
+        f",record={recording}", "--append", PING, "--trace", str(tmp_path / "recorded.trace"),
+        "--events")
     assert (ping.returncode, ping.stderr) == (0, b"")
     assert results(ping.stdout) == {"net_ping.echoes": "PASS"}
     return recording, ping
