@@ -20,6 +20,8 @@ from .errors import UserError
 from .host.clock import Clock
 from .host.guest import Guest
 from .launcher import KernelImage, launch
+from .launcher.bootparams import command_line_bytes
+from .launcher.lowmem import ram_the_kernel_uses
 from .machine.memory import GuestMemory
 
 
@@ -47,10 +49,12 @@ def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,
     the Launcher for `era`, ready for its first instruction."""
     for device in devices:
         device.era = era
+    mem, ram_where = ram_the_kernel_uses(kernel, command_line_bytes(cmdline), mem)
     memory = GuestMemory(mem)
     on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
     info = launch(memory, kernel, cmdline, initrd,
                   [] if on_pci else [d.spec() for d in devices], era)
+    info.ram_where = ram_where
     guest = Guest(memory, info, [] if on_pci else devices, output, clock)
     if on_pci:
         guest.attach_pci(devices)

@@ -96,6 +96,8 @@ def describe_boot(stream: TextIO, info: BootInfo) -> None:
     con.print(f"[bold]kernel[/] {escape(str(info.kernel.path))} ({info.kernel.kind}), "
               f"entry {info.entry:#x}, "
               f"pgdir {info.pgdir:#x}, pfn_limit {info.pfn_limit:#x}")
+    if info.ram_where:
+        con.print(f"[bold]RAM[/] {escape(info.ram_where)}")
     if info.initrd_size:
         con.print(f"[bold]initrd[/] {info.initrd_addr:#x} + {info.initrd_size:#x}, "
                   f"{escape(info.initrd_where)}")

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO_ROOT
 from elfimage import ElfImage, ElfSegment, bzimage
 from guestasm import assert_one_line, build_guest
-from linuxkernel import real_kernel
+from linuxkernel import real_kernel, shared_kernel
 
 from lgemu.abi import MIB, PAGE_SIZE
 from lgemu.launcher import launch, load_kernel
@@ -152,6 +152,34 @@ def test_a_real_kernel_with_more_than_low_memory_reaches_its_init(run_lgemu, vml
             f"{LOW_MEMORY_2_6_24:#x} (PAGE_OFFSET 0xc0000000, __VMALLOC_RESERVE 0x8000000, "
             f"4 MiB for the Host): the guest cannot reach an initrd at the top of {mib} MiB "
             "of RAM") in proc.stderr
+
+
+def test_a_kernel_without_highmem_gets_the_ram_it_maps_and_finds_its_devices(run_lgemu,
+                                                                            tmp_path):
+    """2.6.26 (NOHIGHMEM) at 2048 MiB: it maps only 892 MiB and looks for the device page at
+    its own max_pfn, so lgemu gives it that much RAM (said with -v); the shell and its console
+    come up, the initrd at the top of that RAM."""
+    vmlinux = shared_kernel("linux-2.6.26")
+    script = tmp_path / "input"
+    script.write_bytes(b"exit\n")
+    proc = run_lgemu(["boot", vmlinux, "-m", "2048", "-v", "--initrd", shared(SHELL_CPIO.name),
+                      "--append", "console=hvc0 rdinit=/init", "--console-input", script])
+    console = proc.stdout.decode("utf-8", "replace")
+    assert proc.returncode == 0, proc.stderr
+    assert "lgemu-shell: ready (Linux version 2.6.26" in console
+    assert "Freeing initrd memory" in console
+    assert ("RAM 892 MiB of the 2048 MiB asked for: the kernel has no HIGHMEM and maps RAM "
+            "only up to 0x37c00000 (PAGE_OFFSET 0xc0000000, __VMALLOC_RESERVE 0x8000000, "
+            "4 MiB for the Host), where it looks for the device page") in proc.stderr
+    assert "initrd 0x37b41000 + 0xbf000, at the top of RAM" in proc.stderr
+
+
+def test_a_highmem_kernel_keeps_all_its_ram(run_lgemu, vmlinux_2_6_24, tmp_path):
+    proc = run_lgemu(["boot", vmlinux_2_6_24, "-m", "1024", "-v", "--max-insns", "1000",
+                      "--append", "console=hvc0"])
+    assert proc.returncode == 5, proc.stderr
+    assert "RAM " not in proc.stderr
+    assert "device page at 0x40000000" in proc.stderr  # the top of all 1024 MiB
 
 
 # -- images that are not kernels ---------------------------------------------------------------

@@ -98,6 +98,7 @@ class BootInfo:
     kernel: KernelImage
     initrd_where: str = ""  # why the initrd is where it is, for -v
     era: Era = ERA_2_6_24  # the guest ABI the Launcher laid out for; the Host and devices follow it
+    ram_where: str = ""  # why the guest got less RAM than asked for (lowmem.py), for -v
 
 
 def check_memory_size(mib: int) -> int:

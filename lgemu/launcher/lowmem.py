@@ -16,6 +16,13 @@ The limit is read from the kernel file where it can be:
   guests) has no low-memory limit.
 * ``__VMALLOC_RESERVE`` is a variable in the kernel's data; its initial value is in the file.
 
+A kernel built without HIGHMEM uses no RAM above that limit at all: it ends its memory map
+there ("only 892MB will be used"), and so looks for lguest's device page (at ``max_pfn``) at
+the limit, not at the top of the RAM the Launcher gave it.  `ram_the_kernel_uses` tells the
+Launcher to give such a kernel only the RAM it will use, so the device page is where the guest
+looks.  A kernel is taken to have HIGHMEM when its symbols define ``kmap_high``; without
+symbols (a bzImage, a stripped vmlinux) lgemu cannot tell and gives all the RAM asked for.
+
 A bzImage (compressed, no symbols) or a vmlinux without the symbol gets the defaults every
 i386 kernel from 2.6.24 to 4.x is built with unless patched: ``PAGE_OFFSET`` 0xC0000000 (the
 highest the kernel's configuration offers, so the lowest limit) and a 128 MiB reserve.  The
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..abi import MIB, PAGE_OFFSET, PAGE_SIZE, RESERVE_MEM
-from ..elf import PT_LOAD, ProgramHeader, program_headers, symbol_value
+from ..elf import PT_LOAD, ProgramHeader, program_headers, symbol_table, symbol_value
 from ..errors import UserError
 from .loader import KernelImage, open_regular_file
 
@@ -135,3 +142,28 @@ def low_memory(kernel: KernelImage, cmdline: bytes) -> LowMemory:
         limit = min(limit, size)
         notes.append(f"mem={size:#x}")
     return LowMemory(limit // PAGE_SIZE * PAGE_SIZE, ", ".join(notes))
+
+
+def _has_highmem(kernel: KernelImage) -> bool | None:
+    """Was `kernel` built with HIGHMEM (it defines ``kmap_high``)?  None: no symbols to say."""
+    if kernel.kind != "elf":
+        return None
+    try:
+        with open_regular_file(kernel.path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if symbol_table(f, size) is None:
+                return None
+            return symbol_value(f, size, "kmap_high") is not None
+    except (OSError, ValueError, UserError, IndexError):
+        return None
+
+
+def ram_the_kernel_uses(kernel: KernelImage, cmdline: bytes, mem: int) -> tuple[int, str]:
+    """How much of `mem` bytes of RAM `kernel` will use, and a note for -v when that is less:
+    all of it, unless the kernel has no HIGHMEM and RAM reaches past its low-memory limit."""
+    low = low_memory(kernel, cmdline)
+    if mem <= low.limit or _has_highmem(kernel) is not False:
+        return mem, ""
+    return low.limit, (f"{low.limit // MIB} MiB of the {mem // MIB} MiB asked for: the kernel "
+                       f"has no HIGHMEM and maps RAM only up to {low.limit:#x} ({low.how}), "
+                       "where it looks for the device page")
