@@ -376,3 +376,38 @@ def test_workers_refuse_what_watches_a_guest(tmp_path):
     assert (status, out) == (2, b"")
     assert err == ("lgemu: --workers: -v watches a guest in its own process; run without "
                    "--workers\n")
+
+
+def test_filtered_traces_profiles_timelines_and_dmesg_per_guest(tmp_path):
+    """The debugging options of `lgemu boot`, per guest by name: two runs, the same bytes."""
+    lab = ping_lab(tmp_path)
+    runs = []
+    for run in range(2):
+        files = {kind: tmp_path / f"{kind}{run}" for kind in ("trace", "dmesg", "prof", "tl")}
+        status, out, err = run_lab(
+            lab, "--trace", f"ping:{files['trace']}", "--trace-filter", "ping:icount:20000-20005",
+            "--trace-regs", "--dmesg", f"echo:{files['dmesg']}", "--profile",
+            f"ping:{files['prof']}", "--profile-every", "5000", "--timeline", f"echo:{files['tl']}")
+        assert status == 0, err
+        runs.append((out, err, *(path.read_bytes() for path in files.values())))
+    assert runs[0] == runs[1]
+    _, _, trace, dmesg, profile, timeline = runs[0]
+    lines = trace.decode().splitlines()
+    assert [int(line.split()[0]) for line in lines] == list(range(20000, 20005))
+    assert any(" | " in line and "eflags=" in line for line in lines)  # --trace-regs
+    assert b'command line: "lgemu.test=net_echo"' in dmesg  # the echo guest's own log
+    assert profile.startswith(b"lguest_init;start_kernel;")
+    assert b"boot timeline" in timeline
+
+
+@pytest.mark.parametrize("options, complaint", [
+    (["--trace-filter", "ping:ring:1"], "--trace-filter ping:…: needs --trace ping:FILE"),
+    (["--trace-regs"], "--trace-regs needs --trace NAME:FILE"),
+    (["--profile-every", "5"], "--profile-every needs --profile NAME:FILE"),
+    (["--dmesg", "nobody:d"], "--dmesg nobody:d: no guest named 'nobody' in the lab"),
+    (["--workers", "2", "--profile", "ping:p"], "--workers: --profile watches a guest"),
+])
+def test_per_guest_debugging_options_are_checked(tmp_path, options, complaint):
+    status, out, err = run_lab(ping_lab(tmp_path), *options)
+    assert (status, out) == (2, b"")
+    assert len(err.splitlines()) == 1 and complaint in err, err

@@ -74,7 +74,15 @@ class LabOptions:
     timeout: float | None = None
     trace: dict[str, str] = field(default_factory=dict)
     events: bool = False
+    trace_format: str = "text"
+    trace_regs: bool = False
+    trace_filter: dict[str, str] = field(default_factory=dict)
     coverage: dict[str, Path] = field(default_factory=dict)
+    dmesg: dict[str, Path] = field(default_factory=dict)
+    profile: dict[str, Path] = field(default_factory=dict)
+    profile_every: int = 100_000
+    profile_format: str = "folded"
+    timeline: dict[str, Path] = field(default_factory=dict)
     gdb: dict[str, str] = field(default_factory=dict)
     gdb_wait: bool = False
     workers: int = 1
@@ -136,7 +144,17 @@ def guest_config(spec: GuestSpec, options: LabOptions) -> BootConfig:
                       console_input=spec.console_input, max_insns=options.max_insns,
                       trace=options.trace.get(spec.name),
                       events=options.events and spec.name in options.trace,
+                      trace_format=options.trace_format if spec.name in options.trace
+                      else "text",
+                      trace_regs=options.trace_regs and spec.name in options.trace,
+                      trace_filter=options.trace_filter.get(spec.name),
                       coverage=options.coverage.get(spec.name),
+                      dmesg=options.dmesg.get(spec.name), profile=options.profile.get(spec.name),
+                      # the guests not profiled keep the defaults (their own check)
+                      **({"profile_every": options.profile_every,
+                          "profile_format": options.profile_format}
+                         if spec.name in options.profile else {}),
+                      timeline=options.timeline.get(spec.name),
                       gdb=options.gdb.get(spec.name),
                       gdb_wait=options.gdb_wait and spec.name in options.gdb, status=False)
 
@@ -323,7 +341,9 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO,
 
     lab_spec = load_lab(path)
     names = [g.name for g in lab_spec.guests]
-    for option, given in (("--trace", options.trace), ("--coverage", options.coverage),
+    for option, given in (("--trace", options.trace), ("--trace-filter", options.trace_filter),
+                          ("--coverage", options.coverage), ("--dmesg", options.dmesg),
+                          ("--profile", options.profile), ("--timeline", options.timeline),
                           ("--gdb", options.gdb)):
         for name in given:
             if name not in names:
