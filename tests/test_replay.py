@@ -45,18 +45,25 @@ def test_a_recorded_udp_session_replays_to_the_same_console_and_event_log(tmp_pa
     recording, live = record_udp_session(tmp_path)
     replay = tmp_path / "replayed.trace"
     status, out, err = lgemu_main_in_process(
-        ["boot", "--net", f"replay:{recording},mac={MAC_PING}", "--append", PING,
+        ["boot", "--net", f"replay:{recording}", "--append", PING,  # the recorded MAC
          "--trace", str(replay), "--events"])
     assert (status, err) == (0, "")
     assert out == live.stdout
     assert replay.read_bytes() == (tmp_path / "recorded.trace").read_bytes()
+    # Another MAC than the recorded card's cannot replay it: one line, status 2.
+    status, out, err = lgemu_main_in_process(
+        ["boot", "--net", f"replay:{recording},mac=02:00:00:00:00:0c", "--append", PING])
+    assert (status, out) == (2, b"")
+    assert err == (f"lgemu: --net replay:{recording}: mac=02:00:00:00:00:0c is not the "
+                   f"recorded card's {MAC_PING}\n")
 
 
 def test_a_replay_that_sends_another_frame_stops_naming_it(tmp_path):
     recording, _ = record_udp_session(tmp_path)
-    # Another MAC: the very first frame sent has another source address.
+    # Another peer: the very first frame sent has another destination address.
     status, _out, err = lgemu_main_in_process(
-        ["boot", "--net", f"replay:{recording},mac=02:00:00:00:00:0c", "--append", PING])
+        ["boot", "--net", f"replay:{recording}", "--append",
+         PING.replace(MAC_ECHO, "02:00:00:00:00:0c")])
     assert status == 8
     assert len(err.splitlines()) == 1
     assert err.startswith("lgemu: replay diverged: frame 1 sent at instruction ")
@@ -89,3 +96,25 @@ def test_a_file_that_is_not_a_recording_is_one_line_and_status_2(tmp_path):
     for args in (["--net", f"replay:{bogus}"], ["--console-replay", str(bogus)]):
         status, out, err = lgemu_main_in_process(["boot", *args])
         assert (status, out, err) == (2, b"", f"lgemu: {bogus}: not an lgemu recording\n")
+
+
+def test_a_session_ended_with_ctrl_bracket_replays_to_the_same_end(tmp_path):
+    """Ctrl-] on the console terminal ends the live run (130); its replay ends there too,
+    with the same line, instead of handing the guest the byte."""
+    from test_terminal import ECHO, PtySession
+
+    recording = tmp_path / "tty.rec"
+    term = PtySession(["boot", *ECHO, "--console-record", str(recording)])
+    try:
+        term.read_until(b"console_echo: ready")
+        term.type(b"hello\r")
+        term.read_until(b"echo: hello\r\n")
+        term.type(b"\x1d")
+        assert term.finish() == 130
+    finally:
+        term.close()
+    assert b"lgemu: quit from the keyboard (Ctrl-])" in term.screen
+    status, out, err = lgemu_main_in_process(
+        ["boot", *ECHO, "--console-replay", str(recording)])
+    assert (status, err) == (130, "lgemu: quit from the keyboard (Ctrl-])\n")
+    assert out.endswith(b"echo: hello\r\n") and b"\\x1d" not in out

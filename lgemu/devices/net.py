@@ -23,6 +23,7 @@ from typing import Any
 
 from ..abi import DeviceType
 from ..abi_eras import DeviceBus
+from ..errors import UserError
 from ..launcher.devicepage import DeviceSpec, net_spec
 from .base import Device
 from .netback import MAX_FRAME, Link, NetOption, PcapWriter, open_link
@@ -61,9 +62,15 @@ class Net(Device):
             self.link = open_link(option)
             position = self._position
             if option.record is not None and self.link is not None:
-                self.link = RecordingLink(self.link, option.record, position)
+                self.link = RecordingLink(self.link, option.record, position, self.mac)
             if option.replay is not None:
-                self.link = ReplayLink(option.replay, position)
+                replay = self.link = ReplayLink(option.replay, position)
+                if replay.mac is not None:  # the recorded card's address, unless contradicted
+                    if option.mac is not None and option.mac != replay.mac:
+                        raise UserError(f"--net replay:{option.replay}: mac="
+                                        f"{format_mac(option.mac)} is not the recorded card's "
+                                        f"{format_mac(replay.mac)}")
+                    self.mac = replay.mac
         except BaseException:
             self.close()
             raise

@@ -10,9 +10,15 @@ frames it sends come out the same.  What it sends is checked against the recordi
 frame that differs ends the run (`ReplayDiverged`).
 
 The file: the line ``lgemu-replay 1``, then records of a kind byte (``R`` a frame received,
-``S`` a frame sent, ``C`` console input, whose empty record is its end), the instruction
+``S`` a frame sent, ``M`` the card's MAC address, first, ``C`` console input, whose empty
+record is its end, ``Q`` the Ctrl-] that ended a session on a terminal), the instruction
 count, the wall-clock time in ns, the length, and the bytes.  A recording can be replayed by
-the same lgemu and guest with the same options otherwise (memory, command line, MAC).
+the same lgemu and guest with the same options otherwise (memory, command line); the card
+takes the recorded MAC (an older recording without one needs the same ``mac=``).
+
+Ctrl-] typed on the console terminal ends the live run before the guest sees the piece of
+input holding it; the recording says so with ``Q`` rather than ``C``, and the replay ends the
+same way at the same count (a replay has no terminal, so the byte itself would be input).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from .netback import Link
 
 MAGIC = b"lgemu-replay 1\n"
 RECORD = struct.Struct("<cQQI")  # kind, instruction count, guest wall-clock ns, length
-RECEIVED, SENT, CONSOLE = b"R", b"S", b"C"
+RECEIVED, SENT, CONSOLE, MAC, QUIT = b"R", b"S", b"C", b"M", b"Q"
 # Where the guest stands when input is taken: (instruction count, guest wall-clock ns).
 Position = Callable[[], tuple[int, int]]
 
@@ -86,7 +92,7 @@ def read_records(path: Path, kinds: bytes) -> list[tuple[bytes, int, int, bytes]
             raise UserError(f"{path}: recording cut short")
         kind, icount, wall_ns, length = RECORD.unpack_from(data, offset)
         offset += RECORD.size
-        if kind not in (RECEIVED, SENT, CONSOLE) or offset + length > len(data):
+        if kind not in (RECEIVED, SENT, CONSOLE, MAC, QUIT) or offset + length > len(data):
             raise UserError(f"{path}: damaged recording at byte {offset - RECORD.size}")
         if kind in kinds:
             records.append((kind, icount, wall_ns, data[offset:offset + length]))
@@ -97,9 +103,10 @@ def read_records(path: Path, kinds: bytes) -> list[tuple[bytes, int, int, bytes]
 class RecordingLink(Link):
     """A real wire whose arriving and departing frames are also recorded."""
 
-    def __init__(self, inner: Link, path: Path, position: Position) -> None:
+    def __init__(self, inner: Link, path: Path, position: Position, mac: bytes) -> None:
         self.inner = inner
         self.recorder = Recorder(path)
+        self.recorder.record(MAC, (0, 0), mac)  # the replay's card is this card
         self.position = position
         self.description = f"{inner.description}, recorded to {path}"
 
@@ -127,7 +134,9 @@ class ReplayLink(Link):
     """No wire: the recorded frames arrive at their recorded instruction counts."""
 
     def __init__(self, path: Path, position: Position) -> None:
-        records = read_records(path, RECEIVED + SENT)
+        records = read_records(path, RECEIVED + SENT + MAC)
+        macs = [r[3] for r in records if r[0] == MAC]
+        self.mac: bytes | None = macs[0] if macs and len(macs[0]) == 6 else None
         self.arriving = deque(r for r in records if r[0] == RECEIVED)
         self.expected = deque(r for r in records if r[0] == SENT)
         self.position = position
@@ -172,8 +181,12 @@ class RecordingInput:
 
     def read(self, limit: int) -> bytes:
         """Read as the source does, and record what was read (b"": its end)."""
+        from .console import QUIT_KEY
+
         data = self.inner.read(limit)
-        self.recorder.record(CONSOLE, self.position(), data)
+        # On a terminal Ctrl-] ends the run (`Console._take`): the replay must end there too.
+        quits = self.inner.kind == "tty" and QUIT_KEY in data
+        self.recorder.record(QUIT if quits else CONSOLE, self.position(), data)
         return data
 
     def close(self) -> None:
@@ -191,7 +204,7 @@ class ReplayInput:
     fd = -1  # nothing to wait on (see `Console.wait_fds`)
 
     def __init__(self, path: Path) -> None:
-        self.pieces = deque(read_records(path, CONSOLE))
+        self.pieces = deque(read_records(path, CONSOLE + QUIT))
         self.position: Position = lambda: (0, 0)
         self.open = True
 
@@ -209,7 +222,12 @@ class ReplayInput:
         """The next recorded piece (b"" and closed at the recorded end)."""
         if not self.ready():
             return b""
-        data = self.pieces.popleft()[3]
+        kind, _, _, data = self.pieces.popleft()
+        if kind == QUIT:
+            from .console import KeyboardQuit
+
+            self.open = False
+            raise KeyboardQuit("quit from the keyboard (Ctrl-])")
         if not data:
             self.open = False
         return data[:limit]
