@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT, lgemu_main_in_process
+from gdbrun import needs_gdb, received, run_under_gdb
 from test_devices_e2e import MAC_ECHO, MAC_PING, Reader, free_udp_ports, lgemu_process, results
 
 PING = f"lgemu.test=net_ping net.count=4 net.peer={MAC_ECHO}"
@@ -118,3 +119,38 @@ def test_a_session_ended_with_ctrl_bracket_replays_to_the_same_end(tmp_path):
         ["boot", *ECHO, "--console-replay", str(recording)])
     assert (status, err) == (130, "lgemu: quit from the keyboard (Ctrl-])\n")
     assert out.endswith(b"echo: hello\r\n") and b"\\x1d" not in out
+
+
+@needs_gdb
+def test_reverse_execution_goes_back_past_replayed_input(tmp_path):
+    """Replayed input is deterministic: gdb's reverse-continue goes back over frames from
+    `--net replay:` and console input from `--console-replay` (to earlier breakpoint hits and
+    to the start of history), and the run then ends as the recorded one did."""
+    recording, live = record_udp_session(tmp_path)
+    run = run_under_gdb(
+        ["break ping_one", "continue", "continue", "continue", "maint packet qlgemu.icount",
+         "reverse-continue", "maint packet qlgemu.icount", "reverse-continue",
+         "maint packet qlgemu.icount", "continue", "maint packet qlgemu.icount", "delete",
+         "continue"],
+        ["--net", f"replay:{recording}", "--append", PING, "--snapshot-every", "50000"])
+    third, second, first, again = (int(reply, 16) for reply in received(run.gdb))
+    assert first < second < third and again == second, run.gdb
+    assert "[Inferior 1 (Remote target) exited normally]" in run.gdb
+    assert (run.status, run.out) == (0, live.stdout)  # no divergence, nothing printed twice
+
+    console = tmp_path / "console.rec"
+    piped = subprocess.run(
+        [sys.executable, "-m", "lgemu", "boot", "--append", "lgemu.test=console_echo",
+         "--console-record", str(console)], cwd=REPO_ROOT, input=CONSOLE_LINES,
+        capture_output=True, timeout=SUBPROCESS_TIMEOUT, check=False)
+    run = run_under_gdb(
+        ["break echo_line", "continue", "continue", "maint packet qlgemu.icount",
+         "reverse-continue", "reverse-continue", "continue", "continue",
+         "maint packet qlgemu.icount", "delete", "continue"],
+        ["--append", "lgemu.test=console_echo", "--console-replay", str(console),
+         "--snapshot-every", "50000"])
+    assert "No more reverse-execution history." in run.gdb, run.gdb  # back to the start
+    before, after = received(run.gdb)
+    assert before == after
+    assert "[Inferior 1 (Remote target) exited normally]" in run.gdb
+    assert (run.status, run.out) == (0, piped.stdout)

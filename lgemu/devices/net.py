@@ -77,6 +77,29 @@ class Net(Device):
         self.backlog: deque[bytes] = deque()
         self.stats = {"tx": 0, "rx": 0, "dropped": 0}
 
+    @property
+    def replayable(self) -> bool:
+        """Can reverse execution go back over this card?  Only a replayed wire with no
+        capture: its input is the recording's, read again from any point
+        (`lgemu.debug.snapshot`); a live wire's peer and a pcap file are outside lgemu."""
+        return isinstance(self.link, ReplayLink) and self.pcap is None
+
+    def save_state(self) -> object:
+        """Persist (a replayed wire only, see `replayable`): frames waiting for the guest,
+        the counters and how far the replay has got."""
+        if not isinstance(self.link, ReplayLink):
+            return None
+        return tuple(self.backlog), dict(self.stats), self.link.save_state()
+
+    def restore_state(self, state: object) -> None:
+        """Persist: back to `state`."""
+        if state is None or not isinstance(self.link, ReplayLink):
+            return
+        backlog, stats, link = state  # type: ignore[misc]
+        self.backlog = deque(backlog)
+        self.stats = dict(stats)
+        self.link.restore_state(link)
+
     def _position(self) -> tuple[int, int]:
         return self.icount(), self.wall_ns()
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -137,19 +136,20 @@ class ReplayLink(Link):
         records = read_records(path, RECEIVED + SENT + MAC)
         macs = [r[3] for r in records if r[0] == MAC]
         self.mac: bytes | None = macs[0] if macs and len(macs[0]) == 6 else None
-        self.arriving = deque(r for r in records if r[0] == RECEIVED)
-        self.expected = deque(r for r in records if r[0] == SENT)
+        self.arriving = [r for r in records if r[0] == RECEIVED]
+        self.expected = [r for r in records if r[0] == SENT]
         self.position = position
-        self.sent = 0
+        self.next_arriving = 0  # indices into the lists: saved and restored for time travel
+        self.sent = 0  # frames sent so far, the next expected one's index
         self.description = f"replay of {path}"
 
     def send(self, frame: bytes) -> bool:
         icount, _ = self.position()
         self.sent += 1
-        if not self.expected:
+        if self.sent > len(self.expected):
             raise ReplayDiverged(f"frame {self.sent} sent at instruction {icount} was never "
                                  "sent in the recording")
-        _, recorded_at, _, recorded = self.expected.popleft()
+        _, recorded_at, _, recorded = self.expected[self.sent - 1]
         if frame != recorded:
             raise ReplayDiverged(
                 f"frame {self.sent} sent at instruction {icount} differs from the recording "
@@ -160,12 +160,22 @@ class ReplayLink(Link):
     def receive(self) -> list[bytes]:
         now = self.position()
         frames = []
-        while self.arriving and self.arriving[0][1:3] <= now:
-            frames.append(self.arriving.popleft()[3])
+        while self.next_arriving < len(self.arriving) and \
+                self.arriving[self.next_arriving][1:3] <= now:
+            frames.append(self.arriving[self.next_arriving][3])
+            self.next_arriving += 1
         return frames
 
     def fileno(self) -> int:
         return -1  # nothing to wait for: frames come when the guest reaches their count
+
+    def save_state(self) -> tuple[int, int]:
+        """Persist: how far the replay has got (time travel goes back over it)."""
+        return self.next_arriving, self.sent
+
+    def restore_state(self, state: tuple[int, int]) -> None:
+        """Persist: back to `state`."""
+        self.next_arriving, self.sent = state
 
 
 class RecordingInput:
@@ -202,11 +212,23 @@ class ReplayInput:
     live = True
     interactive = False
     fd = -1  # nothing to wait on (see `Console.wait_fds`)
+    # Unlike a terminal, read again from the same point it gives the same pieces at the same
+    # counts: reverse execution may go back over it (`lgemu.debug.snapshot`).
+    deterministic = True
 
     def __init__(self, path: Path) -> None:
-        self.pieces = deque(read_records(path, CONSOLE + QUIT))
+        self.pieces = read_records(path, CONSOLE + QUIT)
+        self.next = 0  # index of the next piece
         self.position: Position = lambda: (0, 0)
         self.open = True
+
+    def save_state(self) -> tuple[int, bool]:
+        """Persist: how far the replay has got."""
+        return self.next, self.open
+
+    def restore_state(self, state: tuple[int, bool]) -> None:
+        """Persist: back to `state`."""
+        self.next, self.open = state
 
     def raw_mode(self) -> None:
         """No terminal."""
@@ -216,13 +238,15 @@ class ReplayInput:
 
     def ready(self) -> bool:
         """Is the next recorded piece due?"""
-        return self.open and bool(self.pieces) and self.pieces[0][1:3] <= self.position()
+        return self.open and self.next < len(self.pieces) and \
+            self.pieces[self.next][1:3] <= self.position()
 
     def read(self, limit: int) -> bytes:
         """The next recorded piece (b"" and closed at the recorded end)."""
         if not self.ready():
             return b""
-        kind, _, _, data = self.pieces.popleft()
+        kind, _, _, data = self.pieces[self.next]
+        self.next += 1
         if kind == QUIT:
             from .console import KeyboardQuit
 
