@@ -231,7 +231,8 @@ def lab(args: argparse.Namespace) -> int:
     from .lab.config import load_lab
     from .lab.scheduler import LabOptions, main_lab, per_guest
 
-    names = [g.name for g in load_lab(args.lab_file).guests]
+    spec = load_lab(args.lab_file)
+    names = [g.name for g in spec.guests]
 
     def paths(values: list[str], option: str) -> dict[str, Path]:
         return {k: Path(v) for k, v in per_guest(values, option, names).items()}
@@ -254,6 +255,9 @@ def lab(args: argparse.Namespace) -> int:
             if given:
                 raise UserError(f"--workers: {option} watches a guest in its own process; "
                                 "run without --workers")
+    if options.workers > 1 and any(s.uplink is not None for s in spec.switches):
+        raise UserError("--workers: a switch's uplink is served by one process; run without "
+                        "--workers")
     if options.gdb_wait and not options.gdb:
         raise UserError("-S needs --gdb NAME:tcp::PORT")
     for option, given in (("--events", options.events), ("--trace-regs", options.trace_regs),

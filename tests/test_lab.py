@@ -411,3 +411,67 @@ def test_per_guest_debugging_options_are_checked(tmp_path, options, complaint):
     status, out, err = run_lab(ping_lab(tmp_path), *options)
     assert (status, out) == (2, b"")
     assert len(err.splitlines()) == 1 and complaint in err, err
+
+
+def test_a_udp_uplink_joins_a_lab_to_the_host_and_replays_when_recorded(tmp_path):
+    """A Python UDP socket on 127.0.0.1 talks through a switch's uplink to a lab guest
+    (net_echo); the uplink recorded, the lab replays to the same console with no wire."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT
+    from test_devices_e2e import Reader, expected_frame, free_udp_ports
+
+    lab_port, host_port = free_udp_ports(2)
+    echo_mac, host_mac = bytes.fromhex(MAC_ECHO.replace(":", "")), bytes(range(2, 8))
+
+    def lab(uplink: str) -> Path:
+        path = tmp_path / "uplink.toml"
+        path.write_text(f'[[switch]]\nname = "sw0"\nlatency_us = 500\nuplink = "{uplink}"\n'
+                        f'[[guest]]\nname = "echo"\nappend = "lgemu.test=net_echo"\n'
+                        f'net = ["sw0,mac={MAC_ECHO}"]\n')
+        return path
+    host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    host.bind(("127.0.0.1", host_port))
+    host.settimeout(SUBPROCESS_TIMEOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lgemu", "lab", "-v",
+         str(lab(f"udp:{lab_port}:127.0.0.1:{host_port},record=up.rec"))],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = Reader(proc, b"ready")
+        assert reader.ready.wait(SUBPROCESS_TIMEOUT), "net_echo never became ready"
+        echoes = []
+        for kind, seq in ((b"P", 1), (b"S", 0)):
+            host.sendto(expected_frame(echo_mac, host_mac, kind, seq), ("127.0.0.1", lab_port))
+            echoes.append(host.recvfrom(2048))
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+        host.close()
+    reader.join(5)
+    assert [frame for frame, _ in echoes] == [expected_frame(host_mac, echo_mac, b"P", 1),
+                                              expected_frame(host_mac, echo_mac, b"S", 0)]
+    assert echoes[0][1] == ("127.0.0.1", lab_port)
+    assert proc.returncode == 0, err
+    assert f"uplink sw0: udp {lab_port} → 127.0.0.1:{host_port}, recorded to " in err.decode()
+    assert "PASS net_echo.stop" in lines_of(reader.data, "echo")
+    # The replay: no socket at all, the same console bytes and the same ending.
+    status, out, err = run_lab(lab("replay:up.rec"), "-v")
+    assert (status, out) == (0, reader.data), err
+    assert "uplink sw0: replay of " in err and ": 2 frames out, 2 in" in err
+
+
+@pytest.mark.parametrize("uplink, options, complaint", [
+    ("pcap:x.pcap", [], "switch 1: uplink 'pcap:x.pcap': want udp:LOCALPORT:HOST:PORT"),
+    ("udp:1", [], "switch 1: uplink: udp:1: want udp:LOCALPORT:HOST:PORT"),
+    ("replay:missing.rec", [], "missing.rec: cannot read the recording"),
+    ("replay:missing.rec", ["--workers", "2"], "--workers: a switch's uplink is served by one"),
+])
+def test_a_bad_uplink_is_one_line_and_status_2(tmp_path, uplink, options, complaint):
+    lab = ping_lab(tmp_path, f'uplink = "{uplink}"')
+    status, out, err = run_lab(lab, *options)
+    assert (status, out) == (2, b"")
+    assert len(err.splitlines()) == 1 and complaint in err, err

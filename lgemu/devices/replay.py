@@ -102,10 +102,12 @@ def read_records(path: Path, kinds: bytes) -> list[tuple[bytes, int, int, bytes]
 class RecordingLink(Link):
     """A real wire whose arriving and departing frames are also recorded."""
 
-    def __init__(self, inner: Link, path: Path, position: Position, mac: bytes) -> None:
+    def __init__(self, inner: Link, path: Path, position: Position,
+                 mac: bytes | None = None) -> None:
         self.inner = inner
         self.recorder = Recorder(path)
-        self.recorder.record(MAC, (0, 0), mac)  # the replay's card is this card
+        if mac is not None:  # a card's (a lab's uplink has none)
+            self.recorder.record(MAC, (0, 0), mac)  # the replay's card is this card
         self.position = position
         self.description = f"{inner.description}, recorded to {path}"
 
