@@ -462,6 +462,12 @@ def test_a_udp_uplink_joins_a_lab_to_the_host_and_replays_when_recorded(tmp_path
     status, out, err = run_lab(lab("replay:up.rec"), "-v")
     assert (status, out) == (0, reader.data), err
     assert "uplink sw0: replay of " in err and ": 2 frames out, 2 in" in err
+    # A guest that answers otherwise (another MAC) diverges from the recording: status 8.
+    lab("replay:up.rec").write_text(lab("replay:up.rec").read_text().replace(
+        MAC_ECHO, "02:00:00:00:00:0c"))
+    status, out, err = run_lab(tmp_path / "uplink.toml")
+    assert status == 8, err
+    assert err.startswith("lgemu: echo: replay diverged: frame 1 sent at ")
 
 
 @pytest.mark.parametrize("uplink, options, complaint", [
