@@ -12,7 +12,8 @@ its arrival.  When every guest is halted, the window stretches to the next timer
 How a lab ends: each guest ends as `lgemu boot` would (power-down, crash, kill, stuck,
 `--max-insns`); the lab ends when all have, or at `--timeout`, or on a signal.  A guest halted
 with no timer while no frame is on its way to it, and every other guest ended or likewise
-halted, is stuck.
+halted, is stuck, unless a switch has a live uplink (a host wire, `lgemu.lab.uplink`,
+served between windows): then the lab waits for the wire.
 """
 
 from __future__ import annotations
