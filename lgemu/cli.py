@@ -159,15 +159,34 @@ LAB_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                         help="an instruction trace of guest NAME (repeatable)")),
     (("--events",), dict(action="store_true",
                          help="the traced guests' lguest event log only")),
+    (("--trace-format",), dict(choices=("text", "jsonl", "tenet"), default="text",
+                               help="the traces' format (default %(default)s)")),
+    (("--trace-regs",), dict(action="store_true",
+                             help="add the registers each traced instruction changed")),
+    (("--trace-filter",), dict(action="append", default=[], metavar="NAME:SPEC",
+                               help="trace only what SPEC selects in guest NAME's trace "
+                                    "(as lgemu boot --trace-filter)")),
     (("--coverage",), dict(action="append", default=[], metavar="NAME:FILE",
                            help="guest NAME's executed blocks (drcov)")),
+    (("--dmesg",), dict(action="append", default=[], metavar="NAME:FILE",
+                        help="at its end, write guest NAME's kernel log buffer to FILE")),
+    (("--profile",), dict(action="append", default=[], metavar="NAME:FILE",
+                          help="profile guest NAME's call stacks into FILE")),
+    (("--profile-every",), dict(type=_positive, default=100_000, metavar="N",
+                                help="instructions between profile samples "
+                                     "(default %(default)s)")),
+    (("--profile-format",), dict(choices=("folded", "svg"), default="folded",
+                                 help="the profiles' format (default %(default)s)")),
+    (("--timeline",), dict(action="append", default=[], metavar="NAME:FILE",
+                           help="guest NAME's boot timeline (.svg or a table)")),
     (("--gdb",), dict(action="append", default=[], metavar="NAME:tcp::PORT",
                       help="serve gdb for guest NAME; the others wait while it is stopped")),
     (("-S",), dict(action="store_true", dest="gdb_wait",
                    help="with --gdb: wait for gdb before the first instruction")),
     (("--workers",), dict(type=_positive, default=1, metavar="N",
                           help="run the guests in N worker processes (the same bytes as one; "
-                               "not with --trace, --coverage, --gdb or -v)")),
+                               "not with what watches a guest: --trace, --coverage, --dmesg, "
+                               "--profile, --timeline, --gdb, -v)")),
 ]
 
 
@@ -212,22 +231,46 @@ def lab(args: argparse.Namespace) -> int:
     from .lab.config import load_lab
     from .lab.scheduler import LabOptions, main_lab, per_guest
 
-    names = [g.name for g in load_lab(args.lab_file).guests]
+    spec = load_lab(args.lab_file)
+    names = [g.name for g in spec.guests]
+
+    def paths(values: list[str], option: str) -> dict[str, Path]:
+        return {k: Path(v) for k, v in per_guest(values, option, names).items()}
+
     options = LabOptions(
         pcap=args.pcap, verbose=args.verbose, max_insns=args.max_insns, timeout=args.timeout,
         trace=per_guest(args.trace, "--trace", names), events=args.events,
-        coverage={k: Path(v) for k, v in per_guest(args.coverage, "--coverage", names).items()},
+        trace_format=args.trace_format, trace_regs=args.trace_regs,
+        trace_filter=per_guest(args.trace_filter, "--trace-filter", names),
+        coverage=paths(args.coverage, "--coverage"),
+        dmesg=paths(args.dmesg, "--dmesg"), profile=paths(args.profile, "--profile"),
+        profile_every=args.profile_every, profile_format=args.profile_format,
+        timeline=paths(args.timeline, "--timeline"),
         gdb=per_guest(args.gdb, "--gdb", names), gdb_wait=args.gdb_wait, workers=args.workers)
     if options.workers > 1:
         for option, given in (("--trace", options.trace), ("--coverage", options.coverage),
+                              ("--dmesg", options.dmesg), ("--profile", options.profile),
+                              ("--timeline", options.timeline),
                               ("--gdb", options.gdb), ("-v", options.verbose)):
             if given:
                 raise UserError(f"--workers: {option} watches a guest in its own process; "
                                 "run without --workers")
+    if options.workers > 1 and any(s.uplink is not None for s in spec.switches):
+        raise UserError("--workers: a switch's uplink is served by one process; run without "
+                        "--workers")
     if options.gdb_wait and not options.gdb:
         raise UserError("-S needs --gdb NAME:tcp::PORT")
-    if options.events and not options.trace:
-        raise UserError("--events needs --trace NAME:FILE")
+    for option, given in (("--events", options.events), ("--trace-regs", options.trace_regs),
+                          ("--trace-format", options.trace_format != "text")):
+        if given and not options.trace:
+            raise UserError(f"{option} needs --trace NAME:FILE")
+    for name in options.trace_filter:
+        if name not in options.trace:
+            raise UserError(f"--trace-filter {name}:…: needs --trace {name}:FILE")
+    for option, given in (("--profile-every", options.profile_every != 100_000),
+                          ("--profile-format", options.profile_format != "folded")):
+        if given and not options.profile:
+            raise UserError(f"{option} needs --profile NAME:FILE")
     if options.workers > 1:
         from .lab.workers import WorkerPool
         return main_lab(args.lab_file, options, WorkerPool)

@@ -376,3 +376,108 @@ def test_workers_refuse_what_watches_a_guest(tmp_path):
     assert (status, out) == (2, b"")
     assert err == ("lgemu: --workers: -v watches a guest in its own process; run without "
                    "--workers\n")
+
+
+def test_filtered_traces_profiles_timelines_and_dmesg_per_guest(tmp_path):
+    """The debugging options of `lgemu boot`, per guest by name: two runs, the same bytes."""
+    lab = ping_lab(tmp_path)
+    runs = []
+    for run in range(2):
+        files = {kind: tmp_path / f"{kind}{run}" for kind in ("trace", "dmesg", "prof", "tl")}
+        status, out, err = run_lab(
+            lab, "--trace", f"ping:{files['trace']}", "--trace-filter", "ping:icount:20000-20005",
+            "--trace-regs", "--dmesg", f"echo:{files['dmesg']}", "--profile",
+            f"ping:{files['prof']}", "--profile-every", "5000", "--timeline", f"echo:{files['tl']}")
+        assert status == 0, err
+        runs.append((out, err, *(path.read_bytes() for path in files.values())))
+    assert runs[0] == runs[1]
+    _, _, trace, dmesg, profile, timeline = runs[0]
+    lines = trace.decode().splitlines()
+    assert [int(line.split()[0]) for line in lines] == list(range(20000, 20005))
+    assert any(" | " in line and "eflags=" in line for line in lines)  # --trace-regs
+    assert b'command line: "lgemu.test=net_echo"' in dmesg  # the echo guest's own log
+    assert profile.startswith(b"lguest_init;start_kernel;")
+    assert b"boot timeline" in timeline
+
+
+@pytest.mark.parametrize("options, complaint", [
+    (["--trace-filter", "ping:ring:1"], "--trace-filter ping:…: needs --trace ping:FILE"),
+    (["--trace-regs"], "--trace-regs needs --trace NAME:FILE"),
+    (["--profile-every", "5"], "--profile-every needs --profile NAME:FILE"),
+    (["--dmesg", "nobody:d"], "--dmesg nobody:d: no guest named 'nobody' in the lab"),
+    (["--workers", "2", "--profile", "ping:p"], "--workers: --profile watches a guest"),
+])
+def test_per_guest_debugging_options_are_checked(tmp_path, options, complaint):
+    status, out, err = run_lab(ping_lab(tmp_path), *options)
+    assert (status, out) == (2, b"")
+    assert len(err.splitlines()) == 1 and complaint in err, err
+
+
+def test_a_udp_uplink_joins_a_lab_to_the_host_and_replays_when_recorded(tmp_path):
+    """A Python UDP socket on 127.0.0.1 talks through a switch's uplink to a lab guest
+    (net_echo); the uplink recorded, the lab replays to the same console with no wire."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT
+    from test_devices_e2e import Reader, expected_frame, free_udp_ports
+
+    lab_port, host_port = free_udp_ports(2)
+    echo_mac, host_mac = bytes.fromhex(MAC_ECHO.replace(":", "")), bytes(range(2, 8))
+
+    def lab(uplink: str) -> Path:
+        path = tmp_path / "uplink.toml"
+        path.write_text(f'[[switch]]\nname = "sw0"\nlatency_us = 500\nuplink = "{uplink}"\n'
+                        f'[[guest]]\nname = "echo"\nappend = "lgemu.test=net_echo"\n'
+                        f'net = ["sw0,mac={MAC_ECHO}"]\n')
+        return path
+    host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    host.bind(("127.0.0.1", host_port))
+    host.settimeout(SUBPROCESS_TIMEOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lgemu", "lab", "-v",
+         str(lab(f"udp:{lab_port}:127.0.0.1:{host_port},record=up.rec"))],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = Reader(proc, b"ready")
+        assert reader.ready.wait(SUBPROCESS_TIMEOUT), "net_echo never became ready"
+        echoes = []
+        for kind, seq in ((b"P", 1), (b"S", 0)):
+            host.sendto(expected_frame(echo_mac, host_mac, kind, seq), ("127.0.0.1", lab_port))
+            echoes.append(host.recvfrom(2048))
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+        host.close()
+    reader.join(5)
+    assert [frame for frame, _ in echoes] == [expected_frame(host_mac, echo_mac, b"P", 1),
+                                              expected_frame(host_mac, echo_mac, b"S", 0)]
+    assert echoes[0][1] == ("127.0.0.1", lab_port)
+    assert proc.returncode == 0, err
+    assert f"uplink sw0: udp {lab_port} → 127.0.0.1:{host_port}, recorded to " in err.decode()
+    assert "PASS net_echo.stop" in lines_of(reader.data, "echo")
+    # The replay: no socket at all, the same console bytes and the same ending.
+    status, out, err = run_lab(lab("replay:up.rec"), "-v")
+    assert (status, out) == (0, reader.data), err
+    assert "uplink sw0: replay of " in err and ": 2 frames out, 2 in" in err
+    # A guest that answers otherwise (another MAC) diverges from the recording: status 8.
+    lab("replay:up.rec").write_text(lab("replay:up.rec").read_text().replace(
+        MAC_ECHO, "02:00:00:00:00:0c"))
+    status, out, err = run_lab(tmp_path / "uplink.toml")
+    assert status == 8, err
+    assert err.startswith("lgemu: echo: replay diverged: frame 1 sent at ")
+
+
+@pytest.mark.parametrize("uplink, options, complaint", [
+    ("pcap:x.pcap", [], "switch 1: uplink 'pcap:x.pcap': want udp:LOCALPORT:HOST:PORT"),
+    ("udp:1", [], "switch 1: uplink: udp:1: want udp:LOCALPORT:HOST:PORT"),
+    ("replay:missing.rec", [], "missing.rec: cannot read the recording"),
+    ("replay:missing.rec", ["--workers", "2"], "--workers: a switch's uplink is served by one"),
+])
+def test_a_bad_uplink_is_one_line_and_status_2(tmp_path, uplink, options, complaint):
+    lab = ping_lab(tmp_path, f'uplink = "{uplink}"')
+    status, out, err = run_lab(lab, *options)
+    assert (status, out) == (2, b"")
+    assert len(err.splitlines()) == 1 and complaint in err, err

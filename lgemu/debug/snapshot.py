@@ -20,10 +20,13 @@ the mmap the Host reads.  So a snapshot is lgemu's own:
   and where its input stood.
 
 What cannot be replayed is refused, never faked: block and network devices have state outside
-lgemu (disk images, peers), so time travel needs a guest whose only device is the console and
-the virtual clock; and input typed or piped into the console cannot be read twice, so going
+lgemu (disk images, peers), so time travel needs a guest whose only devices are the console
+and cards replaying a recording (`--net replay:FILE`, no capture: `Net.replayable`), and the
+virtual clock; and input typed or piped into the console cannot be read twice, so going
 back past console input that came from a terminal or pipe is an error (input from a regular
-file is re-read from the same offset).  While a replay runs towards a point already lived
+file is re-read from the same offset; a `--console-replay` recording, like a replayed wire,
+is deterministic: its position is part of the snapshot and it goes on feeding the guest
+while a replay runs forward).  While a replay runs towards a point already lived
 through, the console reads no new input (there was none to read there, or the replay would
 have been refused); input that arrives once the guest runs on is a new future: the snapshots
 of the old one are dropped.
@@ -97,6 +100,7 @@ class Snapshot:
     output_position: int
     input_taken: int  # console input bytes read from the host so far
     input_offset: int | None  # file position of a regular-file console input
+    input_replay: object = None  # the position of a --console-replay recording
 
 
 class Timeline:
@@ -124,7 +128,8 @@ class Timeline:
             return "the clock is realtime"
         if guest.pci is not None:  # the functions' registers and queue set-up are not saved
             return "the devices are on PCI (a 4.x guest)"
-        others = [d.name for d in guest.devices if d.type != DeviceType.CONSOLE]
+        others = [d.name for d in guest.devices
+                  if d.type != DeviceType.CONSOLE and not getattr(d, "replayable", False)]
         if others:
             return f"devices other than the console are attached ({', '.join(others)})"
         return None
@@ -154,7 +159,7 @@ class Timeline:
         snap = Snapshot(icount, self._ram_pages(previous.ram if previous else None),
                         bytes(guest.memory.host), guest.cpu.save_state(), guest.save_state(),
                         self.output.save_state() if self.output is not None else 0,
-                        *self._input_position())
+                        *self._input_position(), self._replayed_input_state())
         index = sum(1 for s in self.snapshots if s.icount < icount)
         self.snapshots.insert(index, snap)
         if len(self.snapshots) > MAX_SNAPSHOTS:
@@ -177,7 +182,8 @@ class Timeline:
         console = self.console
         if console is None:
             return
-        if on and console.source is not None and console.source.live:
+        if on and console.source is not None and console.source.live and \
+                not getattr(console.source, "deterministic", False):
             self._hidden_source, console.source = console.source, None
         elif not on and self._hidden_source is not None:
             console.source, self._hidden_source = self._hidden_source, None
@@ -188,10 +194,17 @@ class Timeline:
         taken, _ = self._input_position()
         seen, self._input_seen = self._input_seen, taken
         source = self.console.source if self.console is not None else None
-        if taken == seen or source is None or not source.live:
+        if taken == seen or source is None or not source.live or \
+                getattr(source, "deterministic", False):  # the recorded input: no new future
             return False
         self.diverge(icount)
         return True
+
+    def _replayed_input_state(self) -> object:
+        source = self.console.source if self.console is not None else None
+        if source is not None and getattr(source, "deterministic", False):
+            return source.save_state()  # type: ignore[attr-defined]
+        return None
 
     def _input_position(self) -> tuple[int, int | None]:
         console = self.console
@@ -237,9 +250,12 @@ class Timeline:
 
     def _rewind_input(self, snap: Snapshot) -> None:
         taken, _ = self._input_position()
+        source = self._hidden_source or (self.console.source if self.console else None)
+        if snap.input_replay is not None and source is not None:
+            source.restore_state(snap.input_replay)  # type: ignore[attr-defined]
+            return
         if taken == snap.input_taken:
             return
-        source = self._hidden_source or (self.console.source if self.console else None)
         if snap.input_offset is None or source is None or not source.open:
             raise TimeTravelError("console input was read from a terminal or pipe since then "
                                   "and cannot be read again")

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..abi import DeviceType
 from ..abi_eras import DeviceBus
+from ..errors import UserError
 from ..launcher.devicepage import DeviceSpec, net_spec
 from .base import Device
 from .netback import MAX_FRAME, Link, NetOption, PcapWriter, open_link
@@ -61,14 +62,43 @@ class Net(Device):
             self.link = open_link(option)
             position = self._position
             if option.record is not None and self.link is not None:
-                self.link = RecordingLink(self.link, option.record, position)
+                self.link = RecordingLink(self.link, option.record, position, self.mac)
             if option.replay is not None:
-                self.link = ReplayLink(option.replay, position)
+                replay = self.link = ReplayLink(option.replay, position)
+                if replay.mac is not None:  # the recorded card's address, unless contradicted
+                    if option.mac is not None and option.mac != replay.mac:
+                        raise UserError(f"--net replay:{option.replay}: mac="
+                                        f"{format_mac(option.mac)} is not the recorded card's "
+                                        f"{format_mac(replay.mac)}")
+                    self.mac = replay.mac
         except BaseException:
             self.close()
             raise
         self.backlog: deque[bytes] = deque()
         self.stats = {"tx": 0, "rx": 0, "dropped": 0}
+
+    @property
+    def replayable(self) -> bool:
+        """Can reverse execution go back over this card?  Only a replayed wire with no
+        capture: its input is the recording's, read again from any point
+        (`lgemu.debug.snapshot`); a live wire's peer and a pcap file are outside lgemu."""
+        return isinstance(self.link, ReplayLink) and self.pcap is None
+
+    def save_state(self) -> object:
+        """Persist (a replayed wire only, see `replayable`): frames waiting for the guest,
+        the counters and how far the replay has got."""
+        if not isinstance(self.link, ReplayLink):
+            return None
+        return tuple(self.backlog), dict(self.stats), self.link.save_state()
+
+    def restore_state(self, state: object) -> None:
+        """Persist: back to `state`."""
+        if state is None or not isinstance(self.link, ReplayLink):
+            return
+        backlog, stats, link = state  # type: ignore[misc]
+        self.backlog = deque(backlog)
+        self.stats = dict(stats)
+        self.link.restore_state(link)
 
     def _position(self) -> tuple[int, int]:
         return self.icount(), self.wall_ns()

@@ -10,16 +10,21 @@ frames it sends come out the same.  What it sends is checked against the recordi
 frame that differs ends the run (`ReplayDiverged`).
 
 The file: the line ``lgemu-replay 1``, then records of a kind byte (``R`` a frame received,
-``S`` a frame sent, ``C`` console input, whose empty record is its end), the instruction
+``S`` a frame sent, ``M`` the card's MAC address, first, ``C`` console input, whose empty
+record is its end, ``Q`` the Ctrl-] that ended a session on a terminal), the instruction
 count, the wall-clock time in ns, the length, and the bytes.  A recording can be replayed by
-the same lgemu and guest with the same options otherwise (memory, command line, MAC).
+the same lgemu and guest with the same options otherwise (memory, command line); the card
+takes the recorded MAC (an older recording without one needs the same ``mac=``).
+
+Ctrl-] typed on the console terminal ends the live run before the guest sees the piece of
+input holding it; the recording says so with ``Q`` rather than ``C``, and the replay ends the
+same way at the same count (a replay has no terminal, so the byte itself would be input).
 """
 
 from __future__ import annotations
 
 import contextlib
 import struct
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,7 +34,7 @@ from .netback import Link
 
 MAGIC = b"lgemu-replay 1\n"
 RECORD = struct.Struct("<cQQI")  # kind, instruction count, guest wall-clock ns, length
-RECEIVED, SENT, CONSOLE = b"R", b"S", b"C"
+RECEIVED, SENT, CONSOLE, MAC, QUIT = b"R", b"S", b"C", b"M", b"Q"
 # Where the guest stands when input is taken: (instruction count, guest wall-clock ns).
 Position = Callable[[], tuple[int, int]]
 
@@ -86,7 +91,7 @@ def read_records(path: Path, kinds: bytes) -> list[tuple[bytes, int, int, bytes]
             raise UserError(f"{path}: recording cut short")
         kind, icount, wall_ns, length = RECORD.unpack_from(data, offset)
         offset += RECORD.size
-        if kind not in (RECEIVED, SENT, CONSOLE) or offset + length > len(data):
+        if kind not in (RECEIVED, SENT, CONSOLE, MAC, QUIT) or offset + length > len(data):
             raise UserError(f"{path}: damaged recording at byte {offset - RECORD.size}")
         if kind in kinds:
             records.append((kind, icount, wall_ns, data[offset:offset + length]))
@@ -97,9 +102,12 @@ def read_records(path: Path, kinds: bytes) -> list[tuple[bytes, int, int, bytes]
 class RecordingLink(Link):
     """A real wire whose arriving and departing frames are also recorded."""
 
-    def __init__(self, inner: Link, path: Path, position: Position) -> None:
+    def __init__(self, inner: Link, path: Path, position: Position,
+                 mac: bytes | None = None) -> None:
         self.inner = inner
         self.recorder = Recorder(path)
+        if mac is not None:  # a card's (a lab's uplink has none)
+            self.recorder.record(MAC, (0, 0), mac)  # the replay's card is this card
         self.position = position
         self.description = f"{inner.description}, recorded to {path}"
 
@@ -127,20 +135,23 @@ class ReplayLink(Link):
     """No wire: the recorded frames arrive at their recorded instruction counts."""
 
     def __init__(self, path: Path, position: Position) -> None:
-        records = read_records(path, RECEIVED + SENT)
-        self.arriving = deque(r for r in records if r[0] == RECEIVED)
-        self.expected = deque(r for r in records if r[0] == SENT)
+        records = read_records(path, RECEIVED + SENT + MAC)
+        macs = [r[3] for r in records if r[0] == MAC]
+        self.mac: bytes | None = macs[0] if macs and len(macs[0]) == 6 else None
+        self.arriving = [r for r in records if r[0] == RECEIVED]
+        self.expected = [r for r in records if r[0] == SENT]
         self.position = position
-        self.sent = 0
+        self.next_arriving = 0  # indices into the lists: saved and restored for time travel
+        self.sent = 0  # frames sent so far, the next expected one's index
         self.description = f"replay of {path}"
 
     def send(self, frame: bytes) -> bool:
         icount, _ = self.position()
         self.sent += 1
-        if not self.expected:
+        if self.sent > len(self.expected):
             raise ReplayDiverged(f"frame {self.sent} sent at instruction {icount} was never "
                                  "sent in the recording")
-        _, recorded_at, _, recorded = self.expected.popleft()
+        _, recorded_at, _, recorded = self.expected[self.sent - 1]
         if frame != recorded:
             raise ReplayDiverged(
                 f"frame {self.sent} sent at instruction {icount} differs from the recording "
@@ -151,12 +162,22 @@ class ReplayLink(Link):
     def receive(self) -> list[bytes]:
         now = self.position()
         frames = []
-        while self.arriving and self.arriving[0][1:3] <= now:
-            frames.append(self.arriving.popleft()[3])
+        while self.next_arriving < len(self.arriving) and \
+                self.arriving[self.next_arriving][1:3] <= now:
+            frames.append(self.arriving[self.next_arriving][3])
+            self.next_arriving += 1
         return frames
 
     def fileno(self) -> int:
         return -1  # nothing to wait for: frames come when the guest reaches their count
+
+    def save_state(self) -> tuple[int, int]:
+        """Persist: how far the replay has got (time travel goes back over it)."""
+        return self.next_arriving, self.sent
+
+    def restore_state(self, state: tuple[int, int]) -> None:
+        """Persist: back to `state`."""
+        self.next_arriving, self.sent = state
 
 
 class RecordingInput:
@@ -172,8 +193,12 @@ class RecordingInput:
 
     def read(self, limit: int) -> bytes:
         """Read as the source does, and record what was read (b"": its end)."""
+        from .console import QUIT_KEY
+
         data = self.inner.read(limit)
-        self.recorder.record(CONSOLE, self.position(), data)
+        # On a terminal Ctrl-] ends the run (`Console._take`): the replay must end there too.
+        quits = self.inner.kind == "tty" and QUIT_KEY in data
+        self.recorder.record(QUIT if quits else CONSOLE, self.position(), data)
         return data
 
     def close(self) -> None:
@@ -189,11 +214,23 @@ class ReplayInput:
     live = True
     interactive = False
     fd = -1  # nothing to wait on (see `Console.wait_fds`)
+    # Unlike a terminal, read again from the same point it gives the same pieces at the same
+    # counts: reverse execution may go back over it (`lgemu.debug.snapshot`).
+    deterministic = True
 
     def __init__(self, path: Path) -> None:
-        self.pieces = deque(read_records(path, CONSOLE))
+        self.pieces = read_records(path, CONSOLE + QUIT)
+        self.next = 0  # index of the next piece
         self.position: Position = lambda: (0, 0)
         self.open = True
+
+    def save_state(self) -> tuple[int, bool]:
+        """Persist: how far the replay has got."""
+        return self.next, self.open
+
+    def restore_state(self, state: tuple[int, bool]) -> None:
+        """Persist: back to `state`."""
+        self.next, self.open = state
 
     def raw_mode(self) -> None:
         """No terminal."""
@@ -203,13 +240,20 @@ class ReplayInput:
 
     def ready(self) -> bool:
         """Is the next recorded piece due?"""
-        return self.open and bool(self.pieces) and self.pieces[0][1:3] <= self.position()
+        return self.open and self.next < len(self.pieces) and \
+            self.pieces[self.next][1:3] <= self.position()
 
     def read(self, limit: int) -> bytes:
         """The next recorded piece (b"" and closed at the recorded end)."""
         if not self.ready():
             return b""
-        data = self.pieces.popleft()[3]
+        kind, _, _, data = self.pieces[self.next]
+        self.next += 1
+        if kind == QUIT:
+            from .console import KeyboardQuit
+
+            self.open = False
+            raise KeyboardQuit("quit from the keyboard (Ctrl-])")
         if not data:
             self.open = False
         return data[:limit]

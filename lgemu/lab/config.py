@@ -4,6 +4,7 @@
 [[switch]]
 name = "sw0"
 latency_us = 50          # optional (default 50): bandwidth_mbps, loss, reorder, seed
+uplink = "udp:LOCALPORT:HOST:PORT"  # optional: a host wire (lgemu.lab.uplink)
 [[guest]]
 name = "a"
 kernel = "vmlinux"       # optional (default: the bundled guest); paths relative to the file
@@ -36,7 +37,7 @@ else:  # pragma: no cover - the backport of the same parser
     import tomli as tomllib
 
 DEFAULT_LATENCY_US = 50
-SWITCH_KEYS = {"name", "latency_us", "bandwidth_mbps", "loss", "reorder", "seed"}
+SWITCH_KEYS = {"name", "latency_us", "bandwidth_mbps", "loss", "reorder", "seed", "uplink"}
 GUEST_KEYS = {"name", "kernel", "mem", "initrd", "append", "console", "console_input", "net",
               "block"}
 
@@ -86,7 +87,7 @@ def _name(where: str, value: Any) -> str:
     return name
 
 
-def _switch(where: str, table: dict[str, Any]) -> SwitchSpec:
+def _switch(where: str, table: dict[str, Any], base: Path) -> SwitchSpec:
     unknown = sorted(set(table) - SWITCH_KEYS)
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r} ({', '.join(sorted(SWITCH_KEYS))})")
@@ -101,10 +102,18 @@ def _switch(where: str, table: dict[str, Any]) -> SwitchSpec:
     if bandwidth is not None and not _type(where, "bandwidth_mbps", bandwidth,
                                            (int, float)) > 0:
         raise UserError(f"{where}: bandwidth_mbps must be positive")
+    uplink = None
+    if "uplink" in table:
+        from .uplink import parse_uplink
+
+        uplink = parse_uplink(where, _type(where, "uplink", table["uplink"], str))
+        # recording and replay files are relative to the lab file, like every path in it
+        uplink.record = None if uplink.record is None else base / uplink.record
+        uplink.replay = None if uplink.replay is None else base / uplink.replay
     return SwitchSpec(name, int(latency * 1000), bandwidth,
                       _rate(where, "loss", table.get("loss", 0)),
                       _rate(where, "reorder", table.get("reorder", 0)),
-                      _type(where, "seed", table.get("seed", 0), int))
+                      _type(where, "seed", table.get("seed", 0), int), uplink)
 
 
 def _guest(where: str, table: dict[str, Any], base: Path, switches: set[str]) -> GuestSpec:
@@ -155,7 +164,7 @@ def load_lab(path: Path) -> LabSpec:
     if unknown:
         raise UserError(f"{path}: unknown table {unknown[0]!r} ([[switch]], [[guest]])")
     base = path.parent
-    switches = [_switch(f"{path}: switch {i + 1}", _type(str(path), "switch", t, dict))
+    switches = [_switch(f"{path}: switch {i + 1}", _type(str(path), "switch", t, dict), base)
                 for i, t in enumerate(_type(str(path), "switch", data.get("switch", []), list))]
     names = {s.name for s in switches}
     if len(names) != len(switches):

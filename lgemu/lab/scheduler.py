@@ -12,7 +12,8 @@ its arrival.  When every guest is halted, the window stretches to the next timer
 How a lab ends: each guest ends as `lgemu boot` would (power-down, crash, kill, stuck,
 `--max-insns`); the lab ends when all have, or at `--timeout`, or on a signal.  A guest halted
 with no timer while no frame is on its way to it, and every other guest ended or likewise
-halted, is stuck.
+halted, is stuck, unless a switch has a live uplink (a host wire, `lgemu.lab.uplink`,
+served between windows): then the lab waits for the wire.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from .switch import Switch, SwitchPort
 
 if TYPE_CHECKING:
     from ..host.guest import Guest
+    from .uplink import Uplink
 
 NO_SWITCH_WINDOW_NS = 10_000_000  # guests that share no switch cannot disturb each other
+IDLE_WAIT_MAX_S = 0.1  # longest wait on uplinks between looks at --timeout
 LAB_MAC_PREFIX = bytes((0x02, 0x6C, 0x67))
 
 
@@ -74,7 +77,15 @@ class LabOptions:
     timeout: float | None = None
     trace: dict[str, str] = field(default_factory=dict)
     events: bool = False
+    trace_format: str = "text"
+    trace_regs: bool = False
+    trace_filter: dict[str, str] = field(default_factory=dict)
     coverage: dict[str, Path] = field(default_factory=dict)
+    dmesg: dict[str, Path] = field(default_factory=dict)
+    profile: dict[str, Path] = field(default_factory=dict)
+    profile_every: int = 100_000
+    profile_format: str = "folded"
+    timeline: dict[str, Path] = field(default_factory=dict)
     gdb: dict[str, str] = field(default_factory=dict)
     gdb_wait: bool = False
     workers: int = 1
@@ -136,7 +147,17 @@ def guest_config(spec: GuestSpec, options: LabOptions) -> BootConfig:
                       console_input=spec.console_input, max_insns=options.max_insns,
                       trace=options.trace.get(spec.name),
                       events=options.events and spec.name in options.trace,
+                      trace_format=options.trace_format if spec.name in options.trace
+                      else "text",
+                      trace_regs=options.trace_regs and spec.name in options.trace,
+                      trace_filter=options.trace_filter.get(spec.name),
                       coverage=options.coverage.get(spec.name),
+                      dmesg=options.dmesg.get(spec.name), profile=options.profile.get(spec.name),
+                      # the guests not profiled keep the defaults (their own check)
+                      **({"profile_every": options.profile_every,
+                          "profile_format": options.profile_format}
+                         if spec.name in options.profile else {}),
+                      timeline=options.timeline.get(spec.name),
                       gdb=options.gdb.get(spec.name),
                       gdb_wait=options.gdb_wait and spec.name in options.gdb, status=False)
 
@@ -156,6 +177,8 @@ class Lab:
         self.windows = 0
         self.pool: Pool | None = None  # --workers: guests run in other processes
         self.current: Member | None = None
+        self.uplinks: list[Uplink] = []  # host wires on switches (lgemu.lab.uplink)
+        self.pace_origin = (0.0, 0)  # (host monotonic time, lab time) pacing idle waits
 
     # -- building ---------------------------------------------------------------------------
     def build(self, stack: contextlib.ExitStack, stdout: BinaryIO, stderr: TextIO | None) -> None:
@@ -187,6 +210,13 @@ class Lab:
             self_test()
         except SelfTestError as e:
             raise UserError(f"unsupported Unicorn: {e}") from None
+        from .uplink import Uplink
+
+        for switch in self.switches.values():
+            if switch.spec.uplink is not None:
+                uplink = Uplink(switch, switch.spec.uplink)
+                stack.callback(uplink.close)
+                self.uplinks.append(uplink)
         if self.options.pcap is not None:
             for switch in self.switches.values():
                 switch.capture_to(capture_path(self.options.pcap, switch.spec.name))
@@ -248,6 +278,7 @@ class Lab:
         deadline = None if self.options.timeout is None else \
             time.monotonic() + self.options.timeout
         SIGNALS.on_signal = self._interrupt
+        self.pace_origin = (time.monotonic(), self.now_ns)
         try:
             while any(self._live()):
                 pending = SIGNALS.pending()
@@ -285,6 +316,9 @@ class Lab:
             # Nobody runs, so nobody sends before the next timer or arrival: go there.
             events = [t for _, deadline, arrival in waiting for t in (deadline, arrival)
                       if t is not None]
+            events += [a for u in self.uplinks if (a := u.port.next_arrival()) is not None]
+            if self.uplinks and self._idle_uplinks(min(events, default=None)):
+                return  # a frame came in from the host: served, the lab's time standing still
             if not events:
                 for member in live:
                     self._end(member, GuestStuck("halted with no timer set and no frame on "
@@ -296,10 +330,44 @@ class Lab:
         else:
             for member in live:
                 self.advance(member, end)
-        for switch in self.switches.values():
-            switch.flush_capture(end)
         self.now_ns = end
         self.windows += 1
+        self._serve_uplinks()
+        for switch in self.switches.values():
+            switch.flush_capture(end)
+
+    def _serve_uplinks(self) -> None:
+        from ..devices.replay import ReplayDiverged
+
+        try:
+            for uplink in self.uplinks:
+                uplink.serve(self.now_ns)
+        except ReplayDiverged as diverged:
+            for member in list(self._live()):
+                self._end(member, diverged)
+
+    def _idle_uplinks(self, event: int | None) -> bool:
+        """Every guest is halted and the lab has uplinks: wait on the host's wires until the
+        host's clock reaches `event` (lab time; None: no event, wait for the wires alone).
+        True if frames came in (and were served at the current lab time)."""
+        if any(u.due_now() for u in self.uplinks):  # a replay: the recording says so
+            self._serve_uplinks()
+            return True
+        fds = [fd for u in self.uplinks if (fd := u.fileno()) >= 0]
+        if not fds:
+            return False
+        wall0, lab0 = self.pace_origin
+        left = IDLE_WAIT_MAX_S if event is None else \
+            min(IDLE_WAIT_MAX_S, (event - lab0) / 1e9 - (time.monotonic() - wall0))
+        if event is not None and left <= 0:
+            return False
+        try:
+            ready = SIGNALS.wait(fds, left)
+        except LgemuExit:
+            return True  # the run loop ends the lab with the signal's ending
+        if ready:
+            self._serve_uplinks()
+        return True  # look again (the host's clock has moved)
 
     def advance(self, member: Member, end: int) -> None:
         """Run one guest to guest time `end`, its run cut at each frame's arrival."""
@@ -323,7 +391,9 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO,
 
     lab_spec = load_lab(path)
     names = [g.name for g in lab_spec.guests]
-    for option, given in (("--trace", options.trace), ("--coverage", options.coverage),
+    for option, given in (("--trace", options.trace), ("--trace-filter", options.trace_filter),
+                          ("--coverage", options.coverage), ("--dmesg", options.dmesg),
+                          ("--profile", options.profile), ("--timeline", options.timeline),
                           ("--gdb", options.gdb)):
         for name in given:
             if name not in names:
@@ -345,6 +415,8 @@ def run_lab(path: Path, options: LabOptions, stdout: BinaryIO, stderr: TextIO,
                 describe_run(stderr, member.guest, member.outcome, wall)
             for switch in lab.switches.values():
                 print(switch.summary(), file=stderr, flush=True)
+            for uplink in lab.uplinks:
+                print(uplink.summary(), file=stderr, flush=True)
             print(f"lab: {lab.windows} windows (lookahead {lab.lookahead / 1000:g} µs; longer "
                   f"while every guest is halted), {lab.now_ns / 1e9:.6f} s of guest time",
                   file=stderr, flush=True)

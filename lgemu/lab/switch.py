@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..devices.netback import Link, PcapWriter
+from ..devices.netback import Link, NetOption, PcapWriter
 
 # Frames on their way to one card, at most: a guest that floods the switch costs the others
 # bounded memory (the rest is dropped, as a full switch queue would).
@@ -41,6 +41,7 @@ class SwitchSpec:
     loss: float = 0.0
     reorder: float = 0.0
     seed: int = 0
+    uplink: NetOption | None = None  # a host wire on the switch (lgemu.lab.uplink)
 
 
 class SwitchPort(Link):
