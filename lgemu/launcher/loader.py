@@ -202,7 +202,7 @@ def _check_elf_header(path: Path, elf: ELFFile, size: int) -> None:
     """The Launcher's "Malformed elf header" test, one sentence per way to fail it."""
     if elf.elfclass == 64:
         if elf["e_machine"] == "EM_X86_64":
-            raise _fail(path, "64-bit ELF (x86-64): lgemu runs 32-bit non-PAE lguest guests")
+            raise _fail(path, "64-bit ELF (x86-64): lgemu runs 32-bit lguest guests")
         raise _fail(path, f"64-bit ELF for {_machine_name(elf)}, not i386")
     if elf["e_machine"] != "EM_386":
         raise _fail(path, f"ELF for {_machine_name(elf)}, not i386")
