@@ -282,6 +282,17 @@ PTE_GLOBAL = 0x100
 LAUNCHER_PT_FLAGS = PTE_PRESENT | PTE_RW | PTE_USER  # 0x007 (ABI §1.3)
 PDE_ALLOWED_FLAGS = 0x067  # ABI §7.1 step 2: anything else kills "bad page directory entry"
 
+# -- ABI §7.6 PAE page tables (2.6.31 on): 64-bit entries, three levels --------------------------
+PAE_ENTRY_SIZE = 8
+PAE_PGD_ENTRIES = 4  # the top level: 32 bytes, 1 GiB each
+PAE_PTRS = 512  # entries in a middle directory or a page table
+PAE_PGD_SHIFT = 30
+PAE_PMD_SHIFT = 21  # one middle-directory entry maps 2 MiB
+PAE_FRAME_MASK = ((1 << 44) - 1) & ~0xFFF  # lguest's 44-bit PTE_PFN_MASK; the rest are flags
+PAE_PGD_ALLOWED_FLAGS = PTE_PRESENT  # ABI §7.6: a top-level entry has no other flag
+PAE_PMD_ALLOWED_FLAGS = 0x067  # as a two-level directory entry
+PAE_NX = 1 << 63  # never offered (no NX in CPUID), so a reserved bit for the guest
+
 # -- ABI §10 device page ------------------------------------------------------------------------
 class DeviceType(IntEnum):
     NET = 1

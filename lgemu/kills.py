@@ -78,6 +78,15 @@ class BadPageDirectoryEntry(Kill):
         return "bad page directory entry"
 
 
+@dataclass(frozen=True)
+class BadPageMiddleDirectoryEntry(Kill):
+    """A PAE middle-directory entry the Host would shadow has flags or a frame lguest refuses
+    (ABI §7.6)."""
+
+    def text(self) -> str:
+        return "bad page middle directory entry"
+
+
 # -- hypercalls ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BadHypercall(Kill):

@@ -357,6 +357,9 @@ def describe_kernel(stream: TextIO, image: KernelImage, symbols: Symbols,
               f"{escape(detection.describe())}")
     for line in detection.evidence:
         con.print(f"  {escape(line)}")
+    if image.pae:  # ABI §7.6
+        con.print("  symbol __pmd_alloc: a PAE kernel (three-level page tables; lguest took "
+                  "them from 2.6.31)")
     con.print(f"lgemu: {escape(_era_plan(detection))}")
     dwarf = "DWARF line table" if symbols.lines is not None else "no DWARF line table"
     con.print(f"{len(symbols.symbols)} symbols, {dwarf}")

@@ -336,7 +336,7 @@ BAD_KERNELS = {
     "empty": (_write(b""), "vmlinux: not an ELF kernel or bzImage$"),
     "text": (_write(b"#!/bin/sh\necho hello\n" * 50), "vmlinux: not an ELF kernel or bzImage$"),
     "x86-64": (_elf(elfclass=64, machine=EM_X86_64),
-               r"vmlinux: 64-bit ELF \(x86-64\): lgemu runs 32-bit non-PAE lguest guests$"),
+               r"vmlinux: 64-bit ELF \(x86-64\): lgemu runs 32-bit lguest guests$"),
     "aarch64": (_elf(elfclass=64, machine=EM_AARCH64), "64-bit ELF for AArch64, not i386$"),
     "arm": (_elf(machine=EM_ARM), "vmlinux: ELF for ARM, not i386$"),
     "mips": (_elf(machine=EM_MIPS), "ELF for MIPS, not i386$"),

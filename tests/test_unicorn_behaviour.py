@@ -183,6 +183,29 @@ def test_a_pte_pointing_outside_physical_memory_is_an_unmapped_access_not_a_page
     assert seen == [] and "UNMAPPED" in str(error.value)
 
 
+def test_pae_paging_walks_64_bit_entries_and_faults_on_reserved_bits() -> None:
+    m = Machine()
+    pdpt, pmd, pt = 0x100000, 0x101000, 0x102000  # CR3 -> 4 PDPT entries -> PMD -> PTEs
+    struct.pack_into("<Q", m.ram, pdpt, pmd | 1)
+    struct.pack_into("<Q", m.ram, pmd, pt | 7)
+    for page in range(256):
+        struct.pack_into("<Q", m.ram, pt + 8 * page, page << 12 | 3)
+    struct.pack_into("<Q", m.ram, pt + 8 * 0x80, 0x50000 | 3)
+    struct.pack_into("<Q", m.ram, pt + 8 * 0x90, 0x50000 | 3 | 1 << 63)  # NX without EFER.NXE
+    struct.pack_into("<I", m.ram, 0x50000, 0x11111111)
+    m.uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # CR4.PAE
+    m.uc.reg_write(X.UC_X86_REG_CR3, pdpt)
+    m.uc.reg_write(X.UC_X86_REG_CR0, m.reg("CR0") | 0x80000001)
+    m.code("a1 00000800 a1 00000900")  # mov 0x80000, %eax; mov 0x90000, %eax
+    seen = record_interrupts(m)
+    m.uc.emu_start(CODE, FAR, count=1)
+    assert m.reg("EAX") == 0x11111111 and seen == []
+    assert struct.unpack_from("<Q", m.ram, pt + 8 * 0x80)[0] == 0x50000 | 0x23  # Accessed set
+    m.uc.emu_start(CODE + 5, FAR, count=1)
+    assert seen == [(14, CODE + 5, 0x9000, 9)]  # present | reserved bit
+    assert m.reg("CR2") == 0x90000
+
+
 # -- Unicorn §3 software interrupts ----------------------------------------------------------
 def test_int_n_calls_the_interrupt_hook_and_ignores_the_idt() -> None:
     m = Machine()

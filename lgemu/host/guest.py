@@ -76,7 +76,7 @@ from ..kills import (
     TripleFault,
 )
 from ..launcher import BootInfo
-from ..machine.cpu import GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg, SegmentLoadError
+from ..machine.cpu import CR4_PAE, GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg, SegmentLoadError
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
 from ..signals import SIGNALS
 from . import cpu_model, events
@@ -84,6 +84,7 @@ from .clock import Clock, ClockState
 from .hypercalls import HypercallTable, hypercall
 from .interrupts import Interrupts, InterruptsState
 from .paging import Paging, PagingState, map_kernel_half
+from .paging_pae import PaePaging
 from .segments import TSS_LIMIT, Gdt
 from .state import LguestState
 from .traps import GP, Traps
@@ -190,7 +191,8 @@ class Guest:
         # The guest's lguest ABI, chosen once at launch (the Launcher laid out for it): its
         # hypercall numbers and lguest_data layout (`hcalls`), where its arguments are.
         self.era = era = boot.era
-        self.hcalls = HypercallTable.of(era)
+        self.hcalls = HypercallTable.of(era, boot.pae)
+        self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
         self._vmcall = era.hcall_insn is HcallInsn.VMCALL
         self.boot = boot
@@ -200,7 +202,7 @@ class Guest:
         # What the guest registered (lguest_data, kernel address, stack, …), stored once:
         # the hypercalls write it, the components below read it.
         self.lg = LguestState()
-        self.paging = Paging(memory, self.cpu, self.lg)
+        self.paging = (PaePaging if boot.pae else Paging)(memory, self.cpu, self.lg)
         self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
                        switcher_linear(HOST_TSS))
         self.traps = Traps(self.cpu, self.paging, self.gdt, self.lg)
@@ -304,11 +306,11 @@ class Guest:
     # -- the state of ABI §2 ----------------------------------------------------------------
     def _boot_cpu(self) -> None:
         cpu = self.cpu
-        if self.era.page_tables is not PageTables.LAUNCHER:
+        if self.era.page_tables is not PageTables.LAUNCHER and not self._pae:
             map_kernel_half(self.memory.ram, self.boot.pgdir, self.memory.ram_size)
         cpu.set_gdt(switcher_linear(HOST_GDT), 32 * 8 - 1)
         self.paging.new_pgtable(self.boot.pgdir)
-        cpu.set_reg(Reg.CR4, GUEST_CR4)
+        cpu.set_reg(Reg.CR4, GUEST_CR4 | (CR4_PAE if self._pae else 0))
         cpu.set_reg(Reg.CR0, GUEST_CR0)
         cpu.set_tr(TSS_SELECTOR, switcher_linear(HOST_TSS), TSS_LIMIT)
         cpu.enter(1, GUEST_CS, GUEST_DS, self.boot.entry, 0)
@@ -481,6 +483,8 @@ class Guest:
         cs, eax, edx, ebx, ecx = self.cpu.regs(EXIT_REGS)
         if vector == LGUEST_TRAP_ENTRY and cs & 3 == 1:  # no CPU exception uses vector 31
             if self._kvm_args:
+                if self._pae:
+                    self.lg.arg4 = self.cpu.reg(Reg.ESI)
                 hypercall(self, eax, ebx, ecx, edx)
             else:
                 hypercall(self, eax, edx, ebx, ecx)

@@ -8,7 +8,7 @@ hypercall returns a value.
 Later eras renumbered calls and added some (`lgemu.abi_eras`): the handlers are named by the
 call they implement, and `HypercallTable.of(era)` numbers them once, at launch, the way the
 guest's era does.  Which registers carry the arguments is the run loop's (`Guest`); a fifth
-argument (esi, 2.6.31 on) only matters to PAE guests and is not read.
+argument (esi, 2.6.31 on) only matters to PAE guests (`LguestState.arg4`).
 """
 
 from __future__ import annotations
@@ -257,6 +257,19 @@ def set_pmd(g: Host, pgdir: int, index: int, _a3: int) -> None:
     g.paging.set_pmd(pgdir, index)
 
 
+def set_pte_pae(g: Host, pgdir: int, vaddr: int, pte_low: int) -> None:
+    """LHCALL_SET_PTE of a PAE guest: the entry's high half is the fourth argument (ABI §7.6)."""
+    g.paging.set_pte(pgdir, vaddr, g.lg.arg4 << 32 | pte_low)
+
+
+def set_pmd_pae(g: Host, _pmd_page: int, _index: int, _a3: int) -> None:
+    """LHCALL_SET_PMD of a PAE guest, a middle-directory entry: lguest dropped every shadow
+    (and re-pinned the stack) rather than find the ones it affects (ABI §7.6)."""
+    g.paging.flush(everything=True)
+    if g.lg.stack_pages:
+        g.paging.pin_stack(g.lg.esp1, g.lg.stack_pages)
+
+
 def notify(g: Host, addr: int, _a2: int, _a3: int) -> None:
     """LHCALL_NOTIFY: a virtqueue kick or an early-console string (ABI §10.5)."""
     g.notify(addr)
@@ -264,7 +277,8 @@ def notify(g: Host, addr: int, _a2: int, _a3: int) -> None:
 
 # Every handler under the name the eras give its call (`Era.hypercalls`).  2.6.31 renamed
 # 2.6.24's SET_PMD (a page directory entry) to SET_PGD and gave SET_PMD to PAE's middle
-# level, which lgemu does not implement: `HypercallTable.of` leaves that one out.
+# level: `HypercallTable.of` leaves that one out for a two-level guest, which lguest's
+# two-level Host did not know either, and gives PAE guests their own (`set_pmd_pae`).
 BY_NAME: dict[str, Handler] = {
     "FLUSH_ASYNC": flush_async,
     "LGUEST_INIT": lguest_init,
@@ -318,13 +332,17 @@ class HypercallTable:
     layout: DataLayout
 
     @classmethod
-    def of(cls, era: Era) -> HypercallTable:
-        """The table for `era`, built once at launch."""
-        if era is ERA_2_6_24:
+    def of(cls, era: Era, pae: bool = False) -> HypercallTable:
+        """The table for `era`, built once at launch; `pae` for a PAE guest (eras with
+        `Era.pae` only), whose SET_PMD and SET_PTE are ABI §7.6's."""
+        if era is ERA_2_6_24 and not pae:
             return TABLE_2_6_24
-        pae_only = {"SET_PMD"} if "SET_PGD" in era.hypercalls else set()
+        pae_only = {"SET_PMD"} if "SET_PGD" in era.hypercalls and not pae else set()
         handlers = {nr: BY_NAME[name] for name, nr in era.hypercalls.items()
                     if name in BY_NAME and name not in pae_only}
+        if pae:
+            handlers[era.hypercalls["SET_PMD"]] = set_pmd_pae
+            handlers[era.hypercalls["SET_PTE"]] = set_pte_pae
         return cls(era, handlers, era.hypercalls["LGUEST_INIT"],
                    era.hypercalls.get("NOTIFY", -1), DataLayout.of(era))
 
@@ -360,6 +378,7 @@ def _drain_ring_pass(g: Host) -> bool:
             return False
         lg.ring_cursor = (slot + 1) % LHCALL_RING_SIZE
         nr, a1, a2, a3 = data.ring_args(slot)
+        g.lg.arg4 = data.ring_arg4(slot)
         g.stats.async_hypercalls[nr] += 1
         run_hypercall(g, nr, a1, a2, a3, from_ring=True)
         data.ring_done(slot)

@@ -121,6 +121,14 @@ class LguestData:
         a, b, c, d = self._order
         return values[a], values[b], values[c], values[d]
 
+    def ring_arg4(self, slot: int) -> int:
+        """The fifth argument of a ring slot (2.6.31 on; 0 in earlier eras): a PAE guest's
+        SET_PTE puts the high half of its 64-bit entry there."""
+        entry = self._entry
+        if entry.size <= 16:
+            return 0
+        return U32.unpack_from(self.ram, self._hcalls + entry.size * slot + 16)[0]
+
     def ring_done(self, slot: int) -> None:
         self.ram[self._status + slot] = HCALL_STATUS_EMPTY
 

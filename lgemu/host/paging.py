@@ -133,8 +133,12 @@ class Paging:
             self._slots[self.slot] = pgdir
             self._blank(self.slot)
         self.guest_pgdir = pgdir
-        self.cpu.set_cr3(host_page_phys(HOST_SHADOW_PGDIRS + self.slot))
+        self.cpu.set_cr3(self.shadow_cr3(self.slot))
         return blank
+
+    def shadow_cr3(self, slot: int) -> int:
+        """CR3 for shadow slot `slot`: its page directory."""
+        return host_page_phys(HOST_SHADOW_PGDIRS + slot)
 
     def flush(self, everything: bool) -> None:
         """LHCALL_FLUSH_TLB: all directories and the kernel part, or this one's user part."""

@@ -27,6 +27,7 @@ class LguestState:
     esp1: int = 0
     stack_pages: int = 0
     ring_cursor: int = 0  # the next async-hypercall slot to look at
+    arg4: int = 0  # the running hypercall's fifth argument (esi; PAE guests' SET_PTE)
 
     @property
     def kernel_pde(self) -> int:

@@ -52,7 +52,12 @@ from .devicepage import (
 )
 from .loader import KernelImage, Segment, file_errors, load_kernel, open_regular_file
 from .lowmem import low_memory
-from .pagetables import Ram, build_initial_page_tables, page_tables_base
+from .pagetables import (
+    Ram,
+    build_initial_pae_page_tables,
+    build_initial_page_tables,
+    page_tables_base,
+)
 
 __all__ = [
     "LOW_MEMORY_END",
@@ -99,6 +104,7 @@ class BootInfo:
     initrd_where: str = ""  # why the initrd is where it is, for -v
     era: Era = ERA_2_6_24  # the guest ABI the Launcher laid out for; the Host and devices follow it
     ram_where: str = ""  # why the guest got less RAM than asked for (lowmem.py), for -v
+    pae: bool = False  # a PAE kernel: three-level page tables (ABI §7.6)
 
 
 def check_memory_size(mib: int) -> int:
@@ -120,7 +126,7 @@ def _size_text(size: int) -> str:
 def _check_kernel_fits(kernel: KernelImage, mem: int) -> None:
     """Every segment must lie in [LOW_MEMORY_END, page tables) even without an initrd, and
     no two may overlap (placing one would zero the other's bytes)."""
-    ceiling = page_tables_base(mem, mem)
+    ceiling = page_tables_base(mem, mem, kernel.pae)
     placed = sorted(kernel.segments, key=lambda seg: seg.paddr)
     for first, second in itertools.pairwise(placed):
         if second.paddr < first.end:
@@ -141,7 +147,7 @@ def _initrd_size(path: Path, size: int, mem: int, top: int, kernel: KernelImage)
     if size == 0:
         raise UserError(f"{path}: initrd is empty")
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
-    if rounded >= top or page_tables_base(mem, top - rounded) < kernel.end:
+    if rounded >= top or page_tables_base(mem, top - rounded, kernel.pae) < kernel.end:
         below = (f"{_size_text(mem)} of RAM" if top == mem else
                  f"the guest's low memory ({top:#x} bytes of {_size_text(mem)} of RAM)")
         raise UserError(f"{path}: initrd of {size} bytes does not fit in {below} together "
@@ -210,7 +216,8 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     if initrd is not None:
         initrd_addr, initrd_size, initrd_where = _load_initrd(memory, Path(initrd), kernel,
                                                               command_line)
-    pgdir = build_initial_page_tables(memory.ram, mem, initrd_addr or mem)
+    build = build_initial_pae_page_tables if kernel.pae else build_initial_page_tables
+    pgdir = build(memory.ram, mem, initrd_addr or mem)
     for segment in kernel.segments:
         _place_segment(memory.ram, segment)
     memory.ram[ZERO_PAGE_ADDR:ZERO_PAGE_ADDR + PAGE_SIZE] = build_zero_page(
@@ -219,4 +226,4 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     device_page = lay_out_devices(memory.ram, mem, devices, descriptor_format(era))
     memory.limit = device_page.pfn_limit * PAGE_SIZE
     return BootInfo(kernel.entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
-                    device_page, kernel, initrd_where, era)
+                    device_page, kernel, initrd_where, era, pae=kernel.pae)

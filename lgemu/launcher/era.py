@@ -60,7 +60,7 @@ from ..abi_eras import (
 )
 from ..elf import SHN_UNDEF, iter_symbols, name_offsets, read_range, symbol_table
 from ..errors import UserError
-from .guestcheck import LGUEST_SYMBOLS
+from .guestcheck import LGUEST_SYMBOLS, PAE_MARKER
 from .loader import KernelImage
 
 # bzImage setup header fields (Documentation/i386/boot.txt), as file offsets.
@@ -441,7 +441,8 @@ def detect_era(image: KernelImage, quick: bool = False) -> Detection:
 
 def boot_era(image: KernelImage, abi: str | None) -> Era:
     """The era lgemu will run `image` with: `abi` (an `--abi` value) if given, else the
-    detected one.  Raises a one-line `UserError` when that era does not boot yet."""
+    detected one.  Raises a one-line `UserError` when that era does not boot yet, or does
+    not take a PAE kernel."""
     if abi is not None:
         era = era_named(abi)
         if era is None:
@@ -449,6 +450,7 @@ def boot_era(image: KernelImage, abi: str | None) -> Era:
         if not era.boots:
             raise UserError(f"--abi {abi}: booting the {era.name} era is not yet supported "
                             f"(lgemu boots {supported_names()} guests)")
+        check_pae(image, era)
         return era
     detection = detect_era(image, quick=True)
     if detection.era is None or not detection.era.boots:
@@ -462,7 +464,19 @@ def boot_era(image: KernelImage, abi: str | None) -> Era:
         raise UserError(f"{image.path}: a {detection.era.name} lguest guest{linux}: booting "
                         f"that era is not yet supported; lgemu boots {supported_names()} "
                         f"guests ({force})")
+    check_pae(image, detection.era)
     return detection.era
+
+
+def check_pae(image: KernelImage, era: Era) -> None:
+    """Refuse, in one line, a PAE kernel run with an era whose lguest did not take PAE
+    guests (before 2.6.31, ABI §7.6)."""
+    if image.pae and not era.pae:
+        first = next(e.name for e in ERAS if e.pae)
+        raise UserError(f"{image.path}: a PAE kernel (it has {PAE_MARKER}) in the {era.name} "
+                        f"era, whose CONFIG_LGUEST_GUEST needs CONFIG_X86_PAE off (lguest took "
+                        f"PAE guests from {first}; choose CONFIG_HIGHMEM4G or "
+                        "CONFIG_NOHIGHMEM)")
 
 
 def supported_names() -> str:

@@ -12,8 +12,10 @@ What a 2.6.24 guest kernel has, and what can be seen in the file:
 * ``lguest_entry`` — arch/x86/lguest/i386_head.S.  Every ``CONFIG_PARAVIRT`` kernel has a
   symbol of that name, but without lguest it is head_32.S's *weak* placeholder, which is
   ``ud2a``: only a strong definition counts.
-* No PAE: 2.6.24's ``LGUEST_GUEST`` depends on ``!X86_PAE``.  A PAE kernel (PMDs not folded
-  into the page directory) has mm/memory.c's ``__pmd_alloc``; a 2-level one never does.
+* Whether it is a PAE kernel (PMDs not folded into the page directory): it has
+  mm/memory.c's ``__pmd_alloc``, a 2-level one never does (`is_pae`).  That is not judged
+  here but by the era (``lgemu.launcher.era.check_pae``): lguest accepted PAE guests from
+  2.6.31, and 2.6.24's ``LGUEST_GUEST`` depends on ``!X86_PAE``.
 * A bzImage cannot be asked for symbols, but its setup header says which boot protocol it
   speaks: 2.07 (Linux 2.6.24) introduced ``hardware_subarch``, the paravirt entry lguest's
   zero page relies on (ABI §1.2).  Older kernels cannot be lguest guests.
@@ -90,13 +92,10 @@ class Verdict:
 
     @property
     def is_guest(self) -> bool:
-        return not self.missing and not self.weak_entry and not self.pae
+        return not self.missing and not self.weak_entry
 
     def problem(self) -> str | None:
         """Why it cannot be an lguest guest, the most telling reason first; None if it can."""
-        if self.pae:
-            return (f"a PAE kernel (it has {PAE_MARKER}); 2.6.24's CONFIG_LGUEST_GUEST needs "
-                    "CONFIG_X86_PAE off (choose CONFIG_HIGHMEM4G or CONFIG_NOHIGHMEM)")
         for name in ("lguest_init", "lguest_entry"):
             if name in self.missing:
                 return f"no {name} symbol ({REMEDY})"
@@ -174,6 +173,17 @@ def guest_problem(f: BinaryIO) -> str | None:
         return _bzimage_problem(f, size)
     except (struct.error, IndexError, ValueError):
         return None  # a table that makes no sense: we cannot tell
+
+
+def is_pae(f: BinaryIO) -> bool:
+    """True when the ELF kernel in `f` is certainly a PAE one (it defines ``__pmd_alloc``);
+    False when it is not or cannot be told (stripped).  Never raises for the contents."""
+    try:
+        size = os.fstat(f.fileno()).st_size
+        tables = symbol_table(f, size)
+        return tables is not None and judge(_defined(*tables)).pae
+    except (OSError, struct.error, IndexError, ValueError):
+        return False
 
 
 def check_lguest_guest(path: Path, f: BinaryIO) -> None:

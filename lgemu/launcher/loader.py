@@ -27,7 +27,7 @@ import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -46,7 +46,7 @@ from ..elf import (
 )
 from ..errors import UserError
 from ..machine.memory import MAX_RAM
-from .guestcheck import check_lguest_guest
+from .guestcheck import check_lguest_guest, is_pae
 
 if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile
@@ -92,6 +92,7 @@ class KernelImage:
     kind: str  # "elf" | "bzImage"
     segments: tuple[Segment, ...]
     entry: int
+    pae: bool = False  # a PAE kernel, seen in its symbols (`guestcheck.is_pae`)
 
     @property
     def end(self) -> int:
@@ -169,6 +170,8 @@ def load_kernel(path: str | Path, check_guest: bool = True) -> KernelImage:
         if kernel is not None:
             if check_guest:
                 check_lguest_guest(path, f)
+            if head.startswith(ELF_MAGIC) and is_pae(f):
+                kernel = replace(kernel, pae=True)
             return kernel
     raise _fail(path, "not an ELF kernel or bzImage")
 
@@ -199,7 +202,7 @@ def _check_elf_header(path: Path, elf: ELFFile, size: int) -> None:
     """The Launcher's "Malformed elf header" test, one sentence per way to fail it."""
     if elf.elfclass == 64:
         if elf["e_machine"] == "EM_X86_64":
-            raise _fail(path, "64-bit ELF (x86-64): lgemu runs 32-bit non-PAE lguest guests")
+            raise _fail(path, "64-bit ELF (x86-64): lgemu runs 32-bit lguest guests")
         raise _fail(path, f"64-bit ELF for {_machine_name(elf)}, not i386")
     if elf["e_machine"] != "EM_386":
         raise _fail(path, f"ELF for {_machine_name(elf)}, not i386")

@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Iterable
 from typing import TypeAlias
 
-from ..abi import LAUNCHER_PT_FLAGS, PAGE_SIZE
+from ..abi import LAUNCHER_PT_FLAGS, PAE_PGD_SHIFT, PAE_PTRS, PAGE_OFFSET, PAGE_SIZE, PTE_PRESENT
 
 Ram: TypeAlias = "bytearray | mmap.mmap"  # guest memory indexed by guest-physical address
 
@@ -33,8 +33,16 @@ def page_table_pages(mem: int) -> int:
     return -(-mem // PDE_SPAN)
 
 
-def page_tables_base(mem: int, top: int) -> int:
-    """Lowest address the page tables for `mem` bytes of RAM occupy when they end at `top`."""
+def pae_page_table_pages(mem: int) -> int:
+    """How many 512-entry PTE pages map `mem` bytes of RAM (ABI §7.6): ``ceil(mem / 2 MiB)``."""
+    return -(-mem // (PAE_PTRS * PAGE_SIZE))
+
+
+def page_tables_base(mem: int, top: int, pae: bool = False) -> int:
+    """Lowest address the page tables for `mem` bytes of RAM occupy when they end at `top`
+    (`pae`: a PAE guest's, with its middle directory)."""
+    if pae:
+        return top - (pae_page_table_pages(mem) + 2) * PAGE_SIZE
     return top - (page_table_pages(mem) + 1) * PAGE_SIZE
 
 
@@ -69,4 +77,32 @@ def build_initial_page_tables(ram: Ram, mem: int, top: int) -> int:
     assert len(pdes) == pages
     ram[base:pgdir] = _page_of_entries(ptes, pages)
     ram[pgdir:top] = _page_of_entries(pdes, 1)
+    return pgdir
+
+
+def build_initial_pae_page_tables(ram: Ram, mem: int, top: int) -> int:
+    """A PAE guest's first page tables (ABI §7.6), as lguest's Host built them: the top-level
+    table in the page just below `top`, the PTE pages mapping every page of RAM (flags 0x007)
+    below it, and one middle directory below those whose entries (0x007) point at the first
+    512 of them, so at most the first 1 GiB is mapped; top-level entries 0 and 3
+    (``PAGE_OFFSET``) both point at it, with Present as their only flag.  Returns the address
+    of the top-level table.  `ValueError` as `build_initial_page_tables`."""
+    if mem <= 0 or mem % PAGE_SIZE or top % PAGE_SIZE or not 0 < top <= mem:
+        raise ValueError(f"PAE page tables for mem={mem:#x} below top={top:#x}")
+    pages = pae_page_table_pages(mem)
+    pgdir = top - PAGE_SIZE
+    linear = pgdir - pages * PAGE_SIZE
+    pmds = linear - PAGE_SIZE
+    if pmds < 0 or top > len(ram):
+        raise ValueError(f"PAE page tables for mem={mem:#x} do not fit below top={top:#x}")
+    ptes = array("Q", range(LAUNCHER_PT_FLAGS, mem, PAGE_SIZE))
+    middles = array("Q", range(linear | LAUNCHER_PT_FLAGS, pgdir, PAGE_SIZE)[:PAE_PTRS])
+    top_level = array("Q", [0] * 4)
+    top_level[0] = top_level[PAGE_OFFSET >> PAE_PGD_SHIFT] = pmds | PTE_PRESENT
+    for table in (ptes, middles, top_level):
+        if sys.byteorder != "little":
+            table.byteswap()
+    ram[linear:pgdir] = ptes.tobytes() + bytes(pages * PAGE_SIZE - 8 * len(ptes))
+    ram[pmds:linear] = middles.tobytes() + bytes(PAGE_SIZE - 8 * len(middles))
+    ram[pgdir:top] = top_level.tobytes() + bytes(PAGE_SIZE - 32)
     return pgdir

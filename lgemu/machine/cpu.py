@@ -71,6 +71,7 @@ OFF_EMU_COUNT = 1376  # uc_struct.emu_count: the `count` limit the counter is ch
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 0x10000, 0x80000000
 CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
+CR4_PAE = 0x20  # PAE guests only (Unicorn §2.3)
 GUEST_CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
 GUEST_CR4 = CR4_OSFXSR | CR4_OSXMMEXCPT
 UNTIL = switcher_linear(HOST_UNTIL) + PAGE_SIZE // 2  # never reached, always mapped

@@ -27,7 +27,13 @@ HOST_UNTIL = 2  # emu_start's `until` must be mapped in every address space (Uni
 HOST_TSS = 3
 HOST_SHADOW_PGDIRS = 4  # first of SHADOW_SLOTS shadow page directories
 SHADOW_SLOTS = 4  # lguest cached four directories
-HOST_PAGES = HOST_SHADOW_PGDIRS + SHADOW_SLOTS
+# PAE guests (ABI §7.6) run on a shadow top level (four 32-byte tables in one page, one per
+# slot) whose entries point at shadow middle directories (four per slot); the switcher page
+# table for them holds 64-bit entries.
+HOST_PAE_SWITCHER_PT = HOST_SHADOW_PGDIRS + SHADOW_SLOTS
+HOST_PAE_PDPTS = HOST_PAE_SWITCHER_PT + 1
+HOST_PAE_PMDS = HOST_PAE_PDPTS + 1  # slot s's middle directory i is page HOST_PAE_PMDS + 4s + i
+HOST_PAGES = HOST_PAE_PMDS + SHADOW_SLOTS * 4
 MAX_RAM = 2048 << 20  # leaves room below HOST_PHYS and below PAGE_OFFSET's lowmem
 
 
