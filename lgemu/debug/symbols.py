@@ -180,12 +180,17 @@ class LineTable:
             return names[index]
 
         rows: list[tuple[int, str | None]] = []
-        for entry in program.get_entries():
-            state = entry.state
-            if state is None:
-                continue
-            rows.append((state.address,
-                         None if state.end_sequence else f"{name(state.file)}:{state.line}"))
+        fast = _line_rows(program)
+        if fast is not None:
+            for address, file, line in fast:
+                rows.append((address, None if file is None else f"{name(file)}:{line}"))
+        else:
+            for entry in program.get_entries():
+                state = entry.state
+                if state is None:
+                    continue
+                rows.append((state.address, None if state.end_sequence
+                             else f"{name(state.file)}:{state.line}"))
         self._forget(cu, top.attributes["DW_AT_stmt_list"].value)
         return rows
 
@@ -206,6 +211,98 @@ class LineTable:
             i = bisect.bisect_left(offsets, getattr(cu, "cu_offset", -1))
             if i < len(units) and units[i] is cu:
                 del units[i], offsets[i]
+
+
+def _uleb(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def _sleb(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return (value - (1 << shift) if byte & 0x40 else value), i
+
+
+def _line_rows(program: object) -> list[tuple[int, int | None, int]] | None:
+    """The rows of a DWARF 2–4 line program as (address, file, line), file None for an
+    end of sequence: the same rows pyelftools' `get_entries` yields, some twenty times
+    faster (a traced kernel decodes hundreds of units).  None when the program uses what
+    this does not do (VLIW operation indexes, DW_LNE_define_file, DWARF 5) or is malformed:
+    pyelftools then decodes it."""
+    try:
+        header = program.header  # type: ignore[attr-defined]
+        if header["version"] > 4 or header.get("maximum_operations_per_instruction", 1) != 1:
+            return None
+        structs = program.structs  # type: ignore[attr-defined]
+        start = program.program_start_offset  # type: ignore[attr-defined]
+        stream = program.stream  # type: ignore[attr-defined]
+        stream.seek(start)
+        data = stream.read(program.program_end_offset - start)  # type: ignore[attr-defined]
+        order = "little" if structs.little_endian else "big"
+        step = header["minimum_instruction_length"]
+        line_base, line_range = header["line_base"], header["line_range"]
+        base = header["opcode_base"]
+        lengths = header["standard_opcode_lengths"]
+        const_add = (255 - base) // line_range * step
+        rows: list[tuple[int, int | None, int]] = []
+        address, file, line = 0, 1, 1
+        i, n = 0, len(data)
+        while i < n:
+            op = data[i]
+            i += 1
+            if op >= base:
+                adjusted = op - base
+                address += adjusted // line_range * step
+                line += line_base + adjusted % line_range
+                rows.append((address, file, line))
+            elif op == 0:  # extended: length, sub-opcode, operands
+                length, i = _uleb(data, i)
+                end = i + length
+                if length == 0 or end > n:
+                    return None
+                sub = data[i]
+                if sub == 1:  # DW_LNE_end_sequence
+                    rows.append((address, None, line))
+                    address, file, line = 0, 1, 1
+                elif sub == 2:  # DW_LNE_set_address
+                    address = int.from_bytes(data[i + 1:end], order)
+                elif sub == 3:  # DW_LNE_define_file
+                    return None
+                i = end
+            elif op == 1:  # DW_LNS_copy
+                rows.append((address, file, line))
+            elif op == 2:  # DW_LNS_advance_pc
+                value, i = _uleb(data, i)
+                address += value * step
+            elif op == 3:  # DW_LNS_advance_line
+                value, i = _sleb(data, i)
+                line += value
+            elif op == 4:  # DW_LNS_set_file
+                file, i = _uleb(data, i)
+            elif op == 8:  # DW_LNS_const_add_pc
+                address += const_add
+            elif op == 9:  # DW_LNS_fixed_advance_pc
+                address += int.from_bytes(data[i:i + 2], order)
+                i += 2
+            else:  # column, flags, isa, …: operands skipped
+                for _ in range(lengths[op - 1]):
+                    _, i = _uleb(data, i)
+        return rows
+    except (IndexError, KeyError, AttributeError, ValueError, TypeError, ZeroDivisionError,
+            OSError):
+        return None
 
 
 def _text(value: bytes | str) -> str:
