@@ -313,7 +313,7 @@ class Tracer:
         self._pending: _Block | None = None
         self._pages: dict[int, set[int]] = {}  # page → decoded or block addresses touching it
         self._batch: list[str] = []  # templates of whole blocks that ran, not yet written
-        self._batch_counts: list[int] = []  # the counts they take, in order
+        self._batch_first = 0  # the count before the first queued line
         self._pending_start = 0
         self._pending_done = 0
 
@@ -360,7 +360,7 @@ class Tracer:
 
     def _hook(self) -> None:
         if self.block_mode:
-            self._hooks.append(self.cpu.on_block(self._on_block))
+            self._hooks.append(self.cpu.on_block(self._block_hook(), raw=True))
             self._hooks.append(self.cpu.on_block_linked(self._on_linked))
             return
         on_insn = self._on_state if self.fmt.stateful else self._on_insn
@@ -385,7 +385,7 @@ class Tracer:
         if self._pending is not None:
             self._flush_block(guest.clock.executed)
             self._pending = None
-        self._base = guest.clock.executed
+        self._base = self._batch_first = guest.clock.executed
         self._cache = self._unknown
         if self._broken:  # hooks are removed here, never from inside one (see `_fail`)
             self._unhook()
@@ -564,44 +564,52 @@ class Tracer:
             self._pages.setdefault(page, set()).add(address)
 
     # -- block mode ------------------------------------------------------------------------
-    def _on_block(self, address: int, size: int) -> None:
-        """A translated block is about to run: queue what ran of the previous one, then
-        remember this one (rendered once per address and ring)."""
-        try:
-            now = self._base + self._counter.value
-            pending = self._pending
-            if pending is not None:
-                start = self._pending_start
-                if self._pending_done == 0 and now - start == pending.count:
-                    self._batch.append(pending.template)
-                    self._batch_counts.extend(range(start + 1, now + 1))
-                    if len(self._batch) >= BATCH:
-                        self._drain()
-                else:
-                    self._flush_block(now)
-                if pending.changes_ring:
-                    self._cache = self._unknown
-            block = self._cache.get(address)
-            if block is None or block.size != size:  # type: ignore[attr-defined]
-                if self._broken:
-                    return
-                block = self._render_block(address, size)
-            self._pending = block  # type: ignore[assignment]
-            self._pending_start = now
-            self._pending_done = 0
-        except Exception as e:
-            self._fail(e)
+    def _block_hook(self) -> Callable[[object, int, int, object], None]:
+        """Unicorn's raw block callback (`Cpu.on_block`) for each block about to run:
+        queue what ran of the previous block, then remember this one (rendered once per
+        address and ring).  A closure over locals, as it runs once per block; lines of
+        blocks that ran whole have consecutive counts, so the queue holds only templates
+        (see `_drain`)."""
+        counter = self._counter
+        queue = self._batch
+        queued = queue.append
 
-    def _drain(self) -> None:
-        """Write the queued blocks: one ``%`` and one write for thousands of lines."""
+        def on_block(handle: object, address: int, size: int, data: object) -> None:
+            try:
+                now = self._base + counter.value
+                pending = self._pending
+                if pending is not None:
+                    if self._pending_done == 0 and now - self._pending_start == pending.count:
+                        queued(pending.template)
+                        if now - self._batch_first >= BATCH:
+                            self._drain(now)
+                    else:
+                        self._flush_block(now)
+                    if pending.changes_ring:
+                        self._cache = self._unknown
+                block = self._cache.get(address)
+                if block is None or block.size != size:
+                    if self._broken:
+                        return
+                    block = self._render_block(address, size)
+                self._pending = block
+                self._pending_start = now
+                self._pending_done = 0
+            except Exception as e:
+                self._fail(e)
+        return on_block
+
+    def _drain(self, end: int) -> None:
+        """Write the queued lines, which take the counts after `_batch_first` up to `end`:
+        one ``%`` and one write for thousands of lines."""
         if self._batch:
-            text = "".join(self._batch) % tuple(self._batch_counts)
+            text = "".join(self._batch) % tuple(range(self._batch_first + 1, end + 1))
             self._batch.clear()
-            self._batch_counts.clear()
             self._write(text)
+        self._batch_first = end
 
     def _flush_block(self, now: int) -> None:
-        """Write the queued blocks and the pending block's lines for the instructions counted
+        """Write the queued lines and the pending block's lines for the instructions counted
         up to `now`."""
         block = self._pending
         assert block is not None
@@ -610,9 +618,8 @@ class Tracer:
         ran = min(now - start, block.count)
         if ran > done:
             self._batch.extend(block.lines[done:ran])
-            self._batch_counts.extend(range(start + 1 + done, start + 1 + ran))
             self._pending_done = ran
-        self._drain()
+        self._drain(start + max(ran, done))
 
     def _render_block(self, address: int, size: int) -> _Block:
         """The lines of the block at `address` in the current ring (cached unless its size is
