@@ -535,29 +535,27 @@ class Tracer:
             pages = [p for p in range(first, last + 1) if p in self._pages]
         else:
             pages = [p for p in self._pages if first <= p <= last]
+        decoded = self._decoded
+        caches = self._caches if self.block_mode else ()
         for page in pages:
             starts = self._pages[page]
             for address in [a for a in starts if a < end]:
-                insn = self._decoded.get(address)
-                if insn is not None and begin <= address:
-                    del self._decoded[address]
+                if begin <= address and address in decoded:
+                    del decoded[address]
                     for cache in (*self._caches, *self._skips):  # none outlives its decoding
                         cache.pop(address, None)
-                block = self._caches_block_span(address)
-                if block is not None and begin < address + block:
-                    for cache in self._caches:
-                        cache.pop(address, None)
-                if address not in self._decoded and self._caches_block_span(address) is None:
+                kept = False
+                for cache in caches:
+                    block = cache.get(address)
+                    if block is not None:
+                        if begin < address + block.span:  # type: ignore[attr-defined]
+                            del cache[address]
+                        else:
+                            kept = True
+                if not kept and address not in decoded:
                     starts.discard(address)
             if not starts:
                 del self._pages[page]
-
-    def _caches_block_span(self, address: int) -> int | None:
-        """Bytes the longest cached block at `address` covers (block mode), else None."""
-        if not self.block_mode:
-            return None
-        spans = [c[address].span for c in self._caches if address in c]  # type: ignore[attr-defined]
-        return max(spans) if spans else None
 
     def _index(self, address: int, span: int) -> None:
         for page in range(address // PAGE, (address + max(span, 1) - 1) // PAGE + 1):
