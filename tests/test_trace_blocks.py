@@ -16,7 +16,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from linuxkernel import real_kernel, shell_boot_args
 
-from lgemu.debug.symbols import _line_rows
+from lgemu.debug.symbols import _line_rows, _unit_line_attributes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = REPO_ROOT / "firmware" / "lgemu-guest.elf"
@@ -101,5 +101,27 @@ def test_line_decoder_agrees_with_pyelftools_on_the_bundled_guest():
 def test_line_decoder_agrees_with_pyelftools_on_a_real_kernel():
     pairs = rows_of(real_kernel(), 40)
     assert len(pairs) == 40
+    for ours, theirs in pairs:
+        assert ours == theirs
+
+
+def top_attributes_of(path: Path, limit: int) -> list[tuple[object, object]]:
+    out = []
+    with path.open("rb") as f:
+        dwarf = ELFFile(f).get_dwarf_info()
+        for n, cu in enumerate(dwarf.iter_CUs()):
+            if n == limit:
+                break
+            attributes = cu.get_top_DIE().attributes
+            theirs = tuple(attributes[a].value if a in attributes else None
+                           for a in ("DW_AT_comp_dir", "DW_AT_stmt_list"))
+            out.append((_unit_line_attributes(dwarf, cu), theirs))
+    return out
+
+
+@pytest.mark.parametrize("which", ["bundled", "2.6.24"])
+def test_unit_attributes_agree_with_pyelftools(which):
+    pairs = top_attributes_of(BUNDLED if which == "bundled" else real_kernel(), 60)
+    assert pairs
     for ours, theirs in pairs:
         assert ours == theirs

@@ -152,12 +152,22 @@ class LineTable:
         return rows
 
     def _decode(self, cu: object) -> list[tuple[int, str | None]]:
-        program = self._dwarf.line_program_for_CU(cu)
-        if program is None:
-            return []
-        top = cu.get_top_DIE()
-        comp_dir = _text(top.attributes["DW_AT_comp_dir"].value) \
-            if "DW_AT_comp_dir" in top.attributes else ""
+        found = _unit_line_attributes(self._dwarf, cu)
+        parse = getattr(self._dwarf, "_parse_line_program_at_offset", None)
+        if found is not None and parse is not None:  # without parsing its abbreviations
+            raw_dir, stmt_list = found
+            if stmt_list is None:
+                return []
+            program = parse(stmt_list, cu.structs)  # type: ignore[attr-defined]
+            comp_dir = _text(raw_dir) if raw_dir is not None else ""
+        else:
+            program = self._dwarf.line_program_for_CU(cu)
+            if program is None:
+                return []
+            top = cu.get_top_DIE()
+            comp_dir = _text(top.attributes["DW_AT_comp_dir"].value) \
+                if "DW_AT_comp_dir" in top.attributes else ""
+            stmt_list = top.attributes["DW_AT_stmt_list"].value
         header = program.header
         version = header["version"]
         dirs = [_text(d) for d in header["include_directory"]]
@@ -191,7 +201,7 @@ class LineTable:
                     continue
                 rows.append((state.address, None if state.end_sequence
                              else f"{name(state.file)}:{state.line}"))
-        self._forget(cu, top.attributes["DW_AT_stmt_list"].value)
+        self._forget(cu, stmt_list)
         return rows
 
     def _forget(self, cu: object, line_offset: int) -> None:
@@ -302,6 +312,108 @@ def _line_rows(program: object) -> list[tuple[int, int | None, int]] | None:
         return rows
     except (IndexError, KeyError, AttributeError, ValueError, TypeError, ZeroDivisionError,
             OSError):
+        return None
+
+
+# DWARF attribute forms by the bytes their value takes (DWARF 2–4, 32-bit format).
+_FIXED_FORMS = {0x05: 2, 0x06: 4, 0x07: 8, 0x0B: 1, 0x0C: 1, 0x0E: 4, 0x11: 1, 0x12: 2,
+                0x13: 4, 0x14: 8, 0x17: 4, 0x19: 0, 0x20: 8}
+_BLOCK_FORMS = {0x0A: 1, 0x03: 2, 0x04: 4}  # block1, block2, block4: a length, then bytes
+DW_AT_STMT_LIST, DW_AT_COMP_DIR = 0x10, 0x1B
+DW_FORM_ADDR, DW_FORM_STRING, DW_FORM_STRP = 0x01, 0x08, 0x0E
+DIE_WINDOW = 4096  # bytes read for a unit's top DIE and for its abbreviation
+
+
+def _unit_line_attributes(dwarf: object, cu: object) -> tuple[bytes | None, int | None] | None:
+    """(DW_AT_comp_dir, DW_AT_stmt_list) of a unit's top DIE, read straight from the
+    sections: pyelftools would parse the unit's whole abbreviation table first, several
+    milliseconds a unit, and a traced kernel reaches hundreds.  None for anything this
+    does not read (DWARF 5, 64-bit DWARF, unusual forms, a top DIE past the window):
+    pyelftools then does it."""
+    try:
+        header = cu.header  # type: ignore[attr-defined]
+        structs = cu.structs  # type: ignore[attr-defined]
+        version = header["version"]
+        if not 2 <= version <= 4 or structs.dwarf_format != 32:
+            return None
+        order = "little" if structs.little_endian else "big"
+        addr_size = header["address_size"]
+        info = dwarf.debug_info_sec.stream  # type: ignore[attr-defined]
+        info.seek(cu.cu_die_offset)  # type: ignore[attr-defined]
+        die = info.read(DIE_WINDOW)
+        code, at = _uleb(die, 0)
+        abbrevs = dwarf.debug_abbrev_sec.stream  # type: ignore[attr-defined]
+        abbrevs.seek(header["debug_abbrev_offset"])
+        table = abbrevs.read(DIE_WINDOW)
+        i = 0
+        while True:  # find the abbreviation `code` (the first one, as a rule)
+            entry, i = _uleb(table, i)
+            if entry == 0:
+                return None
+            _, i = _uleb(table, i)  # tag
+            i += 1  # has children
+            specs = []
+            while True:
+                name, i = _uleb(table, i)
+                form, i = _uleb(table, i)
+                if name == 0 and form == 0:
+                    break
+                specs.append((name, form))
+            if entry == code:
+                break
+        comp_dir: bytes | None = None
+        stmt_list: int | None = None
+        for name, form in specs:
+            start = at
+            if form == DW_FORM_STRING:
+                end = die.index(b"\0", at)
+                value: bytes | int = die[at:end]
+                at = end + 1
+            elif form == DW_FORM_STRP:
+                value = int.from_bytes(die[at:at + 4], order)
+                at += 4
+                if name == DW_AT_COMP_DIR:
+                    strings = dwarf.debug_str_sec.stream  # type: ignore[attr-defined]
+                    strings.seek(value)
+                    text = strings.read(DIE_WINDOW)
+                    if b"\0" not in text:
+                        return None
+                    value = text[:text.index(b"\0")]
+            elif form in _FIXED_FORMS:
+                at += _FIXED_FORMS[form]
+                value = int.from_bytes(die[start:at], order)
+            elif form == DW_FORM_ADDR or (form == 0x10 and version == 2):  # ref_addr in v2
+                at += addr_size
+                value = int.from_bytes(die[start:at], order)
+            elif form == 0x10:
+                at += 4
+                value = int.from_bytes(die[start:at], order)
+            elif form in (0x0F, 0x15):  # udata, ref_udata
+                value, at = _uleb(die, at)
+            elif form == 0x0D:  # sdata
+                value, at = _sleb(die, at)
+            elif form in (0x09, 0x18):  # block, exprloc: a ULEB length, then bytes
+                length, at = _uleb(die, at)
+                at += length
+                value = 0
+            elif form in _BLOCK_FORMS:
+                size = _BLOCK_FORMS[form]
+                at += size + int.from_bytes(die[at:at + size], order)
+                value = 0
+            else:
+                return None
+            if at > len(die):
+                return None
+            if name == DW_AT_COMP_DIR:
+                if not isinstance(value, bytes):
+                    return None
+                comp_dir = value
+            elif name == DW_AT_STMT_LIST:
+                if not isinstance(value, int):
+                    return None
+                stmt_list = value
+        return comp_dir, stmt_list
+    except (IndexError, KeyError, AttributeError, ValueError, TypeError, OSError):
         return None
 
 
