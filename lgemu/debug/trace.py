@@ -76,7 +76,7 @@ SKIP = "%.0s"  # a line template that formats the count into nothing
 MAX_INSN = 15  # bytes in the longest x86 instruction
 MAX_BLOCK = 1 << 16  # more than any translated block
 PAGE = 4096
-BATCH = 4096  # blocks queued before block mode writes
+BATCH = 1 << 14  # instructions whose lines block mode queues before it writes
 
 
 @dataclass(frozen=True, slots=True)
