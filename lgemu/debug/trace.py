@@ -13,6 +13,15 @@ One `Tracer` per run.  It watches two things:
   kernel code reached only by indirect jumps would go unnoticed; kernels do not do that.
 * **lguest events**, as an observer of `Guest.emit` (wording: `lgemu.host.events`).
 
+**Block mode.**  A plain text or jsonl trace to a file with no filter (the common, longest
+case) does not call Python per instruction.  A block hook notes where each translated block
+starts and the instruction count there; the block's lines are rendered once per address and
+ring (one template for the whole block) and written when the next block starts, an event
+arrives, a run ends or the trace closes, the count saying how many of the block's
+instructions ran (a block cut short by a fault or a slice end writes only those).  The file
+is byte-identical to the per-instruction path's (tests compare the two;
+``LGEMU_TRACE_EXACT=1`` forces the per-instruction path).
+
 The ring is not read per instruction (a register read costs more than the rest of the line):
 it can only change at an event (a trap, an interrupt, a hypercall), at a run boundary, or at
 an instruction that changes privilege by itself (iret, lret, far jmp/call, sysexit).  Those
@@ -67,6 +76,19 @@ SKIP = "%.0s"  # a line template that formats the count into nothing
 MAX_INSN = 15  # bytes in the longest x86 instruction
 MAX_BLOCK = 1 << 16  # more than any translated block
 PAGE = 4096
+BATCH = 1 << 14  # instructions whose lines block mode queues before it writes
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A translated block as block mode writes it: its instructions' line templates."""
+
+    size: int  # bytes, as Unicorn reported them
+    span: int  # bytes its cached lines depend on
+    count: int  # instructions
+    template: str  # every line, for the common case of the whole block running
+    lines: tuple[str, ...]
+    changes_ring: bool  # it ends with an instruction that may change rings
 
 
 # -- the filter -------------------------------------------------------------------------
@@ -281,6 +303,19 @@ class Tracer:
         self._tap: StreamTap | None = None
         self._console_last = b"\n"
         self._console_wrote = False
+        # Block mode (module docstring): the block whose lines are still to be written, the
+        # count before its first instruction, and how many of its lines are out already.
+        self.block_mode = (instructions and not fmt.stateful and not fmt.records_memory
+                           and self.ranges is None and self.calls is None
+                           and self._rings is None and not trace_filter.windows
+                           and not out.interleaved
+                           and not os.environ.get("LGEMU_TRACE_EXACT"))
+        self._pending: _Block | None = None
+        self._pages: dict[int, set[int]] = {}  # page → decoded or block addresses touching it
+        self._batch: list[str] = []  # templates of whole blocks that ran, not yet written
+        self._batch_first = 0  # the count before the first queued line
+        self._pending_start = 0
+        self._pending_done = 0
 
     # -- attaching ---------------------------------------------------------------------
     def attach(self) -> None:
@@ -303,6 +338,9 @@ class Tracer:
         """Finish the pending line, stop watching, flush (after the run, whatever the
         outcome)."""
         try:
+            if not self._broken and self._pending is not None:
+                self._flush_block(self.guest.clock.executed)
+                self._pending = None
             if not self._broken and self.fmt.pending:
                 self._settle(self.guest.clock.executed)
         except Exception as e:  # the run is over: report, do not raise from cleanup
@@ -321,6 +359,10 @@ class Tracer:
                                 f"({e.strerror or e})") from None
 
     def _hook(self) -> None:
+        if self.block_mode:
+            self._hooks.append(self.cpu.on_block(self._block_hook(), raw=True))
+            self._hooks.append(self.cpu.on_block_linked(self._on_linked))
+            return
         on_insn = self._on_state if self.fmt.stateful else self._on_insn
         if self.calls is not None:
             on_insn = self._call_filtered(on_insn)
@@ -340,7 +382,10 @@ class Tracer:
     def boundary(self, guest: Guest) -> int | None:
         """Before each run of the CPU: note the count, forget the ring, open or close the
         instruction-count window; returns how far the next run may go."""
-        self._base = guest.clock.executed
+        if self._pending is not None:
+            self._flush_block(guest.clock.executed)
+            self._pending = None
+        self._base = self._batch_first = guest.clock.executed
         self._cache = self._unknown
         if self._broken:  # hooks are removed here, never from inside one (see `_fail`)
             self._unhook()
@@ -471,6 +516,7 @@ class Tracer:
                     where[1] if where else 0, source,
                     decoded is not None and decoded.id in RING_CHANGERS)
         self._decoded[address] = insn
+        self._index(address, 1)
         return insn
 
     def _readable_prefix(self, address: int) -> bytes | None:
@@ -481,10 +527,121 @@ class Tracer:
         return code
 
     def _forget(self, begin: int, end: int) -> None:
-        for address in [a for a in self._decoded if begin <= a < end]:
-            del self._decoded[address]
-            for cache in (*self._caches, *self._skips):  # none outlives its decoding
-                cache.pop(address, None)
+        """Drop what was decoded for instructions starting in [begin, end), and (block mode)
+        every cached block whose bytes overlap it.  Found through a page index, as blocks
+        are linked, and so checked, by the thousand."""
+        first, last = begin // PAGE, (end - 1) // PAGE
+        if last - first < 64:
+            pages = [p for p in range(first, last + 1) if p in self._pages]
+        else:
+            pages = [p for p in self._pages if first <= p <= last]
+        decoded = self._decoded
+        caches = self._caches if self.block_mode else ()
+        for page in pages:
+            starts = self._pages[page]
+            for address in [a for a in starts if a < end]:
+                if begin <= address and address in decoded:
+                    del decoded[address]
+                    for cache in (*self._caches, *self._skips):  # none outlives its decoding
+                        cache.pop(address, None)
+                kept = False
+                for cache in caches:
+                    block = cache.get(address)
+                    if block is not None:
+                        if begin < address + block.span:  # type: ignore[attr-defined]
+                            del cache[address]
+                        else:
+                            kept = True
+                if not kept and address not in decoded:
+                    starts.discard(address)
+            if not starts:
+                del self._pages[page]
+
+    def _index(self, address: int, span: int) -> None:
+        for page in range(address // PAGE, (address + max(span, 1) - 1) // PAGE + 1):
+            self._pages.setdefault(page, set()).add(address)
+
+    # -- block mode ------------------------------------------------------------------------
+    def _block_hook(self) -> Callable[[object, int, int, object], None]:
+        """Unicorn's raw block callback (`Cpu.on_block`) for each block about to run:
+        queue what ran of the previous block, then remember this one (rendered once per
+        address and ring).  A closure over locals, as it runs once per block; lines of
+        blocks that ran whole have consecutive counts, so the queue holds only templates
+        (see `_drain`)."""
+        counter = self._counter
+        queue = self._batch
+        queued = queue.append
+
+        def on_block(handle: object, address: int, size: int, data: object) -> None:
+            try:
+                now = self._base + counter.value
+                pending = self._pending
+                if pending is not None:
+                    if self._pending_done == 0 and now - self._pending_start == pending.count:
+                        queued(pending.template)
+                        if now - self._batch_first >= BATCH:
+                            self._drain(now)
+                    else:
+                        self._flush_block(now)
+                    if pending.changes_ring:
+                        self._cache = self._unknown
+                block = self._cache.get(address)
+                if block is None or block.size != size:
+                    if self._broken:
+                        return
+                    block = self._render_block(address, size)
+                self._pending = block
+                self._pending_start = now
+                self._pending_done = 0
+            except Exception as e:
+                self._fail(e)
+        return on_block
+
+    def _drain(self, end: int) -> None:
+        """Write the queued lines, which take the counts after `_batch_first` up to `end`:
+        one ``%`` and one write for thousands of lines."""
+        if self._batch:
+            text = "".join(self._batch) % tuple(range(self._batch_first + 1, end + 1))
+            self._batch.clear()
+            self._write(text)
+        self._batch_first = end
+
+    def _flush_block(self, now: int) -> None:
+        """Write the queued lines and the pending block's lines for the instructions counted
+        up to `now`."""
+        block = self._pending
+        assert block is not None
+        start = self._pending_start
+        done = self._pending_done
+        ran = min(now - start, block.count)
+        if ran > done:
+            self._batch.extend(block.lines[done:ran])
+            self._pending_done = ran
+        self._drain(start + max(ran, done))
+
+    def _render_block(self, address: int, size: int) -> _Block:
+        """The lines of the block at `address` in the current ring (cached unless its size is
+        Unicorn's placeholder for a block cut at a faulting instruction)."""
+        if self._cache is self._unknown:
+            self._ring = self.cpu.cpl()
+            self._cache = self._caches[self._ring]
+        code = self.cpu.read_code(address, size) if 0 < size <= MAX_BLOCK else None
+        insns: list[Insn] = []
+        at = address
+        if code is not None:
+            for decoded in self._disasm.disasm(code, address):
+                insns.append(self._insn(decoded.address, decoded.size))
+                at = decoded.address + decoded.size
+        regular = code is not None and at == address + size
+        if not regular:  # the rest is one instruction Unicorn could not translate whole
+            insns.append(self._insn(at, address + size - at if code is not None else 0))
+        lines = tuple(self.fmt.template(insn, self._ring) for insn in insns)
+        block = _Block(size, max(size, at - address + 1), len(lines), "".join(lines), lines,
+                       any(insn.changes_ring for insn in insns))
+        if regular:
+            self._cache[address] = block  # type: ignore[assignment]
+            self._index(address, block.span)
+        return block
 
     def _on_linked(self, address: int, size: int) -> None:
         """A block was linked: if its bytes changed since it was decoded, decode again."""
@@ -510,6 +667,8 @@ class Tracer:
                 self._forget(eip, eip + 3)  # vmcall is 3 bytes
             if not self.filter.in_window(icount):
                 return
+            if self._pending is not None:
+                self._flush_block(icount)
             if self._console_wrote:
                 self._resume_line()
             if self.fmt.pending:
