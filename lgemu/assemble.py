@@ -48,10 +48,13 @@ def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,
     for device in devices:
         device.era = era
     memory = GuestMemory(mem)
-    on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
+    # 4.x: no device page, PCI bus 0 instead; 2.6.23: the DMA bus's own descriptors
+    elsewhere = era.device_bus in (DeviceBus.PCI, DeviceBus.LGUEST_DMA)
     info = launch(memory, kernel, cmdline, initrd,
-                  [] if on_pci else [d.spec() for d in devices], era)
-    guest = Guest(memory, info, [] if on_pci else devices, output, clock)
-    if on_pci:
+                  [] if elsewhere else [d.spec() for d in devices], era)
+    guest = Guest(memory, info, [] if elsewhere else devices, output, clock)
+    if era.device_bus is DeviceBus.PCI:
         guest.attach_pci(devices)
+    elif era.device_bus is DeviceBus.LGUEST_DMA:
+        guest.attach_dma(devices)
     return guest

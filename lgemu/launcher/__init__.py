@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..abi import CMDLINE_ADDR, COMMAND_LINE_SIZE, MIB, PAGE_SIZE, ZERO_PAGE_ADDR
-from ..abi_eras import ERA_2_6_24, Era
+from ..abi import CMDLINE_ADDR, COMMAND_LINE_SIZE, MIB, PAGE_OFFSET, PAGE_SIZE, ZERO_PAGE_ADDR
+from ..abi_eras import ERA_2_6_24, Era, PageTables
 from ..errors import UserError
 from ..machine.memory import MAX_RAM, GuestMemory
 from .bootparams import build_zero_page, command_line_bytes
@@ -72,6 +72,7 @@ __all__ = [
     "config_field",
     "console_spec",
     "descriptor_format",
+    "genuine_lguest_entry",
     "launch",
     "lay_out_devices",
     "load_kernel",
@@ -98,6 +99,7 @@ class BootInfo:
     kernel: KernelImage
     initrd_where: str = ""  # why the initrd is where it is, for -v
     era: Era = ERA_2_6_24  # the guest ABI the Launcher laid out for; the Host and devices follow it
+    page_offset: int = PAGE_OFFSET  # LHREQ_INITIALIZE's page_offset: 2.6.23's kernel_address
 
 
 def check_memory_size(mib: int) -> int:
@@ -192,6 +194,23 @@ def _place_segment(ram: Ram, segment: Segment) -> None:
     _zero(ram, data_end, segment.end)
 
 
+GENUINE_LGUEST = b"GenuineLguest"
+
+
+def genuine_lguest_entry(kernel: KernelImage) -> int:
+    """Where a 2.6.23 guest starts: its image has no hardware_subarch, so the Launcher searched
+    it for the "GenuineLguest" marker (lguest_asm.S) and entered at the byte after it, at its
+    ``PAGE_OFFSET`` address (that code sets its stack and jumps relative to its own address,
+    so it must run where it was linked).  Its %esi, 0, is the boot header's physical address.
+    Raises `UserError` when the image has no marker."""
+    for segment in sorted(kernel.segments, key=lambda seg: seg.paddr):
+        at = segment.data.find(GENUINE_LGUEST)
+        if at >= 0:
+            return PAGE_OFFSET + segment.paddr + at + len(GENUINE_LGUEST)
+    raise UserError(f"{kernel.path}: a 2.6.23 guest needs the \"GenuineLguest\" marker "
+                    "before its entry point, and this image has none")
+
+
 def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str],
            initrd: Path | None, devices: list[DeviceSpec], era: Era = ERA_2_6_24) -> BootInfo:
     """Lay out a fresh guest in `memory` the way lguest's Launcher does; see the module doc.
@@ -217,5 +236,8 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     memory.ram[CMDLINE_ADDR:CMDLINE_ADDR + len(command_line)] = command_line
     device_page = lay_out_devices(memory.ram, mem, devices, descriptor_format(era))
     memory.limit = device_page.pfn_limit * PAGE_SIZE
-    return BootInfo(kernel.entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
+    entry = kernel.entry
+    if era.page_tables is PageTables.LAUNCHER_LINEAR:
+        entry = genuine_lguest_entry(kernel)
+    return BootInfo(entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
                     device_page, kernel, initrd_where, era)
