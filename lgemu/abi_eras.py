@@ -154,6 +154,8 @@ _REGS_KVM4 = ("ebx", "ecx", "edx")  # 2.6.30's kvm_hypercall order
 _REGS_KVM5 = ("ebx", "ecx", "edx", "esi")  # 2.6.31 on, kept after vmcall went away
 _RING_OLD = ("arg0", "arg2", "arg3", "arg1")  # stored as eax, ebx, ecx, edx
 _RING_4 = ("arg0", "arg1", "arg2", "arg3")
+# 2.6.23's struct hcall_ring is {eax, edx, ebx, ecx}: the call, then arguments 1-3 in order.
+_RING_2_6_23 = _RING_4
 _RING_5 = ("arg0", "arg1", "arg2", "arg3", "arg4")
 
 # -- struct lguest_data -------------------------------------------------------------------------
@@ -190,7 +192,7 @@ _DESC_2_6_25 = ("type", "num_vq", "feature_len", "config_len", "status")  # then
 # -- the eras -------------------------------------------------------------------------------------
 ERAS: tuple[Era, ...] = (
     Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
-        _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_23, LD_2_6_23_SIZE,
+        _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_2_6_23, LD_2_6_23, LD_2_6_23_SIZE,
         DeviceBus.LGUEST_DMA, _DESC_2_6_23, PageTables.LAUNCHER_LINEAR, boots=True,
         facts_from="linux-2.6.23",
         note="entered just after the \"GenuineLguest\" marker, at its PAGE_OFFSET address, "
