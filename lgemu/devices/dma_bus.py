@@ -67,10 +67,12 @@ class DmaBus(Device):
 
     name = "dma-bus"
 
-    def __init__(self, memory: GuestMemory, devices: list[Device], base: int,
-                 raise_irq: Callable[[int], None], written: WrittenPages) -> None:
+    def __init__(self, memory: GuestMemory, devices: list[Device], base: int) -> None:
+        """Describe `devices` on the page at `base` (the top of RAM), their own pages after
+        it, and raise ``memory.limit`` past them: before the CPU maps guest memory."""
         super().__init__()
-        self.memory, self.raise_irq, self.written = memory, raise_irq, written
+        self.memory = memory
+        self.written = WrittenPages()
         self.bindings: dict[int, Binding] = {}
         self.console: Console | None = None
         self.blocks: dict[int, Block] = {}  # key (its page's address) -> device
@@ -97,6 +99,10 @@ class DmaBus(Device):
                                 "by lgemu (its DMA bus has a console and block devices)")
         memory.ram[base:base + PAGE_SIZE] = descs
         memory.limit = page
+
+    def connect(self, raise_irq: Callable[[int], None], written: WrittenPages) -> None:
+        """The Host's interrupt lines, and its record of pages the devices wrote."""
+        self.raise_irq, self.written = raise_irq, written
 
     # -- the guest's two calls ----------------------------------------------------------------
     def _dma(self, call: str, addr: int) -> tuple[int, list[tuple[int, int]]]:

@@ -272,12 +272,11 @@ class Guest:
             device.wall_ns = self._wall_ns
         self.devices = [*self.devices, *devices]
 
-    def attach_dma(self, devices: list[Device]) -> None:
-        """2.6.23: describe `devices` on the DMA lguest bus's page at the top of RAM and
-        serve BIND_DMA/SEND_DMA for them (`lgemu.devices.dma_bus`)."""
-        self.dma = bus = DmaBus(self.memory, devices, self.memory.ram_size,
-                                self.interrupts.raise_irq, self.written)
-        self.boot.pfn_limit = self.memory.limit // PAGE_SIZE
+    def attach_dma(self, bus: DmaBus, devices: list[Device]) -> None:
+        """2.6.23: serve BIND_DMA/SEND_DMA for `devices` through `bus`, already laid out on
+        the page at the top of RAM (`lgemu.devices.dma_bus`)."""
+        self.dma = bus
+        bus.connect(self.interrupts.raise_irq, self.written)
         for device in devices:
             device.wall_ns = self._wall_ns
         self.devices = [*self.devices, *devices, bus]
