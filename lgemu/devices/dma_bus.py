@@ -17,7 +17,12 @@ Keys: the console's is 0 (output sent there, one input buffer bound there); a bl
 device's is the physical address of its shared page ``struct lguest_block_page
 {int type; u32 sector, bytes; int result; u32 num_sectors}``: a write request SENDs the data,
 a read request SENDs an empty buffer and gets the data in the buffer it bound; either way the
-device sets ``result`` (1 done, 2 failed) and raises the interrupt.
+device sets ``result`` (1 done, 2 failed) and raises the interrupt.  A network card's page
+is a table of peers' MAC addresses (6 bytes each); the guest is peer 1 (the descriptor's
+``features`` says so) and receives into the buffers it bound at key ``page + 4``; a frame it
+sends to peer 0, key ``page``, goes out on the card's wire (peer 0 is marked promiscuous,
+as the Launcher's tap device was, so the guest sends it every frame).  The guest makes its
+own MAC from ``lguest_data.guestid`` (0 here): 02:00:00:00:00:00, whatever ``mac=`` says.
 
 Every address, length, count and interrupt the guest hands over is checked; a guest that
 breaks a rule is killed (`lgemu.kills.BadDma`).
@@ -37,6 +42,7 @@ from ..machine.memory import GuestMemory
 from .base import Device
 from .block import SECTOR_SIZE, Block
 from .console import Console
+from .net import BACKLOG_FRAMES, Net
 from .vring import WrittenPages
 
 MAX_DEVICES = 16  # LGUEST_MAX_DEVICES
@@ -48,6 +54,9 @@ BLOCK_PAGE = struct.Struct("<iIIiI")  # struct lguest_block_page
 T_CONSOLE, T_NET, T_BLOCK = 1, 2, 3
 CONSOLE_KEY = 0
 BLK_READ, BLK_WRITE = 0, 1
+NET_PEER = 1  # the guest's slot in its net page; slot 0 is the host's wire
+NET_F_NOCSUM = 0x4000
+PROMISC = 0x01  # bit 0 of a peer's mac[0]: send it every frame
 RESULT_DONE, RESULT_FAILED = 1, 2
 
 
@@ -76,6 +85,7 @@ class DmaBus(Device):
         self.bindings: dict[int, Binding] = {}
         self.console: Console | None = None
         self.blocks: dict[int, Block] = {}  # key (its page's address) -> device
+        self.nets: dict[int, Net] = {}  # key (its page's address: peer 0) -> device
         self.irqs: dict[int, int] = {}  # key -> the device's line (index + 1)
         if len(devices) > MAX_DEVICES:
             raise UserError(f"too many devices for a 2.6.23 guest: {len(devices)}, its bus "
@@ -94,9 +104,19 @@ class DmaBus(Device):
                 memory.ram[page:page + PAGE_SIZE] = bytes(PAGE_SIZE)
                 BLOCK_PAGE.pack_into(memory.ram, page, 0, 0, 0, 0, device.capacity)
                 page += PAGE_SIZE
+            elif isinstance(device, Net):
+                # The page is the peers' MAC table; the wire is peer 0, promiscuous (like
+                # the Launcher's tap), the guest peer 1.  It receives at key page + 4.
+                self.nets[page] = device
+                self.irqs[page] = self.irqs[page + 4 * NET_PEER] = index + 1
+                DESC.pack_into(descs, index * DESC.size, T_NET, NET_PEER | NET_F_NOCSUM, 0,
+                               1, page // PAGE_SIZE)
+                memory.ram[page:page + PAGE_SIZE] = bytes(PAGE_SIZE)
+                memory.ram[page:page + 6] = bytes([device.mac[0] | PROMISC, *device.mac[1:]])
+                page += PAGE_SIZE
             else:
                 raise UserError(f"a 2.6.23 guest's {device.name} device is not supported "
-                                "by lgemu (its DMA bus has a console and block devices)")
+                                "by lgemu (its DMA bus has console, block and net devices)")
         memory.ram[base:base + PAGE_SIZE] = descs
         memory.limit = page
 
@@ -150,6 +170,11 @@ class DmaBus(Device):
             self._set_used(addr, self._print(sections))
         elif key in self.blocks:
             self._block(key, sections)
+        elif key in self.nets:
+            net = self.nets[key]
+            frame = b"".join(bytes(self.memory.ram[a:a + n]) for a, n in sections)
+            net._send(frame)
+            self._set_used(addr, len(frame))
 
     # -- helpers -------------------------------------------------------------------------------
     def _set_used(self, addr: int, used: int) -> None:
@@ -210,21 +235,53 @@ class DmaBus(Device):
         self.raise_irq(self.irqs[key])
 
     def wake_irqs(self) -> list[int]:
+        irqs = []
         console, binding = self.console, self.bindings.get(CONSOLE_KEY)
-        if console is None or binding is None or console.source is None \
-                or not console.source.open:
-            return []
-        return [binding.irq]
+        if console is not None and binding is not None and console.source is not None \
+                and console.source.open:
+            irqs.append(binding.irq)
+        for key, net in self.nets.items():
+            binding = self.bindings.get(key + 4 * NET_PEER)
+            if net.link is not None and binding is not None:
+                irqs.append(binding.irq)
+        return irqs
 
     def wait_fds(self) -> list[int]:
+        fds = []
         console = self.console
         source = console.source if console is not None else None
-        if source is None or not source.open or not source.live or source.fd < 0:
-            return []
-        return [source.fd]
+        if source is not None and source.open and source.live and source.fd >= 0:
+            fds.append(source.fd)
+        for net in self.nets.values():
+            if net.link is not None and len(net.backlog) < BACKLOG_FRAMES \
+                    and net.link.fileno() >= 0:
+                fds.append(net.link.fileno())
+        return fds
+
+    def _poll_net(self, key: int, net: Net) -> None:
+        """Received frames into the buffers the guest bound at its peer key, one each."""
+        if net.link is not None:
+            for frame in net.link.receive():
+                if len(net.backlog) >= BACKLOG_FRAMES:
+                    net.stats["dropped"] += 1
+                else:
+                    net.backlog.append(frame)
+        rx = key + 4 * NET_PEER
+        filled = False
+        while net.backlog and (target := self._free_buffer(rx)) is not None:
+            frame = net.backlog.popleft()
+            if net.pcap is not None:
+                net.pcap.record(frame, net.wall_ns())
+            net.stats["rx"] += 1
+            self._fill(target[0], target[1], frame)  # a frame too long is cut, as by readv
+            filled = True
+        if filled:
+            self.raise_irq(self.bindings[rx].irq)
 
     def poll(self) -> None:
-        """Slice boundary: console input into the console's bound buffer, if it is free."""
+        """Slice boundary: console input and received frames into bound buffers."""
+        for key, net in self.nets.items():
+            self._poll_net(key, net)
         console = self.console
         if console is None:
             return
