@@ -126,14 +126,31 @@ KERNEL = KERNELS / "linux-2.6.23.vmlinux.xz"
 
 @pytest.mark.skipif(not KERNEL.exists(), reason="no linux-2.6.23.vmlinux.xz in shared/kernels "
                     "(the recipe of its README builds one; none is shipped)")
-def test_the_real_2_6_23_kernel_boots_to_its_shell(boot_guest, tmp_path):
+def test_the_real_2_6_23_kernel_boots_to_its_shell_with_disk_and_network(boot_guest,
+                                                                          tmp_path):
+    """The klibc shell on hvc0; the disk lgba (its major is dynamic: 254, the first one)
+    read and written; eth0 sends an ARP request (the netprobe program of the 2.6.26 test);
+    power-off is status 0."""
+    from test_era_2_6_26 import _pcap_frames, _shell_with_netprobe
     vmlinux = tmp_path / "linux-2.6.23.vmlinux"
     vmlinux.write_bytes(lzma.decompress(KERNEL.read_bytes()))
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"disk-says-hello-2.6.23!\n" + bytes((1 << 20) - 24))
+    pcap = tmp_path / "net.pcap"
     feed = tmp_path / "in.txt"
-    feed.write_bytes(b"echo up-$((6*7))\nexit\n")
+    feed.write_bytes(b"echo up-$((6*7))\nmknod /dev/lgba b 254 0\n"
+                     b"dd if=/dev/lgba bs=24 count=1\necho written-by-2.6.23 > /dev/lgba\n"
+                     b"netprobe\nexit\n")
     status, out, err = boot_guest(vmlinux, "console=hvc0 rdinit=/init", 64,
-                                  ["--initrd", str(KERNELS / "klibc-shell.cpio"),
-                                   "--console-input", str(feed)])
-    assert b"lgemu-shell: ready (Linux version 2.6.23" in out, (out[-2000:], err)
-    assert b"up-42" in out
-    assert status == 0, err
+                                  ["--initrd", str(_shell_with_netprobe(tmp_path)),
+                                   "--console-input", str(feed), "--block", str(disk),
+                                   "--net", f"pcap:{pcap}"])
+    assert (status, err) == (0, ""), (status, err, out[-2000:])
+    assert b"lgemu-shell: ready (Linux version 2.6.23" in out
+    assert b"up-42" in out and b"disk-says-hello-2.6.23!" in out
+    assert disk.read_bytes().startswith(b"written-by-2.6.23\n")
+    mac = bytes.fromhex("020000000000")  # 02:00 and lguest_data.guestid (0)
+    arp = (b"\xff" * 6 + mac + b"\x08\x06" + bytes.fromhex("0001080006040001") + mac
+           + bytes([10, 0, 2, 15]) + bytes(6) + bytes([10, 0, 2, 2]))
+    assert arp in _pcap_frames(pcap)
+    assert out.endswith(b"Power down.\r\n") or b"Power down." in out[-40:]
