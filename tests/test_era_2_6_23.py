@@ -154,3 +154,106 @@ def test_the_real_2_6_23_kernel_boots_to_its_shell_with_disk_and_network(boot_gu
            + bytes([10, 0, 2, 15]) + bytes(6) + bytes([10, 0, 2, 2]))
     assert arp in _pcap_frames(pcap)
     assert out.endswith(b"Power down.\r\n") or b"Power down." in out[-40:]
+
+
+# The Launcher's page tables map RAM only: map the bus's pages (64 MiB up, PDE 16) in page
+# tables of the guest's own, with the low 4 MiB at 0 and at PAGE_OFFSET (where it runs).
+MAP_BUS = """
+        movl	$pt_low, %eax
+        movl	$7, %ecx
+    1:	movl	%ecx, (%eax)
+        addl	$4, %eax
+        addl	$4096, %ecx
+        cmpl	$pt_low + 4096, %eax
+        jne	1b
+        movl	$0x4000007, pt_bus
+        movl	$0x4001007, pt_bus + 4
+        movl	$pt_low + 7, pgd
+        movl	$pt_low + 7, pgd + 768 * 4
+        movl	$pt_bus + 7, pgd + 16 * 4
+        HCALL	$LHCALL_NEW_PGTABLE, $pgd
+"""
+MAP_BUS_BSS = """
+        .bss
+        .balign	4096
+    pgd:	.space	4096
+    pt_low:	.space	4096
+    pt_bus:	.space	4096
+        .data
+"""
+
+BLOCK_GUEST = """
+        INIT
+""" + MAP_BUS + """
+        movzwl	0x4000000, %eax		/* descriptor 0: the disk (the console comes last) */
+        PUTHEX	%eax
+        movl	0x4000008, %esi		/* its pfn: the struct lguest_block_page */
+        shll	$12, %esi
+        PUTHEX	16(%esi)		/* num_sectors */
+        HCALL	$LHCALL_BIND_DMA, %esi, $rd_dma, $0x101
+        movl	$0, (%esi)		/* type: read */
+        movl	$SECTOR, 4(%esi)
+        movl	$16, 8(%esi)		/* bytes */
+        movl	$0, 12(%esi)		/* result */
+        HCALL	$LHCALL_SEND_DMA, %esi, $ping
+        PUTHEX	12(%esi)		/* result: 1 done, 2 failed */
+        PUTHEX	rd_dma
+        movb	$0, buf + 16
+        PUTS	buf
+        POWER_DOWN
+"""
+BLOCK_DATA = MAP_BUS_BSS + """
+        .balign	4
+    rd_dma:	.long	0, buf
+        .fill	15, 4, 0
+        .word	16
+        .fill	15, 2, 0
+    ping:	.long	0
+        .fill	16, 4, 0
+        .fill	16, 2, 0
+    buf:	.fill	20, 1, 0
+"""
+
+
+@pytest.mark.parametrize(("sector", "result", "used", "text"), [
+    (1, 1, 16, b"sector-one-says!"), (8, 2, 0, b""), (0xFFFFFFFF, 2, 0, b"")],
+    ids=["read", "past-the-end", "huge-sector"])
+def test_a_block_read_answers_in_the_bound_buffer_and_the_shared_page(asm_guest, tmp_path,
+                                                                     sector, result, used,
+                                                                     text):
+    """Read: the request in the disk's shared page, an empty SEND_DMA, the data in the buffer
+    bound at the page's key and `result` 1; a request past the end fails (2), nothing read."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(512) + b"sector-one-says!" + bytes(3 * 512 - 16))
+    run = asm_guest(BLOCK_GUEST.replace("SECTOR", str(sector)), BLOCK_DATA, era=ERA,
+                    extra=["--block", str(disk)])
+    assert_powered_down(run, hexword(3) + hexword(4) + hexword(result) + hexword(used) + text)
+
+
+def test_a_frame_sent_to_peer_0_reaches_the_wire(asm_guest, tmp_path):
+    """The net page says the guest is peer 1 (features 0x4001); SEND_DMA to the page's
+    key (peer 0) puts the frame on the wire (here a pcap file) and sets used_len."""
+    from test_era_2_6_26 import _pcap_frames
+    pcap = tmp_path / "net.pcap"
+    run = asm_guest("""
+        INIT
+""" + MAP_BUS + """
+        movzwl	0x4000000, %eax
+        PUTHEX	%eax
+        movzwl	0x4000002, %eax		/* features: NOCSUM | peer 1 */
+        PUTHEX	%eax
+        movl	0x4000008, %esi
+        shll	$12, %esi
+        HCALL	$LHCALL_SEND_DMA, %esi, $tx_dma
+        PUTHEX	tx_dma
+        POWER_DOWN
+    """, MAP_BUS_BSS + """
+        .balign	4
+    tx_dma:	.long	0, frame, frame + 6
+        .fill	14, 4, 0
+        .word	6, 14
+        .fill	14, 2, 0
+    frame:	.ascii	"\\xff\\xff\\xff\\xff\\xff\\xff\\x02\\x00\\x00\\x00\\x00\\x01\\x88\\xb5hello!"
+    """, era=ERA, extra=["--net", f"pcap:{pcap}"])
+    assert_powered_down(run, hexword(2) + hexword(0x4001) + hexword(20))
+    assert _pcap_frames(pcap) == [b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5hello!"]

@@ -222,7 +222,9 @@ class DmaBus(Device):
             device.stats["written"] += len(data)
         elif ok and kind == BLK_READ:
             target = self._free_buffer(key)
-            data = os.pread(device.fd, length, sector * SECTOR_SIZE)
+            # Never read more than the bound buffer holds (`length` is the guest's word).
+            room = sum(n for _, n in target[1]) if target is not None else 0
+            data = os.pread(device.fd, min(length, room), sector * SECTOR_SIZE)
             ok = target is not None and len(data) == length
             if target is not None:
                 self._fill(target[0], target[1], data)
