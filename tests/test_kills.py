@@ -11,8 +11,8 @@ from lgemu import kills
 from lgemu.errors import ExitStatus, GuestKilled
 from lgemu.kills import (
     AlreadyInitialized,
-    BadDma,
     BadDeviceStatus,
+    BadDma,
     BadGuestAddress,
     BadHypercall,
     BadIdtType,
