@@ -156,6 +156,23 @@ def test_the_real_2_6_23_kernel_boots_to_its_shell_with_disk_and_network(boot_gu
     assert out.endswith(b"Power down.\r\n") or b"Power down." in out[-40:]
 
 
+BZIMAGE = KERNELS / "linux-2.6.23.bzImage"
+
+
+@pytest.mark.skipif(not BZIMAGE.exists(), reason="no linux-2.6.23.bzImage in shared/kernels "
+                    "(the recipe of its README builds one; none is shipped)")
+def test_the_real_2_6_23_bzimage_is_unpacked_and_boots(boot_guest, tmp_path):
+    """Boot protocol 2.06, no paravirt entry: the kernel is unpacked at 1 MiB and entered
+    after its marker, as 2.6.23's Launcher did."""
+    feed = tmp_path / "in.txt"
+    feed.write_bytes(b"echo up-$((6*7))\nexit\n")
+    status, out, err = boot_guest(BZIMAGE, "console=hvc0 rdinit=/init", 64,
+                                  ["--initrd", str(KERNELS / "klibc-shell.cpio"),
+                                   "--console-input", str(feed)])
+    assert (status, err) == (0, ""), (status, err, out[-2000:])
+    assert b"lgemu-shell: ready (Linux version 2.6.23" in out and b"up-42" in out
+
+
 # The Launcher's page tables map RAM only: map the bus's pages (64 MiB up, PDE 16) in page
 # tables of the guest's own, with the low 4 MiB at 0 and at PAGE_OFFSET (where it runs).
 MAP_BUS = """

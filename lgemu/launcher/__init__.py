@@ -33,7 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..abi import CMDLINE_ADDR, COMMAND_LINE_SIZE, MIB, PAGE_OFFSET, PAGE_SIZE, ZERO_PAGE_ADDR
+from ..abi import (
+    CMDLINE_ADDR,
+    COMMAND_LINE_SIZE,
+    KERNEL_LOAD_ADDR,
+    MIB,
+    PAGE_OFFSET,
+    PAGE_SIZE,
+    ZERO_PAGE_ADDR,
+)
 from ..abi_eras import ERA_2_6_24, Era, PageTables
 from ..errors import UserError
 from ..machine.memory import MAX_RAM, GuestMemory
@@ -211,6 +219,19 @@ def genuine_lguest_entry(kernel: KernelImage) -> int:
                     "before its entry point, and this image has none")
 
 
+def unpacked_2_6_23(kernel: KernelImage) -> KernelImage:
+    """A 2.6.23 bzImage as its Launcher loaded it: no boot code of its own runs (it has no
+    paravirt entry), so the compressed kernel is unpacked here and placed at 1 MiB, where it
+    was linked.  Its BSS is not in the image; the guest clears it itself.  Raises
+    `UserError` when nothing in the payload unpacks."""
+    from .era import unpack_payload  # era reads images; it never lays one out
+    data = unpack_payload(kernel.segments[0].data) if kernel.segments else None
+    if not data:
+        raise UserError(f"{kernel.path}: no compressed kernel in this 2.6.23 bzImage unpacks")
+    return KernelImage(kernel.path, kernel.kind, (Segment(KERNEL_LOAD_ADDR, data, len(data)),),
+                       kernel.entry)
+
+
 def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str],
            initrd: Path | None, devices: list[DeviceSpec], era: Era = ERA_2_6_24) -> BootInfo:
     """Lay out a fresh guest in `memory` the way lguest's Launcher does; see the module doc.
@@ -222,6 +243,8 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     """
     mem = memory.ram_size
     command_line = command_line_bytes(cmdline)
+    if era.page_tables is PageTables.LAUNCHER_LINEAR and kernel.kind == "bzImage":
+        kernel = unpacked_2_6_23(kernel)
     _check_kernel_fits(kernel, mem)
     initrd_addr = initrd_size = 0
     initrd_where = ""

@@ -354,6 +354,9 @@ def _unpack(data: bytes) -> bytes | None:
     return None
 
 
+unpack_payload = _unpack  # the 2.6.23 Launcher's unpacking of a bzImage (lgemu.launcher)
+
+
 def _bzimage_payload(f: BinaryIO, size: int, image: KernelImage) -> bytes | None:
     header = read_range(f, size, 0, BZ_PAYLOAD + 8)
     data = image.segments[0].data if image.segments else b""
