@@ -274,3 +274,14 @@ def test_a_frame_sent_to_peer_0_reaches_the_wire(asm_guest, tmp_path):
     """, era=ERA, extra=["--net", f"pcap:{pcap}"])
     assert_powered_down(run, hexword(2) + hexword(0x4001) + hexword(20))
     assert _pcap_frames(pcap) == [b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5hello!"]
+
+
+def test_v_lists_the_dma_bus_devices_at_exit(asm_guest, tmp_path):
+    """`-v` describes 2.6.23's descriptors (index, device, status), not a device page's."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4 * 512))
+    run = asm_guest(BLOCK_GUEST.replace("SECTOR", "0"), BLOCK_DATA, era=ERA,
+                    extra=["--block", str(disk), "-v"])
+    assert run.status == 0, run.err
+    assert "devices at exit (the 2.6.23 DMA lguest bus)" in run.err
+    assert "hvc0: output " in run.err and ": 1 requests, read 16 bytes" in run.err

@@ -82,6 +82,7 @@ class DmaBus(Device):
         super().__init__()
         self.memory = memory
         self.written = WrittenPages()
+        self.listed, self.base = list(devices), base
         self.bindings: dict[int, Binding] = {}
         self.console: Console | None = None
         self.blocks: dict[int, Block] = {}  # key (its page's address) -> device
@@ -119,6 +120,11 @@ class DmaBus(Device):
                                 "by lgemu (its DMA bus has console, block and net devices)")
         memory.ram[base:base + PAGE_SIZE] = descs
         memory.limit = page
+
+    def at_exit(self) -> list[tuple[int, Device, int]]:
+        """(index, device, the status its driver left in its descriptor), for `-v`."""
+        return [(index, device, DESC.unpack_from(self.memory.ram, self.base + index * DESC.size)[2])
+                for index, device in enumerate(self.listed)]
 
     def connect(self, raise_irq: Callable[[int], None], written: WrittenPages) -> None:
         """The Host's interrupt lines, and its record of pages the devices wrote."""
