@@ -39,7 +39,11 @@ Builds are cached by source text, so a test that builds the same guest again cos
 with ``--abi``: that era's ``LHCALL_*`` numbers and ``LD_*`` offsets, its ``lguest_data``
 layout, ``HCALL`` with its argument registers and instruction (``vmcall`` in 2.6.30-2.6.33),
 ``ASYNC`` with its ring entries, and ``CRASH``/``POWER_DOWN`` as SHUTDOWN with POWEROFF
-where call 2 is SHUTDOWN.  Without `era` the source is 2.6.24's, byte for byte.
+where call 2 is SHUTDOWN.  2.6.23 (`era` with SEND_DMA) also puts the "GenuineLguest"
+marker right before `_start`, where its Launcher enters (at the PAGE_OFFSET alias: the
+prelude's code jumps only relative and its absolute addresses reach the identity map), and
+makes PUTS a SEND_DMA of the string to the console's key 0 (there is no NOTIFY).  Without
+`era` the source is 2.6.24's, byte for byte.
 
 Python helpers for the tests: `descriptor` and `quads` write GDT entries, `symbol_address` and
 `symbol_file_offset` find a symbol in the built image (to name an EIP in an expected kill
