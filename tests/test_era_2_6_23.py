@@ -285,3 +285,57 @@ def test_v_lists_the_dma_bus_devices_at_exit(asm_guest, tmp_path):
     assert run.status == 0, run.err
     assert "devices at exit (the 2.6.23 DMA lguest bus)" in run.err
     assert "hvc0: output " in run.err and ": 1 requests, read 16 bytes" in run.err
+
+
+def test_a_received_frame_fills_the_buffer_bound_at_the_guests_peer_key(tmp_path):
+    """A frame from the wire (loopback UDP) lands in the buffer the guest bound at its peer
+    key (page + 4), waking its HALT; the guest sends it back to peer 0 and the wire gets it."""
+    import socket
+
+    from guestasm import build_guest
+    from test_net import finish, free_port, start, wait_ready
+    elf = build_guest(tmp_path, """
+        INIT
+""" + MAP_BUS + """
+        movl	0x4000008, %esi		/* the net card's page: descriptor 0 */
+        shll	$12, %esi
+        leal	4(%esi), %edi		/* key of peer 1, the guest */
+        HCALL	$LHCALL_BIND_DMA, %edi, $rx_dma, $0x101
+        PUTS	ready
+    wait:
+        cmpl	$0, rx_dma
+        jne	got
+        HCALL	$LHCALL_HALT
+        jmp	wait
+    got:
+        movl	rx_dma, %eax
+        movw	%ax, tx_dma + 68
+        HCALL	$LHCALL_SEND_DMA, %esi, $tx_dma
+        POWER_DOWN
+    """, MAP_BUS_BSS + """
+        .balign	4
+    rx_dma:	.long	0, frame
+        .fill	15, 4, 0
+        .word	1514
+        .fill	15, 2, 0
+    tx_dma:	.long	0, frame
+        .fill	15, 4, 0
+        .fill	16, 2, 0
+    ready:	.asciz	"ready\\n"
+    frame:	.fill	1514, 1, 0
+    """, era=ERA)
+    guest_port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(60)
+        proc = start(elf, "--abi", "2.6.23", "--net",
+                     f"udp:{guest_port}:127.0.0.1:{peer.getsockname()[1]}")
+        try:
+            wait_ready(proc)
+            sent = b"\xff" * 6 + bytes.fromhex("026c67000001") + b"\x88\xb5ping from the test"
+            peer.sendto(sent, ("127.0.0.1", guest_port))
+            echoed, _ = peer.recvfrom(2048)
+        finally:
+            status, out, err = finish(proc)
+    assert (status, out, err) == (0, b"ready\n", "")
+    assert echoed == sent
