@@ -59,6 +59,8 @@ class PageTables(Enum):
     """Who builds the page tables the guest's first instruction runs on."""
 
     LAUNCHER = "the Launcher (the guest copies its pgdir entries in lguest_entry)"
+    LAUNCHER_LINEAR = "the Launcher, mapping RAM at PAGE_OFFSET too (2.6.23's guest runs " \
+        "there from its first instruction)"
     HOST = "the Host (the guest jumps straight to C)"
     GUEST = "the guest's head_32.S (lguest_entry loads them with NEW_PGTABLE)"
 
@@ -132,9 +134,9 @@ _HCALLS_2_6_24 = _frozen({
     "FLUSH_TLB": 5, "LOAD_IDT_ENTRY": 6, "SET_STACK": 7, "TS": 8, "SET_CLOCKEVENT": 9,
     "HALT": 10, "SET_PTE": 14, "SET_PMD": 15, "LOAD_TLS": 16, "NOTIFY": 17,
 })
-# 2.6.23: no NOTIFY (the early console went over DMA); the DMA bus calls and GET_WALLCLOCK.
-_HCALLS_2_6_23 = _changed(_HCALLS_2_6_24, ("NOTIFY",), GET_WALLCLOCK=11, BIND_DMA=12,
-                          SEND_DMA=13)
+# 2.6.23: no NOTIFY (the console went over DMA); the DMA bus calls.  Its header numbers
+# nothing 11: the guest reads the wall clock from lguest_data.time, as every later era does.
+_HCALLS_2_6_23 = _changed(_HCALLS_2_6_24, ("NOTIFY",), BIND_DMA=12, SEND_DMA=13)
 # 2.6.25: call 2 becomes SHUTDOWN(__pa(reason), POWEROFF=1 | RESTART=2).
 _HCALLS_2_6_25 = _changed(_HCALLS_2_6_24, ("CRASH",), SHUTDOWN=2)
 # 2.6.30: the GDT is loaded one entry at a time.
@@ -152,6 +154,8 @@ _REGS_KVM4 = ("ebx", "ecx", "edx")  # 2.6.30's kvm_hypercall order
 _REGS_KVM5 = ("ebx", "ecx", "edx", "esi")  # 2.6.31 on, kept after vmcall went away
 _RING_OLD = ("arg0", "arg2", "arg3", "arg1")  # stored as eax, ebx, ecx, edx
 _RING_4 = ("arg0", "arg1", "arg2", "arg3")
+# 2.6.23's struct hcall_ring is {eax, edx, ebx, ecx}: the call, then arguments 1-3 in order.
+_RING_2_6_23 = _RING_4
 _RING_5 = ("arg0", "arg1", "arg2", "arg3", "arg4")
 
 # -- struct lguest_data -------------------------------------------------------------------------
@@ -160,6 +164,12 @@ _HEAD = (("irq_enabled", 4), ("blocked_interrupts", 4), ("cr2", 4), ("time", 8))
 _TAIL_HOST = (("reserve_mem", 4), ("tsc_khz", 4))
 _TAIL_GUEST = (("noirq_start", 4), ("noirq_end", 4), ("kernel_address", 4),
                ("syscall_vec", 4))
+# 2.6.23: no pgdir, kernel_address or syscall_vec (the Launcher told the Host PAGE_OFFSET and
+# the system call vector was always 0x80); a u16 guestid the Host fills (the net driver's MAC
+# came from it), padded to 4 bytes before tsc_khz.
+LD_2_6_23, LD_2_6_23_SIZE = _layout(
+    *_HEAD, ("hcall_status", _RING), ("hcalls", _RING * 16), ("reserve_mem", 4),
+    ("guestid", 4), ("tsc_khz", 4), ("noirq_start", 4), ("noirq_end", 4))
 LD_2_6_24, LD_2_6_24_SIZE = _layout(
     *_HEAD, ("hcall_status", _RING), ("hcalls", _RING * 16), *_TAIL_HOST, ("pgdir", 4),
     *_TAIL_GUEST)
@@ -173,15 +183,21 @@ LD_4, LD_4_SIZE = _layout(
     *_HEAD, ("irq_pending", 4), ("hcall_status", _RING), ("hcalls", _RING * 20), *_TAIL_HOST,
     ("noirq_iret", 4), ("kernel_address", 4), ("syscall_vec", 4))
 
+# 2.6.23's descriptor is all u16 and a u32 (type, features, status, num_pages, pfn): not u8
+# members like the later ones; `lgemu.devices.dma_bus` reads it.
+_DESC_2_6_23 = ("type", "features", "status", "num_pages", "pfn")
 _DESC_2_6_24 = ("type", "config_len", "status")  # then a TLV list of config fields
 _DESC_2_6_25 = ("type", "num_vq", "feature_len", "config_len", "status")  # then vqs, features
 
 # -- the eras -------------------------------------------------------------------------------------
 ERAS: tuple[Era, ...] = (
     Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
-        _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, None, None,
-        DeviceBus.LGUEST_DMA, (), PageTables.LAUNCHER,
-        note="hypercall numbers from the 2.6.23 header; struct lguest_data not tabled"),
+        _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_2_6_23, LD_2_6_23, LD_2_6_23_SIZE,
+        DeviceBus.LGUEST_DMA, _DESC_2_6_23, PageTables.LAUNCHER_LINEAR, boots=True,
+        facts_from="linux-2.6.23",
+        note="entered just after the \"GenuineLguest\" marker, at its PAGE_OFFSET address, "
+             "with %esi = 0 (the boot header's physical address); the Launcher's page "
+             "tables map RAM at PAGE_OFFSET"),
     Era("2.6.24", (2, 6, 24), "virtio over the lguest bus; 3-byte descriptors with TLV config",
         _HCALLS_2_6_24, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_24, PageTables.LAUNCHER, boots=True,

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .abi import PAGE_SIZE
 from .abi_eras import DeviceBus, Era
 from .config import BootConfig
 from .devices.base import Device
 from .devices.console import ConsoleOutput
+from .devices.dma_bus import DmaBus
 from .errors import UserError
 from .host.clock import Clock
 from .host.guest import Guest
@@ -51,11 +53,18 @@ def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,
         device.era = era
     mem, ram_where = ram_the_kernel_uses(kernel, command_line_bytes(cmdline), mem)
     memory = GuestMemory(mem)
-    on_pci = era.device_bus is DeviceBus.PCI  # 4.x: no device page, PCI bus 0 instead
+    # 4.x: no device page, PCI bus 0 instead; 2.6.23: the DMA bus's own descriptors
+    elsewhere = era.device_bus in (DeviceBus.PCI, DeviceBus.LGUEST_DMA)
     info = launch(memory, kernel, cmdline, initrd,
-                  [] if on_pci else [d.spec() for d in devices], era)
+                  [] if elsewhere else [d.spec() for d in devices], era)
     info.ram_where = ram_where
-    guest = Guest(memory, info, [] if on_pci else devices, output, clock)
-    if on_pci:
+    dma = None
+    if era.device_bus is DeviceBus.LGUEST_DMA:  # its pages must exist before the CPU maps RAM
+        dma = DmaBus(memory, devices, mem)
+        info.pfn_limit = memory.limit // PAGE_SIZE
+    guest = Guest(memory, info, [] if elsewhere else devices, output, clock)
+    if era.device_bus is DeviceBus.PCI:
         guest.attach_pci(devices)
+    elif dma is not None:
+        guest.attach_dma(dma, devices)
     return guest

@@ -366,3 +366,16 @@ class BadMmio(Kill):
 
     def text(self) -> str:
         return f"MMIO access of {self.size} bytes at {self.addr:#x}: no device register there"
+
+
+# -- the DMA lguest bus (2.6.23) ------------------------------------------------------------
+@dataclass(frozen=True)
+class BadDma(Kill):
+    """A BIND_DMA or SEND_DMA whose `struct lguest_dma`, buffers or interrupt break the
+    2.6.23 bus's rules (docs/eras.md, "2.6.23")."""
+
+    call: str  # "BIND_DMA" or "SEND_DMA"
+    detail: str
+
+    def text(self) -> str:
+        return f"{self.call}: {self.detail}"

@@ -169,6 +169,9 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
 def describe_devices(con: Console, guest: Guest) -> None:
     """The device page as the guest left it: status bits, the config fields it read (their
     type byte has 0x80 set, ABI §10.2), and what each device did."""
+    if guest.dma is not None:  # 2.6.23: descriptors of its own shape
+        _describe_dma_devices(con, guest)
+        return
     page = guest.boot.device_page
     ram = guest.memory.ram
     table = Table(title="devices at exit")
@@ -182,6 +185,22 @@ def describe_devices(con: Console, guest: Guest) -> None:
         name = "hvc0" if dev.spec.type == DeviceType.CONSOLE else device.name
         table.add_row(f"{dev.offset:#x}", name, status_text(ram[base + 2]),
                       ", ".join(read) or "-")
+        if device.summary():
+            activity.append(f"{name}: {device.summary()}")
+    con.print(table)
+    for line in activity:
+        con.print(escape(line))
+
+
+def _describe_dma_devices(con: Console, guest: Guest) -> None:
+    assert guest.dma is not None
+    table = Table(title="devices at exit (the 2.6.23 DMA lguest bus)")
+    for column in ("index", "device", "status"):
+        table.add_column(column)
+    activity = []
+    for index, device, status in guest.dma.at_exit():
+        name = "hvc0" if device.type == DeviceType.CONSOLE else device.name
+        table.add_row(str(index), name, status_text(status))
         if device.summary():
             activity.append(f"{name}: {device.summary()}")
     con.print(table)

@@ -39,7 +39,11 @@ Builds are cached by source text, so a test that builds the same guest again cos
 with ``--abi``: that era's ``LHCALL_*`` numbers and ``LD_*`` offsets, its ``lguest_data``
 layout, ``HCALL`` with its argument registers and instruction (``vmcall`` in 2.6.30-2.6.33),
 ``ASYNC`` with its ring entries, and ``CRASH``/``POWER_DOWN`` as SHUTDOWN with POWEROFF
-where call 2 is SHUTDOWN.  Without `era` the source is 2.6.24's, byte for byte.
+where call 2 is SHUTDOWN.  2.6.23 (`era` with SEND_DMA) also puts the "GenuineLguest"
+marker right before `_start`, where its Launcher enters (at the PAGE_OFFSET alias: the
+prelude's code jumps only relative and its absolute addresses reach the identity map), and
+makes PUTS a SEND_DMA of the string to the console's key 0 (there is no NOTIFY).  Without
+`era` the source is 2.6.24's, byte for byte.
 
 Python helpers for the tests: `descriptor` and `quads` write GDT entries, `symbol_address` and
 `symbol_file_offset` find a symbol in the built image (to name an EIP in an expected kill
@@ -260,10 +264,48 @@ def _era_prelude(era: Era) -> str:
     end = text.index("__power_down:")
     init = (f"\t.org\tlguest_data + {ld['blocked_interrupts']}\n\t.long\t1\n"
             f"\t.org\tlguest_data + {ld['hcall_status']}\n\t.fill\t64, 1, 0xff\n"
-            f"\t.org\tlguest_data + {ld['kernel_address']}\n\t.long\t0xC0000000\n"
-            f"\t.org\tlguest_data + {ld['syscall_vec']}\n\t.long\t0x80\n"
-            f"\t.org\tlguest_data + {size}\n")
-    return text[:start] + init + text[end:]
+            + (f"\t.org\tlguest_data + {ld['kernel_address']}\n\t.long\t0xC0000000\n"
+               f"\t.org\tlguest_data + {ld['syscall_vec']}\n\t.long\t0x80\n"
+               if "kernel_address" in ld else "")
+            + f"\t.org\tlguest_data + {size}\n")
+    text = text[:start] + init + text[end:]
+    return _dma_bus_prelude(text) if "SEND_DMA" in era.hypercalls else text
+
+
+def _dma_bus_prelude(text: str) -> str:
+    """2.6.23: the "GenuineLguest" marker right before `_start` (where the Launcher enters,
+    at its PAGE_OFFSET alias: the prelude's code only jumps relative, and its absolute
+    addresses reach the identity map), and PUTS as SEND_DMA to the console's key 0 with a
+    one-section `struct lguest_dma` (there is no NOTIFY)."""
+    text = text.replace("\t.globl\t_start\n_start:\n",
+                        "\t.ascii\t\"GenuineLguest\"\n\t.globl\t_start\n_start:\n")
+    text = text.replace("\tHCALL\t$LHCALL_NOTIFY, $__hexbuf\n", "\tPUTS\t__hexbuf\n")
+    text = text.replace("\t.macro PUTS label\n\tHCALL\t$LHCALL_NOTIFY, $\\label\n\t.endm\n",
+                        "\t.macro PUTS label\n\tpushal\n\tmovl\t$\\label, %esi\n"
+                        "\tcall\t__puts_dma\n\tpopal\n\t.endm\n")
+    return text.replace("__power_down:\t.asciz", PUTS_DMA + "__power_down:\t.asciz", 1)
+
+
+# PUTS for 2.6.23: %esi = a NUL-terminated string; send it to key 0 in `__dma`.
+PUTS_DMA = r"""	.balign	4
+__dma:	.long	0			/* used_len */
+	.fill	16, 4, 0		/* addr[16] */
+	.fill	16, 2, 0		/* len[16] */
+	.text
+__puts_dma:
+	xorl	%ecx, %ecx
+1:	cmpb	$0, (%esi, %ecx)
+	je	2f
+	incl	%ecx
+	jmp	1b
+2:	movl	%esi, __dma + 4
+	movw	%cx, __dma + 68
+	movw	$0, __dma + 70
+	movl	$0, __dma
+	HCALL	$LHCALL_SEND_DMA, $0, $__dma
+	ret
+	.data
+"""
 
 
 def source(body: str, data: str = "", era: Era | None = None) -> str:

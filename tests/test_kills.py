@@ -12,6 +12,7 @@ from lgemu.errors import ExitStatus, GuestKilled
 from lgemu.kills import (
     AlreadyInitialized,
     BadDeviceStatus,
+    BadDma,
     BadGuestAddress,
     BadHypercall,
     BadIdtType,
@@ -90,6 +91,8 @@ WORDING: list[tuple[Kill, str]] = [
     (BadVirtioPci("console", "write to the read-only ISR"),
      "virtio-pci console: write to the read-only ISR"),
     (BadMmio(0x4100ffe, 4), "MMIO access of 4 bytes at 0x4100ffe: no device register there"),
+    (BadDma("SEND_DMA", "buffer 0xfffff000 len 16 is not in guest memory"),
+     "SEND_DMA: buffer 0xfffff000 len 16 is not in guest memory"),
 ]
 
 

@@ -113,14 +113,15 @@ def test_the_bundled_guest_passes_the_check():
 
 
 @pytest.mark.parametrize(("version", "problem"), [
-    (0x0206, "bzImage speaks boot protocol 2.06; lguest guests need 2.07 (Linux 2.6.24) or "
-             "later, which added the paravirt entry"),
-    (0x0200, "bzImage speaks boot protocol 2.00; lguest guests need 2.07 (Linux 2.6.24) or "
-             "later, which added the paravirt entry"),
+    (0x0205, "bzImage speaks boot protocol 2.05; lguest guests need 2.06 (Linux 2.6.23) or "
+             "later"),
+    (0x0200, "bzImage speaks boot protocol 2.00; lguest guests need 2.06 (Linux 2.6.23) or "
+             "later"),
+    (0x0206, None),  # 2.6.23's, entered after its "GenuineLguest" marker
     (0x0207, None),
     (0x020A, None),
 ])
-def test_a_bzimage_older_than_boot_protocol_2_07_is_refused(tmp_path, version, problem):
+def test_a_bzimage_older_than_boot_protocol_2_06_is_refused(tmp_path, version, problem):
     path = tmp_path / "bzImage"
     path.write_bytes(bzimage(b"\x90" * 64, version=version))
     if problem is None:

@@ -55,6 +55,7 @@ from ..abi import (
 from ..abi_eras import HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
+from ..devices.dma_bus import DmaBus
 from ..devices.pci import PciBus
 from ..devices.status import refresh_acked, status_written
 from ..devices.vring import Vring, WrittenPages
@@ -249,6 +250,7 @@ class Guest:
         self._status_notify = era.status_notify
         self._read_acked = bool(self._descriptors) and not era.status_notify
         self.pci: PciBus | None = None  # 4.x: bus 0 behind ports 0xCF8-0xCFF
+        self.dma: DmaBus | None = None  # 2.6.23: the DMA lguest bus
         self._install_hooks()
         self._boot_cpu()
 
@@ -271,6 +273,24 @@ class Guest:
         for device in devices:
             device.wall_ns = self._wall_ns
         self.devices = [*self.devices, *devices]
+
+    def attach_dma(self, bus: DmaBus, devices: list[Device]) -> None:
+        """2.6.23: serve BIND_DMA/SEND_DMA for `devices` through `bus`, already laid out on
+        the page at the top of RAM (`lgemu.devices.dma_bus`)."""
+        self.dma = bus
+        bus.connect(self.interrupts.raise_irq, self.written)
+        for device in devices:
+            device.wall_ns = self._wall_ns
+        self.devices = [*self.devices, *devices, bus]
+
+    def bind_dma(self, key: int, addr: int, packed: int) -> None:
+        """LHCALL_BIND_DMA's answer goes back in EAX, as lguest's Host did."""
+        self.cpu.set_reg(Reg.EAX, self.dma.bind(key, addr, packed) if self.dma else 0)
+
+    def send_dma(self, key: int, addr: int) -> None:
+        """LHCALL_SEND_DMA."""
+        if self.dma is not None:
+            self.dma.send(key, addr)
 
     # -- Persist ---------------------------------------------------------------------------
     def save_state(self) -> GuestState:

@@ -105,6 +105,12 @@ class Host(Protocol):
     def notify(self, addr: int) -> None:
         """A virtqueue kick or an early-console string."""
 
+    def bind_dma(self, key: int, addr: int, packed: int) -> None:
+        """2.6.23: offer receive buffers for `key`; 1 or 0 (bus full) in EAX."""
+
+    def send_dma(self, key: int, addr: int) -> None:
+        """2.6.23: hand the buffer at `addr` to the device behind `key`."""
+
 
 Handler = Callable[[Host, int, int, int], None]
 
@@ -118,14 +124,16 @@ def lguest_init(g: Host, addr: int, _a2: int, _a3: int) -> None:
         raise GuestKilled(BadLguestData(addr))
     data = LguestData(g.memory, addr, layout)
     data.set_u32(layout.tsc_khz, 0)  # the guest takes its time from lguest_data.time
-    if data.u32(layout.syscall_vec) != SYSCALL_VECTOR:
+    if layout.syscall_vec is not None and data.u32(layout.syscall_vec) != SYSCALL_VECTOR:
         raise GuestKilled(BadSyscallVector())
     noirq_start = data.u32(layout.noirq_start)
     # 4.x names one address, its lguest_iret's `iret`: the window is that instruction.
     noirq = (noirq_start, noirq_start + 1 if layout.noirq_end is None
              else data.u32(layout.noirq_end))
     data.set_time(g.clock.wall_ns(g.position()))
-    kernel_address = data.u32(layout.kernel_address)
+    # 2.6.23 has no field for it: its Launcher passed PAGE_OFFSET with LHREQ_INITIALIZE.
+    kernel_address = (g.boot.page_offset if layout.kernel_address is None
+                      else data.u32(layout.kernel_address))
     data.set_u32(layout.reserve_mem, RESERVE_MEM)
     if layout.pgdir is not None:  # 3.x guests build their own and have no field for it
         data.set_u32(layout.pgdir, g.boot.pgdir)
@@ -275,6 +283,16 @@ def notify(g: Host, addr: int, _a2: int, _a3: int) -> None:
     g.notify(addr)
 
 
+def bind_dma(g: Host, key: int, addr: int, packed: int) -> None:
+    """LHCALL_BIND_DMA (2.6.23): `packed` is the buffer count << 8 | the interrupt."""
+    g.bind_dma(key, addr, packed)
+
+
+def send_dma(g: Host, key: int, addr: int, _a3: int) -> None:
+    """LHCALL_SEND_DMA (2.6.23)."""
+    g.send_dma(key, addr)
+
+
 # Every handler under the name the eras give its call (`Era.hypercalls`).  2.6.31 renamed
 # 2.6.24's SET_PMD (a page directory entry) to SET_PGD and gave SET_PMD to PAE's middle
 # level: `HypercallTable.of` leaves that one out for a two-level guest, which lguest's
@@ -299,6 +317,8 @@ BY_NAME: dict[str, Handler] = {
     "NOTIFY": notify,
     "SEND_INTERRUPTS": send_interrupts,
     "SHUTDOWN": shutdown,
+    "BIND_DMA": bind_dma,
+    "SEND_DMA": send_dma,
 }
 
 HANDLERS: dict[int, Handler] = {

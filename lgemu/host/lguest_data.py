@@ -44,8 +44,8 @@ class DataLayout:
     tsc_khz: int
     noirq_start: int  # 4.x: noirq_iret, the one address not to interrupt
     noirq_end: int | None  # None: 4.x, whose window is the single noirq_iret address
-    kernel_address: int
-    syscall_vec: int
+    kernel_address: int | None  # None: 2.6.23, whose Launcher told the Host PAGE_OFFSET
+    syscall_vec: int | None  # None: 2.6.23, where the vector was always 0x80
     pgdir: int | None  # None: the era has no lguest_data.pgdir (3.x)
     irq_pending: int | None  # None: before 2.6.31
 
@@ -58,7 +58,7 @@ class DataLayout:
                    struct.Struct(f"<{len(ring)}I"), tuple(ring.index(a) for a in RING_ARGS),
                    ld["reserve_mem"], ld["tsc_khz"],
                    ld.get("noirq_start", ld.get("noirq_iret", 0)), ld.get("noirq_end"),
-                   ld["kernel_address"], ld["syscall_vec"], ld.get("pgdir"),
+                   ld.get("kernel_address"), ld.get("syscall_vec"), ld.get("pgdir"),
                    ld.get("irq_pending"))
 
 

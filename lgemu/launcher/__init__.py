@@ -33,8 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..abi import CMDLINE_ADDR, COMMAND_LINE_SIZE, MIB, PAGE_SIZE, ZERO_PAGE_ADDR
-from ..abi_eras import ERA_2_6_24, Era
+from ..abi import (
+    CMDLINE_ADDR,
+    COMMAND_LINE_SIZE,
+    KERNEL_LOAD_ADDR,
+    MIB,
+    PAGE_OFFSET,
+    PAGE_SIZE,
+    ZERO_PAGE_ADDR,
+)
+from ..abi_eras import ERA_2_6_24, Era, PageTables
 from ..errors import UserError
 from ..machine.memory import MAX_RAM, GuestMemory
 from .bootparams import build_zero_page, command_line_bytes
@@ -77,6 +85,7 @@ __all__ = [
     "config_field",
     "console_spec",
     "descriptor_format",
+    "genuine_lguest_entry",
     "launch",
     "lay_out_devices",
     "load_kernel",
@@ -105,6 +114,7 @@ class BootInfo:
     era: Era = ERA_2_6_24  # the guest ABI the Launcher laid out for; the Host and devices follow it
     ram_where: str = ""  # why the guest got less RAM than asked for (lowmem.py), for -v
     pae: bool = False  # a PAE kernel: three-level page tables (ABI §7.6)
+    page_offset: int = PAGE_OFFSET  # LHREQ_INITIALIZE's page_offset: 2.6.23's kernel_address
 
 
 def check_memory_size(mib: int) -> int:
@@ -199,6 +209,36 @@ def _place_segment(ram: Ram, segment: Segment) -> None:
     _zero(ram, data_end, segment.end)
 
 
+GENUINE_LGUEST = b"GenuineLguest"
+
+
+def genuine_lguest_entry(kernel: KernelImage) -> int:
+    """Where a 2.6.23 guest starts: its image has no hardware_subarch, so the Launcher searched
+    it for the "GenuineLguest" marker (lguest_asm.S) and entered at the byte after it, at its
+    ``PAGE_OFFSET`` address (that code sets its stack and jumps relative to its own address,
+    so it must run where it was linked).  Its %esi, 0, is the boot header's physical address.
+    Raises `UserError` when the image has no marker."""
+    for segment in sorted(kernel.segments, key=lambda seg: seg.paddr):
+        at = segment.data.find(GENUINE_LGUEST)
+        if at >= 0:
+            return PAGE_OFFSET + segment.paddr + at + len(GENUINE_LGUEST)
+    raise UserError(f"{kernel.path}: a 2.6.23 guest needs the \"GenuineLguest\" marker "
+                    "before its entry point, and this image has none")
+
+
+def unpacked_2_6_23(kernel: KernelImage) -> KernelImage:
+    """A 2.6.23 bzImage as its Launcher loaded it: no boot code of its own runs (it has no
+    paravirt entry), so the compressed kernel is unpacked here and placed at 1 MiB, where it
+    was linked.  Its BSS is not in the image; the guest clears it itself.  Raises
+    `UserError` when nothing in the payload unpacks."""
+    from .era import unpack_payload  # era reads images; it never lays one out
+    data = unpack_payload(kernel.segments[0].data) if kernel.segments else None
+    if not data:
+        raise UserError(f"{kernel.path}: no compressed kernel in this 2.6.23 bzImage unpacks")
+    return KernelImage(kernel.path, kernel.kind, (Segment(KERNEL_LOAD_ADDR, data, len(data)),),
+                       kernel.entry)
+
+
 def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str],
            initrd: Path | None, devices: list[DeviceSpec], era: Era = ERA_2_6_24) -> BootInfo:
     """Lay out a fresh guest in `memory` the way lguest's Launcher does; see the module doc.
@@ -210,6 +250,8 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     """
     mem = memory.ram_size
     command_line = command_line_bytes(cmdline)
+    if era.page_tables is PageTables.LAUNCHER_LINEAR and kernel.kind == "bzImage":
+        kernel = unpacked_2_6_23(kernel)
     _check_kernel_fits(kernel, mem)
     initrd_addr = initrd_size = 0
     initrd_where = ""
@@ -225,5 +267,8 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     memory.ram[CMDLINE_ADDR:CMDLINE_ADDR + len(command_line)] = command_line
     device_page = lay_out_devices(memory.ram, mem, devices, descriptor_format(era))
     memory.limit = device_page.pfn_limit * PAGE_SIZE
-    return BootInfo(kernel.entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
+    entry = kernel.entry
+    if era.page_tables is PageTables.LAUNCHER_LINEAR:
+        entry = genuine_lguest_entry(kernel)
+    return BootInfo(entry, pgdir, device_page.pfn_limit, initrd_addr, initrd_size,
                     device_page, kernel, initrd_where, era, pae=kernel.pae)

@@ -185,9 +185,7 @@ def _symbol_facts(facts: _Facts, symbols: dict[str, tuple[int, int]]) -> None:
         if name in symbols:
             facts.add(f"symbol {name}: {shows}", eras)
     data_size = symbols.get("lguest_data", (0, 0))[1]
-    if data_size and dma:  # 2.6.23's struct lguest_data is not tabled: nothing to compare
-        facts.note(f"symbol lguest_data is {data_size} bytes")
-    elif data_size:
+    if data_size:
         facts.add(f"symbol lguest_data is {data_size} bytes",
                   _eras(lambda e: e.lguest_data_size == data_size))
 
@@ -354,6 +352,9 @@ def _unpack(data: bytes) -> bytes | None:
         if out:
             return out
     return None
+
+
+unpack_payload = _unpack  # the 2.6.23 Launcher's unpacking of a bzImage (lgemu.launcher)
 
 
 def _bzimage_payload(f: BinaryIO, size: int, image: KernelImage) -> bytes | None:

@@ -18,7 +18,8 @@ What a 2.6.24 guest kernel has, and what can be seen in the file:
   2.6.31, and 2.6.24's ``LGUEST_GUEST`` depends on ``!X86_PAE``.
 * A bzImage cannot be asked for symbols, but its setup header says which boot protocol it
   speaks: 2.07 (Linux 2.6.24) introduced ``hardware_subarch``, the paravirt entry lguest's
-  zero page relies on (ABI §1.2).  Older kernels cannot be lguest guests.
+  zero page relies on (ABI §1.2); 2.6.23, the first lguest, speaks 2.06 and was entered
+  after a marker in its unpacked kernel instead.  Older protocols cannot be lguest guests.
 
 An ELF that is not a kernel at all — a user program such as klibc's ``sh`` — would load as
 well and die on its first trap.  It is refused when it carries no sign of being an lguest
@@ -66,6 +67,7 @@ from ..errors import UserError
 
 BZ_VERSION_OFFSET = 0x206
 BOOT_PROTOCOL_PARAVIRT = 0x0207  # hardware_subarch appeared with boot protocol 2.07
+BOOT_PROTOCOL_2_6_23 = 0x0206  # 2.6.22 and 2.6.23 speak 2.06
 REMEDY = "build the kernel with CONFIG_LGUEST_GUEST=y"
 # Every lguest guest has these (arch/x86/lguest/boot.c and i386_head.S).
 LGUEST_SYMBOLS = ("lguest_init", "lguest_entry", "lguest_data")
@@ -156,9 +158,11 @@ def _bzimage_problem(f: BinaryIO, size: int) -> str | None:
     if magic != SETUP_HEADER_MAGIC:
         return None
     version, = struct.unpack_from("<H", header, BZ_VERSION_OFFSET)
-    if version < BOOT_PROTOCOL_PARAVIRT:
+    # 2.06 may be 2.6.23, the first lguest, which its Launcher entered after a marker in the
+    # unpacked kernel instead (era detection and `genuine_lguest_entry` decide).
+    if version < BOOT_PROTOCOL_2_6_23:
         return (f"bzImage speaks boot protocol {version >> 8}.{version & 0xFF:02d}; lguest "
-                "guests need 2.07 (Linux 2.6.24) or later, which added the paravirt entry")
+                "guests need 2.06 (Linux 2.6.23) or later")
     return None
 
 
