@@ -47,6 +47,7 @@ from ..elf import (
     symbol_table,
 )
 from ..launcher.guestcheck import LGUEST_SYMBOLS
+from .leb128 import sleb128, uleb128
 
 KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
 
@@ -223,28 +224,6 @@ class LineTable:
                 del units[i], offsets[i]
 
 
-def _uleb(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
-
-
-def _sleb(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return (value - (1 << shift) if byte & 0x40 else value), i
-
-
 def _line_rows(program: object) -> list[tuple[int, int | None, int]] | None:
     """The rows of a DWARF 2–4 line program as (address, file, line), file None for an
     end of sequence: the same rows pyelftools' `get_entries` yields, some twenty times
@@ -278,7 +257,7 @@ def _line_rows(program: object) -> list[tuple[int, int | None, int]] | None:
                 line += line_base + adjusted % line_range
                 rows.append((address, file, line))
             elif op == 0:  # extended: length, sub-opcode, operands
-                length, i = _uleb(data, i)
+                length, i = uleb128(data, i)
                 end = i + length
                 if length == 0 or end > n:
                     return None
@@ -294,13 +273,13 @@ def _line_rows(program: object) -> list[tuple[int, int | None, int]] | None:
             elif op == 1:  # DW_LNS_copy
                 rows.append((address, file, line))
             elif op == 2:  # DW_LNS_advance_pc
-                value, i = _uleb(data, i)
+                value, i = uleb128(data, i)
                 address += value * step
             elif op == 3:  # DW_LNS_advance_line
-                value, i = _sleb(data, i)
+                value, i = sleb128(data, i)
                 line += value
             elif op == 4:  # DW_LNS_set_file
-                file, i = _uleb(data, i)
+                file, i = uleb128(data, i)
             elif op == 8:  # DW_LNS_const_add_pc
                 address += const_add
             elif op == 9:  # DW_LNS_fixed_advance_pc
@@ -308,7 +287,7 @@ def _line_rows(program: object) -> list[tuple[int, int | None, int]] | None:
                 i += 2
             else:  # column, flags, isa, …: operands skipped
                 for _ in range(lengths[op - 1]):
-                    _, i = _uleb(data, i)
+                    _, i = uleb128(data, i)
         return rows
     except (IndexError, KeyError, AttributeError, ValueError, TypeError, ZeroDivisionError,
             OSError):
@@ -341,21 +320,21 @@ def _unit_line_attributes(dwarf: object, cu: object) -> tuple[bytes | None, int 
         info = dwarf.debug_info_sec.stream  # type: ignore[attr-defined]
         info.seek(cu.cu_die_offset)  # type: ignore[attr-defined]
         die = info.read(DIE_WINDOW)
-        code, at = _uleb(die, 0)
+        code, at = uleb128(die, 0)
         abbrevs = dwarf.debug_abbrev_sec.stream  # type: ignore[attr-defined]
         abbrevs.seek(header["debug_abbrev_offset"])
         table = abbrevs.read(DIE_WINDOW)
         i = 0
         while True:  # find the abbreviation `code` (the first one, as a rule)
-            entry, i = _uleb(table, i)
+            entry, i = uleb128(table, i)
             if entry == 0:
                 return None
-            _, i = _uleb(table, i)  # tag
+            _, i = uleb128(table, i)  # tag
             i += 1  # has children
             specs = []
             while True:
-                name, i = _uleb(table, i)
-                form, i = _uleb(table, i)
+                name, i = uleb128(table, i)
+                form, i = uleb128(table, i)
                 if name == 0 and form == 0:
                     break
                 specs.append((name, form))
@@ -389,11 +368,11 @@ def _unit_line_attributes(dwarf: object, cu: object) -> tuple[bytes | None, int 
                 at += 4
                 value = int.from_bytes(die[start:at], order)
             elif form in (0x0F, 0x15):  # udata, ref_udata
-                value, at = _uleb(die, at)
+                value, at = uleb128(die, at)
             elif form == 0x0D:  # sdata
-                value, at = _sleb(die, at)
+                value, at = sleb128(die, at)
             elif form in (0x09, 0x18):  # block, exprloc: a ULEB length, then bytes
-                length, at = _uleb(die, at)
+                length, at = uleb128(die, at)
                 at += length
                 value = 0
             elif form in _BLOCK_FORMS:

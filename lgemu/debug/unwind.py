@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from elftools.elf.elffile import ELFFile
 
+from .leb128 import sleb128, uleb128
+
 MAX_DEPTH = 64
 U32 = struct.Struct("<I")
 ESP, EBP, RA = 4, 5, 8  # DWARF register numbers on i386 (8: the return address column)
@@ -44,24 +46,6 @@ class _Cie:
     data_align: int
     ra_reg: int
     initial: bytes
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    value, end = _uleb(data, pos)
-    if data[end - 1] & 0x40:  # the last byte's sign bit: extend it
-        value -= 1 << 7 * (end - pos)
-    return value, end
 
 
 class FrameTable:
@@ -104,12 +88,12 @@ class FrameTable:
             pos = aug_end + 1
             if version >= 4:
                 pos += 2  # address_size, segment_size
-            code_align, pos = _uleb(data, pos)
-            data_align, pos = _sleb(data, pos)
+            code_align, pos = uleb128(data, pos)
+            data_align, pos = sleb128(data, pos)
             if version == 1:
                 ra_reg, pos = data[pos], pos + 1
             else:
-                ra_reg, pos = _uleb(data, pos)
+                ra_reg, pos = uleb128(data, pos)
             cie = self._cies[offset] = _Cie(code_align, data_align, ra_reg, data[pos:end])
         return cie
 
@@ -160,7 +144,7 @@ class FrameTable:
             if high == 1:
                 advance = low * cie.code_align
             elif high == 2:
-                off, pos = _uleb(program, pos)
+                off, pos = uleb128(program, pos)
                 saved[low] = off * cie.data_align
             elif high == 3:
                 saved[low] = initial.get(low)
@@ -175,18 +159,18 @@ class FrameTable:
                 advance = int.from_bytes(program[pos:pos + size], "little") * cie.code_align
                 pos += size
             elif op == 0x05:
-                reg, pos = _uleb(program, pos)
-                off, pos = _uleb(program, pos)
+                reg, pos = uleb128(program, pos)
+                off, pos = uleb128(program, pos)
                 saved[reg] = off * cie.data_align
             elif op == 0x06:
-                reg, pos = _uleb(program, pos)
+                reg, pos = uleb128(program, pos)
                 saved[reg] = initial.get(reg)
             elif op in (0x07, 0x08):
-                reg, pos = _uleb(program, pos)
+                reg, pos = uleb128(program, pos)
                 saved[reg] = None
             elif op == 0x09:
-                reg, pos = _uleb(program, pos)
-                _, pos = _uleb(program, pos)
+                reg, pos = uleb128(program, pos)
+                _, pos = uleb128(program, pos)
                 saved[reg] = None  # kept in another register: not followed
                 if reg == RA:
                     state["ok"] = False
@@ -199,41 +183,41 @@ class FrameTable:
                     saved.clear()
                     saved.update(old_saved)
             elif op == 0x0C:
-                state["reg"], pos = _uleb(program, pos)
-                state["off"], pos = _uleb(program, pos)
+                state["reg"], pos = uleb128(program, pos)
+                state["off"], pos = uleb128(program, pos)
                 state["ok"] = True
             elif op == 0x0D:
-                state["reg"], pos = _uleb(program, pos)
+                state["reg"], pos = uleb128(program, pos)
             elif op == 0x0E:
-                state["off"], pos = _uleb(program, pos)
+                state["off"], pos = uleb128(program, pos)
             elif op == 0x0F:
-                size, pos = _uleb(program, pos)
+                size, pos = uleb128(program, pos)
                 pos += size
                 state["ok"] = False  # a CFA computed by an expression
             elif op in (0x10, 0x16):
-                reg, pos = _uleb(program, pos)
-                size, pos = _uleb(program, pos)
+                reg, pos = uleb128(program, pos)
+                size, pos = uleb128(program, pos)
                 pos += size
                 saved[reg] = None
                 if reg == RA:
                     state["ok"] = False
             elif op == 0x11:
-                reg, pos = _uleb(program, pos)
-                off, pos = _sleb(program, pos)
+                reg, pos = uleb128(program, pos)
+                off, pos = sleb128(program, pos)
                 saved[reg] = off * cie.data_align
             elif op == 0x12:
-                state["reg"], pos = _uleb(program, pos)
-                off, pos = _sleb(program, pos)
+                state["reg"], pos = uleb128(program, pos)
+                off, pos = sleb128(program, pos)
                 state["off"] = off * cie.data_align
                 state["ok"] = True
             elif op == 0x13:
-                off, pos = _sleb(program, pos)
+                off, pos = sleb128(program, pos)
                 state["off"] = off * cie.data_align
             elif op == 0x2E:
-                _, pos = _uleb(program, pos)
+                _, pos = uleb128(program, pos)
             elif op == 0x2F:
-                reg, pos = _uleb(program, pos)
-                off, pos = _uleb(program, pos)
+                reg, pos = uleb128(program, pos)
+                off, pos = uleb128(program, pos)
                 saved[reg] = -off * cie.data_align
             else:
                 return None  # an instruction lgemu does not know: no rule here
