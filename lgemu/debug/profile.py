@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from elftools.elf.elffile import ELFFile
 
-from ..errors import UserError
 from ..host.guest import Stage
 from ..machine.cpu import GPRS, Reg
 from .kernelmem import KernelMemory
+from .outfile import check_writable, write_text
 from .unwind import RA, Unwinder
 
 if TYPE_CHECKING:
@@ -166,11 +166,7 @@ def write_profile(profiler: Profiler, path: Path, fmt: str, stderr: TextIO | Non
                            profiler.every * profiler.guest.clock.ns_per_insn)
     else:
         data = profiler.folded()
-    try:
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.write(data)
-    except OSError as e:
-        raise UserError(f"--profile {path}: cannot write ({e.strerror or e})") from None
+    write_text("--profile", path, data)
     if verbose and stderr is not None:
         print_top(profiler, stderr)
 
@@ -198,10 +194,7 @@ def attach_profile(stack: ExitStack, guest: Guest, config: BootConfig,
     from .symbols import Symbols
 
     path = Path(config.profile)
-    try:
-        path.open("w").close()  # a bad path is bad input, before the run
-    except OSError as e:
-        raise UserError(f"--profile {path}: cannot write ({e.strerror or e})") from None
+    check_writable("--profile", path)
     symbols = Symbols.load(Path(guest.boot.kernel.path))
     profiler = Profiler(guest, symbols, config.profile_every)
     guest.add_controller(profiler, Stage.TRACE)

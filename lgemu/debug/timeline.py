@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..host.guest import Stage
 from ..machine.cpu import Reg
 from .kernelmem import KernelMemory
+from .outfile import check_writable, write_text
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -273,11 +274,7 @@ def write_timeline(timeline: Timeline, path: Path, stderr: TextIO | None,
     """Write the picture or the table; with `verbose`, the table on stderr too."""
     timeline.close()
     data = timeline.svg() if path.suffix.lower() == ".svg" else timeline.table_text()
-    try:
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.write(data)
-    except OSError as e:
-        raise UserError(f"--timeline {path}: cannot write ({e.strerror or e})") from None
+    write_text("--timeline", path, data)
     if verbose and stderr is not None:
         stderr.write(timeline.table_text())
 
@@ -290,10 +287,7 @@ def attach_timeline(stack: ExitStack, guest: Guest, config: BootConfig,
     if config.gdb is not None:
         raise UserError("--timeline cannot be combined with --gdb (both use Unicorn's exits)")
     path = Path(config.timeline)
-    try:
-        path.open("w").close()  # a bad path is bad input, before the run
-    except OSError as e:
-        raise UserError(f"--timeline {path}: cannot write ({e.strerror or e})") from None
+    check_writable("--timeline", path)
     timeline = Timeline(guest, Symbols.load(Path(guest.boot.kernel.path)))
     if not timeline.entries and stderr is not None:
         print(f"lgemu: --timeline: {guest.boot.kernel.path} names no boot function and no "
