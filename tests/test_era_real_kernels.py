@@ -17,11 +17,14 @@ have (i386 had only ``socketcall`` before 4.3), so a 30-line static program asse
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
 from gdbrun import needs_gdb, run_under_gdb
 from linuxkernel import arp_who_has, pcap_frames, shared_kernel, shell_with_netup
+
+from lgemu.debug.symbols import Symbols
 
 SECTORS = 64
 MARK = b"lgemu-disk-mark-0123456789abcdef"  # 32 bytes at the start of the disk
@@ -93,6 +96,31 @@ def test_2_6_32_trace_names_its_code_and_shows_the_vmcall_rewritten(boot_guest, 
     assert "lguest_entry+0xa " in lines[4] and "cd1f" in lines[4] and "int $0x1f" in lines[4]
     assert lines[5].endswith("-- hcall LGUEST_INIT lguest_data=0x1179b00")
     assert "lguest_entry+0xc " in lines[6] and "nop" in lines[6]
+
+
+@pytest.mark.parametrize("name", ["linux-2.6.26", "linux-2.6.32", "linux-3.13", "linux-4.4"])
+def test_coverage_of_each_eras_boot_names_its_lguest_code(boot_guest, tmp_path, name):
+    """--coverage on a later era's boot: a drcov file whose module 0 is the vmlinux, holding
+    blocks of the era's own lguest_init; two runs write the same bytes."""
+    kernel = _kernel(name, "vmlinux")
+    files = []
+    for run in range(2):
+        coverage = tmp_path / f"cov{run}"
+        status, _out, err = boot_guest(kernel, "console=hvc0", extra=[
+            "--max-insns", "3000000", "--coverage", str(coverage)])
+        assert status == 5, err
+        files.append(coverage.read_bytes())
+    assert files[0] == files[1]
+    text, _, table = files[0].partition(b"BB Table: ")
+    assert text.startswith(b"DRCOV VERSION: 2\n") and f", {kernel}\n".encode() in text
+    base = int(text.split(b"\n")[4].split(b",")[1], 16)  # module 0's base
+    count = int(table.split(b" ")[0])
+    blocks = table.split(b"\n", 1)[1]
+    assert count > 1000 and len(blocks) == 8 * count
+    starts = {base + struct.unpack_from("<I", blocks, i)[0]
+              for i in range(0, len(blocks), 8) if blocks[i + 6] == 0}
+    symbols = Symbols.load(kernel)
+    assert "lguest_init" in {(symbols.symbolize(start) or ("", 0))[0] for start in starts}
 
 
 def test_3_13_event_log_names_its_calls(boot_guest, tmp_path):
