@@ -105,24 +105,13 @@ class TraceFilter:
 
     def call_ranges(self, symbols: Symbols | None) -> list[tuple[int, int]]:
         """Where the `call:` functions start (see lgemu.debug.callwindow)."""
-        found: list[tuple[int, int]] = []
-        for name in self.calls:
-            ranges = symbols.ranges(name) if symbols is not None else []
-            if not ranges:
-                where = symbols.path if symbols is not None else "the kernel"
-                raise UserError(f"--trace-filter: no symbol {name!r} in {where}")
-            found.extend(ranges)
-        return found
+        return [r for name in self.calls for r in _symbol_ranges(symbols, name)]
 
     def code_ranges(self, symbols: Symbols | None) -> list[tuple[int, int]] | None:
         """Merged [begin, end) ranges the code hooks cover, None for everywhere."""
         wanted = list(self.ranges)
         for name in self.symbols:
-            found = symbols.ranges(name) if symbols is not None else []
-            if not found:
-                where = symbols.path if symbols is not None else "the kernel"
-                raise UserError(f"--trace-filter: no symbol {name!r} in {where}")
-            wanted.extend(found)
+            wanted.extend(_symbol_ranges(symbols, name))
         if not wanted:
             return None
         return _merge(wanted)
@@ -141,6 +130,15 @@ class TraceFilter:
 
     def in_window(self, icount: int) -> bool:
         return self.window(icount)[0]
+
+
+def _symbol_ranges(symbols: Symbols | None, name: str) -> list[tuple[int, int]]:
+    """Where symbol `name` lies ([begin, end) ranges); a UserError if the kernel has none."""
+    found = symbols.ranges(name) if symbols is not None else []
+    if not found:
+        where = symbols.path if symbols is not None else "the kernel"
+        raise UserError(f"--trace-filter: no symbol {name!r} in {where}")
+    return found
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
