@@ -273,6 +273,33 @@ def test_a_frame_sent_to_peer_0_reaches_the_wire(asm_guest, tmp_path):
     assert pcap_frames(pcap) == [b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5hello!"]
 
 
+def test_a_frame_longer_than_max_frame_is_dropped_not_sent(asm_guest, tmp_path):
+    """SEND_DMA of 65536 bytes (two sections) to peer 0: dropped as net.py drops one,
+    never gathered, never in the pcap (whose snaplen is 65535), used_len 0."""
+    pcap = tmp_path / "net.pcap"
+    run = asm_guest("""
+        INIT
+""" + MAP_BUS + """
+        movl	0x4000008, %esi
+        shll	$12, %esi
+        movl	$7, tx_dma
+        HCALL	$LHCALL_SEND_DMA, %esi, $tx_dma
+        PUTHEX	tx_dma
+        POWER_DOWN
+    """, MAP_BUS_BSS + """
+        .balign	4
+    tx_dma:	.long	0, frame, frame + 65535
+        .fill	14, 4, 0
+        .word	65535, 1
+        .fill	14, 2, 0
+        .bss
+    frame:	.space	65536
+        .data
+    """, era=ERA, extra=["--net", f"pcap:{pcap}"])
+    assert_powered_down(run, hexword(0))
+    assert pcap_frames(pcap) == []
+
+
 def test_v_lists_the_dma_bus_devices_at_exit(asm_guest, tmp_path):
     """`-v` describes 2.6.23's descriptors (index, device, status), not a device page's."""
     disk = tmp_path / "disk.img"

@@ -43,6 +43,7 @@ from .base import Device
 from .block import SECTOR_SIZE, Block
 from .console import Console
 from .net import BACKLOG_FRAMES, Net
+from .netback import MAX_FRAME
 from .vring import WrittenPages
 
 MAX_DEVICES = 16  # LGUEST_MAX_DEVICES
@@ -178,6 +179,10 @@ class DmaBus(Device):
             self._block(key, sections)
         elif key in self.nets:
             net = self.nets[key]
+            if sum(n for _, n in sections) > MAX_FRAME:  # dropped, never gathered (net.py)
+                net.stats["dropped"] += 1
+                self._set_used(addr, 0)
+                return
             frame = b"".join(bytes(self.memory.ram[a:a + n]) for a, n in sections)
             net._send(frame)
             self._set_used(addr, len(frame))
