@@ -162,6 +162,8 @@ def test_the_worst_status_is_the_lab_s_and_each_guest_has_its_line(tmp_path):
     ('[[guest]]\nname = "a"\n[[guest]]\nname = "a"\n', "two guests have the same name"),
     ('[[switch]]\nname = "s"\nlatency_us = 0\n[[guest]]\nname = "a"\n',
      "latency_us must be positive"),
+    ('[[switch]]\nname = "s"\nlatency_us = inf\n[[guest]]\nname = "a"\n',
+     "latency_us must be positive"),
     ('[[switch]]\nname = "s"\nloss = 2\n[[guest]]\nname = "a"\n', "loss must be between"),
     ('[[switch]]\nname = "s"\n[[guest]]\nname = "a"\nnet = ["s,mac=02:00:00:00:00:01"]\n'
      '[[guest]]\nname = "b"\nnet = ["s,mac=02:00:00:00:00:01"]\n', "the same MAC address"),

@@ -96,7 +96,7 @@ def _switch(where: str, table: dict[str, Any], base: Path) -> SwitchSpec:
     name = _name(where, table["name"])
     latency = _type(where, "latency_us", table.get("latency_us", DEFAULT_LATENCY_US),
                     (int, float))
-    if not latency > 0:
+    if not 0 < latency < float("inf"):
         raise UserError(f"{where}: latency_us must be positive (it is the lab's lookahead)")
     bandwidth = table.get("bandwidth_mbps")
     if bandwidth is not None and not _type(where, "bandwidth_mbps", bandwidth,
