@@ -75,6 +75,8 @@ void memory_setup(void)
 	ram_type = e.type;
 	if (e.type != E820_RAM || e.size == 0)
 		panic("e820 entry 0 is not RAM (type %u, size %#llx)", e.type, e.size);
+	if (e.addr >> 32)	/* (u32)e.addr below would wrap it to low memory */
+		panic("e820 entry 0 starts above 4 GiB (%#llx)", e.addr);
 	if (end > MAX_MAPPED)
 		end = MAX_MAPPED;
 	map_start = PAGE_ALIGN((u32)e.addr);

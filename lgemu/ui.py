@@ -138,6 +138,11 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
         wall = f"; wall time {wall_s:.3f} s ({rate:.1f} M instructions/s)"
     con.print(f"executed {clock.executed} instructions in {stats.slices} slices; "
               f"guest time {clock.now_ns() / 1e9:.6f} s{wall}")
+    spins = guest.spins
+    if spins is not None and spins.skipped:
+        heads = ", ".join(f"{head:#x}" for head in sorted(spins.loops))
+        con.print(f"of which {spins.skipped} counted in waiting loops without running them "
+                  f"(loops at {heads})")
     table = Table(title="hypercalls")
     table.add_column("call")
     table.add_column("sync", justify="right")
@@ -172,6 +177,9 @@ def describe_devices(con: Console, guest: Guest) -> None:
     if guest.dma is not None:  # 2.6.23: descriptors of its own shape
         _describe_dma_devices(con, guest)
         return
+    if guest.pci is not None:  # 4.x: virtio PCI functions, no device page
+        _describe_pci_devices(con, guest)
+        return
     page = guest.boot.device_page
     ram = guest.memory.ram
     table = Table(title="devices at exit")
@@ -185,6 +193,25 @@ def describe_devices(con: Console, guest: Guest) -> None:
         name = "hvc0" if dev.spec.type == DeviceType.CONSOLE else device.name
         table.add_row(f"{dev.offset:#x}", name, status_text(ram[base + 2]),
                       ", ".join(read) or "-")
+        if device.summary():
+            activity.append(f"{name}: {device.summary()}")
+    con.print(table)
+    for line in activity:
+        con.print(escape(line))
+
+
+def _describe_pci_devices(con: Console, guest: Guest) -> None:
+    assert guest.pci is not None
+    table = Table(title="devices at exit (virtio PCI functions on bus 0)")
+    for column in ("slot", "device", "status"):
+        table.add_column(column)
+    activity = []
+    for slot, function in sorted(guest.pci.slots.items()):
+        device = getattr(function, "device", None)
+        if device is None:  # the host bridge
+            continue
+        name = "hvc0" if device.type == DeviceType.CONSOLE else device.name
+        table.add_row(str(slot), name, status_text(function.status))
         if device.summary():
             activity.append(f"{name}: {device.summary()}")
     con.print(table)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SUBPROCESS_TIMEOUT
 
+from lgemu.host.guest import PACE_LEAD_S
+
 IDLE_FOREVER = ["--append", "lgemu.test=console_echo console.idle=100000"]
 
 
@@ -57,20 +59,21 @@ def test_an_idle_guest_after_its_pipe_closed_uses_little_cpu():
 
 
 def test_a_paced_idle_is_reproducible(run_lgemu, tmp_path):
-    """Input from a file ends; the guest idles 40 ticks (0.4 s, paced) and gives up: the
-    same bytes and instruction counts every time."""
+    """Input from a file ends; the guest idles 100 ticks (1 s, paced once its clock leads
+    the host's by PACE_LEAD_S) and gives up: the same bytes and instruction counts every
+    time."""
     script = tmp_path / "input.txt"
     script.write_bytes(b"one\ntwo")
     runs = []
     for _ in range(2):
         started = time.monotonic()
-        proc = run_lgemu(["boot", "--append", "lgemu.test=console_echo console.idle=40",
+        proc = run_lgemu(["boot", "--append", "lgemu.test=console_echo console.idle=100",
                           "--console-input", script, "-v"])
         runs.append((proc.returncode, proc.stdout,
                      [line for line in proc.stderr.splitlines() if line.startswith("executed")]))
-        assert time.monotonic() - started >= 0.4  # paced: the idle took real time
+        assert time.monotonic() - started >= 1.0 - PACE_LEAD_S  # paced: real time passed
     assert runs[0] == runs[1]
     assert runs[0][0] == 0
     assert runs[0][1].endswith(b"echo: one\r\necho: two\r\n"
-                               b"FAIL console_echo: no input for 40 ticks after 2 lines\r\n"
+                               b"FAIL console_echo: no input for 100 ticks after 2 lines\r\n"
                                b"lgemu guest: power down\r\n")

@@ -182,14 +182,14 @@ def test_ctrl_c_on_a_terminal_the_console_does_not_read_is_sigint(session, tmp_p
 def test_no_status_keeps_the_terminal_free_of_it(session, tmp_path):
     script = tmp_path / "input.txt"
     script.write_bytes(b"hello\n")
-    # The input ends; the guest idles 100 ticks, paced to 1 s, then gives up: long enough
-    # for the status line to have shown (as it does without --no-status).
-    args = ["boot", "--append", "lgemu.test=console_echo console.idle=100",
+    # The input ends; the guest idles 150 ticks, paced to at least 1 s, then gives up: long
+    # enough for the status line to have shown (as it does without --no-status).
+    args = ["boot", "--append", "lgemu.test=console_echo console.idle=150",
             "--console-input", str(script)]
     for extra, shown in (([], True), (["--no-status"], False)):
         term = session([*args, *extra])
         assert term.finish() == 0
-        assert b"no input for 100 ticks" in term.screen
+        assert b"no input for 150 ticks" in term.screen
         assert (b"\rlgemu: " in term.screen) == shown
 
 

@@ -87,6 +87,7 @@ from .interrupts import Interrupts, InterruptsState
 from .paging import Paging, PagingState, map_kernel_half
 from .paging_pae import PaePaging
 from .segments import TSS_LIMIT, Gdt
+from .spin import Spins
 from .state import LguestState
 from .traps import GP, Traps
 
@@ -94,6 +95,10 @@ SLICE = 1_000_000  # instructions per slice when nothing is waiting
 PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it
 GC_THRESHOLD = 100_000  # allocations between young-generation collections during a run
 IDLE_WAIT_MAX_S = 0.25  # longest wait on host input before the run loop looks around
+# How far a paced guest's clock may run ahead of the host's (see `_idle`): a boot's sleeps
+# and delay-loop calibration are not slowed down, while a guest idling for ever costs one
+# such burst of CPU and then next to none.
+PACE_LEAD_S = 0.5
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 ICEBP = 0xF1
@@ -106,6 +111,8 @@ EMULATED_PREFIXES = (frozenset(), frozenset({OPSIZE_PREFIX}))
 EXIT_REGS = (Reg.CS, Reg.EAX, Reg.EDX, Reg.EBX, Reg.ECX)
 TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
+SPIN_STATE = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI,
+              Reg.EFLAGS)  # lgemu.host.spin.STATE's order
 VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall, #UD on a CPU without VMX
 VMCALL_PATCH = bytes((0xCD, LGUEST_TRAP_ENTRY, 0x90))  # what lguest rewrote it to: int $0x1f; nop
 
@@ -253,6 +260,12 @@ class Guest:
         self.dma: DmaBus | None = None  # 2.6.23: the DMA lguest bus
         self._install_hooks()
         self._boot_cpu()
+        # Waiting loops whose iterations may be counted instead of run (lgemu.host.spin):
+        # virtual clock only, and never when asked not to (to compare).
+        self.spins: Spins | None = None
+        if not clock.realtime and not os.environ.get("LGEMU_NO_SKIP"):
+            self.spins = Spins(self._code_bytes, self._in_ram, self._loop_regs,
+                               self.cpu.set_reg, self.cpu.set_loop_heads, boot.page_offset)
 
     def attach_pci(self, devices: list[Device]) -> None:
         """4.x: put `devices` on PCI bus 0 instead of the device page (docs/eras.md): their
@@ -730,6 +743,38 @@ class Guest:
             raise GuestKilled(SwitcherAccess())
         raise GuestKilled(NotMemory(addr))
 
+    # -- what spin-loop skipping reads (lgemu.host.spin) ------------------------------------
+    def _code_bytes(self, vaddr: int, length: int) -> bytes | None:
+        """Up to `length` bytes at kernel address `vaddr` through the guest's page tables,
+        without setting Accessed (short where a page is unmapped; None if nothing is)."""
+        out = b""
+        while len(out) < length:
+            va = (vaddr + len(out)) & 0xFFFFFFFF
+            pa = self.paging.translate(va, mark=False)
+            if pa is None or pa >= self.memory.limit:
+                break
+            take = min(length - len(out), PAGE_SIZE - va % PAGE_SIZE, self.memory.limit - pa)
+            out += self.memory.ram[pa:pa + take]
+        return out or None
+
+    def _in_ram(self, vaddr: int, size: int) -> bool:
+        """Does a load of `size` bytes at `vaddr` read guest RAM (not a device's MMIO)?"""
+        for va in (vaddr, (vaddr + size - 1) & 0xFFFFFFFF):
+            pa = self.paging.translate(va, mark=False)
+            if pa is None or pa >= self.memory.limit:
+                return False
+        return True
+
+    def _loop_regs(self) -> list[int]:
+        return self.cpu.regs(SPIN_STATE)
+
+    def _skipping(self) -> bool:
+        """May loop iterations be counted without running them now?  Only while nothing
+        watches instructions one by one: no event observers, no instruction hooks, and no
+        controller but the status line."""
+        return self.spins is not None and not self.observers and not self.cpu.watching \
+            and all(stage is Stage.STATUS for stage, _ in self._staged)
+
     # -- devices between slices --------------------------------------------------------------
     def _poll_devices(self) -> None:
         """Slice boundary: host input (console bytes, received frames) into posted buffers."""
@@ -749,7 +794,8 @@ class Guest:
         a halt waits on the host's clock only as far as the guest's clock would otherwise run
         ahead of it since `run` began, so an idle guest costs no CPU, while the halts of a
         guest that executes more slowly than its clock (a booting kernel's short sleeps) cost
-        no wall time at all; the guest sees the same times and events either way."""
+        no wall time at all; the guest sees the same times and events either way.  The
+        guest's clock may lead the host's by `PACE_LEAD_S` before halts wait at all."""
         clock = self.clock
         data = self.lg.data
         blocked = data.blocked_interrupts if data is not None else ~0
@@ -775,7 +821,8 @@ class Guest:
             left = (clock.deadline_ns - clock.now_ns()) / 1e9
             if not clock.realtime:
                 wall0, guest0 = self._pace_origin
-                left = (clock.deadline_ns - guest0) / 1e9 - (time.monotonic() - wall0)
+                left = (clock.deadline_ns - guest0) / 1e9 - (time.monotonic() - wall0) \
+                    - PACE_LEAD_S
             if left <= 0:
                 clock.idle_until_timer()
                 return
@@ -866,13 +913,25 @@ class Guest:
                 limit = min(limit, -(-(self.horizon_ns - clock.now_ns()) // clock.ns_per_insn))
             self._slice_left = clock.slice_budget(limit)
             self._slice_end_ns = clock.now_ns() + self._slice_left * clock.ns_per_insn
+            self.stats.slices += 1
+            if self.spins is not None and self._skipping():
+                self.spins.slice_starts()
         caps = [cap for c in self.controllers if (cap := c.boundary(self)) is not None]
         budget = max(1, min(self._slice_left, *caps)) if caps else self._slice_left
+        spins = self.spins if self._skipping() else None
+        eip = self.cpu.reg(Reg.EIP)
+        if spins is not None:
+            skipped, budget = spins.before_run(eip, budget)
+            if skipped:  # counted as executed: the guest's state is as if they had run
+                clock.end_slice(skipped)
+                self._slice_left -= skipped
+        elif self.spins is not None and self.spins.loops:
+            self.spins.stop()
         self._stop_requested = False
         self._paused = False
         self._in_slice = True
         try:
-            self.cpu.run(self.cpu.reg(Reg.EIP), budget)
+            self.cpu.run(eip, budget)
         except CpuError as e:
             if self.outcome is None:
                 self.outcome = cpu_kill(e)
@@ -881,13 +940,17 @@ class Guest:
         ran = self.cpu.completed
         clock.end_slice(ran)
         self._slice_left -= ran
-        self.stats.slices += 1
         if self.outcome is not None:
             return
         if self._stop_requested:
             self._slice_left = 0  # the guest ended its slice (HALT, timer, fault, exit)
-        elif ran < budget and not (self._paused or self.cpu.at_breakpoint):
+        elif ran < budget and not (self._paused or self.cpu.at_breakpoint
+                                   or self.cpu.at_loop_head):
             raise GuestKilled(TripleFault(self.cpu.reg(Reg.EIP)))
+        if spins is not None:
+            spins.after_run(self.cpu.reg(Reg.EIP), self.cpu.at_loop_head,
+                            ran == budget and not (self._stop_requested or self._paused),
+                            self.cpu.reg(Reg.CS) & 3 == 1)
         if self._deferred_fault is not None:
             (vector, eip, error_code), self._deferred_fault = self._deferred_fault, None
             for reg, value in self._deferred_regs:

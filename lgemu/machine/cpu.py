@@ -149,10 +149,15 @@ class Cpu:
             ctypes.cast(self._h, ctypes.c_void_p).value + OFF_EMU_COUNT)
         self._stopped_before = False  # the last run ended before the instruction it counted
         self._breakpoints: frozenset[int] = frozenset()
+        self._loop_heads: frozenset[int] = frozenset()  # see `set_loop_heads`
+        # Hooks that watch instructions one by one (traces, gdb watchpoints, call windows):
+        # while any is installed, the run loop skips no loop iteration (lgemu.host.spin).
+        self.watching: set[int] = set()
         # Exits removed with `shared`: an address space that maps one elsewhere may still
         # hold its block (see `run`).
         self._stale: set[int] = set()
         self.at_breakpoint = False  # the last run ended at one of `set_breakpoints`
+        self.at_loop_head = False  # ... or at one of `set_loop_heads`
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value + CTX_HEADER
         self._hflags = ctypes.c_uint32.from_address(base + OFF_HFLAGS)
@@ -246,16 +251,17 @@ class Cpu:
             self.uc.emu_start(eip, UNTIL, 0, count)
         except UcError as e:
             raise CpuError(f"{e} at eip {self.reg(Reg.EIP):#x}") from None
-        self.at_breakpoint = False
-        if self._breakpoints or self._stale:
+        self.at_breakpoint = self.at_loop_head = False
+        if self._breakpoints or self._stale or self._loop_heads:
             eip = self.reg(Reg.EIP)
             self.at_breakpoint = eip in self._breakpoints
-            if not self.at_breakpoint and eip in self._stale:
+            self.at_loop_head = not self.at_breakpoint and eip in self._loop_heads
+            if not (self.at_breakpoint or self.at_loop_head) and eip in self._stale:
                 # A removed exit whose block survived where the address maps elsewhere: the
                 # run ended early for nothing.  Drop everything and let the loop go on.
                 self.flush_code()
                 self.at_breakpoint = True
-        if self._breakpoints or self.reg(Reg.CS) & 3 == 3:
+        if self._breakpoints or self._loop_heads or self.reg(Reg.CS) & 3 == 3:
             # Measured: a run that ends in ring 3 leaves a page fault in the CPU state (the
             # exit looks at `until`, a supervisor page, as ring 3), and so does every run
             # while a breakpoint is set where the current page tables map nothing (each
@@ -404,13 +410,27 @@ class Cpu:
             return
         changed = addresses ^ self._breakpoints
         self._breakpoints = addresses
-        if addresses:
+        self._set_exits(changed, shared)
+
+    def set_loop_heads(self, addresses: frozenset[int]) -> None:
+        """Stop every run before an instruction at one of these kernel-text addresses, like
+        `set_breakpoints` (and beside them), for the run loop's spin-loop skipping
+        (lgemu.host.spin); `at_loop_head` says a run ended at one."""
+        addresses = frozenset(addresses)
+        if addresses != self._loop_heads:
+            changed = addresses ^ self._loop_heads
+            self._loop_heads = addresses
+            self._set_exits(changed, shared=True)
+
+    def _set_exits(self, changed: frozenset[int], shared: bool) -> None:
+        exits = self._breakpoints | self._loop_heads
+        if exits:
             self.uc.ctl_exits_enabled(True)
-            self.uc.ctl_set_exits([UNTIL, *sorted(addresses)])
+            self.uc.ctl_set_exits([UNTIL, *sorted(exits)])
         else:
             self.uc.ctl_exits_enabled(False)
         if shared and self._drop_code_at(changed):
-            self._stale |= changed - addresses
+            self._stale |= changed - exits
         else:
             self.flush_code()
 
@@ -439,8 +459,10 @@ class Cpu:
         handle for `remove_hook`.  Measured: with count slicing, one more code hook makes
         every instruction about 1.5 times slower, wherever its range is (to stop at an
         address, `set_breakpoints` costs nothing)."""
-        return self.uc.hook_add(UC_HOOK_CODE, lambda uc, address, size, ud: fn(address),
-                                None, begin, end)
+        handle = self.uc.hook_add(UC_HOOK_CODE, lambda uc, address, size, ud: fn(address),
+                                  None, begin, end)
+        self.watching.add(handle)
+        return handle
 
     def on_mem_access(self, fn: Callable[[bool, int, int, int], None], begin: int, end: int,
                       read: bool, write: bool) -> int:
@@ -452,7 +474,9 @@ class Cpu:
 
         def cb(uc: Uc, access: int, address: int, size: int, value: int, ud: object) -> None:
             fn(access == UC_MEM_WRITE, address, size, value)
-        return self.uc.hook_add(kinds, cb, None, begin, end)
+        handle = self.uc.hook_add(kinds, cb, None, begin, end)
+        self.watching.add(handle)
+        return handle
 
     def remove_hook(self, handle: int) -> None:
         """Remove a hook added by `on_code` or `on_mem_access` (call between runs).
@@ -463,6 +487,7 @@ class Cpu:
         double fault (as with emu_start's `until`, Unicorn §9.1).  No fault is pending between
         runs, so it is acknowledged away."""
         self.uc.hook_del(handle)
+        self.watching.discard(handle)
         self.ack_exception()
 
     # -- the x87 unit and whole-CPU state ---------------------------------------------------
@@ -516,9 +541,12 @@ class Cpu:
     # Unicorn decides which hooks a block calls when it translates the block: code
     # translated before a code, block or memory hook was added never calls it (measured on
     # 2.1.4), so adding one drops every translated block.
-    def _add_hook(self, kind: int, callback: object, begin: int, end: int) -> int:
+    def _add_hook(self, kind: int, callback: object, begin: int, end: int,
+                  watching: bool = True) -> int:
         handle = self.uc._Uc__do_hook_add(kind, callback, begin, end)
         self.uc.ctl_flush_tb()
+        if watching:
+            self.watching.add(handle)
         return handle
 
     @property
@@ -552,7 +580,8 @@ class Cpu:
         `remove_hook`."""
         add = blocks.add
         callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: add((address, size)))
-        return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
+        # Not watching: a skipped loop iteration runs no block coverage has not seen.
+        return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end, watching=False)
 
     def on_block_linked(self, fn: Callable[[int, int], None], begin: int = 1,
                         end: int = 0) -> int:
