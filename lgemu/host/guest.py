@@ -265,7 +265,7 @@ class Guest:
         self.spins: Spins | None = None
         if not clock.realtime and not os.environ.get("LGEMU_NO_SKIP"):
             self.spins = Spins(self._code_bytes, self._in_ram, self._loop_regs,
-                               self.cpu.set_reg, self.cpu.set_loop_heads, boot.page_offset)
+                               self.cpu.set_reg, self._arm_loop_heads, boot.page_offset)
 
     def attach_pci(self, devices: list[Device]) -> None:
         """4.x: put `devices` on PCI bus 0 instead of the device page (docs/eras.md): their
@@ -764,6 +764,10 @@ class Guest:
             if pa is None or pa >= self.memory.limit:
                 return False
         return True
+
+    def _arm_loop_heads(self, heads: frozenset[int]) -> None:
+        self.cpu.set_loop_heads({head: self.paging.translate(head, mark=False)
+                                 for head in heads})
 
     def _loop_regs(self) -> list[int]:
         return self.cpu.regs(SPIN_STATE)

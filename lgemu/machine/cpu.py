@@ -150,6 +150,7 @@ class Cpu:
         self._stopped_before = False  # the last run ended before the instruction it counted
         self._breakpoints: frozenset[int] = frozenset()
         self._loop_heads: frozenset[int] = frozenset()  # see `set_loop_heads`
+        self._loop_head_pages: dict[int, int | None] = {}
         # Hooks that watch instructions one by one (traces, gdb watchpoints, call windows):
         # while any is installed, the run loop skips no loop iteration (lgemu.host.spin).
         self.watching: set[int] = set()
@@ -412,15 +413,30 @@ class Cpu:
         self._breakpoints = addresses
         self._set_exits(changed, shared)
 
-    def set_loop_heads(self, addresses: frozenset[int]) -> None:
-        """Stop every run before an instruction at one of these kernel-text addresses, like
-        `set_breakpoints` (and beside them), for the run loop's spin-loop skipping
-        (lgemu.host.spin); `at_loop_head` says a run ended at one."""
-        addresses = frozenset(addresses)
-        if addresses != self._loop_heads:
-            changed = addresses ^ self._loop_heads
-            self._loop_heads = addresses
-            self._set_exits(changed, shared=True)
+    def set_loop_heads(self, heads: dict[int, int | None]) -> None:
+        """Stop every run before an instruction at one of these kernel addresses (linear →
+        physical, None where unknown), like `set_breakpoints` and beside them, for the run
+        loop's spin-loop skipping (lgemu.host.spin); `at_loop_head` says a run ended at one.
+        Blocks holding a changed head are dropped by physical address: a kernel address
+        may not be in the current shadow page tables yet, and looking it up there would
+        cost a drop of every translated block."""
+        addresses = frozenset(heads)
+        if addresses == self._loop_heads:
+            return
+        changed = addresses ^ self._loop_heads
+        gone = {a: self._loop_head_pages.get(a) for a in changed - addresses}
+        self._loop_heads = addresses
+        self._loop_head_pages = dict(heads)
+        self._set_exits(frozenset(), shared=True)
+        where = [gone.get(a) if a in gone else heads[a] for a in changed]
+        if None in where:
+            self.flush_code()
+            return
+        cr0 = self.reg(Reg.CR0)
+        self.set_reg(Reg.CR0, cr0 & ~CR0_PG)  # ctl_remove_cache translates through paging
+        for pa in where:
+            self.uc.ctl_remove_cache(max(pa - 1, 0), pa + 1)
+        self.set_reg(Reg.CR0, cr0)
 
     def _set_exits(self, changed: frozenset[int], shared: bool) -> None:
         exits = self._breakpoints | self._loop_heads
@@ -429,6 +445,8 @@ class Cpu:
             self.uc.ctl_set_exits([UNTIL, *sorted(exits)])
         else:
             self.uc.ctl_exits_enabled(False)
+        if not changed:
+            return
         if shared and self._drop_code_at(changed):
             self._stale |= changed - exits
         else:
