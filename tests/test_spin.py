@@ -15,7 +15,7 @@ from conftest import boot_args, lgemu_main_in_process
 from guestasm import build_guest
 from linuxkernel import shell_boot_args
 
-from lgemu.host.spin import Loop, Mem, Spins, find_loop
+from lgemu.host.spin import RECENT, WORTH, Loop, Mem, Spins, find_loop
 from lgemu.machine.cpu import Reg
 
 HEAD = 0xC01006AA
@@ -183,3 +183,19 @@ def test_a_real_kernel_boots_to_the_same_instruction(tmp_path, monkeypatch):
     assert plain == skipping
     assert b"spun 42" in plain[1]
     assert skipped > 5_000_000  # most of calibrate_delay
+
+
+def test_a_loop_whose_arrivals_skip_little_is_no_longer_stopped_at():
+    """4.4's i8042 probe: udelay(50) ten thousand times through the delay loop."""
+    cpu = FakeCpu(COUNTDOWN, 0xC0175200, {})
+    spins = cpu.spins()
+    spins.after_run(0xC0175200, at_head=False, exhausted=True, kernel_mode=True)
+    for arrival in range(RECENT):
+        assert spins.before_run(0xC0175100, 10**6) == (0, 10**6)
+        assert cpu.armed == {0xC0175200}, arrival
+        spins.after_run(0xC0175200, at_head=True, exhausted=False, kernel_mode=True)
+        cpu.regs[Reg.EAX] = 2500  # 5 000 instructions, fewer than a stop is worth
+        assert spins.before_run(0xC0175200, 10**6) == (4998, 10**6 - 4998)
+    assert spins.before_run(0xC0175100, 10**6) == (0, 10**6)
+    assert cpu.armed == frozenset()
+    assert 2500 * 2 < WORTH

@@ -46,6 +46,14 @@ GPR = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI)
 STATE = (*GPR, Reg.EFLAGS)  # what an iteration of an allowed body can change
 MAX_INSNS = 8  # longest body recognised
 MAX_BODY = 40  # bytes
+# A stop at a head costs some 30-50 µs of Python and Unicorn, as much as running several
+# thousand instructions of a tight loop.  A loop none of whose last `RECENT` arrivals skipped
+# `WORTH` instructions is disarmed for good: 4.4's i8042 probe calls udelay(50) ten thousand
+# times through the delay loop calibrate_delay used (5 000 instructions each), while
+# calibrate_delay's own arrivals alternate between nothing (the tick just came) and up to a
+# whole tick.
+RECENT = 16
+WORTH = 50_000
 JNS, JNZ = 0x79, 0x75
 
 
@@ -277,6 +285,8 @@ class Spins:
         self.loops: dict[int, Loop] = {}
         self._armed: frozenset[int] = frozenset()
         self._refused: set[int] = set()  # EIPs that stood in no loop we know how to skip
+        self._recent: dict[int, list[int]] = {}  # head → instructions skipped per arrival
+        self.retired: set[int] = set()  # heads not worth stopping at (see WORTH)
         self._loop: Loop | None = None  # the loop being watched at its head
         self._seen: list[int] | None = None  # registers at the last arrival at its head
         self.skipped = 0  # instructions counted without being run (for -v)
@@ -300,51 +310,58 @@ class Spins:
         """The CPU stands at the head of a known loop: watch it (a run cannot start at an
         exit, so the head is disarmed while it is watched and until the loop is left)."""
         self._loop, self._seen = self.loops[eip], None
-        self._set_armed(frozenset(self.loops) - {eip})
+        self._set_armed(frozenset(self.loops) - self.retired - {eip})
 
     def before_run(self, eip: int, budget: int) -> tuple[int, int]:
         """Before a run of at most `budget` instructions from `eip`: (instructions skipped,
         the run's budget).  Skipped instructions are the caller's to count as executed."""
         if self._loop is None:
-            if eip not in self.loops:
-                self._set_armed(frozenset(self.loops))
+            if eip not in self.loops or eip in self.retired:
+                self._set_armed(frozenset(self.loops) - self.retired)
                 return 0, budget
             self._watch(eip)
         loop = self._loop
+        assert loop is not None
         if eip != loop.head or self._read(loop.head, len(loop.code)) != loop.code:
-            self._loop = self._seen = None
-            return 0, budget
+            return self._done(0, budget)
         regs = self._regs()
         left = budget - loop.length  # the last iteration is always the CPU's
         if loop.counter is not None:
-            self._loop = self._seen = None
             value = regs[loop.counter]
             # Iterations before the loop exits: jns stops once the register goes negative
             # (value + 1 of them from a non-negative value), jnz once it reaches zero.
-            total = value if loop.until_zero else value + 1 if value < 0x80000000 else 1
-            if loop.until_zero and value == 0:
-                total = 1 << 32
-            k = min(total - 1, left // loop.length)
-            if k <= 0:
-                return 0, budget
-            self._set_reg(GPR[loop.counter], (value - k) & 0xFFFFFFFF)
-            self.skipped += k * loop.length
-            return k * loop.length, budget - k * loop.length
+            if loop.until_zero:
+                total = value or 1 << 32
+            else:
+                total = value + 1 if value < 0x80000000 else 1
+            k = max(0, min(total - 1, left // loop.length))
+            if k:
+                self._set_reg(GPR[loop.counter], (value - k) & 0xFFFFFFFF)
+            return self._done(k * loop.length, budget)
         state = dict(zip(STATE, regs, strict=True))
         if any(not self._in_ram(m.address(state), m.size) for m in loop.reads):
-            self._loop = self._seen = None
-            return 0, budget
+            return self._done(0, budget)
         if self._seen == regs and left >= loop.length:
             # A fixed point: every further iteration of this run finds these registers.
-            self._loop = self._seen = None
-            k = left // loop.length
-            self.skipped += k * loop.length
-            return k * loop.length, budget - k * loop.length
+            return self._done(left // loop.length * loop.length, budget)
         if budget < loop.length:
-            self._loop = self._seen = None
-            return 0, budget
+            return self._done(0, budget)
         self._seen = regs
         return 0, loop.length  # one iteration, then look again
+
+    def _done(self, skipped: int, budget: int) -> tuple[int, int]:
+        """The watch ends having skipped `skipped` instructions of a run of `budget`: note
+        it, and retire the loop when its recent arrivals were not worth their stops."""
+        loop = self._loop
+        assert loop is not None
+        self._loop = self._seen = None
+        self.skipped += skipped
+        recent = self._recent.setdefault(loop.head, [])
+        recent.append(skipped)
+        del recent[:-RECENT]
+        if len(recent) == RECENT and max(recent) < WORTH:
+            self.retired.add(loop.head)
+        return skipped, budget - skipped
 
     def after_run(self, eip: int, at_head: bool, exhausted: bool, kernel_mode: bool) -> None:
         """After a run: `at_head` if it stopped at an armed head, `exhausted` if it ran its
@@ -352,9 +369,10 @@ class Spins:
         if at_head and eip in self.loops:
             self._watch(eip)
             return
-        if self._loop is not None and eip == self._loop.head:
-            return  # a watched iteration came round
-        self._loop = self._seen = None
+        if self._loop is not None:
+            if eip == self._loop.head:
+                return  # a watched iteration came round
+            self._done(0, 0)  # the loop was left while it was watched
         if exhausted and kernel_mode and eip >= self._kernel and eip not in self._refused:
             loop = find_loop(self._read, eip)
             if loop is None or loop.head in self.loops:
