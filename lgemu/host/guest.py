@@ -745,16 +745,16 @@ class Guest:
 
     # -- what spin-loop skipping reads (lgemu.host.spin) ------------------------------------
     def _code_bytes(self, vaddr: int, length: int) -> bytes | None:
-        """Up to `length` bytes at kernel address `vaddr` through the guest's page tables,
-        without setting Accessed (short where a page is unmapped; None if nothing is)."""
+        """Up to `length` bytes at `vaddr` as the CPU fetches them (through the shadow page
+        tables, which is what it runs), short where a page is unmapped; None if nothing is."""
         out = b""
         while len(out) < length:
             va = (vaddr + len(out)) & 0xFFFFFFFF
-            pa = self.paging.translate(va, mark=False)
-            if pa is None or pa >= self.memory.limit:
+            piece = self.cpu.read_code(va, min(length - len(out), PAGE_SIZE - va % PAGE_SIZE))
+            if piece is None:
+                self.cpu.ack_exception()  # between runs no fault is pending (Unicorn §9.1)
                 break
-            take = min(length - len(out), PAGE_SIZE - va % PAGE_SIZE, self.memory.limit - pa)
-            out += self.memory.ram[pa:pa + take]
+            out += piece
         return out or None
 
     def _in_ram(self, vaddr: int, size: int) -> bool:
