@@ -53,7 +53,8 @@ class Coverage:
         self.path = path
         self.blocks: set[tuple[int, int]] = set()
         self._hook: int | None = None
-        self.symbols = Symbols.load(Path(guest.boot.kernel.path))
+        # Only the segments are needed (link addresses), not the names.
+        self.symbols = Symbols.load(Path(guest.boot.kernel.path), names=False)
         segments = self.symbols.segments
         if segments:
             self.base = min(s.vaddr for s in segments)

@@ -434,9 +434,11 @@ class Symbols:
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path) -> Symbols:
+    def load(cls, path: Path, names: bool = True) -> Symbols:
         """Read `path` (already accepted by `launcher.load_kernel`).  A bzImage, or an ELF
-        whose tables cannot be read, gives an object that knows fewer names."""
+        whose tables cannot be read, gives an object that knows fewer names.  Without
+        `names`, only the program headers are read (segments, `link_address`): a real
+        vmlinux's symbol table and DWARF take a tenth of a second."""
         path = Path(path)
         with open(path, "rb") as f:
             if f.read(4) != b"\x7fELF":
@@ -448,6 +450,8 @@ class Symbols:
                 entry, phdrs = headers
                 segments = [LoadSegment(p.vaddr, p.paddr, p.memsz, _flags(p.flags))
                             for p in phdrs if p.type == PT_LOAD]
+                if not names:
+                    return cls(path, segments, [], entry)
                 f.seek(0)
                 elf = ELFFile(f)  # for DWARF
             except Exception as e:  # pyelftools raises many kinds on hostile input
