@@ -28,9 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
-
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..elf import (
     PT_LOAD,
@@ -48,6 +46,9 @@ from ..elf import (
 )
 from ..launcher.guestcheck import LGUEST_SYMBOLS
 from .leb128 import sleb128, uleb128
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
 
@@ -452,6 +453,8 @@ class Symbols:
                             for p in phdrs if p.type == PT_LOAD]
                 if not names:
                     return cls(path, segments, [], entry)
+                from elftools.elf.elffile import ELFFile  # pyelftools: 40 ms to import
+
                 f.seek(0)
                 elf = ELFFile(f)  # for DWARF
             except Exception as e:  # pyelftools raises many kinds on hostile input

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import platform
 import sys
 from collections.abc import Callable
 
@@ -40,7 +39,7 @@ _libc: ctypes.CDLL | None = None
 def host_supported() -> bool:
     """Whether this host runs x86-64 code with the System V calling convention."""
     return (sys.platform.startswith(("linux", "darwin"))
-            and platform.machine().lower() in ("x86_64", "amd64")
+            and os.uname().machine.lower() in ("x86_64", "amd64")
             and ctypes.sizeof(ctypes.c_void_p) == 8)
 
 
