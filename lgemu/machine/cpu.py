@@ -50,6 +50,7 @@ from unicorn.unicorn_py3.unicorn import (
     HOOK_CODE_CFUNC,
     HOOK_EDGE_GEN_CFUNC,
     HOOK_MEM_ACCESS_CFUNC,
+    uc_hook_h,
     uccallback,
     uclib,
 )
@@ -611,7 +612,7 @@ def _add_native_hook(uc: Uc, kind: int, code: int, user_data: int, owner: object
                      begin: int, end: int) -> int:
     """Register machine code at `code` as a hook with `user_data`; `owner` (what holds the
     code's data) stays referenced until `hook_del`, in the binding's own table."""
-    handle = ctypes.c_size_t()
+    handle = uc_hook_h()
     status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(code),
                                ctypes.c_void_p(user_data), ctypes.c_uint64(begin),
                                ctypes.c_uint64(end))
@@ -639,6 +640,7 @@ def native_block_hook_ok() -> bool:
 
 
 def _check_native_blocks() -> bool:
+    # Four blocks, so a log of one entry fills twice: both of the stub's ways out are taken.
     native_seen: set[tuple[int, int]] = set()
     recorder = native.BlockSet.create(native_seen, capacity=1)
     if recorder is None:
