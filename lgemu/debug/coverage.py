@@ -17,7 +17,9 @@ was linked for, so a disassembler that loaded the vmlinux lines up with it; code
 at a physical alias (the boot path before paging, ABI §2) is counted at its link address.
 Everything else the guest ran (user programs, code copied at run time) goes to module 1,
 which spans the whole address space.  Blocks are Unicorn's translation blocks, recorded once
-each by a block hook (a Python set); the table is sorted, so two runs write the same bytes.
+each by a block hook into a Python set (`Cpu.record_blocks`: a machine-code stub that calls no
+Python for a block seen before, where the host allows, else a Python callback; the two give
+the same set); the table is sorted, so two runs write the same bytes.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Coverage:
         self.path = path
         self.blocks: set[tuple[int, int]] = set()
         self._hook: int | None = None
-        self.symbols = Symbols.load(Path(guest.boot.kernel.path))
+        # Only the segments are needed (link addresses), not the names.
+        self.symbols = Symbols.load(Path(guest.boot.kernel.path), names=False)
         segments = self.symbols.segments
         if segments:
             self.base = min(s.vaddr for s in segments)

@@ -28,9 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
-
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..elf import (
     PT_LOAD,
@@ -48,6 +46,9 @@ from ..elf import (
 )
 from ..launcher.guestcheck import LGUEST_SYMBOLS
 from .leb128 import sleb128, uleb128
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 KIND_NAMES = {STT_NOTYPE: "label", STT_OBJECT: "object", STT_FUNC: "function"}
 
@@ -434,9 +435,11 @@ class Symbols:
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path) -> Symbols:
+    def load(cls, path: Path, names: bool = True) -> Symbols:
         """Read `path` (already accepted by `launcher.load_kernel`).  A bzImage, or an ELF
-        whose tables cannot be read, gives an object that knows fewer names."""
+        whose tables cannot be read, gives an object that knows fewer names.  Without
+        `names`, only the program headers are read (segments, `link_address`): a real
+        vmlinux's symbol table and DWARF take a tenth of a second."""
         path = Path(path)
         with open(path, "rb") as f:
             if f.read(4) != b"\x7fELF":
@@ -448,6 +451,10 @@ class Symbols:
                 entry, phdrs = headers
                 segments = [LoadSegment(p.vaddr, p.paddr, p.memsz, _flags(p.flags))
                             for p in phdrs if p.type == PT_LOAD]
+                if not names:
+                    return cls(path, segments, [], entry)
+                from elftools.elf.elffile import ELFFile  # pyelftools: 40 ms to import
+
                 f.seek(0)
                 elf = ELFFile(f)  # for DWARF
             except Exception as e:  # pyelftools raises many kinds on hostile input

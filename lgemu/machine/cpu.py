@@ -50,11 +50,13 @@ from unicorn.unicorn_py3.unicorn import (
     HOOK_CODE_CFUNC,
     HOOK_EDGE_GEN_CFUNC,
     HOOK_MEM_ACCESS_CFUNC,
+    uc_hook_h,
     uccallback,
     uclib,
 )
 
 from ..abi import LGUEST_TRAP_ENTRY, PAGE_SIZE, Vector
+from . import native
 from .memory import HOST_PHYS, HOST_UNTIL, GuestMemory, switcher_linear
 
 UNICORN_VERSION = "2.1.4"
@@ -166,6 +168,7 @@ class Cpu:
         self._is_int = ctypes.c_int32.from_address(base + OFF_EXCEPTION_IS_INT)
         self._old_exception = ctypes.c_int32.from_address(base + OFF_OLD_EXCEPTION)
         self._callbacks: list[object] = []  # ctypes callbacks must outlive Unicorn's use
+        self._block_sets: dict[int, native.BlockSet] = {}  # record_blocks' native hooks
         self._batches: dict[tuple[int, ...], tuple] = {}
         self._jump_ids = (ctypes.c_int * 2)(Reg.ESP, Reg.EIP)
         self._jump_vals = (ctypes.c_uint64 * 2)()
@@ -506,6 +509,9 @@ class Cpu:
         runs, so it is acknowledged away."""
         self.uc.hook_del(handle)
         self.watching.discard(handle)
+        block_set = self._block_sets.pop(handle, None)
+        if block_set is not None:
+            block_set.drain()  # what the last runs left in its log
         self.ack_exception()
 
     # -- the x87 unit and whole-CPU state ---------------------------------------------------
@@ -592,14 +598,26 @@ class Cpu:
         return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end)
 
     def record_blocks(self, blocks: set[tuple[int, int]], begin: int = 1, end: int = 0) -> int:
-        """Add (address, size) to `blocks` each time a translated block starting in [begin,
-        end] runs, like `on_block` but with the set's own `add` as the only Python call per
-        block (one frame fewer: coverage runs this millions of times); a handle for
-        `remove_hook`."""
-        add = blocks.add
-        callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: add((address, size)))
-        # Not watching: a skipped loop iteration runs no block coverage has not seen.
-        return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end, watching=False)
+        """Add (address, size) to `blocks` for each translated block starting in [begin, end]
+        that runs; a handle for `remove_hook`, after which `blocks` is complete (coverage
+        runs this millions of times).
+
+        Where native code runs (`native.BlockSet`) the hook is a machine-code stub that calls
+        no Python for a block it has seen, and the set is filled when its log fills and when
+        the hook is removed.  Elsewhere, or when Unicorn does not call the stub as
+        `native_block_hook_ok` expects, the hook is the set's own `add` (one Python call per
+        block)."""
+        recorder = native.BlockSet.create(blocks) if native_block_hook_ok() else None
+        if recorder is None:
+            add = blocks.add
+            callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: add((address, size)))
+            # Not watching: a skipped loop iteration runs no block coverage has not seen.
+            return self._add_hook(unicorn.UC_HOOK_BLOCK, callback, begin, end, watching=False)
+        handle = _add_native_hook(self.uc, unicorn.UC_HOOK_BLOCK, recorder.code,
+                                  recorder.user_data, recorder, begin, end)
+        self.uc.ctl_flush_tb()  # as `_add_hook`
+        self._block_sets[handle] = recorder
+        return handle
 
     def on_block_linked(self, fn: Callable[[int, int], None], begin: int = 1,
                         end: int = 0) -> int:
@@ -635,6 +653,62 @@ class Cpu:
             self.set_reg(Reg.CR2, cr2)
             return None
         return buf.raw
+
+
+def _add_native_hook(uc: Uc, kind: int, code: int, user_data: int, owner: object,
+                     begin: int, end: int) -> int:
+    """Register machine code at `code` as a hook with `user_data`; `owner` (what holds the
+    code's data) stays referenced until `hook_del`, in the binding's own table."""
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(code),
+                               ctypes.c_void_p(user_data), ctypes.c_uint64(begin),
+                               ctypes.c_uint64(end))
+    if status != unicorn.UC_ERR_OK:
+        raise UcError(status)
+    uc._callbacks[handle.value] = owner
+    return handle.value
+
+
+_native_blocks: bool | None = None  # native_block_hook_ok's answer, once per process
+
+
+def native_block_hook_ok() -> bool:
+    """Whether `record_blocks` may use the native stub: native code runs here
+    (`native.executable`), and Unicorn calls it as a block hook the way the stub relies on
+    (address, size and user data in the System V argument registers; the tail call into the
+    Python drain returns to Unicorn).  Proved once per process on a scratch CPU against a
+    Python hook in the same run, the stub's log one entry long so the drain runs too."""
+    global _native_blocks
+    if not native.enabled():
+        return False
+    if _native_blocks is None:
+        _native_blocks = _check_native_blocks()
+    return _native_blocks
+
+
+def _check_native_blocks() -> bool:
+    # Four blocks, so a log of one entry fills twice: both of the stub's ways out are taken.
+    native_seen: set[tuple[int, int]] = set()
+    recorder = native.BlockSet.create(native_seen, capacity=1)
+    if recorder is None:
+        return False
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x2000)
+    # 0x1000: mov $3,%ecx; 1: dec %ecx; jnz 1b; jmp 0x1010; ... 0x1010: nop; nop
+    code = bytes.fromhex("b903000000" "49" "75fd" "eb06") + bytes(6) + bytes.fromhex("9090")
+    uc.mem_write(0x1000, code)
+    python_seen: set[tuple[int, int]] = set()
+    uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda u, address, size, ud:
+                python_seen.add((address, size)))
+    _add_native_hook(uc, unicorn.UC_HOOK_BLOCK, recorder.code, recorder.user_data, recorder,
+                     1, 0)
+    try:
+        uc.emu_start(0x1000, 0x1012)
+    except UcError:
+        return False
+    recorder.drain()
+    return (recorder.drains > 0 and (0x1000, 8) in python_seen
+            and native_seen == python_seen)
 
 
 # -- self-test --------------------------------------------------------------------------
