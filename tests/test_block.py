@@ -201,6 +201,21 @@ def test_code_read_from_disk_twice_runs_the_new_code(asm_guest, tmp_path):
     assert_powered_down(run, hexwords(0x41414141, 0x42424242))
 
 
+def test_code_in_the_second_page_of_a_two_page_read_is_replaced(asm_guest, tmp_path):
+    """One request that fills two adjacent pages drops the code of both: the second read
+    puts new code in the second page, and the guest runs the new code."""
+    page = 4096
+    filler = b"\xcc" * page
+    image = tmp_path / "code.img"
+    image.write_bytes(filler + CODE_A.ljust(page, b"\xcc") + filler + CODE_B.ljust(page, b"\xcc"))
+    call = "\tcall\tbuf+4096\n\tPUTHEX\t%eax\n"
+    body = (request("a", [("$buf", "$8192", True)]) + call
+            + request("b", [("$buf", "$8192", True)]) + call)
+    run = asm_guest(guest(body), header("a", T_IN, 0) + header("b", T_IN, 2 * page // SECTOR)
+                    + BUF_BSS + DEVPT_BSS, extra=["--block", str(image)])
+    assert_powered_down(run, hexwords(0x41414141, 0x42424242))
+
+
 @pytest.mark.parametrize(("buffers", "reason"), [
     ([("$h", "$16", False), ("$buf", "$512", True), ("$h_status", "$1", True)],
      "header is 16 bytes, not 24"),
