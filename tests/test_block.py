@@ -14,7 +14,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import lgemu_main_in_process
 from guestasm import assert_killed, assert_one_line, assert_powered_down
+from linuxkernel import shell_boot_args
 from virtioasm import DEVPT_BSS, MACROS, chain, hexwords, map_device_pages, report
 
 from lgemu.kills import BadRequest
@@ -201,6 +203,21 @@ def test_code_read_from_disk_twice_runs_the_new_code(asm_guest, tmp_path):
     assert_powered_down(run, hexwords(0x41414141, 0x42424242))
 
 
+def test_code_in_the_second_page_of_a_two_page_read_is_replaced(asm_guest, tmp_path):
+    """One request that fills two adjacent pages drops the code of both: the second read
+    puts new code in the second page, and the guest runs the new code."""
+    page = 4096
+    filler = b"\xcc" * page
+    image = tmp_path / "code.img"
+    image.write_bytes(filler + CODE_A.ljust(page, b"\xcc") + filler + CODE_B.ljust(page, b"\xcc"))
+    call = "\tcall\tbuf+4096\n\tPUTHEX\t%eax\n"
+    body = (request("a", [("$buf", "$8192", True)]) + call
+            + request("b", [("$buf", "$8192", True)]) + call)
+    run = asm_guest(guest(body), header("a", T_IN, 0) + header("b", T_IN, 2 * page // SECTOR)
+                    + BUF_BSS + DEVPT_BSS, extra=["--block", str(image)])
+    assert_powered_down(run, hexwords(0x41414141, 0x42424242))
+
+
 @pytest.mark.parametrize(("buffers", "reason"), [
     ([("$h", "$16", False), ("$buf", "$512", True), ("$h_status", "$1", True)],
      "header is 16 bytes, not 24"),
@@ -289,3 +306,31 @@ def test_verbose_shows_at_exit_the_status_and_fields_the_guest_left(boot_guest, 
     assert re.search(r"vda\W+0x87 ack\|driver\|ok\|failed\W+capacity\W", exit_table)
     assert re.search(r"hvc0\W+0x00\W+-\W", exit_table)
     assert "vda: " + str(image) + ": 0 requests" in exit_table
+
+
+def test_real_guest_copies_one_disk_onto_another_the_same_way_every_time(tmp_path):
+    """The unmodified 2.6.24 kernel's shell copies vda onto vdb in 64 KiB reads and writes
+    (multi-page requests both ways, tools/bench's workload in small): afterwards vdb holds
+    exactly vda's bytes, and a second run prints the same console bytes."""
+    size = 1 << 20
+    # Bytes that differ from page to page and from sector to sector, and a line to print.
+    src = b"".join(struct.pack("<II", i, i * 2654435761 & 0xFFFFFFFF) for i in range(size // 8))
+    mark = b"copied-by-guest\n"  # 16 bytes: vdb is read back in blocks of its size
+    src = src[:size // 2] + mark + src[size // 2 + len(mark):]
+    script = ("IFS=: read maj min < /sys/block/vdb/dev\nmknod /dev/vdb b $maj $min\n"
+              "dd if=/dev/vda of=/dev/vdb bs=65536\nsync\n"
+              f"dd if=/dev/vdb bs={len(mark)} count=1 skip={size // 2 // len(mark)}\nexit\n")
+    assert (size // 2) % len(mark) == 0
+    runs = []
+    for n in range(2):
+        vda, vdb = tmp_path / f"vda{n}.img", tmp_path / f"vdb{n}.img"
+        vda.write_bytes(src)
+        vdb.write_bytes(bytes(size))
+        status, out, err = lgemu_main_in_process(["boot", *shell_boot_args(tmp_path, script),
+                                                  "--block", str(vda), "--block", str(vdb)])
+        assert (status, err) == (0, ""), out[-2000:]
+        assert vdb.read_bytes() == src and vda.read_bytes() == src
+        runs.append(out)
+    assert b"16+0 records in\r\n16+0 records out\r\n" in runs[0]
+    assert b"lg# " + mark.replace(b"\n", b"\r\n") in runs[0]
+    assert runs[0] == runs[1]

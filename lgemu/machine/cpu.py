@@ -331,13 +331,21 @@ class Cpu:
         self._stale.clear()
 
     def invalidate_code(self, pages: list[int]) -> None:
-        """Drop translated code for physical pages the Host wrote (Unicorn §8.3)."""
+        """Drop translated code for physical pages the Host wrote (Unicorn §8.3); `pages`
+        in ascending order."""
         if not pages:
             return
         cr0 = self.reg(Reg.CR0)
         self.set_reg(Reg.CR0, cr0 & ~CR0_PG)  # ctl_remove_cache translates through paging
-        for page in pages:
-            self.uc.ctl_remove_cache(page * PAGE_SIZE, page * PAGE_SIZE + PAGE_SIZE)
+        # One call per run of adjacent pages: with paging off the range is physical, and a
+        # virtio-blk read fills tens of pages per request, often side by side.
+        start = end = pages[0]
+        for page in pages[1:]:
+            if page != end + 1:
+                self.uc.ctl_remove_cache(start * PAGE_SIZE, (end + 1) * PAGE_SIZE)
+                start = page
+            end = page
+        self.uc.ctl_remove_cache(start * PAGE_SIZE, (end + 1) * PAGE_SIZE)
         self.set_reg(Reg.CR0, cr0)
 
     # -- hooks -----------------------------------------------------------------------------
