@@ -355,7 +355,8 @@ class Guest:
 
     def _install_hooks(self) -> None:
         cpu = self.cpu
-        cpu.on_interrupt(self._guarded(self._on_interrupt, None))
+        cpu.on_interrupt(self._guarded(
+            self._on_interrupt_realtime if self.clock.realtime else self._on_interrupt, None))
         cpu.on_invalid(self._guarded(self._on_invalid, None))
         cpu.on_port_in(self._guarded(self._on_port_in, 0))
         cpu.on_port_out(self._guarded(self._on_port_out, None))
@@ -526,6 +527,15 @@ class Guest:
             self._trap(vector, eip, cs & 3, (cs, ss, esp, eflags))
         if self.interrupts.pending:
             self._after_exit()
+
+    def _on_interrupt_realtime(self, vector: int) -> None:
+        """Realtime: every hypercall or trap also looks at the host's clock.  A slice is
+        planned at the rate recent code ran at (`Clock.slice_budget`), and code the CPU meets
+        for the first time runs several times slower: a timer that fell due meanwhile ends
+        the slice at this exit instead of at the planned count."""
+        self._on_interrupt(vector)
+        if self.clock.due():
+            self.stop()
 
     def _trap(self, vector: int, eip: int, cpl: int,
               context: tuple[int, int, int, int]) -> None:
@@ -916,7 +926,7 @@ class Guest:
             if self.horizon_ns is not None:
                 limit = min(limit, -(-(self.horizon_ns - clock.now_ns()) // clock.ns_per_insn))
             self._slice_left = clock.slice_budget(limit)
-            self._slice_end_ns = clock.now_ns() + self._slice_left * clock.ns_per_insn
+            self._slice_end_ns = clock.slice_end_ns(self._slice_left)
             self.stats.slices += 1
             if self.spins is not None and self._skipping():
                 self.spins.slice_starts()
