@@ -12,7 +12,7 @@ refusals and decodes DWARF for the debugger.)
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
 ELF_MAGIC = b"\x7fELF"
@@ -140,6 +140,29 @@ def name_offsets(strtab: bytes, name: str) -> set[int]:
     return found
 
 
+def symbols_named(symtab: bytes, strtab: bytes, names: Iterable[str]) -> Iterator[
+        tuple[str, tuple[int, int, int, int, int, int]]]:
+    """The entries of a symbol table named one of `names`, in table order, each with its name:
+    (name, (name offset, value, size, info, other, shndx)).
+
+    The same entries `iter_symbols` would give, found without unpacking the others: the
+    table's bytes are searched for each name's string-table offset, which starts an entry
+    only where it is entry-aligned.  A vmlinux has tens of thousands of symbols and a boot
+    asks after a few dozen names, several times (issue 12: start-up)."""
+    entries = len(symtab) - len(symtab) % ELF32_SYM.size
+    found: list[tuple[int, str]] = []
+    for name in dict.fromkeys(names):
+        for at in name_offsets(strtab, name):
+            needle = at.to_bytes(4, "little")
+            pos = symtab.find(needle, 0, entries)
+            while pos >= 0:
+                if pos % ELF32_SYM.size == 0:
+                    found.append((pos, name))
+                pos = symtab.find(needle, pos + 1, entries)
+    for pos, name in sorted(found):
+        yield name, ELF32_SYM.unpack_from(symtab, pos)
+
+
 def symbol_value(f: BinaryIO, size: int, name: str) -> int | None:
     """The value of the defined symbol `name` in the ELF `f`, or None (no symbol table, no
     such symbol, or tables that make no sense)."""
@@ -147,10 +170,9 @@ def symbol_value(f: BinaryIO, size: int, name: str) -> int | None:
         tables = symbol_table(f, size)
         if tables is None:
             return None
-        symtab, strtab = tables
-        offsets = name_offsets(strtab, name)
-        for st_name, value, _size, _info, _other, shndx in iter_symbols(symtab):
-            if st_name in offsets and shndx != SHN_UNDEF:
+        for _name, (_st_name, value, _size, _info, _other, shndx) in symbols_named(*tables,
+                                                                                  [name]):
+            if shndx != SHN_UNDEF:
                 return value
     except (struct.error, IndexError, ValueError):
         pass
