@@ -145,22 +145,24 @@ def symbols_named(symtab: bytes, strtab: bytes, names: Iterable[str]) -> Iterato
     """The entries of a symbol table named one of `names`, in table order, each with its name:
     (name, (name offset, value, size, info, other, shndx)).
 
-    The same entries `iter_symbols` would give, found without unpacking the others: the
-    table's bytes are searched for each name's string-table offset, which starts an entry
-    only where it is entry-aligned.  A vmlinux has tens of thousands of symbols and a boot
-    asks after a few dozen names, several times (issue 12: start-up)."""
-    entries = len(symtab) - len(symtab) % ELF32_SYM.size
+    The same entries `iter_symbols` would give, found without unpacking the others: a boot
+    asks after a few dozen names, several times, and a vmlinux has tens of thousands of
+    symbols (issue 12: start-up).  Each entry's first field, its name's offset, is copied
+    out into one column of 4-byte cells, and the column searched for each name's offsets."""
+    size = ELF32_SYM.size
+    entries = memoryview(symtab)[:len(symtab) - len(symtab) % size]
+    column = entries.cast("I")[::size // 4].tobytes()  # the raw bytes: byte order is kept
     found: list[tuple[int, str]] = []
     for name in dict.fromkeys(names):
         for at in name_offsets(strtab, name):
-            needle = at.to_bytes(4, "little")
-            pos = symtab.find(needle, 0, entries)
+            cell = at.to_bytes(4, "little")
+            pos = column.find(cell)
             while pos >= 0:
-                if pos % ELF32_SYM.size == 0:
-                    found.append((pos, name))
-                pos = symtab.find(needle, pos + 1, entries)
-    for pos, name in sorted(found):
-        yield name, ELF32_SYM.unpack_from(symtab, pos)
+                if pos % 4 == 0:  # a cell of its own, not the end of one and start of the next
+                    found.append((pos // 4, name))
+                pos = column.find(cell, pos + 1)
+    for index, name in sorted(found):
+        yield name, ELF32_SYM.unpack_from(symtab, index * size)
 
 
 def symbol_value(f: BinaryIO, size: int, name: str) -> int | None:
