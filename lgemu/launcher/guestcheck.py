@@ -181,7 +181,8 @@ def is_pae(f: BinaryIO) -> bool:
     try:
         size = os.fstat(f.fileno()).st_size
         tables = symbol_table(f, size)
-        return tables is not None and judge(_defined(*tables)).pae
+        return tables is not None and any(shndx != SHN_UNDEF for _name, (*_, shndx)
+                                          in symbols_named(*tables, [PAE_MARKER]))
     except (OSError, struct.error, IndexError, ValueError):
         return False
 
