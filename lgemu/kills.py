@@ -20,11 +20,11 @@ class Kill:
     a frozen dataclass would be: made from its fields (in order, or by name), equal to and
     hashed like a kill of the same kind with equal fields, shown as ``Kind(field=value, …)``,
     and never changed.  The kinds are not dataclasses because generating a dataclass's six
-    methods for each of the 35 kinds was the largest part of lgemu's start-up (issue 12);
-    these are written once, here, for all of them.
+    methods for each of the 35 kinds was the largest single cost of lgemu's start-up (issue
+    12); these are written once, here, for all of them.
     """
 
-    fields: ClassVar[tuple[str, ...]] = ()
+    fields: ClassVar[tuple[str, ...]] = ()  # the kind's field names, in order
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
