@@ -17,7 +17,6 @@ from .abi_eras import DeviceBus, Era
 from .config import BootConfig
 from .devices.base import Device
 from .devices.console import ConsoleOutput
-from .devices.dma_bus import DmaBus
 from .errors import UserError
 from .host.clock import Clock
 from .host.guest import Guest
@@ -60,6 +59,8 @@ def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,
     info.ram_where = ram_where
     dma = None
     if era.device_bus is DeviceBus.LGUEST_DMA:  # its pages must exist before the CPU maps RAM
+        from .devices.dma_bus import DmaBus  # 2.6.23's alone: no other boot imports it
+
         dma = DmaBus(memory, devices, mem)
         info.pfn_limit = memory.limit // PAGE_SIZE
     guest = Guest(memory, info, [] if elsewhere else devices, output, clock)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -288,8 +289,10 @@ def parse_boot(args: argparse.Namespace) -> BootConfig:
 
 
 
-def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -> LgemuExit:
-    """Launch and run one guest; returns how it ended (raises UserError for bad input)."""
+def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None, *,
+         own_process: bool = False) -> LgemuExit:
+    """Launch and run one guest; returns how it ended (raises UserError for bad input).
+    `own_process`: lgemu is this whole process (the `lgemu` command), not a library call."""
     from .assemble import assemble_guest, check_config
     from .debug import attach_debugging
     from .devices import build_devices
@@ -299,6 +302,12 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
     from .launcher.era import boot_era
     from .machine.cpu import SelfTestError, self_test
 
+    if own_process:
+        # Everything made so far, the modules above all, lives until lgemu exits.  Frozen,
+        # the collector stops walking it: neither the run's full collections nor the
+        # interpreter's at exit (a tenth of start-up, issue 12).  Never in a caller's
+        # process, whose garbage not yet collected would be frozen along with it, for good.
+        gc.freeze()
     mem = check_config(config)
     kernel = load_kernel(config.kernel)
     era = boot_era(kernel, config.abi)  # an era lgemu cannot run stops here, before it runs
@@ -334,7 +343,8 @@ def boot(config: BootConfig, stdout: BinaryIO, stderr: BinaryIO | None = None) -
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lgemu` command; returns the exit status.  SIGINT, SIGTERM and
     SIGHUP are noted from the start and end the run at its next safe point (lgemu.signals);
-    one that arrives before the ending is printed decides it."""
+    one that arrives before the ending is printed decides it.  `argv` None: the command line
+    of this process, which lgemu then has to itself (`boot`'s `own_process`)."""
     installed = SIGNALS.install()
     try:
         return _main(argv)
@@ -357,7 +367,7 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "lab":
             return lab(args)
         config = parse_boot(args)
-        outcome = boot(config, sys.stdout.buffer, sys.stderr)
+        outcome = boot(config, sys.stdout.buffer, sys.stderr, own_process=argv is None)
     except LgemuExit as e:
         outcome = e
     except KeyboardInterrupt:  # only where lgemu.signals could not catch SIGINT

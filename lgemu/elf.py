@@ -12,7 +12,7 @@ refusals and decodes DWARF for the debugger.)
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
 ELF_MAGIC = b"\x7fELF"
@@ -140,6 +140,31 @@ def name_offsets(strtab: bytes, name: str) -> set[int]:
     return found
 
 
+def symbols_named(symtab: bytes, strtab: bytes, names: Iterable[str]) -> Iterator[
+        tuple[str, tuple[int, int, int, int, int, int]]]:
+    """The entries of a symbol table named one of `names`, in table order, each with its name:
+    (name, (name offset, value, size, info, other, shndx)).
+
+    The same entries `iter_symbols` would give, found without unpacking the others: a boot
+    asks after a few dozen names, several times, and a vmlinux has tens of thousands of
+    symbols (issue 12: start-up).  Each entry's first field, its name's offset, is copied
+    out into one column of 4-byte cells, and the column searched for each name's offsets."""
+    size = ELF32_SYM.size
+    entries = memoryview(symtab)[:len(symtab) - len(symtab) % size]
+    column = entries.cast("I")[::size // 4].tobytes()  # the raw bytes: byte order is kept
+    found: list[tuple[int, str]] = []
+    for name in dict.fromkeys(names):
+        for at in name_offsets(strtab, name):
+            cell = at.to_bytes(4, "little")
+            pos = column.find(cell)
+            while pos >= 0:
+                if pos % 4 == 0:  # a cell of its own, not the end of one and start of the next
+                    found.append((pos // 4, name))
+                pos = column.find(cell, pos + 1)
+    for index, name in sorted(found):
+        yield name, ELF32_SYM.unpack_from(symtab, index * size)
+
+
 def symbol_value(f: BinaryIO, size: int, name: str) -> int | None:
     """The value of the defined symbol `name` in the ELF `f`, or None (no symbol table, no
     such symbol, or tables that make no sense)."""
@@ -147,10 +172,9 @@ def symbol_value(f: BinaryIO, size: int, name: str) -> int | None:
         tables = symbol_table(f, size)
         if tables is None:
             return None
-        symtab, strtab = tables
-        offsets = name_offsets(strtab, name)
-        for st_name, value, _size, _info, _other, shndx in iter_symbols(symtab):
-            if st_name in offsets and shndx != SHN_UNDEF:
+        for _name, (_st_name, value, _size, _info, _other, shndx) in symbols_named(*tables,
+                                                                                  [name]):
+            if shndx != SHN_UNDEF:
                 return value
     except (struct.error, IndexError, ValueError):
         pass

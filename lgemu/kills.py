@@ -9,12 +9,63 @@ checked).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
+from typing import ClassVar
 
 
-@dataclass(frozen=True)
 class Kill:
-    """A reason to kill the guest; `text()` is the wording on stderr."""
+    """A reason to kill the guest; `text()` is the wording on stderr.
+
+    A kind lists the values that broke its rule as annotated fields, and a kill is a value, as
+    a frozen dataclass would be: made from its fields (in order, or by name), equal to and
+    hashed like a kill of the same kind with equal fields, shown as ``Kind(field=value, …)``,
+    and never changed.  The kinds are not dataclasses because generating a dataclass's six
+    methods for each of the 35 kinds was the largest single cost of lgemu's start-up (issue
+    12); these are written once, here, for all of them.
+    """
+
+    fields: ClassVar[tuple[str, ...]] = ()  # the kind's field names, in order
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.fields = (*cls.fields, *vars(cls).get("__annotations__", {}))
+        cls.__match_args__ = cls.fields
+
+    def __init__(self, *values: object, **named: object) -> None:
+        kind, fields = type(self).__name__, self.fields
+        if len(values) > len(fields):
+            raise TypeError(f"{kind} takes {len(fields)} values, not {len(values)}")
+        given = dict(zip(fields, values, strict=False))
+        for name, value in named.items():
+            if name not in fields or name in given:
+                raise TypeError(f"{kind}: unexpected or repeated value {name!r}")
+            given[name] = value
+        missing = [name for name in fields if name not in given]
+        if missing:
+            raise TypeError(f"{kind} is missing {', '.join(missing)}")
+        for name in fields:
+            object.__setattr__(self, name, given[name])
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.fields)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def text(self) -> str:
         """The reason as the user reads it."""
@@ -22,7 +73,6 @@ class Kill:
 
 
 # -- guest memory and the Host's own pages ---------------------------------------------------
-@dataclass(frozen=True)
 class BadGuestAddress(Kill):
     """A guest-physical range the guest handed over is not inside its memory (ABI §1.4)."""
 
@@ -34,7 +84,6 @@ class BadGuestAddress(Kill):
         return f"bad {self.access} address {self.addr:#x} len {self.length}"
 
 
-@dataclass(frozen=True)
 class BadVirtualAddress(Kill):
     """The Host had to access a guest-virtual address that is not mapped (writable)."""
 
@@ -44,7 +93,6 @@ class BadVirtualAddress(Kill):
         return f"Bad address {self.vaddr:#x}"
 
 
-@dataclass(frozen=True)
 class SwitcherAccess(Kill):
     """The guest's page tables reach for the switcher's address range."""
 
@@ -52,7 +100,6 @@ class SwitcherAccess(Kill):
         return "attempt to access switcher pages"
 
 
-@dataclass(frozen=True)
 class NotMemory(Kill):
     """A page table entry points beyond guest memory, found by the CPU's walk."""
 
@@ -62,7 +109,6 @@ class NotMemory(Kill):
         return f"bad page table entry (physical address {self.addr:#x} is not memory)"
 
 
-@dataclass(frozen=True)
 class BadPageTableEntry(Kill):
     """A PTE the Host would shadow has flags or a frame lguest refuses (ABI §7.1, §7.2)."""
 
@@ -70,7 +116,6 @@ class BadPageTableEntry(Kill):
         return "bad page table entry"
 
 
-@dataclass(frozen=True)
 class BadPageDirectoryEntry(Kill):
     """A PDE the Host would shadow has flags or a frame lguest refuses (ABI §7.1)."""
 
@@ -78,7 +123,6 @@ class BadPageDirectoryEntry(Kill):
         return "bad page directory entry"
 
 
-@dataclass(frozen=True)
 class BadPageMiddleDirectoryEntry(Kill):
     """A PAE middle-directory entry the Host would shadow has flags or a frame lguest refuses
     (ABI §7.6)."""
@@ -88,7 +132,6 @@ class BadPageMiddleDirectoryEntry(Kill):
 
 
 # -- hypercalls ---------------------------------------------------------------------------
-@dataclass(frozen=True)
 class BadHypercall(Kill):
     """A hypercall number 2.6.24 does not have."""
 
@@ -98,7 +141,6 @@ class BadHypercall(Kill):
         return f"Bad hypercall {self.nr}"
 
 
-@dataclass(frozen=True)
 class HypercallBeforeInit(Kill):
     """Any hypercall but LGUEST_INIT comes first."""
 
@@ -108,7 +150,6 @@ class HypercallBeforeInit(Kill):
         return f"hypercall {self.nr} before INIT"
 
 
-@dataclass(frozen=True)
 class AlreadyInitialized(Kill):
     """A second LGUEST_INIT."""
 
@@ -116,7 +157,6 @@ class AlreadyInitialized(Kill):
         return "already have lguest_data"
 
 
-@dataclass(frozen=True)
 class BadLguestData(Kill):
     """LGUEST_INIT's `struct lguest_data` is not inside guest memory."""
 
@@ -126,7 +166,6 @@ class BadLguestData(Kill):
         return f"bad guest page {self.addr:#x}"
 
 
-@dataclass(frozen=True)
 class BadSyscallVector(Kill):
     """lguest_data.syscall_vec is not 0x80."""
 
@@ -134,7 +173,6 @@ class BadSyscallVector(Kill):
         return "bad syscall vector"
 
 
-@dataclass(frozen=True)
 class BadKernelAddress(Kill):
     """lguest_data.kernel_address lies in the switcher's slot."""
 
@@ -144,7 +182,6 @@ class BadKernelAddress(Kill):
         return f"bad kernel address {self.addr:#x}"
 
 
-@dataclass(frozen=True)
 class TooManyGdtEntries(Kill):
     """LOAD_GDT with more than 32 entries."""
 
@@ -154,7 +191,6 @@ class TooManyGdtEntries(Kill):
         return f"too many gdt entries {self.count}"
 
 
-@dataclass(frozen=True)
 class BadStackSegment(Kill):
     """SET_STACK with a segment whose RPL is not 1."""
 
@@ -164,7 +200,6 @@ class BadStackSegment(Kill):
         return f"bad stack segment {self.segment}"
 
 
-@dataclass(frozen=True)
 class BadStackPages(Kill):
     """SET_STACK with more than two pages."""
 
@@ -174,7 +209,6 @@ class BadStackPages(Kill):
         return f"bad stack pages {self.pages}"
 
 
-@dataclass(frozen=True)
 class BadStackPage(Kill):
     """A page of the kernel stack is not mapped writable when it is pinned (ABI §5.5)."""
 
@@ -184,7 +218,6 @@ class BadStackPage(Kill):
         return f"bad stack page {self.vaddr:#x}"
 
 
-@dataclass(frozen=True)
 class BadIdtType(Kill):
     """LOAD_IDT_ENTRY with a present gate that is neither an interrupt nor a trap gate."""
 
@@ -194,7 +227,6 @@ class BadIdtType(Kill):
         return f"bad IDT type {self.gate_type}"
 
 
-@dataclass(frozen=True)
 class BadNotifyAddress(Kill):
     """NOTIFY on an address that is neither a queue nor guest memory."""
 
@@ -204,7 +236,6 @@ class BadNotifyAddress(Kill):
         return f"bad NOTIFY address {self.addr:#x}"
 
 
-@dataclass(frozen=True)
 class BadShutdown(Kill):
     """LHCALL_SHUTDOWN (2.6.25 on) asked for neither power-off (1) nor restart (2)."""
 
@@ -215,7 +246,6 @@ class BadShutdown(Kill):
 
 
 # -- the device page from 2.6.25 on (ABI Appendix C) -----------------------------------------
-@dataclass(frozen=True)
 class BadStatusNotify(Kill):
     """NOTIFY inside the device page at an offset where no descriptor starts (2.6.26 on a
     status write is reported with the descriptor's own address)."""
@@ -226,7 +256,6 @@ class BadStatusNotify(Kill):
         return f"NOTIFY at device page offset {self.offset:#x}, where no device descriptor starts"
 
 
-@dataclass(frozen=True)
 class BadDeviceStatus(Kill):
     """A device status byte with bits virtio does not define."""
 
@@ -237,7 +266,6 @@ class BadDeviceStatus(Kill):
         return f"device {self.device}: status {self.status:#04x} sets undefined bits"
 
 
-@dataclass(frozen=True)
 class UnofferedFeatures(Kill):
     """The driver accepted feature bits the device never offered."""
 
@@ -251,7 +279,6 @@ class UnofferedFeatures(Kill):
 
 
 # -- traps and the CPU ----------------------------------------------------------------------
-@dataclass(frozen=True)
 class UnhandledTrap(Kill):
     """A trap to deliver, and no gate for it in the guest's IDT."""
 
@@ -263,7 +290,6 @@ class UnhandledTrap(Kill):
         return f"unhandled trap {self.vector} at {self.eip:#x} ({self.detail:#x})"
 
 
-@dataclass(frozen=True)
 class UnusableStackSegment(Kill):
     """A trap from ring 3 needs the SET_STACK segment, which ring 1 cannot load (lguest's
     switcher faulted: "trap 256")."""
@@ -276,7 +302,6 @@ class UnusableStackSegment(Kill):
                 "from SET_STACK is not a usable ring-1 data segment)")
 
 
-@dataclass(frozen=True)
 class SegmentLoad(Kill):
     """Entering the guest failed to load a segment it gave the Host ("trap 256")."""
 
@@ -286,7 +311,6 @@ class SegmentLoad(Kill):
         return f"unhandled trap 256 ({self.detail})"
 
 
-@dataclass(frozen=True)
 class CpuFailure(Kill):
     """The emulated CPU itself stopped with an error."""
 
@@ -296,7 +320,6 @@ class CpuFailure(Kill):
         return f"CPU error: {self.detail}"
 
 
-@dataclass(frozen=True)
 class TripleFault(Kill):
     """The CPU stopped short of its budget with nothing to explain it: a fault it could not
     deliver (a triple fault on hardware)."""
@@ -308,7 +331,6 @@ class TripleFault(Kill):
 
 
 # -- virtqueues ---------------------------------------------------------------------------
-@dataclass(frozen=True)
 class BrokenVring(Kill):
     """A virtqueue's indices or descriptors break the ring's rules (ABI §11)."""
 
@@ -319,7 +341,6 @@ class BrokenVring(Kill):
         return f"vring {self.queue}: {self.detail}"
 
 
-@dataclass(frozen=True)
 class BadRequest(Kill):
     """A chain whose buffers are not what the device's protocol needs."""
 
@@ -332,7 +353,6 @@ class BadRequest(Kill):
 
 
 # -- PCI and virtio-PCI (the 4.x eras) ------------------------------------------------------
-@dataclass(frozen=True)
 class BadPciAccess(Kill):
     """A configuration-mechanism #1 access (ports 0xCF8-0xCFF) no driver makes: it spans
     past the data port, or is misaligned against the register it names."""
@@ -345,7 +365,6 @@ class BadPciAccess(Kill):
         return f"PCI config access of {self.size} bytes at port {self.port:#x}: {self.detail}"
 
 
-@dataclass(frozen=True)
 class BadVirtioPci(Kill):
     """A virtio 1.0 PCI function's registers used against its rules: an access outside or
     across its BAR's structures, a bad width, a queue set up out of range."""
@@ -357,7 +376,6 @@ class BadVirtioPci(Kill):
         return f"virtio-pci {self.device}: {self.detail}"
 
 
-@dataclass(frozen=True)
 class BadMmio(Kill):
     """A load or store in the PCI memory window that no BAR's registers cover whole."""
 
@@ -369,7 +387,6 @@ class BadMmio(Kill):
 
 
 # -- the DMA lguest bus (2.6.23) ------------------------------------------------------------
-@dataclass(frozen=True)
 class BadDma(Kill):
     """A BIND_DMA or SEND_DMA whose `struct lguest_dma`, buffers or interrupt break the
     2.6.23 bus's rules (docs/eras.md, "2.6.23")."""

@@ -112,3 +112,22 @@ def test_every_kind_is_worded_here() -> None:
 def test_kinds_compare_by_their_values() -> None:
     assert BadHypercall(12) == BadHypercall(12) != BadHypercall(13)
     assert HypercallBeforeInit(12) != BadHypercall(12)
+    assert {UnhandledTrap(13, 0x100042, 0xfa), UnhandledTrap(13, eip=0x100042, detail=0xfa)} \
+        == {UnhandledTrap(vector=13, eip=0x100042, detail=0xfa)}
+    assert SwitcherAccess() == SwitcherAccess() != BadPageTableEntry()
+
+
+def test_a_kill_shows_and_keeps_its_values() -> None:
+    kill = BadRequest("vda.0", 3, "no status byte")
+    assert repr(kill) == "BadRequest(queue='vda.0', head=3, detail='no status byte')"
+    with pytest.raises(AttributeError):  # a frozen value: what the kill says stays said
+        kill.head = 4  # type: ignore[misc]
+    assert kill.head == 3
+
+
+@pytest.mark.parametrize(("values", "named"), [((13,), {}), ((13, 1, 2, 3), {}),
+                                               ((13, 1, 2), {"eip": 1}),
+                                               ((13, 1), {"cr2": 2})])
+def test_a_kill_needs_exactly_its_fields(values: tuple, named: dict) -> None:
+    with pytest.raises(TypeError):
+        UnhandledTrap(*values, **named)

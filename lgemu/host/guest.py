@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..abi import (
     FIRST_EXTERNAL_VECTOR,
@@ -55,8 +55,6 @@ from ..abi import (
 from ..abi_eras import HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
-from ..devices.dma_bus import DmaBus
-from ..devices.pci import PciBus
 from ..devices.status import refresh_acked, status_written
 from ..devices.vring import Vring, WrittenPages
 from ..errors import (
@@ -90,6 +88,10 @@ from .segments import TSS_LIMIT, Gdt
 from .spin import Spins
 from .state import LguestState
 from .traps import GP, Traps
+
+if TYPE_CHECKING:  # a boot of the 2.6.23 or 4.x era brings these in (assemble, attach_pci)
+    from ..devices.dma_bus import DmaBus
+    from ..devices.pci import PciBus
 
 SLICE = 1_000_000  # instructions per slice when nothing is waiting
 PENDING_SLICE = 10_000  # while an interrupt waits for the guest to unmask it

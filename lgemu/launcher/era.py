@@ -58,7 +58,7 @@ from ..abi_eras import (
     era_named,
     parse_version,
 )
-from ..elf import SHN_UNDEF, iter_symbols, name_offsets, read_range, symbol_table
+from ..elf import SHN_UNDEF, read_range, symbol_table, symbols_named
 from ..errors import UserError
 from .guestcheck import LGUEST_SYMBOLS, PAE_MARKER
 from .loader import KernelImage
@@ -167,11 +167,10 @@ def _symbols(f: BinaryIO, size: int) -> dict[str, tuple[int, int]] | None:
     if tables is None:
         return None
     symtab, strtab = tables
-    wanted = {at: name for name in NAMES for at in name_offsets(strtab, name)}
     found: dict[str, tuple[int, int]] = {}
-    for st_name, value, st_size, _info, _other, shndx in iter_symbols(symtab):
-        name = wanted.get(st_name)
-        if name is not None and shndx != SHN_UNDEF and (name not in found or st_size):
+    for name, (_st_name, value, st_size, _info, _other, shndx) in symbols_named(symtab, strtab,
+                                                                                 NAMES):
+        if shndx != SHN_UNDEF and (name not in found or st_size):
             found[name] = (value, st_size)
     return found
 

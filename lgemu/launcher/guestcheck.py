@@ -57,11 +57,10 @@ from ..elf import (
     PT_TLS,
     SHN_UNDEF,
     STB_WEAK,
-    iter_symbols,
-    name_offsets,
     program_headers,
     read_range,
     symbol_table,
+    symbols_named,
 )
 from ..errors import UserError
 
@@ -118,13 +117,10 @@ def judge(defined: Mapping[str, bool]) -> Verdict:
 
 def _defined(symtab: bytes, strtab: bytes) -> dict[str, bool]:
     """Which of NAMES are defined: name → True if strong, False if only weak."""
-    wanted = {at: name for name in NAMES for at in name_offsets(strtab, name)}
     found: dict[str, bool] = {}
-    if not wanted:
-        return found
-    for st_name, _value, _size, info, _other, shndx in iter_symbols(symtab):
-        name = wanted.get(st_name)
-        if name is not None and shndx != SHN_UNDEF:
+    for name, (_st_name, _value, _size, info, _other, shndx) in symbols_named(symtab, strtab,
+                                                                               NAMES):
+        if shndx != SHN_UNDEF:
             found[name] = found.get(name, False) or info >> 4 != STB_WEAK
     return found
 
@@ -185,7 +181,8 @@ def is_pae(f: BinaryIO) -> bool:
     try:
         size = os.fstat(f.fileno()).st_size
         tables = symbol_table(f, size)
-        return tables is not None and judge(_defined(*tables)).pae
+        return tables is not None and any(shndx != SHN_UNDEF for _name, (*_, shndx)
+                                          in symbols_named(*tables, [PAE_MARKER]))
     except (OSError, struct.error, IndexError, ValueError):
         return False
 
