@@ -85,6 +85,15 @@ def test_the_wheel_carries_the_bundled_guest(wheel):
                                                     BUNDLED.name).read_bytes()
 
 
+def test_the_wheel_carries_every_package_of_the_tree(wheel):
+    """`lgemu lab` once failed from an installed copy: lgemu.lab was not in the list."""
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {Path(name).parent for name in archive.namelist() if name.endswith(".py")}
+    tree = {init.parent.relative_to(REPO_ROOT)
+            for init in (REPO_ROOT / "lgemu").rglob("__init__.py")}
+    assert tree <= shipped, sorted(map(str, tree - shipped))
+
+
 def test_lgemu_boot_works_from_a_fresh_venv_with_the_wheel(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
