@@ -44,6 +44,8 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter, ne, sub
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -76,18 +78,22 @@ SKIP = "%.0s"  # a line template that formats the count into nothing
 MAX_INSN = 15  # bytes in the longest x86 instruction
 MAX_BLOCK = 1 << 16  # more than any translated block
 PAGE = 4096
-BATCH = 1 << 14  # instructions whose lines block mode queues before it writes
+LOG_LIMIT = 1 << 13  # entries (two per block) block mode logs before it writes
+_templates = attrgetter("template")
+_counts = attrgetter("count")
 
 
 @dataclass(frozen=True, slots=True)
 class _Block:
-    """A translated block as block mode writes it: its instructions' line templates."""
+    """A translated block as block mode writes it: its instructions' line templates, as
+    UTF-8 bytes (``bytes % args`` finds each ``%`` with memchr where ``str % args`` steps
+    through every character, and the file takes them without another encoding)."""
 
     size: int  # bytes, as Unicorn reported them
     span: int  # bytes its cached lines depend on
     count: int  # instructions
-    template: str  # every line, for the common case of the whole block running
-    lines: tuple[str, ...]
+    template: bytes  # every line, for the common case of the whole block running
+    lines: tuple[bytes, ...]
     changes_ring: bool  # it ends with an instruction that may change rings
 
 
@@ -310,10 +316,18 @@ class Tracer:
                            and not os.environ.get("LGEMU_TRACE_EXACT"))
         self._pending: _Block | None = None
         self._pages: dict[int, set[int]] = {}  # page → decoded or block addresses touching it
-        self._batch: list[str] = []  # templates of whole blocks that ran, not yet written
+        # Blocks ending with an instruction that may change rings, per ring: kept out of
+        # `_caches` so that the block hook's fast path never meets one (see `_new_block`).
+        self._changers: list[dict[int, _Block]] = [{}, {}, {}, {}]
+        self._log: list[_Block | int] = []  # block, counter value when it started, ...
+        self._batch: list[bytes] = []  # lines (templates) that ran, not yet written
         self._batch_first = 0  # the count before the first queued line
         self._pending_start = 0
         self._pending_done = 0
+        self._bwrite: Callable[[bytes], object] = lambda data: 0
+        if self.block_mode:  # every write goes to the file's byte layer, in order
+            self._bwrite = out.stream.buffer.write  # type: ignore[attr-defined]
+            self._write = self._write_text
 
     # -- attaching ---------------------------------------------------------------------
     def attach(self) -> None:
@@ -336,6 +350,7 @@ class Tracer:
         """Finish the pending line, stop watching, flush (after the run, whatever the
         outcome)."""
         try:
+            self._take_log()
             if not self._broken and self._pending is not None:
                 self._flush_block(self.guest.clock.executed)
                 self._pending = None
@@ -380,6 +395,7 @@ class Tracer:
     def boundary(self, guest: Guest) -> int | None:
         """Before each run of the CPU: note the count, forget the ring, open or close the
         instruction-count window; returns how far the next run may go."""
+        self._take_log()
         if self._pending is not None:
             self._flush_block(guest.clock.executed)
             self._pending = None
@@ -534,7 +550,7 @@ class Tracer:
         else:
             pages = [p for p in self._pages if first <= p <= last]
         decoded = self._decoded
-        caches = self._caches if self.block_mode else ()
+        caches = (*self._caches, *self._changers) if self.block_mode else ()
         for page in pages:
             starts = self._pages[page]
             for address in [a for a in starts if a < end]:
@@ -561,48 +577,104 @@ class Tracer:
 
     # -- block mode ------------------------------------------------------------------------
     def _block_hook(self) -> Callable[[object, int, int, object], None]:
-        """Unicorn's raw block callback (`Cpu.on_block`) for each block about to run:
-        queue what ran of the previous block, then remember this one (rendered once per
-        address and ring).  A closure over locals, as it runs once per block; lines of
-        blocks that ran whole have consecutive counts, so the queue holds only templates
-        (see `_drain`)."""
+        """Unicorn's raw block callback (`Cpu.on_block`) for each block about to run.  Its
+        common case is two appends to a log: the block as rendered for this address and
+        ring, and the counter.  What ran of each block is worked out from the log in bulk
+        (`_take_log`); a block not rendered yet, or one that may change rings, takes
+        `_new_block`.  A closure over locals, as it runs once per block."""
         counter = self._counter
-        queue = self._batch
-        queued = queue.append
+        log = self._log
+        push = log.append
 
         def on_block(handle: object, address: int, size: int, data: object) -> None:
-            try:
-                now = self._base + counter.value
-                pending = self._pending
-                if pending is not None:
-                    if self._pending_done == 0 and now - self._pending_start == pending.count:
-                        queued(pending.template)
-                        if now - self._batch_first >= BATCH:
-                            self._drain(now)
-                    else:
-                        self._flush_block(now)
-                    if pending.changes_ring:
-                        self._cache = self._unknown
-                block = self._cache.get(address)
-                if block is None or block.size != size:
-                    if self._broken:
-                        return
-                    block = self._render_block(address, size)
-                self._pending = block
-                self._pending_start = now
-                self._pending_done = 0
-            except Exception as e:
-                self._fail(e)
+            block = self._cache.get(address)
+            if block is not None and block.size == size:
+                push(block)
+                push(counter.value)
+                if len(log) > LOG_LIMIT:
+                    try:
+                        self._take_log()
+                    except Exception as e:
+                        self._fail(e)
+            else:
+                self._new_block(address, size)
         return on_block
+
+    def _new_block(self, address: int, size: int) -> None:
+        """The block hook's other case: render the block if need be, log it, and if it may
+        change rings, make the next block look the ring up."""
+        try:
+            if self._broken:
+                return
+            if self._cache is self._unknown:
+                self._ring = self.cpu.cpl()
+                self._cache = self._caches[self._ring]
+            block = self._cache.get(address)  # type: ignore[assignment]
+            if block is None or block.size != size:
+                block = self._changers[self._ring].get(address)
+                if block is None or block.size != size:
+                    block = self._render_block(address, size)
+            self._log.append(block)
+            self._log.append(self._counter.value)
+            if block.changes_ring:
+                self._cache = self._unknown
+        except Exception as e:
+            self._fail(e)
+
+    def _take_log(self) -> None:
+        """Queue the lines of the logged blocks that ran, and write them.  Entry i ran whole
+        when entry i + 1 started as many instructions later as it has; those, the common
+        case, are found with C-level maps and queued as one template each.  A block that did
+        not (cut by a fault, or still running: the last one) goes through `_flush_block` as
+        the pending block.  Lines come out as the per-block logic would write them."""
+        log = self._log
+        if not log or self._broken:
+            log.clear()
+            return
+        blocks: list[_Block] = log[0::2]  # type: ignore[assignment]
+        starts: list[int] = log[1::2]  # type: ignore[assignment]
+        log.clear()
+        base = self._base
+        self._advance(base + starts[0])
+        batch = self._batch
+        first = 0
+        cut = compress(range(len(blocks) - 1),
+                       map(ne, map(sub, starts[1:], starts), map(_counts, blocks)))
+        for i in cut:  # blocks[i] did not run whole
+            batch.extend(map(_templates, blocks[first:i]))
+            self._pending, self._pending_start, self._pending_done = (
+                blocks[i], base + starts[i], 0)
+            self._flush_block(base + starts[i + 1])
+            first = i + 1
+        batch.extend(map(_templates, blocks[first:-1]))
+        self._pending = blocks[-1]
+        self._pending_start = base + starts[-1]
+        self._pending_done = 0
+        self._drain(self._pending_start)
+
+    def _advance(self, now: int) -> None:
+        """The pending block's lines, as far as it ran before `now` (a block started)."""
+        pending = self._pending
+        if pending is None:
+            return
+        if self._pending_done == 0 and now - self._pending_start == pending.count:
+            self._batch.append(pending.template)
+        else:
+            self._flush_block(now)
+        self._pending = None
 
     def _drain(self, end: int) -> None:
         """Write the queued lines, which take the counts after `_batch_first` up to `end`:
         one ``%`` and one write for thousands of lines."""
         if self._batch:
-            text = "".join(self._batch) % tuple(range(self._batch_first + 1, end + 1))
+            data = b"".join(self._batch) % tuple(range(self._batch_first + 1, end + 1))
             self._batch.clear()
-            self._write(text)
+            self._bwrite(data)
         self._batch_first = end
+
+    def _write_text(self, text: str) -> None:
+        """Block mode's `_write`: an event line, encoded as the text layer would."""
+        self._bwrite(text.encode("utf-8", "replace"))
 
     def _flush_block(self, now: int) -> None:
         """Write the queued lines and the pending block's lines for the instructions counted
@@ -620,9 +692,6 @@ class Tracer:
     def _render_block(self, address: int, size: int) -> _Block:
         """The lines of the block at `address` in the current ring (cached unless its size is
         Unicorn's placeholder for a block cut at a faulting instruction)."""
-        if self._cache is self._unknown:
-            self._ring = self.cpu.cpl()
-            self._cache = self._caches[self._ring]
         code = self.cpu.read_code(address, size) if 0 < size <= MAX_BLOCK else None
         insns: list[Insn] = []
         at = address
@@ -633,11 +702,14 @@ class Tracer:
         regular = code is not None and at == address + size
         if not regular:  # the rest is one instruction Unicorn could not translate whole
             insns.append(self._insn(at, address + size - at if code is not None else 0))
-        lines = tuple(self.fmt.template(insn, self._ring) for insn in insns)
-        block = _Block(size, max(size, at - address + 1), len(lines), "".join(lines), lines,
-                       any(insn.changes_ring for insn in insns))
+        lines = tuple(self.fmt.template(insn, self._ring).encode("utf-8", "replace")
+                      for insn in insns)
+        changes_ring = any(insn.changes_ring for insn in insns)
+        block = _Block(size, max(size, at - address + 1), len(lines), b"".join(lines), lines,
+                       changes_ring)
         if regular:
-            self._cache[address] = block  # type: ignore[assignment]
+            cache = self._changers[self._ring] if changes_ring else self._cache
+            cache[address] = block  # type: ignore[assignment]
             self._index(address, block.span)
         return block
 
@@ -665,6 +737,7 @@ class Tracer:
                 self._forget(eip, eip + 3)  # vmcall is 3 bytes
             if not self.filter.in_window(icount):
                 return
+            self._take_log()
             if self._pending is not None:
                 self._flush_block(icount)
             if self._console_wrote:
@@ -703,6 +776,8 @@ class Tracer:
         # would free the ctypes thunk that is running.  They write nothing from now on.
         self._broken = True
         self._write = lambda text: 0
+        self._bwrite = lambda data: 0
+        self._log.clear()
         if isinstance(error, BrokenPipeError):
             self.out.discard()
             return
