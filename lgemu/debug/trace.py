@@ -41,23 +41,33 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, ne, sub
+from operator import attrgetter, itemgetter, ne, sub
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import capstone
+import unicorn
 
 from ..errors import InternalError, LgemuExit, UserError
 from ..host.events import VMCALL_REWRITTEN
 from ..host.guest import Stage
-from ..machine.cpu import Reg
+from ..machine.cpu import GPRS, Reg
 from .symbols import Symbols
 from .tap import StreamTap, is_terminal, tap_console, untap_console
-from .trace_formats import FORMATS, Access, Insn, TraceFormat
+from .trace_formats import (
+    FORMATS,
+    MAX_MEMORY_VALUE,
+    TENET_REGISTERS,
+    Access,
+    Insn,
+    TenetFormat,
+    TraceFormat,
+)
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -81,6 +91,13 @@ PAGE = 4096
 LOG_LIMIT = 1 << 13  # entries (two per block) block mode logs before it writes
 _templates = attrgetter("template")
 _counts = attrgetter("count")
+# Tenet mode: the low halves of `Cpu.gpr_view`'s eight u64s, then Tenet's register order.
+_GPR_LOW = struct.Struct("<" + "I4x" * len(GPRS)).unpack
+_TENET_ORDER = itemgetter(*(GPRS.index(Reg[name.upper()]) for name in TENET_REGISTERS))
+_TENET_ASSIGN = tuple(f"{name}=%#x" for name in TENET_REGISTERS)
+_ACCESS = ("mr=%#x:", "mw=%#x:")
+_MASKS = tuple((1 << 8 * size) - 1 for size in range(MAX_MEMORY_VALUE + 1))
+LINES_LIMIT = 1 << 12  # lines tenet mode queues before it writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +331,16 @@ class Tracer:
                            and self._rings is None and not trace_filter.windows
                            and not out.interleaved
                            and not os.environ.get("LGEMU_TRACE_EXACT"))
+        # Tenet mode (`_tenet_hooks`): the same lines as state mode through a code hook that
+        # compares a snapshot of the registers' bytes and a memory hook that formats each
+        # access as it happens; lines are queued and written in thousands.
+        self.tenet_mode = (instructions and isinstance(fmt, TenetFormat)
+                           and self._rings is None and self.calls is None
+                           and not os.environ.get("LGEMU_TRACE_EXACT"))
+        self._lines: list[str] = []
+        self._accesses: list[str] = []
+        self._snapshot = b""
+        self._values: tuple[int, ...] | None = None
         self._pending: _Block | None = None
         self._pages: dict[int, set[int]] = {}  # page → decoded or block addresses touching it
         # Blocks ending with an instruction that may change rings, per ring: kept out of
@@ -351,6 +378,7 @@ class Tracer:
         outcome)."""
         try:
             self._take_log()
+            self._write_lines()
             if not self._broken and self._pending is not None:
                 self._flush_block(self.guest.clock.executed)
                 self._pending = None
@@ -372,6 +400,13 @@ class Tracer:
                                 f"({e.strerror or e})") from None
 
     def _hook(self) -> None:
+        if self.tenet_mode:
+            on_insn, on_memory = self._tenet_hooks()
+            for begin, end in self.ranges or [ALL]:
+                last = end - 1 if (begin, end) != ALL else end
+                self._hooks.append(self.cpu.on_instruction(on_insn, begin, last, raw=True))
+            self._hooks.append(self.cpu.on_memory_values(on_memory, raw=True))
+            return
         if self.block_mode:
             self._hooks.append(self.cpu.on_block(self._block_hook(), raw=True))
             self._hooks.append(self.cpu.on_block_linked(self._on_linked))
@@ -396,6 +431,7 @@ class Tracer:
         """Before each run of the CPU: note the count, forget the ring, open or close the
         instruction-count window; returns how far the next run may go."""
         self._take_log()
+        self._write_lines()
         if self._pending is not None:
             self._flush_block(guest.clock.executed)
             self._pending = None
@@ -411,6 +447,7 @@ class Tracer:
         if active and not self._hooks:
             self._hook()
             self._memory.clear()
+            self._accesses.clear()
         elif not active and self._hooks:
             if self.fmt.pending:  # the run stopped right after the window's last one
                 self._settle(self._base)
@@ -508,6 +545,71 @@ class Tracer:
     def _on_memory(self, is_write: bool, address: int, size: int, value: int) -> None:
         if len(self._memory) < MAX_ACCESSES:
             self._memory.append((is_write, address, size, value))
+
+    def _tenet_hooks(self) -> tuple[Callable[[object, int, int, object], None],
+                                     Callable[[object, int, int, int, int, object], None]]:
+        """Tenet mode's raw code and memory hooks (see `_on_state` and `TenetFormat.step`
+        for what they write).  Per instruction the registers are one 64-byte snapshot; only
+        when it differs from the last one are they unpacked and compared one by one.  The
+        memory hook formats an access as it happens, which `step` would do later anyway."""
+        counter = self._counter
+        snapshot = self.cpu.gpr_view.tobytes
+        accesses = self._accesses
+        lines = self._lines
+        queue = lines.append
+
+        def on_insn(handle: object, address: int, size: int, data: object) -> None:
+            try:
+                if self._broken:
+                    return
+                icount = self._base + counter.value
+                if self._console_wrote:
+                    self._write_lines()
+                    self._resume_line()
+                regs = snapshot()
+                if regs != self._snapshot:
+                    values = _TENET_ORDER(_GPR_LOW(regs))
+                    last = self._values
+                    if last is None:
+                        parts = [f % v for f, v in zip(_TENET_ASSIGN, values, strict=True)]
+                    else:
+                        parts = [f % v for f, v, o in zip(_TENET_ASSIGN, values, last,
+                                                          strict=True) if v != o]
+                    self._snapshot, self._values = regs, values
+                    parts.append(f"eip={address:#x}")
+                    if accesses:
+                        if icount - self._last_icount == 1 or last is None:
+                            parts += accesses
+                        accesses.clear()
+                    queue(",".join(parts) + "\n")
+                elif accesses:
+                    if icount - self._last_icount == 1:
+                        queue(f"eip={address:#x}," + ",".join(accesses) + "\n")
+                    else:  # accesses of untraced code: dropped
+                        queue(f"eip={address:#x}\n")
+                    accesses.clear()
+                else:
+                    queue(f"eip={address:#x}\n")
+                self._last_icount = icount
+                if len(lines) > LINES_LIMIT:
+                    self._write_lines()
+            except Exception as e:
+                self._fail(e)
+
+        def on_memory(handle: object, access: int, address: int, size: int, value: int,
+                      data: object) -> None:
+            if len(accesses) < MAX_ACCESSES:
+                size = min(size, MAX_MEMORY_VALUE)
+                accesses.append(_ACCESS[access == unicorn.UC_MEM_WRITE] % address
+                                + (value & _MASKS[size]).to_bytes(size, "little").hex())
+        return on_insn, on_memory
+
+    def _write_lines(self) -> None:
+        """Write what tenet mode queued."""
+        if self._lines:
+            text = "".join(self._lines)
+            self._lines.clear()
+            self._write(text)
 
     def _insn(self, address: int, size: int) -> Insn:
         """The decoded instruction at `address` (cached until its code changes)."""
@@ -756,6 +858,7 @@ class Tracer:
         """The console is about to write: our lines go out first; the next one starts on
         a line of its own (and takes the slow path, which looks)."""
         if data:
+            self._write_lines()
             self.out.flush()
             self._console_last = data[-1:]
             self._console_wrote = True
