@@ -339,8 +339,7 @@ class Tracer:
                            and not os.environ.get("LGEMU_TRACE_EXACT"))
         self._lines: list[str] = []
         self._accesses: list[str] = []
-        self._snapshot = b""
-        self._values: tuple[int, ...] | None = None
+        self._tenet: tuple[Callable[..., None], Callable[..., None]] | None = None
         self._pending: _Block | None = None
         self._pages: dict[int, set[int]] = {}  # page → decoded or block addresses touching it
         # Blocks ending with an instruction that may change rings, per ring: kept out of
@@ -401,7 +400,9 @@ class Tracer:
 
     def _hook(self) -> None:
         if self.tenet_mode:
-            on_insn, on_memory = self._tenet_hooks()
+            if self._tenet is None:  # made once: their state outlasts a window's end
+                self._tenet = self._tenet_hooks()
+            on_insn, on_memory = self._tenet
             for begin, end in self.ranges or [ALL]:
                 last = end - 1 if (begin, end) != ALL else end
                 self._hooks.append(self.cpu.on_instruction(on_insn, begin, last, raw=True))
@@ -557,8 +558,15 @@ class Tracer:
         accesses = self._accesses
         lines = self._lines
         queue = lines.append
+        eips: dict[int, str] = {}  # address → "eip=0x…" (the code's addresses: bounded)
+        eip_of = eips.get
+        last_regs = b""  # the registers' bytes at the last traced instruction
+        last_values: tuple[int, ...] | None = None  # and their values, in Tenet's order
+        last_icount = 0
+        write = unicorn.UC_MEM_WRITE
 
         def on_insn(handle: object, address: int, size: int, data: object) -> None:
+            nonlocal last_regs, last_values, last_icount
             try:
                 if self._broken:
                     return
@@ -566,31 +574,34 @@ class Tracer:
                 if self._console_wrote:
                     self._write_lines()
                     self._resume_line()
+                eip = eip_of(address)
+                if eip is None:
+                    eip = eips[address] = f"eip={address:#x}"
                 regs = snapshot()
-                if regs != self._snapshot:
+                if regs != last_regs:
                     values = _TENET_ORDER(_GPR_LOW(regs))
-                    last = self._values
-                    if last is None:
+                    if last_values is None:
                         parts = [f % v for f, v in zip(_TENET_ASSIGN, values, strict=True)]
                     else:
-                        parts = [f % v for f, v, o in zip(_TENET_ASSIGN, values, last,
+                        parts = [f % v for f, v, o in zip(_TENET_ASSIGN, values, last_values,
                                                           strict=True) if v != o]
-                    self._snapshot, self._values = regs, values
-                    parts.append(f"eip={address:#x}")
+                    parts.append(eip)
                     if accesses:
-                        if icount - self._last_icount == 1 or last is None:
+                        if icount - last_icount == 1 or last_values is None:
                             parts += accesses
                         accesses.clear()
+                    last_regs, last_values = regs, values
                     queue(",".join(parts) + "\n")
                 elif accesses:
-                    if icount - self._last_icount == 1:
-                        queue(f"eip={address:#x}," + ",".join(accesses) + "\n")
+                    if icount - last_icount == 1:
+                        accesses.insert(0, eip)
+                        queue(",".join(accesses) + "\n")
                     else:  # accesses of untraced code: dropped
-                        queue(f"eip={address:#x}\n")
+                        queue(eip + "\n")
                     accesses.clear()
                 else:
-                    queue(f"eip={address:#x}\n")
-                self._last_icount = icount
+                    queue(eip + "\n")
+                last_icount = icount
                 if len(lines) > LINES_LIMIT:
                     self._write_lines()
             except Exception as e:
@@ -599,8 +610,9 @@ class Tracer:
         def on_memory(handle: object, access: int, address: int, size: int, value: int,
                       data: object) -> None:
             if len(accesses) < MAX_ACCESSES:
-                size = min(size, MAX_MEMORY_VALUE)
-                accesses.append(_ACCESS[access == unicorn.UC_MEM_WRITE] % address
+                if size > MAX_MEMORY_VALUE:
+                    size = MAX_MEMORY_VALUE
+                accesses.append(_ACCESS[access == write] % address
                                 + (value & _MASKS[size]).to_bytes(size, "little").hex())
         return on_insn, on_memory
 
