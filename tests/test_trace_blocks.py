@@ -55,6 +55,33 @@ def test_block_mode_on_a_real_kernel_boot(boot_guest, monkeypatch, tmp_path):
     assert fast.count(b"\n") > 1_500_000
 
 
+@pytest.mark.parametrize("options", [
+    (), ("--max-insns", "54321"), ("--trace-filter", "icount:100-2000,icount:3000-"),
+], ids=["whole", "cut-54321", "windows"])
+def test_tenet_mode_writes_the_same_bytes_as_the_exact_path(boot_guest, monkeypatch,
+                                                             tmp_path, options):
+    """Tenet mode (register snapshots, raw hooks) against the per-instruction state path;
+    the windows reopen the hooks with the registers kept from the first window."""
+    fast, exact = both(lambda extra: boot_guest(None, extra=extra), monkeypatch, tmp_path,
+                       "--trace-format", "tenet", *options)
+    assert fast == exact
+    assert fast.count(b"\n") > 1000 and b",mw=" in fast and b",mr=" in fast
+
+
+@pytest.mark.parametrize("options", [
+    ("--max-insns", "400000"),
+    ("--max-insns", "1200000", "--trace-filter", "sym:strcmp,sym:put_dec"),
+], ids=["prefix", "symbols"])
+def test_tenet_mode_on_a_real_kernel_boot(boot_guest, monkeypatch, tmp_path, options):
+    """The 2.6.24 boot's first instructions (faults, hypercalls, interrupts), and two
+    functions with untraced code between their calls, whose accesses are dropped."""
+    args = shell_boot_args(tmp_path)
+    fast, exact = both(lambda extra: boot_guest(args[0], extra=[*args[1:], *options, *extra]),
+                       monkeypatch, tmp_path, "--trace-format", "tenet")
+    assert fast == exact
+    assert fast.count(b"\n") > 1000
+
+
 def test_rewritten_code_shows_anew_in_block_mode(asm_guest, tmp_path):
     """The block cache is keyed by address too: a block the guest rewrites is rendered
     again."""
