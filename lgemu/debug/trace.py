@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, itemgetter, ne, sub
+from operator import attrgetter, ne, sub
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -91,10 +91,10 @@ PAGE = 4096
 LOG_LIMIT = 1 << 13  # entries (two per block) block mode logs before it writes
 _templates = attrgetter("template")
 _counts = attrgetter("count")
-# Tenet mode: the low halves of `Cpu.gpr_view`'s eight u64s, then Tenet's register order.
+# Tenet mode: the low halves of `Cpu.gpr_view`'s eight u64s (EAX ECX EDX EBX ESP EBP ESI
+# EDI), and what Tenet calls each, in the order of its lines (`TENET_REGISTERS`).
 _GPR_LOW = struct.Struct("<" + "I4x" * len(GPRS)).unpack
-_TENET_ORDER = itemgetter(*(GPRS.index(Reg[name.upper()]) for name in TENET_REGISTERS))
-_TENET_ASSIGN = tuple(f"{name}=%#x" for name in TENET_REGISTERS)
+(_EAX, _EBX, _ECX, _EDX, _EBP, _ESP, _ESI, _EDI) = (f"{name}=%#x" for name in TENET_REGISTERS)
 _ACCESS = ("mr=%#x:", "mw=%#x:")
 _MASKS = tuple((1 << 8 * size) - 1 for size in range(MAX_MEMORY_VALUE + 1))
 LINES_LIMIT = 1 << 12  # lines tenet mode queues before it writes
@@ -561,8 +561,8 @@ class Tracer:
         eips: dict[int, str] = {}  # address → "eip=0x…" (the code's addresses: bounded)
         eip_of = eips.get
         last_regs = b""  # the registers' bytes at the last traced instruction
-        last_values: tuple[int, ...] | None = None  # and their values, in Tenet's order
-        last_icount = 0
+        last_values = (-1,) * len(GPRS)  # and their values (none yet: all differ)
+        last_icount = -1  # its number (none yet)
         write = unicorn.UC_MEM_WRITE
 
         def on_insn(handle: object, address: int, size: int, data: object) -> None:
@@ -579,15 +579,31 @@ class Tracer:
                     eip = eips[address] = f"eip={address:#x}"
                 regs = snapshot()
                 if regs != last_regs:
-                    values = _TENET_ORDER(_GPR_LOW(regs))
-                    if last_values is None:
-                        parts = [f % v for f, v in zip(_TENET_ASSIGN, values, strict=True)]
-                    else:
-                        parts = [f % v for f, v, o in zip(_TENET_ASSIGN, values, last_values,
-                                                          strict=True) if v != o]
+                    # Unrolled: a loop or comprehension over the eight costs three times as
+                    # much, and half the instructions of a boot change a register.
+                    values = _GPR_LOW(regs)
+                    eax, ecx, edx, ebx, esp, ebp, esi, edi = values
+                    o_eax, o_ecx, o_edx, o_ebx, o_esp, o_ebp, o_esi, o_edi = last_values
+                    parts = []
+                    if eax != o_eax:
+                        parts.append(_EAX % eax)
+                    if ebx != o_ebx:
+                        parts.append(_EBX % ebx)
+                    if ecx != o_ecx:
+                        parts.append(_ECX % ecx)
+                    if edx != o_edx:
+                        parts.append(_EDX % edx)
+                    if ebp != o_ebp:
+                        parts.append(_EBP % ebp)
+                    if esp != o_esp:
+                        parts.append(_ESP % esp)
+                    if esi != o_esi:
+                        parts.append(_ESI % esi)
+                    if edi != o_edi:
+                        parts.append(_EDI % edi)
                     parts.append(eip)
                     if accesses:
-                        if icount - last_icount == 1 or last_values is None:
+                        if icount - last_icount == 1 or last_icount < 0:
                             parts += accesses
                         accesses.clear()
                     last_regs, last_values = regs, values
