@@ -45,7 +45,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import chain, compress, repeat
 from operator import attrgetter, ne, sub
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -66,6 +66,7 @@ from .trace_formats import (
     Access,
     Insn,
     TenetFormat,
+    TextFormat,
     TraceFormat,
 )
 
@@ -89,7 +90,9 @@ MAX_INSN = 15  # bytes in the longest x86 instruction
 MAX_BLOCK = 1 << 16  # more than any translated block
 PAGE = 4096
 LOG_LIMIT = 1 << 13  # entries (two per block) block mode logs before it writes
-_templates = attrgetter("template")
+_lines = attrgetter("lines")
+_DIGITS = tuple(b"%d" % digit for digit in range(10))
+_NO_TENS = b" " * 9  # the count column's first nine characters for counts below 10
 _counts = attrgetter("count")
 # Tenet mode: the low halves of `Cpu.gpr_view`'s eight u64s (EAX ECX EDX EBX ESP EBP ESI
 # EDI), and what Tenet calls each, in the order of its lines (`TENET_REGISTERS`).
@@ -109,8 +112,7 @@ class _Block:
     size: int  # bytes, as Unicorn reported them
     span: int  # bytes its cached lines depend on
     count: int  # instructions
-    template: bytes  # every line, for the common case of the whole block running
-    lines: tuple[bytes, ...]
+    lines: tuple[bytes, ...]  # templates, or (text format) the lines after the count
     changes_ring: bool  # it ends with an instruction that may change rings
 
 
@@ -347,6 +349,8 @@ class Tracer:
         self._changers: list[dict[int, _Block]] = [{}, {}, {}, {}]
         self._log: list[_Block | int] = []  # block, counter value when it started, ...
         self._batch: list[bytes] = []  # lines (templates) that ran, not yet written
+        # The text format's count column is written without a `%` (see `_drain`).
+        self._column = isinstance(fmt, TextFormat)
         self._batch_first = 0  # the count before the first queued line
         self._pending_start = 0
         self._pending_done = 0
@@ -771,12 +775,12 @@ class Tracer:
         cut = compress(range(len(blocks) - 1),
                        map(ne, map(sub, starts[1:], starts), map(_counts, blocks)))
         for i in cut:  # blocks[i] did not run whole
-            batch.extend(map(_templates, blocks[first:i]))
+            batch.extend(chain.from_iterable(map(_lines, blocks[first:i])))
             self._pending, self._pending_start, self._pending_done = (
                 blocks[i], base + starts[i], 0)
             self._flush_block(base + starts[i + 1])
             first = i + 1
-        batch.extend(map(_templates, blocks[first:-1]))
+        batch.extend(chain.from_iterable(map(_lines, blocks[first:-1])))
         self._pending = blocks[-1]
         self._pending_start = base + starts[-1]
         self._pending_done = 0
@@ -788,7 +792,7 @@ class Tracer:
         if pending is None:
             return
         if self._pending_done == 0 and now - self._pending_start == pending.count:
-            self._batch.append(pending.template)
+            self._batch.extend(pending.lines)
         else:
             self._flush_block(now)
         self._pending = None
@@ -796,11 +800,32 @@ class Tracer:
     def _drain(self, end: int) -> None:
         """Write the queued lines, which take the counts after `_batch_first` up to `end`:
         one ``%`` and one write for thousands of lines."""
-        if self._batch:
-            data = b"".join(self._batch) % tuple(range(self._batch_first + 1, end + 1))
-            self._batch.clear()
+        batch = self._batch
+        if batch:
+            first = self._batch_first + 1
+            if not self._column:
+                data = b"".join(batch) % tuple(range(first, end + 1))
+            else:
+                data = b"".join(self._count_column(batch, first, end))
+            batch.clear()
             self._bwrite(data)
         self._batch_first = end
+
+    @staticmethod
+    def _count_column(lines: list[bytes], first: int, end: int) -> list[bytes]:
+        """`lines` behind the counts `first` to `end`, right-aligned in ten columns, as the
+        pieces of one join: the count's tens once per ten lines, then its last digit.
+        Formatting each number would cost more than the rest of the trace's writing."""
+        n = len(lines)
+        if n != end - first + 1:
+            raise InternalError(f"{n} lines for the counts {first} to {end}")
+        tens = [b"%9d" % t if t else _NO_TENS for t in range(first // 10, end // 10 + 1)]
+        skip = first % 10
+        pieces: list[bytes] = [b""] * (3 * n)
+        pieces[0::3] = list(chain.from_iterable(map(repeat, tens, repeat(10))))[skip:skip + n]
+        pieces[1::3] = (_DIGITS * (n // 10 + 2))[skip:skip + n]
+        pieces[2::3] = lines
+        return pieces
 
     def _write_text(self, text: str) -> None:
         """Block mode's `_write`: an event line, encoded as the text layer would."""
@@ -832,11 +857,10 @@ class Tracer:
         regular = code is not None and at == address + size
         if not regular:  # the rest is one instruction Unicorn could not translate whole
             insns.append(self._insn(at, address + size - at if code is not None else 0))
-        lines = tuple(self.fmt.template(insn, self._ring).encode("utf-8", "replace")
-                      for insn in insns)
+        render = self.fmt.body if self._column else self.fmt.template  # type: ignore[attr-defined]
+        lines = tuple(render(insn, self._ring).encode("utf-8", "replace") for insn in insns)
         changes_ring = any(insn.changes_ring for insn in insns)
-        block = _Block(size, max(size, at - address + 1), len(lines), b"".join(lines), lines,
-                       changes_ring)
+        block = _Block(size, max(size, at - address + 1), len(lines), lines, changes_ring)
         if regular:
             cache = self._changers[self._ring] if changes_ring else self._cache
             cache[address] = block  # type: ignore[assignment]
@@ -847,11 +871,32 @@ class Tracer:
         """A block was linked: if its bytes changed since it was decoded, decode again."""
         try:
             code = self.cpu.read_code(address, size) if 0 < size <= MAX_BLOCK else None
-            if self._blocks.get(address, b"") != code:
+            known = self._blocks.get(address, b"")
+            if known != code:
                 self._blocks[address] = code
-                self._forget(address, address + size)
+                # A first link (most are) needs no `_forget`, which walks whole pages, when
+                # what was decoded there still matches the bytes.
+                if known or code is None or not self._decoded_as(address, code):
+                    self._forget(address, address + size)
         except Exception as e:
             self._fail(e)
+
+    def _decoded_as(self, address: int, code: bytes) -> bool:
+        """Do the instructions decoded over [address, address + len(code)) have these bytes?
+        Every cached line or block was rendered from such instructions (`_forget` drops
+        them together), so if they all agree nothing cached depends on other bytes."""
+        decoded = self._decoded
+        end = address + len(code)
+        for at in range(max(address - MAX_INSN + 1, 0), end):
+            insn = decoded.get(at)
+            if insn is None or at + insn.size <= address:
+                continue
+            if insn.code is None:
+                return False
+            lo, hi = max(at, address), min(at + insn.size, end)
+            if insn.code[lo - at:hi - at] != code[lo - address:hi - address]:
+                return False
+        return True
 
     # -- events ----------------------------------------------------------------------------
     def _on_event(self, icount: int, kind: str, text: str) -> None:
