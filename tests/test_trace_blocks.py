@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 from linuxkernel import real_kernel, shell_boot_args
 
 from lgemu.debug.symbols import _line_rows, _unit_line_attributes
+from lgemu.debug.trace import Tracer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = REPO_ROOT / "firmware" / "lgemu-guest.elf"
@@ -80,6 +81,16 @@ def test_tenet_mode_on_a_real_kernel_boot(boot_guest, monkeypatch, tmp_path, opt
                        monkeypatch, tmp_path, "--trace-format", "tenet")
     assert fast == exact
     assert fast.count(b"\n") > 1000
+
+
+@pytest.mark.parametrize("first", [1, 7, 999_999_990, 9_999_999_995])
+def test_count_column_matches_formatting_each_count(first):
+    """Block mode pieces the text format's count column together a ten at a time: the
+    lines of a long trace, past ten digits too, read as if each count were formatted."""
+    lines = [b" r1 line %d\n" % i for i in range(37)]
+    end = first + len(lines) - 1
+    want = b"".join(b"%10d" % (first + i) + line for i, line in enumerate(lines))
+    assert b"".join(Tracer._count_column(lines, first, end)) == want
 
 
 def test_rewritten_code_shows_anew_in_block_mode(asm_guest, tmp_path):

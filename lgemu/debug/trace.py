@@ -14,13 +14,23 @@ One `Tracer` per run.  It watches two things:
 * **lguest events**, as an observer of `Guest.emit` (wording: `lgemu.host.events`).
 
 **Block mode.**  A plain text or jsonl trace to a file with no filter (the common, longest
-case) does not call Python per instruction.  A block hook notes where each translated block
-starts and the instruction count there; the block's lines are rendered once per address and
-ring (one template for the whole block) and written when the next block starts, an event
-arrives, a run ends or the trace closes, the count saying how many of the block's
-instructions ran (a block cut short by a fault or a slice end writes only those).  The file
-is byte-identical to the per-instruction path's (tests compare the two;
-``LGEMU_TRACE_EXACT=1`` forces the per-instruction path).
+case) does not call Python per instruction.  A block hook appends to a log the block about
+to run, rendered once per address and ring, and the instruction count there; nothing else
+(a real boot runs a block every three or four instructions).  The log is worked out in bulk
+when it fills, at an event, at a run's end and when the trace closes: a block ran whole when
+the next one started that many instructions later (found with C-level maps), else only as
+many of its lines are written (a block cut short by a fault or a slice end).  Lines are kept
+as UTF-8 bytes and written to the file's byte layer thousands at a time; the text format's
+count column is pieced together from one formatted number per ten lines.
+
+**Tenet mode.**  A Tenet trace needs the registers at every instruction, so it keeps a code
+hook, but a raw one whose common case is cheap: the eight registers are one 64-byte snapshot
+of Unicorn's own storage (`Cpu.gpr_view`), compared as bytes and unpacked only when they
+differ (half the instructions of a boot); memory accesses are formatted by a raw memory hook
+as they happen; lines are queued and written thousands at a time.
+
+Both write byte for byte what the per-instruction path writes (tests compare them;
+``LGEMU_TRACE_EXACT=1`` forces that path).
 
 The ring is not read per instruction (a register read costs more than the rest of the line):
 it can only change at an event (a trap, an interrupt, a hypercall), at a run boundary, or at
