@@ -445,11 +445,14 @@ class Tracer:
     def boundary(self, guest: Guest) -> int | None:
         """Before each run of the CPU: note the count, forget the ring, open or close the
         instruction-count window; returns how far the next run may go."""
-        self._take_log()
-        self._write_lines()
-        if self._pending is not None:
-            self._flush_block(guest.clock.executed)
-            self._pending = None
+        try:
+            self._take_log()
+            self._write_lines()
+            if self._pending is not None:
+                self._flush_block(guest.clock.executed)
+        except Exception as e:  # a reader that went away, a full disk: as from a hook
+            self._fail(e)
+        self._pending = None
         self._base = self._batch_first = guest.clock.executed
         self._cache = self._unknown
         if self._broken:  # hooks are removed here, never from inside one (see `_fail`)
