@@ -656,13 +656,18 @@ class Tracer:
             self._lines.clear()
             self._write(text)
 
-    def _insn(self, address: int, size: int) -> Insn:
-        """The decoded instruction at `address` (cached until its code changes)."""
+    def _insn(self, address: int, size: int,
+              known: tuple[bytes, capstone.CsInsn] | None = None) -> Insn:
+        """The decoded instruction at `address` (cached until its code changes); `known`:
+        its bytes and capstone's decoding, when a whole block was just disassembled."""
         insn = self._decoded.get(address)
         if insn is not None and insn.size == size:
             return insn
-        code = self.cpu.read_code(address, size) if 0 < size <= MAX_INSN else None
-        decoded = next(self._disasm.disasm(code, address, 1), None) if code else None
+        if known is not None:
+            code, decoded = known
+        else:
+            code = self.cpu.read_code(address, size) if 0 < size <= MAX_INSN else None
+            decoded = next(self._disasm.disasm(code, address, 1), None) if code else None
         if decoded is None:
             # Unicorn's size is a placeholder (or short) when translation stopped at this
             # instruction because it faults (#UD, #NM, a fetch from an unmapped page).
@@ -865,7 +870,9 @@ class Tracer:
         at = address
         if code is not None:
             for decoded in self._disasm.disasm(code, address):
-                insns.append(self._insn(decoded.address, decoded.size))
+                offset = decoded.address - address
+                insns.append(self._insn(decoded.address, decoded.size,
+                                        (code[offset:offset + decoded.size], decoded)))
                 at = decoded.address + decoded.size
         regular = code is not None and at == address + size
         if not regular:  # the rest is one instruction Unicorn could not translate whole
