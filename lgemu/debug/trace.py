@@ -584,9 +584,7 @@ class Tracer:
 
         def on_insn(handle: object, address: int, size: int, data: object) -> None:
             nonlocal last_regs, last_values, last_icount
-            try:
-                if self._broken:
-                    return
+            try:  # once broken, `_write` writes nothing: no need to look per instruction
                 icount = self._base + counter.value
                 if self._console_wrote:
                     self._write_lines()
