@@ -100,10 +100,10 @@ MAX_INSN = 15  # bytes in the longest x86 instruction
 MAX_BLOCK = 1 << 16  # more than any translated block
 PAGE = 4096
 LOG_LIMIT = 1 << 13  # entries (two per block) block mode logs before it writes
-_lines = attrgetter("lines")
+_block_lines = attrgetter("lines")
+_block_count = attrgetter("count")
 _DIGITS = tuple(b"%d" % digit for digit in range(10))
 _NO_TENS = b" " * 9  # the count column's first nine characters for counts below 10
-_counts = attrgetter("count")
 # Tenet mode: the low halves of `Cpu.gpr_view`'s eight u64s (EAX ECX EDX EBX ESP EBP ESI
 # EDI), and what Tenet calls each, in the order of its lines (`TENET_REGISTERS`).
 _GPR_LOW = struct.Struct("<" + "I4x" * len(GPRS)).unpack
@@ -575,6 +575,8 @@ class Tracer:
         accesses = self._accesses
         lines = self._lines
         queue = lines.append
+        # Sharing stdout or stderr, each line goes out at once, as state mode's do.
+        limit = 0 if self.out.interleaved else LINES_LIMIT
         eips: dict[int, str] = {}  # address → "eip=0x…" (the code's addresses: bounded)
         eip_of = eips.get
         last_regs = b""  # the registers' bytes at the last traced instruction
@@ -633,7 +635,7 @@ class Tracer:
                 else:
                     queue(eip + "\n")
                 last_icount = icount
-                if len(lines) > LINES_LIMIT:
+                if len(lines) > limit:
                     self._write_lines()
             except Exception as e:
                 self._fail(e)
@@ -774,7 +776,7 @@ class Tracer:
     def _take_log(self) -> None:
         """Queue the lines of the logged blocks that ran, and write them.  Entry i ran whole
         when entry i + 1 started as many instructions later as it has; those, the common
-        case, are found with C-level maps and queued as one template each.  A block that did
+        case, are found with C-level maps and their lines queued in one extend.  A block that did
         not (cut by a fault, or still running: the last one) goes through `_flush_block` as
         the pending block.  Lines come out as the per-block logic would write them."""
         log = self._log
@@ -789,14 +791,14 @@ class Tracer:
         batch = self._batch
         first = 0
         cut = compress(range(len(blocks) - 1),
-                       map(ne, map(sub, starts[1:], starts), map(_counts, blocks)))
+                       map(ne, map(sub, starts[1:], starts), map(_block_count, blocks)))
         for i in cut:  # blocks[i] did not run whole
-            batch.extend(chain.from_iterable(map(_lines, blocks[first:i])))
+            batch.extend(chain.from_iterable(map(_block_lines, blocks[first:i])))
             self._pending, self._pending_start, self._pending_done = (
                 blocks[i], base + starts[i], 0)
             self._flush_block(base + starts[i + 1])
             first = i + 1
-        batch.extend(chain.from_iterable(map(_lines, blocks[first:-1])))
+        batch.extend(chain.from_iterable(map(_block_lines, blocks[first:-1])))
         self._pending = blocks[-1]
         self._pending_start = base + starts[-1]
         self._pending_done = 0
