@@ -776,9 +776,10 @@ class Tracer:
     def _take_log(self) -> None:
         """Queue the lines of the logged blocks that ran, and write them.  Entry i ran whole
         when entry i + 1 started as many instructions later as it has; those, the common
-        case, are found with C-level maps and their lines queued in one extend.  A block that did
-        not (cut by a fault, or still running: the last one) goes through `_flush_block` as
-        the pending block.  Lines come out as the per-block logic would write them."""
+        case, are found with C-level maps and their lines queued in one extend.  A block
+        that did not (cut by a fault, or still running: the last one) goes through
+        `_flush_block` as the pending block.  Lines come out as the per-block logic would
+        write them."""
         log = self._log
         if not log or self._broken:
             log.clear()
