@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 from linuxkernel import real_kernel, shell_boot_args
 
 from lgemu.debug.symbols import _line_rows, _unit_line_attributes
+from lgemu.debug.trace import Tracer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = REPO_ROOT / "firmware" / "lgemu-guest.elf"
@@ -53,6 +54,43 @@ def test_block_mode_on_a_real_kernel_boot(boot_guest, monkeypatch, tmp_path):
                        monkeypatch, tmp_path)
     assert fast == exact
     assert fast.count(b"\n") > 1_500_000
+
+
+@pytest.mark.parametrize("options", [
+    (), ("--max-insns", "54321"), ("--trace-filter", "icount:100-2000,icount:3000-"),
+], ids=["whole", "cut-54321", "windows"])
+def test_tenet_mode_writes_the_same_bytes_as_the_exact_path(boot_guest, monkeypatch,
+                                                             tmp_path, options):
+    """Tenet mode (register snapshots, raw hooks) against the per-instruction state path;
+    the windows reopen the hooks with the registers kept from the first window."""
+    fast, exact = both(lambda extra: boot_guest(None, extra=extra), monkeypatch, tmp_path,
+                       "--trace-format", "tenet", *options)
+    assert fast == exact
+    assert fast.count(b"\n") > 1000 and b",mw=" in fast and b",mr=" in fast
+
+
+@pytest.mark.parametrize("options", [
+    ("--max-insns", "400000"),
+    ("--max-insns", "1200000", "--trace-filter", "sym:strcmp,sym:put_dec"),
+], ids=["prefix", "symbols"])
+def test_tenet_mode_on_a_real_kernel_boot(boot_guest, monkeypatch, tmp_path, options):
+    """The 2.6.24 boot's first instructions (faults, hypercalls, interrupts), and two
+    functions with untraced code between their calls, whose accesses are dropped."""
+    args = shell_boot_args(tmp_path)
+    fast, exact = both(lambda extra: boot_guest(args[0], extra=[*args[1:], *options, *extra]),
+                       monkeypatch, tmp_path, "--trace-format", "tenet")
+    assert fast == exact
+    assert fast.count(b"\n") > 1000
+
+
+@pytest.mark.parametrize("first", [1, 7, 999_999_990, 9_999_999_995])
+def test_count_column_matches_formatting_each_count(first):
+    """Block mode pieces the text format's count column together a ten at a time: the
+    lines of a long trace, past ten digits too, read as if each count were formatted."""
+    lines = [b" r1 line %d\n" % i for i in range(37)]
+    end = first + len(lines) - 1
+    want = b"".join(b"%10d" % (first + i) + line for i, line in enumerate(lines))
+    assert b"".join(Tracer._count_column(lines, first, end)) == want
 
 
 def test_rewritten_code_shows_anew_in_block_mode(asm_guest, tmp_path):

@@ -14,13 +14,23 @@ One `Tracer` per run.  It watches two things:
 * **lguest events**, as an observer of `Guest.emit` (wording: `lgemu.host.events`).
 
 **Block mode.**  A plain text or jsonl trace to a file with no filter (the common, longest
-case) does not call Python per instruction.  A block hook notes where each translated block
-starts and the instruction count there; the block's lines are rendered once per address and
-ring (one template for the whole block) and written when the next block starts, an event
-arrives, a run ends or the trace closes, the count saying how many of the block's
-instructions ran (a block cut short by a fault or a slice end writes only those).  The file
-is byte-identical to the per-instruction path's (tests compare the two;
-``LGEMU_TRACE_EXACT=1`` forces the per-instruction path).
+case) does not call Python per instruction.  A block hook appends to a log the block about
+to run, rendered once per address and ring, and the instruction count there; nothing else
+(a real boot runs a block every three or four instructions).  The log is worked out in bulk
+when it fills, at an event, at a run's end and when the trace closes: a block ran whole when
+the next one started that many instructions later (found with C-level maps), else only as
+many of its lines are written (a block cut short by a fault or a slice end).  Lines are kept
+as UTF-8 bytes and written to the file's byte layer thousands at a time; the text format's
+count column is pieced together from one formatted number per ten lines.
+
+**Tenet mode.**  A Tenet trace needs the registers at every instruction, so it keeps a code
+hook, but a raw one whose common case is cheap: the eight registers are one 64-byte snapshot
+of Unicorn's own storage (`Cpu.gpr_view`), compared as bytes and unpacked only when they
+differ (half the instructions of a boot); memory accesses are formatted by a raw memory hook
+as they happen; lines are queued and written thousands at a time.
+
+Both write byte for byte what the per-instruction path writes (tests compare them;
+``LGEMU_TRACE_EXACT=1`` forces that path).
 
 The ring is not read per instruction (a register read costs more than the rest of the line):
 it can only change at an event (a trap, an interrupt, a hypercall), at a run boundary, or at
@@ -41,21 +51,34 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
+from operator import attrgetter, ne, sub
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import capstone
+import unicorn
 
 from ..errors import InternalError, LgemuExit, UserError
 from ..host.events import VMCALL_REWRITTEN
 from ..host.guest import Stage
-from ..machine.cpu import Reg
+from ..machine.cpu import GPRS, Reg
 from .symbols import Symbols
 from .tap import StreamTap, is_terminal, tap_console, untap_console
-from .trace_formats import FORMATS, Access, Insn, TraceFormat
+from .trace_formats import (
+    FORMATS,
+    MAX_MEMORY_VALUE,
+    TENET_REGISTERS,
+    Access,
+    Insn,
+    TenetFormat,
+    TextFormat,
+    TraceFormat,
+)
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -76,18 +99,30 @@ SKIP = "%.0s"  # a line template that formats the count into nothing
 MAX_INSN = 15  # bytes in the longest x86 instruction
 MAX_BLOCK = 1 << 16  # more than any translated block
 PAGE = 4096
-BATCH = 1 << 14  # instructions whose lines block mode queues before it writes
+LOG_LIMIT = 1 << 13  # entries (two per block) block mode logs before it writes
+_block_lines = attrgetter("lines")
+_block_count = attrgetter("count")
+_DIGITS = tuple(b"%d" % digit for digit in range(10))
+_NO_TENS = b" " * 9  # the count column's first nine characters for counts below 10
+# Tenet mode: the low halves of `Cpu.gpr_view`'s eight u64s (EAX ECX EDX EBX ESP EBP ESI
+# EDI), and what Tenet calls each, in the order of its lines (`TENET_REGISTERS`).
+_GPR_LOW = struct.Struct("<" + "I4x" * len(GPRS)).unpack
+(_EAX, _EBX, _ECX, _EDX, _EBP, _ESP, _ESI, _EDI) = (f"{name}=%#x" for name in TENET_REGISTERS)
+_ACCESS = ("mr=%#x:", "mw=%#x:")
+_MASKS = tuple((1 << 8 * size) - 1 for size in range(MAX_MEMORY_VALUE + 1))
+LINES_LIMIT = 1 << 12  # lines tenet mode queues before it writes
 
 
 @dataclass(frozen=True, slots=True)
 class _Block:
-    """A translated block as block mode writes it: its instructions' line templates."""
+    """A translated block as block mode writes it: its instructions' line templates, as
+    UTF-8 bytes (``bytes % args`` finds each ``%`` with memchr where ``str % args`` steps
+    through every character, and the file takes them without another encoding)."""
 
     size: int  # bytes, as Unicorn reported them
     span: int  # bytes its cached lines depend on
     count: int  # instructions
-    template: str  # every line, for the common case of the whole block running
-    lines: tuple[str, ...]
+    lines: tuple[bytes, ...]  # templates, or (text format) the lines after the count
     changes_ring: bool  # it ends with an instruction that may change rings
 
 
@@ -308,12 +343,31 @@ class Tracer:
                            and self._rings is None and not trace_filter.windows
                            and not out.interleaved
                            and not os.environ.get("LGEMU_TRACE_EXACT"))
+        # Tenet mode (`_tenet_hooks`): the same lines as state mode through a code hook that
+        # compares a snapshot of the registers' bytes and a memory hook that formats each
+        # access as it happens; lines are queued and written in thousands.
+        self.tenet_mode = (instructions and isinstance(fmt, TenetFormat)
+                           and self._rings is None and self.calls is None
+                           and not os.environ.get("LGEMU_TRACE_EXACT"))
+        self._lines: list[str] = []
+        self._accesses: list[str] = []
+        self._tenet: tuple[Callable[..., None], Callable[..., None]] | None = None
         self._pending: _Block | None = None
         self._pages: dict[int, set[int]] = {}  # page → decoded or block addresses touching it
-        self._batch: list[str] = []  # templates of whole blocks that ran, not yet written
+        # Blocks ending with an instruction that may change rings, per ring: kept out of
+        # `_caches` so that the block hook's fast path never meets one (see `_new_block`).
+        self._changers: list[dict[int, _Block]] = [{}, {}, {}, {}]
+        self._log: list[_Block | int] = []  # block, counter value when it started, ...
+        self._batch: list[bytes] = []  # lines (templates) that ran, not yet written
+        # The text format's count column is written without a `%` (see `_drain`).
+        self._column = isinstance(fmt, TextFormat)
         self._batch_first = 0  # the count before the first queued line
         self._pending_start = 0
         self._pending_done = 0
+        self._bwrite: Callable[[bytes], object] = lambda data: 0
+        if self.block_mode:  # every write goes to the file's byte layer, in order
+            self._bwrite = out.stream.buffer.write  # type: ignore[attr-defined]
+            self._write = self._write_text
 
     # -- attaching ---------------------------------------------------------------------
     def attach(self) -> None:
@@ -336,6 +390,8 @@ class Tracer:
         """Finish the pending line, stop watching, flush (after the run, whatever the
         outcome)."""
         try:
+            self._take_log()
+            self._write_lines()
             if not self._broken and self._pending is not None:
                 self._flush_block(self.guest.clock.executed)
                 self._pending = None
@@ -357,6 +413,15 @@ class Tracer:
                                 f"({e.strerror or e})") from None
 
     def _hook(self) -> None:
+        if self.tenet_mode:
+            if self._tenet is None:  # made once: their state outlasts a window's end
+                self._tenet = self._tenet_hooks()
+            on_insn, on_memory = self._tenet
+            for begin, end in self.ranges or [ALL]:
+                last = end - 1 if (begin, end) != ALL else end
+                self._hooks.append(self.cpu.on_instruction(on_insn, begin, last, raw=True))
+            self._hooks.append(self.cpu.on_memory_values(on_memory, raw=True))
+            return
         if self.block_mode:
             self._hooks.append(self.cpu.on_block(self._block_hook(), raw=True))
             self._hooks.append(self.cpu.on_block_linked(self._on_linked))
@@ -380,9 +445,14 @@ class Tracer:
     def boundary(self, guest: Guest) -> int | None:
         """Before each run of the CPU: note the count, forget the ring, open or close the
         instruction-count window; returns how far the next run may go."""
-        if self._pending is not None:
-            self._flush_block(guest.clock.executed)
-            self._pending = None
+        try:
+            self._take_log()
+            self._write_lines()
+            if self._pending is not None:
+                self._flush_block(guest.clock.executed)
+        except Exception as e:  # a reader that went away, a full disk: as from a hook
+            self._fail(e)
+        self._pending = None
         self._base = self._batch_first = guest.clock.executed
         self._cache = self._unknown
         if self._broken:  # hooks are removed here, never from inside one (see `_fail`)
@@ -395,6 +465,7 @@ class Tracer:
         if active and not self._hooks:
             self._hook()
             self._memory.clear()
+            self._accesses.clear()
         elif not active and self._hooks:
             if self.fmt.pending:  # the run stopped right after the window's last one
                 self._settle(self._base)
@@ -493,13 +564,110 @@ class Tracer:
         if len(self._memory) < MAX_ACCESSES:
             self._memory.append((is_write, address, size, value))
 
-    def _insn(self, address: int, size: int) -> Insn:
-        """The decoded instruction at `address` (cached until its code changes)."""
+    def _tenet_hooks(self) -> tuple[Callable[[object, int, int, object], None],
+                                     Callable[[object, int, int, int, int, object], None]]:
+        """Tenet mode's raw code and memory hooks (see `_on_state` and `TenetFormat.step`
+        for what they write).  Per instruction the registers are one 64-byte snapshot; only
+        when it differs from the last one are they unpacked and compared one by one.  The
+        memory hook formats an access as it happens, which `step` would do later anyway."""
+        counter = self._counter
+        snapshot = self.cpu.gpr_view.tobytes
+        accesses = self._accesses
+        lines = self._lines
+        queue = lines.append
+        # Sharing stdout or stderr, each line goes out at once, as state mode's do.
+        limit = 0 if self.out.interleaved else LINES_LIMIT
+        eips: dict[int, str] = {}  # address → "eip=0x…" (the code's addresses: bounded)
+        eip_of = eips.get
+        last_regs = b""  # the registers' bytes at the last traced instruction
+        last_values = (-1,) * len(GPRS)  # and their values (none yet: all differ)
+        last_icount = -1  # its number (none yet)
+        write = unicorn.UC_MEM_WRITE
+
+        def on_insn(handle: object, address: int, size: int, data: object) -> None:
+            nonlocal last_regs, last_values, last_icount
+            try:  # once broken, `_write` writes nothing: no need to look per instruction
+                icount = self._base + counter.value
+                if self._console_wrote:
+                    self._write_lines()
+                    self._resume_line()
+                eip = eip_of(address)
+                if eip is None:
+                    eip = eips[address] = f"eip={address:#x}"
+                regs = snapshot()
+                if regs != last_regs:
+                    # Unrolled: a loop or comprehension over the eight costs three times as
+                    # much, and half the instructions of a boot change a register.
+                    values = _GPR_LOW(regs)
+                    eax, ecx, edx, ebx, esp, ebp, esi, edi = values
+                    o_eax, o_ecx, o_edx, o_ebx, o_esp, o_ebp, o_esi, o_edi = last_values
+                    parts = []
+                    if eax != o_eax:
+                        parts.append(_EAX % eax)
+                    if ebx != o_ebx:
+                        parts.append(_EBX % ebx)
+                    if ecx != o_ecx:
+                        parts.append(_ECX % ecx)
+                    if edx != o_edx:
+                        parts.append(_EDX % edx)
+                    if ebp != o_ebp:
+                        parts.append(_EBP % ebp)
+                    if esp != o_esp:
+                        parts.append(_ESP % esp)
+                    if esi != o_esi:
+                        parts.append(_ESI % esi)
+                    if edi != o_edi:
+                        parts.append(_EDI % edi)
+                    parts.append(eip)
+                    if accesses:
+                        if icount - last_icount == 1 or last_icount < 0:
+                            parts += accesses
+                        accesses.clear()
+                    last_regs, last_values = regs, values
+                    queue(",".join(parts) + "\n")
+                elif accesses:
+                    if icount - last_icount == 1:
+                        accesses.insert(0, eip)
+                        queue(",".join(accesses) + "\n")
+                    else:  # accesses of untraced code: dropped
+                        queue(eip + "\n")
+                    accesses.clear()
+                else:
+                    queue(eip + "\n")
+                last_icount = icount
+                if len(lines) > limit:
+                    self._write_lines()
+            except Exception as e:
+                self._fail(e)
+
+        def on_memory(handle: object, access: int, address: int, size: int, value: int,
+                      data: object) -> None:
+            if len(accesses) < MAX_ACCESSES:
+                if size > MAX_MEMORY_VALUE:
+                    size = MAX_MEMORY_VALUE
+                accesses.append(_ACCESS[access == write] % address
+                                + (value & _MASKS[size]).to_bytes(size, "little").hex())
+        return on_insn, on_memory
+
+    def _write_lines(self) -> None:
+        """Write what tenet mode queued."""
+        if self._lines:
+            text = "".join(self._lines)
+            self._lines.clear()
+            self._write(text)
+
+    def _insn(self, address: int, size: int,
+              known: tuple[bytes, capstone.CsInsn] | None = None) -> Insn:
+        """The decoded instruction at `address` (cached until its code changes); `known`:
+        its bytes and capstone's decoding, when a whole block was just disassembled."""
         insn = self._decoded.get(address)
         if insn is not None and insn.size == size:
             return insn
-        code = self.cpu.read_code(address, size) if 0 < size <= MAX_INSN else None
-        decoded = next(self._disasm.disasm(code, address, 1), None) if code else None
+        if known is not None:
+            code, decoded = known
+        else:
+            code = self.cpu.read_code(address, size) if 0 < size <= MAX_INSN else None
+            decoded = next(self._disasm.disasm(code, address, 1), None) if code else None
         if decoded is None:
             # Unicorn's size is a placeholder (or short) when translation stopped at this
             # instruction because it faults (#UD, #NM, a fetch from an unmapped page).
@@ -534,7 +702,7 @@ class Tracer:
         else:
             pages = [p for p in self._pages if first <= p <= last]
         decoded = self._decoded
-        caches = self._caches if self.block_mode else ()
+        caches = (*self._caches, *self._changers) if self.block_mode else ()
         for page in pages:
             starts = self._pages[page]
             for address in [a for a in starts if a < end]:
@@ -561,48 +729,126 @@ class Tracer:
 
     # -- block mode ------------------------------------------------------------------------
     def _block_hook(self) -> Callable[[object, int, int, object], None]:
-        """Unicorn's raw block callback (`Cpu.on_block`) for each block about to run:
-        queue what ran of the previous block, then remember this one (rendered once per
-        address and ring).  A closure over locals, as it runs once per block; lines of
-        blocks that ran whole have consecutive counts, so the queue holds only templates
-        (see `_drain`)."""
+        """Unicorn's raw block callback (`Cpu.on_block`) for each block about to run.  Its
+        common case is two appends to a log: the block as rendered for this address and
+        ring, and the counter.  What ran of each block is worked out from the log in bulk
+        (`_take_log`); a block not rendered yet, or one that may change rings, takes
+        `_new_block`.  A closure over locals, as it runs once per block."""
         counter = self._counter
-        queue = self._batch
-        queued = queue.append
+        log = self._log
+        push = log.append
 
         def on_block(handle: object, address: int, size: int, data: object) -> None:
-            try:
-                now = self._base + counter.value
-                pending = self._pending
-                if pending is not None:
-                    if self._pending_done == 0 and now - self._pending_start == pending.count:
-                        queued(pending.template)
-                        if now - self._batch_first >= BATCH:
-                            self._drain(now)
-                    else:
-                        self._flush_block(now)
-                    if pending.changes_ring:
-                        self._cache = self._unknown
-                block = self._cache.get(address)
-                if block is None or block.size != size:
-                    if self._broken:
-                        return
-                    block = self._render_block(address, size)
-                self._pending = block
-                self._pending_start = now
-                self._pending_done = 0
-            except Exception as e:
-                self._fail(e)
+            block = self._cache.get(address)
+            if block is not None and block.size == size:
+                push(block)
+                push(counter.value)
+                if len(log) > LOG_LIMIT:
+                    try:
+                        self._take_log()
+                    except Exception as e:
+                        self._fail(e)
+            else:
+                self._new_block(address, size)
         return on_block
+
+    def _new_block(self, address: int, size: int) -> None:
+        """The block hook's other case: render the block if need be, log it, and if it may
+        change rings, make the next block look the ring up."""
+        try:
+            if self._broken:
+                return
+            if self._cache is self._unknown:
+                self._ring = self.cpu.cpl()
+                self._cache = self._caches[self._ring]
+            block = self._cache.get(address)  # type: ignore[assignment]
+            if block is None or block.size != size:
+                block = self._changers[self._ring].get(address)
+                if block is None or block.size != size:
+                    block = self._render_block(address, size)
+            self._log.append(block)
+            self._log.append(self._counter.value)
+            if block.changes_ring:
+                self._cache = self._unknown
+        except Exception as e:
+            self._fail(e)
+
+    def _take_log(self) -> None:
+        """Queue the lines of the logged blocks that ran, and write them.  Entry i ran whole
+        when entry i + 1 started as many instructions later as it has; those, the common
+        case, are found with C-level maps and their lines queued in one extend.  A block
+        that did not (cut by a fault, or still running: the last one) goes through
+        `_flush_block` as the pending block.  Lines come out as the per-block logic would
+        write them."""
+        log = self._log
+        if not log or self._broken:
+            log.clear()
+            return
+        blocks: list[_Block] = log[0::2]  # type: ignore[assignment]
+        starts: list[int] = log[1::2]  # type: ignore[assignment]
+        log.clear()
+        base = self._base
+        self._advance(base + starts[0])
+        batch = self._batch
+        first = 0
+        cut = compress(range(len(blocks) - 1),
+                       map(ne, map(sub, starts[1:], starts), map(_block_count, blocks)))
+        for i in cut:  # blocks[i] did not run whole
+            batch.extend(chain.from_iterable(map(_block_lines, blocks[first:i])))
+            self._pending, self._pending_start, self._pending_done = (
+                blocks[i], base + starts[i], 0)
+            self._flush_block(base + starts[i + 1])
+            first = i + 1
+        batch.extend(chain.from_iterable(map(_block_lines, blocks[first:-1])))
+        self._pending = blocks[-1]
+        self._pending_start = base + starts[-1]
+        self._pending_done = 0
+        self._drain(self._pending_start)
+
+    def _advance(self, now: int) -> None:
+        """The pending block's lines, as far as it ran before `now` (a block started)."""
+        pending = self._pending
+        if pending is None:
+            return
+        if self._pending_done == 0 and now - self._pending_start == pending.count:
+            self._batch.extend(pending.lines)
+        else:
+            self._flush_block(now)
+        self._pending = None
 
     def _drain(self, end: int) -> None:
         """Write the queued lines, which take the counts after `_batch_first` up to `end`:
         one ``%`` and one write for thousands of lines."""
-        if self._batch:
-            text = "".join(self._batch) % tuple(range(self._batch_first + 1, end + 1))
-            self._batch.clear()
-            self._write(text)
+        batch = self._batch
+        if batch:
+            first = self._batch_first + 1
+            if not self._column:
+                data = b"".join(batch) % tuple(range(first, end + 1))
+            else:
+                data = b"".join(self._count_column(batch, first, end))
+            batch.clear()
+            self._bwrite(data)
         self._batch_first = end
+
+    @staticmethod
+    def _count_column(lines: list[bytes], first: int, end: int) -> list[bytes]:
+        """`lines` behind the counts `first` to `end`, right-aligned in ten columns, as the
+        pieces of one join: the count's tens once per ten lines, then its last digit.
+        Formatting each number would cost more than the rest of the trace's writing."""
+        n = len(lines)
+        if n != end - first + 1:
+            raise InternalError(f"{n} lines for the counts {first} to {end}")
+        tens = [b"%9d" % t if t else _NO_TENS for t in range(first // 10, end // 10 + 1)]
+        skip = first % 10
+        pieces: list[bytes] = [b""] * (3 * n)
+        pieces[0::3] = list(chain.from_iterable(map(repeat, tens, repeat(10))))[skip:skip + n]
+        pieces[1::3] = (_DIGITS * (n // 10 + 2))[skip:skip + n]
+        pieces[2::3] = lines
+        return pieces
+
+    def _write_text(self, text: str) -> None:
+        """Block mode's `_write`: an event line, encoded as the text layer would."""
+        self._bwrite(text.encode("utf-8", "replace"))
 
     def _flush_block(self, now: int) -> None:
         """Write the queued lines and the pending block's lines for the instructions counted
@@ -620,24 +866,25 @@ class Tracer:
     def _render_block(self, address: int, size: int) -> _Block:
         """The lines of the block at `address` in the current ring (cached unless its size is
         Unicorn's placeholder for a block cut at a faulting instruction)."""
-        if self._cache is self._unknown:
-            self._ring = self.cpu.cpl()
-            self._cache = self._caches[self._ring]
         code = self.cpu.read_code(address, size) if 0 < size <= MAX_BLOCK else None
         insns: list[Insn] = []
         at = address
         if code is not None:
             for decoded in self._disasm.disasm(code, address):
-                insns.append(self._insn(decoded.address, decoded.size))
+                offset = decoded.address - address
+                insns.append(self._insn(decoded.address, decoded.size,
+                                        (code[offset:offset + decoded.size], decoded)))
                 at = decoded.address + decoded.size
         regular = code is not None and at == address + size
         if not regular:  # the rest is one instruction Unicorn could not translate whole
             insns.append(self._insn(at, address + size - at if code is not None else 0))
-        lines = tuple(self.fmt.template(insn, self._ring) for insn in insns)
-        block = _Block(size, max(size, at - address + 1), len(lines), "".join(lines), lines,
-                       any(insn.changes_ring for insn in insns))
+        render = self.fmt.body if self._column else self.fmt.template  # type: ignore[attr-defined]
+        lines = tuple(render(insn, self._ring).encode("utf-8", "replace") for insn in insns)
+        changes_ring = any(insn.changes_ring for insn in insns)
+        block = _Block(size, max(size, at - address + 1), len(lines), lines, changes_ring)
         if regular:
-            self._cache[address] = block  # type: ignore[assignment]
+            cache = self._changers[self._ring] if changes_ring else self._cache
+            cache[address] = block  # type: ignore[assignment]
             self._index(address, block.span)
         return block
 
@@ -645,11 +892,32 @@ class Tracer:
         """A block was linked: if its bytes changed since it was decoded, decode again."""
         try:
             code = self.cpu.read_code(address, size) if 0 < size <= MAX_BLOCK else None
-            if self._blocks.get(address, b"") != code:
+            known = self._blocks.get(address, b"")
+            if known != code:
                 self._blocks[address] = code
-                self._forget(address, address + size)
+                # A first link (most are) needs no `_forget`, which walks whole pages, when
+                # what was decoded there still matches the bytes.
+                if known or code is None or not self._decoded_as(address, code):
+                    self._forget(address, address + size)
         except Exception as e:
             self._fail(e)
+
+    def _decoded_as(self, address: int, code: bytes) -> bool:
+        """Do the instructions decoded over [address, address + len(code)) have these bytes?
+        Every cached line or block was rendered from such instructions (`_forget` drops
+        them together), so if they all agree nothing cached depends on other bytes."""
+        decoded = self._decoded
+        end = address + len(code)
+        for at in range(max(address - MAX_INSN + 1, 0), end):
+            insn = decoded.get(at)
+            if insn is None or at + insn.size <= address:
+                continue
+            if insn.code is None:
+                return False
+            lo, hi = max(at, address), min(at + insn.size, end)
+            if insn.code[lo - at:hi - at] != code[lo - address:hi - address]:
+                return False
+        return True
 
     # -- events ----------------------------------------------------------------------------
     def _on_event(self, icount: int, kind: str, text: str) -> None:
@@ -665,6 +933,7 @@ class Tracer:
                 self._forget(eip, eip + 3)  # vmcall is 3 bytes
             if not self.filter.in_window(icount):
                 return
+            self._take_log()
             if self._pending is not None:
                 self._flush_block(icount)
             if self._console_wrote:
@@ -683,6 +952,7 @@ class Tracer:
         """The console is about to write: our lines go out first; the next one starts on
         a line of its own (and takes the slow path, which looks)."""
         if data:
+            self._write_lines()
             self.out.flush()
             self._console_last = data[-1:]
             self._console_wrote = True
@@ -703,6 +973,8 @@ class Tracer:
         # would free the ctypes thunk that is running.  They write nothing from now on.
         self._broken = True
         self._write = lambda text: 0
+        self._bwrite = lambda data: 0
+        self._log.clear()
         if isinstance(error, BrokenPipeError):
             self.out.discard()
             return

@@ -126,10 +126,14 @@ class TextFormat(LineFormat):
     name = "text"
 
     def template(self, insn: Insn, ring: int) -> str:
+        return "%10d" + _escape(self.body(insn, ring))
+
+    def body(self, insn: Insn, ring: int) -> str:
+        """The line after its count, which is right-aligned in the first ten columns (what
+        the tracer's block mode writes without a ``%``)."""
         source = insn.source or ""
-        body = (f" r{ring} {insn.address:08x} {insn.where:<30} {insn.hex:<20} "
-                f"{insn.asm:<36} {source}").rstrip()
-        return "%10d" + _escape(body) + "\n"
+        return (f" r{ring} {insn.address:08x} {insn.where:<30} {insn.hex:<20} "
+                f"{insn.asm:<36} {source}").rstrip() + "\n"
 
     def event(self, icount: int, kind: str, text: str) -> str:
         return f"{icount:10d} -- {text}\n"

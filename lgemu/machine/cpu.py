@@ -70,6 +70,8 @@ OFF_EXCEPTION_IS_INT = 5388
 OFF_OLD_EXCEPTION = 5496
 OFF_EMU_COUNTER = 1368
 OFF_EMU_COUNT = 1376  # uc_struct.emu_count: the `count` limit the counter is checked against
+OFF_CPU = 440  # uc_struct.cpu: the CPUState (an X86CPU) ...
+OFF_CPU_ENV = 35408  # ... whose CPUX86State starts here: regs[16] (u64, EAX order) first
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 0x10000, 0x80000000
 CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
@@ -169,6 +171,9 @@ class Cpu:
         self._old_exception = ctypes.c_int32.from_address(base + OFF_OLD_EXCEPTION)
         self._callbacks: list[object] = []  # ctypes callbacks must outlive Unicorn's use
         self._block_sets: dict[int, native.BlockSet] = {}  # record_blocks' native hooks
+        env = ctypes.c_void_p.from_address(
+            ctypes.cast(self._h, ctypes.c_void_p).value + OFF_CPU).value + OFF_CPU_ENV
+        self._gprs = (ctypes.c_uint64 * len(GPRS)).from_address(env)
         self._batches: dict[tuple[int, ...], tuple] = {}
         self._jump_ids = (ctypes.c_int * 2)(Reg.ESP, Reg.EIP)
         self._jump_vals = (ctypes.c_uint64 * 2)()
@@ -198,6 +203,15 @@ class Cpu:
         # the array's creation, so no mask is needed (a Tenet trace reads this per
         # instruction).
         return vals[:]
+
+    @property
+    def gpr_view(self) -> memoryview:
+        """The live general registers as bytes, EAX ECX EDX EBX ESP EBP ESI EDI (`GPRS`),
+        each a little-endian u64 whose low half is the register: Unicorn's own storage,
+        which its hooks see current (`uc_reg_read` reads it too).  ``view.tobytes()``
+        snapshots all eight for a tenth of one `regs` call (a Tenet trace does it per
+        instruction)."""
+        return memoryview(self._gprs).cast("B")
 
     def jump(self, esp: int, eip: int) -> None:
         """Continue at `eip` with `esp`, same ring, nothing to acknowledge (one C call)."""
@@ -587,12 +601,14 @@ class Cpu:
         instruction (``view.value``; a property call would cost more than the read)."""
         return self._counter
 
-    def on_instruction(self, fn: Callable[[int, int], None], begin: int = 1,
-                       end: int = 0) -> int:
+    def on_instruction(self, fn: Callable[..., None], begin: int = 1, end: int = 0,
+                       raw: bool = False) -> int:
         """fn(address, size) before each instruction at a linear address in [begin, end]
         (every address when begin > end); a handle for `remove_hook`.  As for `on_code`, a
-        range the guest never reaches costs nothing (Unicorn §6)."""
-        callback = HOOK_CODE_CFUNC(lambda h, address, size, ud: fn(address, size))
+        range the guest never reaches costs nothing (Unicorn §6).  With `raw`, fn takes
+        Unicorn's four arguments itself, as for `on_block`."""
+        callback = HOOK_CODE_CFUNC(fn if raw else
+                                   (lambda h, address, size, ud: fn(address, size)))
         return self._add_hook(unicorn.UC_HOOK_CODE, callback, begin, end)
 
     def on_block(self, fn: Callable[[int, int], None], begin: int = 1, end: int = 0,
@@ -638,14 +654,16 @@ class Cpu:
         callback = HOOK_EDGE_GEN_CFUNC(cb)
         return self.uc._Uc__do_hook_add(unicorn.UC_HOOK_EDGE_GENERATED, callback, begin, end)
 
-    def on_memory_values(self, fn: Callable[[bool, int, int, int], None], begin: int = 1,
-                         end: int = 0) -> int:
+    def on_memory_values(self, fn: Callable[..., None], begin: int = 1, end: int = 0,
+                         raw: bool = False) -> int:
         """fn(is_write, address, size, value) after each read (the value read) and before
         each write (the value written) at a linear address in [begin, end]; a handle for
-        `remove_hook`.  Like any memory hook it slows every load (Unicorn §7)."""
+        `remove_hook`.  Like any memory hook it slows every load (Unicorn §7).  With `raw`,
+        fn takes Unicorn's six arguments (handle, access, address, size, value as a signed
+        64-bit number, user data), access being ``unicorn.UC_MEM_WRITE`` for a write."""
         def cb(h: object, access: int, address: int, size: int, value: int, ud: object) -> None:
             fn(access == unicorn.UC_MEM_WRITE, address, size, value)
-        callback = HOOK_MEM_ACCESS_CFUNC(cb)
+        callback = HOOK_MEM_ACCESS_CFUNC(fn if raw else cb)
         return self._add_hook(unicorn.UC_HOOK_MEM_READ_AFTER | unicorn.UC_HOOK_MEM_WRITE,
                               callback, begin, end)
 
@@ -766,3 +784,10 @@ def _self_test(mem: GuestMemory) -> None:
     if cpu._count.value != 6 or cpu.completed != 6:
         raise SelfTestError(f"Unicorn internals differ from {UNICORN_VERSION}: emu_count "
                             f"{cpu._count.value}, completed {cpu.completed} (want 6)")
+    values = [0x5A5A0000 + 0x1111 * i for i in range(len(GPRS))]
+    for reg, value in zip(GPRS, values, strict=True):
+        cpu.set_reg(reg, value)
+    seen_gprs = list(struct.unpack("<8Q", cpu.gpr_view))
+    if seen_gprs != values or cpu.regs(GPRS) != values:
+        raise SelfTestError(f"Unicorn internals differ from {UNICORN_VERSION}: general "
+                            f"registers at uc_struct.cpu + {OFF_CPU_ENV}: {seen_gprs}")
