@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from .config import BootConfig
     from .debug.symbols import Symbols
+    from .devices.base import Device
     from .errors import LgemuExit
     from .host.guest import Guest
     from .launcher import BootInfo, DeviceLayout, KernelImage
@@ -182,57 +183,50 @@ def describe_devices(con: Console, guest: Guest) -> None:
         return
     page = guest.boot.device_page
     ram = guest.memory.ram
-    table = Table(title="devices at exit")
-    for column in ("offset", "device", "status", "fields read"):
-        table.add_column(column)
-    activity = []
+    rows = []
     for device, dev in zip(guest.devices, page.devices, strict=True):
         base = page.address + dev.offset
         read = [name for offset, name, _ in _fields(dev)
                 if ram[base + offset] & CONFIG_FIELD_USED]
-        name = "hvc0" if dev.spec.type == DeviceType.CONSOLE else device.name
-        table.add_row(f"{dev.offset:#x}", name, status_text(ram[base + 2]),
-                      ", ".join(read) or "-")
-        if device.summary():
-            activity.append(f"{name}: {device.summary()}")
-    con.print(table)
-    for line in activity:
-        con.print(escape(line))
+        rows.append(([f"{dev.offset:#x}", _device_name(device), status_text(ram[base + 2]),
+                      ", ".join(read) or "-"], device))
+    _print_devices(con, "devices at exit", ("offset", "device", "status", "fields read"), rows)
 
 
 def _describe_pci_devices(con: Console, guest: Guest) -> None:
     assert guest.pci is not None
-    table = Table(title="devices at exit (virtio PCI functions on bus 0)")
-    for column in ("slot", "device", "status"):
-        table.add_column(column)
-    activity = []
-    for slot, function in sorted(guest.pci.slots.items()):
-        device = getattr(function, "device", None)
-        if device is None:  # the host bridge
-            continue
-        name = "hvc0" if device.type == DeviceType.CONSOLE else device.name
-        table.add_row(str(slot), name, status_text(function.status))
-        if device.summary():
-            activity.append(f"{name}: {device.summary()}")
-    con.print(table)
-    for line in activity:
-        con.print(escape(line))
+    rows = [([str(slot), _device_name(function.device), status_text(function.status)],
+             function.device)
+            for slot, function in sorted(guest.pci.slots.items())
+            if getattr(function, "device", None) is not None]  # not the host bridge
+    _print_devices(con, "devices at exit (virtio PCI functions on bus 0)",
+                   ("slot", "device", "status"), rows)
 
 
 def _describe_dma_devices(con: Console, guest: Guest) -> None:
     assert guest.dma is not None
-    table = Table(title="devices at exit (the 2.6.23 DMA lguest bus)")
-    for column in ("index", "device", "status"):
+    rows = [([str(index), _device_name(device), status_text(status)], device)
+            for index, device, status in guest.dma.at_exit()]
+    _print_devices(con, "devices at exit (the 2.6.23 DMA lguest bus)",
+                   ("index", "device", "status"), rows)
+
+
+def _device_name(device: Device) -> str:
+    return "hvc0" if device.type == DeviceType.CONSOLE else device.name
+
+
+def _print_devices(con: Console, title: str, columns: tuple[str, ...],
+                   rows: list[tuple[list[str], Device]]) -> None:
+    """One table row per device (its name in the second column), then what each did."""
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column)
-    activity = []
-    for index, device, status in guest.dma.at_exit():
-        name = "hvc0" if device.type == DeviceType.CONSOLE else device.name
-        table.add_row(str(index), name, status_text(status))
-        if device.summary():
-            activity.append(f"{name}: {device.summary()}")
+    for cells, _ in rows:
+        table.add_row(*cells)
     con.print(table)
-    for line in activity:
-        con.print(escape(line))
+    for cells, device in rows:
+        if device.summary():
+            con.print(escape(f"{cells[1]}: {device.summary()}"))
 
 
 # -- the status line --------------------------------------------------------------------

@@ -175,7 +175,7 @@ def test_4_4_boots_to_the_shell_with_console_disk_and_network(boot_guest, tmp_pa
     dmesg = tmp_path / "dmesg"
     status, out, err = boot_guest(kernel, "console=hvc0 rdinit=/init", extra=[
         "--initrd", str(SHELL_CPIO), "--console-input", str(script), "--block", str(disk),
-        "--net", f"pcap:{tmp_path / 'net.pcap'}", "--dmesg", str(dmesg)])
+        "--net", f"pcap:{tmp_path / 'net.pcap'}", "--dmesg", str(dmesg), "-v"])
     assert "Traceback" not in err
     # Until init, the console is the kernel's log exactly (hvc ends lines with CR LF).
     boot_text = out.split(b"Freeing unused kernel memory")[0]
@@ -196,8 +196,11 @@ def test_4_4_boots_to_the_shell_with_console_disk_and_network(boot_guest, tmp_pa
     # `exit` ends init: the kernel panics, and LHCALL_SHUTDOWN with the panic's reason is
     # a crash.  (tests/test_era_real_kernels.py powers 4.4 off and sends on its network.)
     assert b"Kernel panic - not syncing: Attempted to kill init!" in session
-    assert (status, err) == (1, "lgemu: guest crashed: Attempted to kill init! "
-                                "exitcode=0x00000000\n")
+    assert status == 1 and err.endswith("lgemu: guest crashed: Attempted to kill init! "
+                                        "exitcode=0x00000000\n"), err
+    # -v lists the PCI functions as the guest left them (it once died on a 4.x guest).
+    table = err.split("devices at exit (virtio PCI functions on bus 0)")[1]
+    assert re.search(r"│ 1 +│ hvc0 +│ 0x0f ack\|driver\|ok", table), table
 
 
 # -- noirq_iret ---------------------------------------------------------------------------------
