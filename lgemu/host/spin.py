@@ -67,8 +67,9 @@ class Mem:
     disp: int
     size: int
 
-    def address(self, regs: dict[int, int]) -> int:
-        """Its linear address for these register values (guest segments are flat)."""
+    def address(self, regs: list[int]) -> int:
+        """Its linear address for these register values, in ModRM's numbering (`GPR`'s
+        order: base and index are such numbers, not `Reg` ids); guest segments are flat."""
         ea = self.disp
         if self.base is not None:
             ea += regs[self.base]
@@ -338,8 +339,7 @@ class Spins:
             if k:
                 self._set_reg(GPR[loop.counter], (value - k) & 0xFFFFFFFF)
             return self._done(k * loop.length, budget)
-        state = dict(zip(STATE, regs, strict=True))
-        if any(not self._in_ram(m.address(state), m.size) for m in loop.reads):
+        if any(not self._in_ram(m.address(regs), m.size) for m in loop.reads):
             return self._done(0, budget)
         if self._seen == regs and left >= loop.length:
             # A fixed point: every further iteration of this run finds these registers.
@@ -367,6 +367,12 @@ class Spins:
         """After a run: `at_head` if it stopped at an armed head, `exhausted` if it ran its
         whole budget (a place worth learning a loop from)."""
         if at_head and eip in self.loops:
+            if self._loop is not None and self._loop.head != eip:
+                # Another head stopped the watched loop: its arrival skipped nothing.  Two
+                # loops whose paths run through each other's heads (one's exit branch is the
+                # other's way back) would otherwise stop the CPU every instruction or two,
+                # for ever, with neither ever counted as not worth its stops.
+                self._done(0, 0)
             self._watch(eip)
             return
         if self._loop is not None:
