@@ -15,6 +15,8 @@ import re
 import pytest
 from conftest import boot_args, lgemu_main_in_process
 from guestasm import build_guest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_spin import FakeCpu
 
 from lgemu.host.spin import RECENT
@@ -201,3 +203,50 @@ def test_two_loops_stopping_each_other_are_retired():
     assert spins.retired == {h1, h2}
     assert spins.before_run(h1 + 8, 10**6) == (0, 10**6)
     assert cpu.armed == frozenset()
+
+
+# Random loop bodies for the fuzz below: loads, compares and tests of registers and memory
+# (absolute, through a base, base + index, the stack), 8-bit registers, pause; a final branch
+# back (any condition) and maybe an exit in the middle; or a countdown from an edge value.
+_MEMS = ("word", "ticks", "table+8", "(%ebx)", "4(%ebx,%esi,4)", "(%esp)", "table(,%esi,2)")
+_REGS = ("%eax", "%ecx", "%edx", "%edi")
+_REGS8 = ("%al", "%ah", "%cl", "%dh", "%bh")
+_CONDS = ("je", "jne", "jb", "jae", "js", "jns", "jle", "jmp")
+
+
+def _insn(draw) -> str:
+    mem, reg, reg8 = (draw(st.sampled_from(pool)) for pool in (_MEMS, _REGS, _REGS8))
+    imm = draw(st.sampled_from((0, 1, 0x56, 0x78, 0x12345678)))
+    return draw(st.sampled_from((
+        f"mov {mem}, {reg}", f"movb {mem}, {reg8}", f"movzbl {mem}, {reg}",
+        f"movsbl {mem}, {reg}", f"movzwl {mem}, {reg}", f"cmp {reg}, {mem}",
+        f"cmp {mem}, {reg}", f"cmpl ${imm}, {mem}", f"cmpb ${imm & 0xFF}, {mem}",
+        f"test {reg}, {reg}", f"testb ${imm & 0xFF}, {mem}", f"testl ${imm}, {mem}",
+        f"cmp ${imm}, %eax", f"test {reg8}, {reg8}", f"cmpb {mem}, {reg8}", "pause", "nop",
+        f"mov {reg}, {draw(st.sampled_from(_REGS))}")))
+
+
+@st.composite
+def loops(draw) -> str:
+    """A loop for the template of `run_loop`, with random registers on the way in."""
+    values = st.sampled_from((0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x12345678))
+    setup = "".join(f"\tmov ${draw(values)}, {reg}\n" for reg in _REGS)
+    setup += "\tmov $table, %ebx\n\tmov $3, %esi\n\tpushl $0x12345678\n"
+    if draw(st.booleans()):
+        counter = draw(st.sampled_from(_REGS))
+        branch = draw(st.sampled_from(("jns", "jnz")))
+        return setup + f"1:\tdec {counter}\n\t{branch} 1b\n\tPOWER_DOWN\n"
+    body = [f"\t{_insn(draw)}\n" for _ in range(draw(st.integers(1, 5)))]
+    if draw(st.booleans()):
+        body.insert(draw(st.integers(1, len(body))),
+                    f"\t{draw(st.sampled_from(_CONDS[:-1]))} 2f\n")
+    return (setup + "1:" + "".join(body) + f"\t{draw(st.sampled_from(_CONDS))} 1b\n"
+            "\t.fill 40, 1, 0x90\n2:\tPOWER_DOWN\n")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(loop=loops())
+def test_random_loops_are_skipped_exactly(loop, tmp_path, monkeypatch):
+    """Whatever the body, skipping changes nothing (run_loop compares both ways)."""
+    run_loop(tmp_path, monkeypatch, loop, ticks=3)
