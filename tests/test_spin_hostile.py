@@ -3,7 +3,7 @@ running them (lgemu.host.spin) must change nothing the guest or the user sees.
 
 Each guest here runs the loop under test at the kernel-half alias 0xC0000000 (where loops are
 learned) while a timer interrupts it every 777 µs of guest time; the tick handler prints
-where it interrupted and every register, and powers down after a few ticks.  Every run is
+where it interrupted, every register and `word`, and powers down after a few ticks.  Every run is
 made twice, once with LGEMU_NO_SKIP=1, and must give the same exit status, console, stderr
 and instruction count.
 """
@@ -54,6 +54,7 @@ tick:	pushal
 	PUTHEX	8(%esp)
 	PUTHEX	4(%esp)
 	PUTHEX	(%esp)
+	PUTHEX	word				/* and the word loops may change */
 	NEWLINE
 	incl	ticks
 	cmpl	$TICKS, ticks
@@ -158,6 +159,19 @@ LOOPS = {
 	.long	1b - (. + 4)
 	POWER_DOWN
 """,
+    # An exit in the middle that comes back to the head through a store, in as many
+    # instructions as the body has: such iterations are not the body's.
+    "an exit that comes back": """
+1:	cmpl	$2, ticks			/* learned and skipped for two ticks, */
+	jae	2f				/* then the exit is always taken */
+	pause
+	pause
+	jmp	1b
+	.fill	40, 1, 0x90
+2:	addl	$1, word
+	cmp	%eax, %eax
+	jmp	1b
+""",
     # Two loops whose paths run through each other's heads: the first's back branch is the
     # second's exit, on every other tick.
     "loops through each other's heads": """
@@ -207,7 +221,8 @@ def test_two_loops_stopping_each_other_are_retired():
 
 # Random loop bodies for the fuzz below: loads, compares and tests of registers and memory
 # (absolute, through a base, base + index, the stack), 8-bit registers, pause; a final branch
-# back (any condition) and maybe an exit in the middle; or a countdown from an edge value.
+# back (any condition) and maybe an exit in the middle, to the end or back round through a
+# store; or a countdown from an edge value.
 _MEMS = ("word", "ticks", "table+8", "(%ebx)", "4(%ebx,%esi,4)", "(%esp)", "table(,%esi,2)")
 _REGS = ("%eax", "%ecx", "%edx", "%edi")
 _REGS8 = ("%al", "%ah", "%cl", "%dh", "%bh")
@@ -240,8 +255,12 @@ def loops(draw) -> str:
     if draw(st.booleans()):
         body.insert(draw(st.integers(1, len(body))),
                     f"\t{draw(st.sampled_from(_CONDS[:-1]))} 2f\n")
+    # Where an exit lands: the end, or a store and a way back to the head that may take as
+    # many instructions as the body.
+    away = draw(st.sampled_from(("\tPOWER_DOWN\n", *(
+        "\taddl $1, word\n" + "\tcmp %eax, %eax\n" * n + "\tjmp 1b\n" for n in range(4)))))
     return (setup + "1:" + "".join(body) + f"\t{draw(st.sampled_from(_CONDS))} 1b\n"
-            "\t.fill 40, 1, 0x90\n2:\tPOWER_DOWN\n")
+            "\t.fill 40, 1, 0x90\n2:" + away)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,

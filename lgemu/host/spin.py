@@ -100,6 +100,7 @@ class Loop:
     reads: tuple[Mem, ...]  # a spin's memory operands
     counter: int | None = None  # a countdown's register (0-7); None for a spin
     until_zero: bool = False  # a countdown's branch: jnz (until zero) or jns (until negative)
+    exits: frozenset[int] = frozenset()  # a spin's exit branches' targets (see `Spins._watch`)
 
 
 def _modrm(code: bytes, at: int, size: int) -> tuple[int, int, Mem | None, int] | None:
@@ -267,7 +268,9 @@ def classify(head: int, code: bytes, insns: list[Insn]) -> Loop | None:
             if insn.writes == 4:  # ESP: never a spin's business
                 return None
             written.add(insn.writes)
-    return Loop(head, code, len(insns), tuple(reads))
+    exits = frozenset(insn.target for insn in insns
+                      if insn.kind == "jcc" and insn.target is not None and insn.target != head)
+    return Loop(head, code, len(insns), tuple(reads), exits=exits)
 
 
 class Spins:
@@ -309,9 +312,15 @@ class Spins:
 
     def _watch(self, eip: int) -> None:
         """The CPU stands at the head of a known loop: watch it (a run cannot start at an
-        exit, so the head is disarmed while it is watched and until the loop is left)."""
-        self._loop, self._seen = self.loops[eip], None
-        self._set_armed(frozenset(self.loops) - self.retired - {eip})
+        exit, so the head is disarmed while it is watched and until the loop is left).
+
+        The targets of its exit branches are armed meanwhile: an iteration that took one and
+        came back to the head in as many instructions as the body has (through code that
+        may store, or do anything) must not pass for one that ran the body, and stopping
+        where the exit lands ends the watch instead."""
+        loop = self._loop = self.loops[eip]
+        self._seen = None
+        self._set_armed(frozenset(self.loops) - self.retired - {eip} | loop.exits)
 
     def before_run(self, eip: int, budget: int) -> tuple[int, int]:
         """Before a run of at most `budget` instructions from `eip`: (instructions skipped,
@@ -381,7 +390,9 @@ class Spins:
             self._done(0, 0)  # the loop was left while it was watched
         if exhausted and kernel_mode and eip >= self._kernel and eip not in self._refused:
             loop = find_loop(self._read, eip)
-            if loop is None or loop.head in self.loops:
+            # Heads and exit targets are armed in every address space: kernel text only.
+            if loop is None or loop.head in self.loops \
+                    or any(target < self._kernel for target in loop.exits):
                 self._refused.add(eip)
                 return
             self.loops[loop.head] = loop
