@@ -269,3 +269,18 @@ def loops(draw) -> str:
 def test_random_loops_are_skipped_exactly(loop, tmp_path, monkeypatch):
     """Whatever the body, skipping changes nothing (run_loop compares both ways)."""
     run_loop(tmp_path, monkeypatch, loop, ticks=3)
+
+
+def test_a_loop_is_learned_only_if_its_exits_land_in_mapped_kernel_text():
+    """Exit targets are armed while a loop is watched (see "an exit that comes back"): one
+    nothing maps would make each arming drop every translated block."""
+    head = 0xC0001000
+    # cmpl $0, 0xC0002000; jne head+0x100; pause; jmp head
+    code = bytes.fromhex("833d0020" "00c000" "0f85f3000000" "f390" "ebef")
+    for mapped, learned in ((len(code), False), (0x200, True)):
+        cpu = FakeCpu(code.ljust(mapped, b"\x90"), head, {})
+        spins = cpu.spins()
+        spins.after_run(head + 7, at_head=False, exhausted=True, kernel_mode=True)
+        assert (head in spins.loops) is learned
+        if learned:
+            assert spins.loops[head].exits == {head + 0x100}

@@ -390,9 +390,11 @@ class Spins:
             self._done(0, 0)  # the loop was left while it was watched
         if exhausted and kernel_mode and eip >= self._kernel and eip not in self._refused:
             loop = find_loop(self._read, eip)
-            # Heads and exit targets are armed in every address space: kernel text only.
-            if loop is None or loop.head in self.loops \
-                    or any(target < self._kernel for target in loop.exits):
+            # Heads and exit targets are armed in every address space: kernel text only, and
+            # mapped (arming an address nothing maps drops all translated code, Cpu.set_loop_heads).
+            if loop is None or loop.head in self.loops or any(
+                    target < self._kernel or self._read(target, 1) is None
+                    for target in loop.exits):
                 self._refused.add(eip)
                 return
             self.loops[loop.head] = loop
