@@ -29,9 +29,11 @@ How loops are found: when a run ends because its budget ran out and the CPU stan
 a loop, its head is armed as a Unicorn exit (`Cpu.set_loop_heads`, shared by every address space
 like any kernel-text exit), so later arrivals stop the CPU at the head.  At an arrival the head
 is disarmed until the next slice (a run cannot start at an exit), and one or two iterations
-run to confirm a spin.  Skips are made only while nothing watches instructions one by one
-(traces, gdb, profiles and timelines see every instruction run) and never with the realtime
-clock, whose calibration would measure the skipping.
+run to confirm a spin, with the targets of its exit branches armed meanwhile (an iteration
+that leaves and comes back in as many instructions is not the body's).  Skips are made only
+while nothing watches instructions one by one (traces, gdb, profiles and timelines see every
+instruction run) and never with the realtime clock, whose calibration would measure the
+skipping.
 """
 
 from __future__ import annotations
