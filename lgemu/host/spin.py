@@ -29,9 +29,11 @@ How loops are found: when a run ends because its budget ran out and the CPU stan
 a loop, its head is armed as a Unicorn exit (`Cpu.set_loop_heads`, shared by every address space
 like any kernel-text exit), so later arrivals stop the CPU at the head.  At an arrival the head
 is disarmed until the next slice (a run cannot start at an exit), and one or two iterations
-run to confirm a spin.  Skips are made only while nothing watches instructions one by one
-(traces, gdb, profiles and timelines see every instruction run) and never with the realtime
-clock, whose calibration would measure the skipping.
+run to confirm a spin, with the targets of its exit branches armed meanwhile (an iteration
+that leaves and comes back in as many instructions is not the body's).  Skips are made only
+while nothing watches instructions one by one (traces, gdb, profiles and timelines see every
+instruction run) and never with the realtime clock, whose calibration would measure the
+skipping.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ class Mem:
     disp: int
     size: int
 
-    def address(self, regs: dict[int, int]) -> int:
-        """Its linear address for these register values (guest segments are flat)."""
+    def address(self, regs: list[int]) -> int:
+        """Its linear address for these register values, in ModRM's numbering (`GPR`'s
+        order: base and index are such numbers, not `Reg` ids); guest segments are flat."""
         ea = self.disp
         if self.base is not None:
             ea += regs[self.base]
@@ -99,6 +102,7 @@ class Loop:
     reads: tuple[Mem, ...]  # a spin's memory operands
     counter: int | None = None  # a countdown's register (0-7); None for a spin
     until_zero: bool = False  # a countdown's branch: jnz (until zero) or jns (until negative)
+    exits: frozenset[int] = frozenset()  # a spin's exit branches' targets (see `Spins._watch`)
 
 
 def _modrm(code: bytes, at: int, size: int) -> tuple[int, int, Mem | None, int] | None:
@@ -266,7 +270,9 @@ def classify(head: int, code: bytes, insns: list[Insn]) -> Loop | None:
             if insn.writes == 4:  # ESP: never a spin's business
                 return None
             written.add(insn.writes)
-    return Loop(head, code, len(insns), tuple(reads))
+    exits = frozenset(insn.target for insn in insns
+                      if insn.kind == "jcc" and insn.target is not None and insn.target != head)
+    return Loop(head, code, len(insns), tuple(reads), exits=exits)
 
 
 class Spins:
@@ -308,9 +314,15 @@ class Spins:
 
     def _watch(self, eip: int) -> None:
         """The CPU stands at the head of a known loop: watch it (a run cannot start at an
-        exit, so the head is disarmed while it is watched and until the loop is left)."""
-        self._loop, self._seen = self.loops[eip], None
-        self._set_armed(frozenset(self.loops) - self.retired - {eip})
+        exit, so the head is disarmed while it is watched and until the loop is left).
+
+        The targets of its exit branches are armed meanwhile: an iteration that took one and
+        came back to the head in as many instructions as the body has (through code that
+        may store, or do anything) must not pass for one that ran the body, and stopping
+        where the exit lands ends the watch instead."""
+        loop = self._loop = self.loops[eip]
+        self._seen = None
+        self._set_armed(frozenset(self.loops) - self.retired - {eip} | loop.exits)
 
     def before_run(self, eip: int, budget: int) -> tuple[int, int]:
         """Before a run of at most `budget` instructions from `eip`: (instructions skipped,
@@ -338,8 +350,7 @@ class Spins:
             if k:
                 self._set_reg(GPR[loop.counter], (value - k) & 0xFFFFFFFF)
             return self._done(k * loop.length, budget)
-        state = dict(zip(STATE, regs, strict=True))
-        if any(not self._in_ram(m.address(state), m.size) for m in loop.reads):
+        if any(not self._in_ram(m.address(regs), m.size) for m in loop.reads):
             return self._done(0, budget)
         if self._seen == regs and left >= loop.length:
             # A fixed point: every further iteration of this run finds these registers.
@@ -367,6 +378,12 @@ class Spins:
         """After a run: `at_head` if it stopped at an armed head, `exhausted` if it ran its
         whole budget (a place worth learning a loop from)."""
         if at_head and eip in self.loops:
+            if self._loop is not None and self._loop.head != eip:
+                # Another head stopped the watched loop: its arrival skipped nothing.  Two
+                # loops whose paths run through each other's heads (one's exit branch is the
+                # other's way back) would otherwise stop the CPU every instruction or two,
+                # for ever, with neither ever counted as not worth its stops.
+                self._done(0, 0)
             self._watch(eip)
             return
         if self._loop is not None:
@@ -375,7 +392,11 @@ class Spins:
             self._done(0, 0)  # the loop was left while it was watched
         if exhausted and kernel_mode and eip >= self._kernel and eip not in self._refused:
             loop = find_loop(self._read, eip)
-            if loop is None or loop.head in self.loops:
+            # Heads and exit targets are armed in every address space: kernel text only, and
+            # mapped (arming an address nothing maps drops all translated code, Cpu.set_loop_heads).
+            if loop is None or loop.head in self.loops or any(
+                    target < self._kernel or self._read(target, 1) is None
+                    for target in loop.exits):
                 self._refused.add(eip)
                 return
             self.loops[loop.head] = loop
