@@ -930,7 +930,7 @@ class Guest:
             self._slice_left = clock.slice_budget(limit)
             self._slice_end_ns = clock.slice_end_ns(self._slice_left)
             self.stats.slices += 1
-            if self.spins is not None and self._skipping():
+            if self.spins is not None:
                 self.spins.slice_starts()
         caps = [cap for c in self.controllers if (cap := c.boundary(self)) is not None]
         budget = max(1, min(self._slice_left, *caps)) if caps else self._slice_left
