@@ -39,7 +39,7 @@ skipping.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..machine.cpu import Reg
 
@@ -59,8 +59,9 @@ WORTH = 50_000
 JNS, JNZ = 0x79, 0x75
 
 
-@dataclass(frozen=True)
-class Mem:
+# Named tuples rather than dataclasses: these load with every boot, where a dataclass costs
+# five times as much to define (start-up is an issue-12 target).
+class Mem(NamedTuple):
     """A memory operand: `disp + base + index << scale`, `size` bytes read."""
 
     base: int | None
@@ -80,8 +81,7 @@ class Mem:
         return ea & 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(NamedTuple):
     """One decoded instruction of an allowed body."""
 
     length: int
@@ -92,8 +92,7 @@ class Insn:
     opcode: int = 0
 
 
-@dataclass(frozen=True)
-class Loop:
+class Loop(NamedTuple):
     """A recognised loop: where it starts, its bytes as learned, and how to skip it."""
 
     head: int
