@@ -112,14 +112,16 @@ def test_a_spin_is_skipped_only_once_an_iteration_changed_nothing():
     assert spins.before_run(HEAD, 1000) == (996, 4)  # unchanged: 332 iterations counted
 
 
-TIMED_LOOPS = """
+# Sets up the timer, maps the first 4 MiB again at 0xC0000000 (loops are looked for in the
+# kernel half) and jumps there, to `high:`.
+KERNEL_HALF_PRELUDE = """
 	INIT
 	SET_GATE 0x20, tick, GATE_INT
 	movl	$0, lguest_data+LD_BLOCKED
 	movl	$0x200, lguest_data+LD_IRQ_ENABLED
 	movl	lguest_data+LD_PGDIR, %esi	/* a directory that also maps the first */
-	movl	$newdir, %edi			/* 4 MiB at 0xC0000000, where loops are */
-	movl	$1024, %ecx			/* looked for */
+	movl	$newdir, %edi			/* 4 MiB at 0xC0000000 */
+	movl	$1024, %ecx
 	rep movsl
 	movl	newdir, %eax
 	movl	%eax, newdir + 0x300 * 4
@@ -127,6 +129,8 @@ TIMED_LOOPS = """
 	HCALL	$LHCALL_SET_CLOCKEVENT, $777000
 	mov	$(high + 0xC0000000), %eax
 	jmp	*%eax
+"""
+TIMED_LOOPS = KERNEL_HALF_PRELUDE + """\
 high:	mov	$4, %esi
 1:	mov	ticks, %edx
 2:	mov	ticks, %ecx			/* wait for the tick */

@@ -10,37 +10,16 @@ and instruction count.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from conftest import boot_args, lgemu_main_in_process
 from guestasm import build_guest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_spin import FakeCpu
+from test_spin import EXECUTED, KERNEL_HALF_PRELUDE, SKIPPED, FakeCpu
 
 from lgemu.host.spin import RECENT
 
-EXECUTED = re.compile(r"executed \d+ instructions in \d+ slices; guest time [0-9.]+ s")
-SKIPPED = re.compile(r"of which (\d+) counted in waiting loops")
-
-PRELUDE = """
-	INIT
-	SET_GATE 0x20, tick, GATE_INT
-	movl	$0, lguest_data+LD_BLOCKED
-	movl	$0x200, lguest_data+LD_IRQ_ENABLED
-	movl	lguest_data+LD_PGDIR, %esi	/* a directory that also maps the first */
-	movl	$newdir, %edi			/* 4 MiB at 0xC0000000 */
-	movl	$1024, %ecx
-	rep movsl
-	movl	newdir, %eax
-	movl	%eax, newdir + 0x300 * 4
-	HCALL	$LHCALL_NEW_PGTABLE, $newdir
-	HCALL	$LHCALL_SET_CLOCKEVENT, $777000
-	mov	$(high + 0xC0000000), %eax
-	jmp	*%eax
-high:
-"""
+PRELUDE = KERNEL_HALF_PRELUDE + "high:\n"
 
 TICK = """
 tick:	pushal
