@@ -349,17 +349,24 @@ class Cpu:
         in ascending order."""
         if not pages:
             return
-        cr0 = self.reg(Reg.CR0)
-        self.set_reg(Reg.CR0, cr0 & ~CR0_PG)  # ctl_remove_cache translates through paging
-        # One call per run of adjacent pages: with paging off the range is physical, and a
-        # virtio-blk read fills tens of pages per request, often side by side.
+        # One range per run of adjacent pages: a virtio-blk read fills tens of pages per
+        # request, often side by side.
+        ranges = []
         start = end = pages[0]
         for page in pages[1:]:
             if page != end + 1:
-                self.uc.ctl_remove_cache(start * PAGE_SIZE, (end + 1) * PAGE_SIZE)
+                ranges.append((start * PAGE_SIZE, (end + 1) * PAGE_SIZE))
                 start = page
             end = page
-        self.uc.ctl_remove_cache(start * PAGE_SIZE, (end + 1) * PAGE_SIZE)
+        ranges.append((start * PAGE_SIZE, (end + 1) * PAGE_SIZE))
+        self._drop_physical(ranges)
+
+    def _drop_physical(self, ranges: list[tuple[int, int]]) -> None:
+        """Drop translated code overlapping each [start, end) of guest-physical memory."""
+        cr0 = self.reg(Reg.CR0)
+        self.set_reg(Reg.CR0, cr0 & ~CR0_PG)  # ctl_remove_cache translates through paging
+        for start, end in ranges:
+            self.uc.ctl_remove_cache(start, end)
         self.set_reg(Reg.CR0, cr0)
 
     # -- hooks -----------------------------------------------------------------------------
@@ -457,11 +464,7 @@ class Cpu:
         if None in where:
             self.flush_code()
             return
-        cr0 = self.reg(Reg.CR0)
-        self.set_reg(Reg.CR0, cr0 & ~CR0_PG)  # ctl_remove_cache translates through paging
-        for pa in where:
-            self.uc.ctl_remove_cache(max(pa - 1, 0), pa + 1)
-        self.set_reg(Reg.CR0, cr0)
+        self._drop_physical([(max(pa - 1, 0), pa + 1) for pa in where])
 
     def _set_exits(self, changed: frozenset[int], shared: bool) -> None:
         exits = self._breakpoints | self._loop_heads
