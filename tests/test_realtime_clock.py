@@ -149,6 +149,18 @@ def test_a_run_held_up_by_something_else_moves_the_rate_a_bounded_step() -> None
     assert clock.slice_budget(10**7) >= 10_000_000 // (10 * RATE_MAX_STEP)
 
 
+def test_a_host_clock_coarser_than_every_run_never_divides_by_zero() -> None:
+    """Runs measured at 0 ns, one after another (a clock that ticks in milliseconds)."""
+    host = FakeHost()
+    clock = Clock(realtime=True, host_ns=host)
+    clock.set_timer(10_000_000, position=0)
+    for _ in range(2000):
+        budget = clock.slice_budget(10**6)
+        assert budget >= 1
+        clock.end_slice(10**6)
+    assert clock.host_ns_per_insn > 0
+
+
 def test_a_halt_is_not_counted_as_execution(monkeypatch) -> None:
     host = FakeHost()
     monkeypatch.setattr(clock_module.SIGNALS, "sleep", lambda seconds: None)

@@ -42,6 +42,9 @@ RATE_HALF_WEIGHT_INSNS = 100_000
 # ...and no run moves it by more than this factor, so one run that waited on something else
 # (a debugger holding the guest between runs) cannot shrink the following slices to a crawl.
 RATE_MAX_STEP = 4.0
+# A floor for the estimate: a host clock coarser than a run (runs measured at 0 ns, time
+# after time) must not shrink it to nothing and divide by zero.
+RATE_MIN_NS = 0.01
 
 
 def _host_monotonic_ns() -> int:
@@ -135,7 +138,8 @@ class Clock:
             self._run_began = now  # a next run in the same slice is measured from here
             rate = self.host_ns_per_insn
             measured = min(max(measured, rate / RATE_MAX_STEP), rate * RATE_MAX_STEP)
-            self.host_ns_per_insn = rate + (measured - rate) * ran / (ran + RATE_HALF_WEIGHT_INSNS)
+            self.host_ns_per_insn = max(RATE_MIN_NS, rate + (measured - rate) * ran
+                                        / (ran + RATE_HALF_WEIGHT_INSNS))
 
     def save_state(self) -> ClockState:
         """Persist: the instruction count, guest time and the timer."""
