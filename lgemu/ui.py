@@ -139,6 +139,9 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
         wall = f"; wall time {wall_s:.3f} s ({rate:.1f} M instructions/s)"
     con.print(f"executed {clock.executed} instructions in {stats.slices} slices; "
               f"guest time {clock.now_ns() / 1e9:.6f} s{wall}")
+    if clock.halted_ns:
+        con.print(f"halted for {clock.halted_ns / 1e9:.6f} s of that guest time, waiting for "
+                  "a timer or for input")
     spins = guest.spins
     if spins is not None and spins.skipped:
         heads = ", ".join(f"{head:#x}" for head in sorted(spins.loops))

@@ -9,6 +9,8 @@ got done between arming its timer and the tick.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from guestasm import assert_powered_down
 
@@ -188,3 +190,45 @@ def test_virtual_time_ignores_the_hosts_clock() -> None:
     clock.end_slice(101)
     assert clock.now_ns() == 1010 and clock.host_ns_per_insn == 10.0
     assert clock.due() and clock.expired()
+
+
+# -- halted time (-v) -------------------------------------------------------------------
+def test_v_splits_guest_time_into_work_and_halts(asm_guest):
+    """Virtual time: a guest that halts three times until its 1 ms timer hears from -v
+    that nearly 3 ms of its guest time were halts, and the rest is its instructions at
+    10 ns each."""
+    run = asm_guest(SETUP + """
+    again:
+        HCALL	$LHCALL_HALT
+        cmpl	$3, ticks
+        jne	again
+        POWER_DOWN
+    tick:
+        incl	ticks
+        pushal
+        HCALL	$LHCALL_SET_CLOCKEVENT, $1000000
+        popal
+        movl	$0x200, lguest_data+LD_IRQ_ENABLED
+        iret
+    """, "ticks: .long 0", extra=["-v"])
+    assert run.status == 0, run.err
+    done = re.search(r"executed (\d+) instructions in \d+ slices; guest time ([0-9.]+) s\n"
+                     r"halted for ([0-9.]+) s of that guest time", run.err)
+    assert done, run.err
+    executed, guest_ns, halted_ns = int(done[1]), round(float(done[2]) * 1e9), \
+        round(float(done[3]) * 1e9)
+    assert abs(guest_ns - (executed * 10 + halted_ns)) <= 1000  # both printed to the µs
+    assert 3 * TIMER_NS - 1000 * 10 <= halted_ns <= 3 * TIMER_NS
+
+
+def test_realtime_halts_count_the_host_time_slept(monkeypatch) -> None:
+    host = FakeHost()
+    monkeypatch.setattr(clock_module.SIGNALS, "sleep",
+                        lambda seconds: setattr(host, "now", host.now + 7_000_000))
+    clock = Clock(realtime=True, host_ns=host)
+    clock.set_timer(10_000_000, position=0)
+    clock.idle_until_timer()  # woken 3 ms early (by input, say)
+    began = clock.now_ns()
+    host.now += 2_000_000  # a wait for input of 2 ms
+    clock.waited(began)
+    assert clock.halted_ns == 9_000_000

@@ -59,6 +59,7 @@ class ClockState:
     executed: int
     slice_ns: int
     deadline_ns: int | None
+    halted_ns: int
 
 
 class Clock:
@@ -79,6 +80,9 @@ class Clock:
         self.executed = 0  # instructions executed before the current slice
         self._slice_ns = 0  # guest time when the current slice began
         self.deadline_ns: int | None = None  # one-shot timer, guest time
+        # Guest time spent halted: skipped to a timer (virtual), or slept (realtime).  With
+        # `executed` it splits a run's guest time into work and waiting (-v).
+        self.halted_ns = 0
         # Host monotonic time (seconds) no realtime idle wait may pass: the run's --timeout.
         self.wake_by: float | None = None
 
@@ -143,28 +147,40 @@ class Clock:
 
     def save_state(self) -> ClockState:
         """Persist: the instruction count, guest time and the timer."""
-        return ClockState(self.executed, self._slice_ns, self.deadline_ns)
+        return ClockState(self.executed, self._slice_ns, self.deadline_ns, self.halted_ns)
 
     def restore_state(self, state: ClockState) -> None:
         """Persist: back to `state`."""
-        self.executed, self._slice_ns, self.deadline_ns = \
-            state.executed, state.slice_ns, state.deadline_ns
+        self.executed, self._slice_ns, self.deadline_ns, self.halted_ns = \
+            state.executed, state.slice_ns, state.deadline_ns, state.halted_ns
 
     def idle_until_timer(self) -> None:
         """A halted guest waits for its timer: skip ahead, or sleep in realtime mode (never
         past `wake_by`; the caller then finds the timer not yet expired and looks around)."""
         assert self.deadline_ns is not None
         if self.realtime:
-            wait = (self.deadline_ns - self.now_ns()) / 1e9
+            began = self.now_ns()
+            wait = (self.deadline_ns - began) / 1e9
             if self.wake_by is not None:
                 wait = min(wait, self.wake_by - time.monotonic())
             if wait > 0:
                 SIGNALS.sleep(wait)  # a signal to lgemu wakes it (and ends the run)
+            self.waited(began)
         else:
-            self._slice_ns = max(self._slice_ns, self.deadline_ns)
+            self._skip_to(self.deadline_ns)
+
+    def waited(self, began_ns: int) -> None:
+        """Count a halted guest's wait that began at guest time `began_ns` and ends now
+        (virtual time does not move while the host waits, so only realtime waits count)."""
+        self.halted_ns += self.now_ns() - began_ns
+
+    def _skip_to(self, target_ns: int) -> None:
+        """Virtual time: a halted guest's clock jumps ahead to `target_ns`."""
+        if target_ns > self._slice_ns:
+            self.halted_ns += target_ns - self._slice_ns
+            self._slice_ns = target_ns
 
     def idle_until(self, bound_ns: int) -> None:
         """A halted guest in a lab (virtual time only) skips to its timer or to `bound_ns`,
         whichever comes first: frames may arrive from other guests at `bound_ns`."""
-        target = bound_ns if self.deadline_ns is None else min(bound_ns, self.deadline_ns)
-        self._slice_ns = max(self._slice_ns, target)
+        self._skip_to(bound_ns if self.deadline_ns is None else min(bound_ns, self.deadline_ns))

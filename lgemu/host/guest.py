@@ -843,7 +843,9 @@ class Guest:
                 clock.idle_until_timer()
                 return
             wait = min(wait, left)
+        began = clock.now_ns()
         ready = SIGNALS.wait(fds or polled, wait)  # the next step polls devices
+        clock.waited(began)
         if ready and polled:
             clock.idle_until_timer()
 
