@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
+
+from .record import Record
 
 Version = tuple[int, int, int]
 
@@ -65,8 +66,8 @@ class PageTables(Enum):
     GUEST = "the guest's head_32.S (lguest_entry loads them with NEW_PGTABLE)"
 
 
-@dataclass(frozen=True, eq=False)  # each era is one object: compared and hashed by identity
-class Era:
+# each era is one object: compared and hashed by identity
+class Era(Record, frozen=True, eq=False):
     """One lguest guest ABI; see the module docstring for the fields' meaning."""
 
     name: str  # "2.6.31-2.6.33": the releases it covers, as `lgemu info` prints them

@@ -13,7 +13,6 @@ import gc
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TextIO
 
@@ -283,7 +282,7 @@ def parse_boot(args: argparse.Namespace) -> BootConfig:
     (the kernel defaults to the bundled guest)."""
     from .firmware_path import bundled_guest
 
-    values = {f.name: getattr(args, f.name) for f in fields(BootConfig) if hasattr(args, f.name)}
+    values = {name: getattr(args, name) for name in BootConfig._fields if hasattr(args, name)}
     values["kernel"] = args.kernel or bundled_guest()
     return BootConfig(**values)
 

@@ -8,16 +8,16 @@ before anything is loaded or opened (see `lgemu.cli.boot`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from .record import Record, factory
 
 DEFAULT_MEM_MIB = 64
 DEFAULT_NS_PER_INSN = 10
 DEFAULT_SNAPSHOT_EVERY = 10_000_000
 
 
-@dataclass
-class BootConfig:
+class BootConfig(Record):
     """Everything `lgemu boot` was asked to do."""
 
     kernel: Path
@@ -31,7 +31,7 @@ class BootConfig:
     timeout: float | None = None
     # Devices as (option name, value) in command-line order (ABI §10.3); the option name is a
     # key of `lgemu.devices.DEVICE_OPTIONS` ("block", "net").
-    devices: list[tuple[str, str]] = field(default_factory=list)
+    devices: list[tuple[str, str]] = factory(list)
     console_input: Path | None = None
     console_record: Path | None = None  # lgemu.devices.replay
     console_replay: Path | None = None

@@ -9,10 +9,10 @@ line — with the console last, exactly as the 2.6.24 Launcher created them (ABI
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..abi_eras import ERA_2_6_24, Era
+from ..record import Record
 from .base import Device
 from .console import Console, ConsoleOutput, open_console_input
 
@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     from ..config import BootConfig
 
 
-@dataclass(frozen=True)
-class DeviceOption:
+class DeviceOption(Record, frozen=True):
     """One repeatable device option: `parse` turns its value into what `build` takes
     (raising UserError), `build(parsed, index)` opens the index-th device of its kind."""
 

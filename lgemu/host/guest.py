@@ -36,7 +36,6 @@ import gc
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,6 +76,7 @@ from ..kills import (
 from ..launcher import BootInfo
 from ..machine.cpu import CR4_PAE, GUEST_CR0, GUEST_CR4, Cpu, CpuError, Reg, SegmentLoadError
 from ..machine.memory import HOST_GDT, HOST_TSS, GuestMemory, switcher_linear
+from ..record import Record, factory
 from ..signals import SIGNALS
 from . import cpu_model, events
 from .clock import Clock, ClockState
@@ -135,16 +135,15 @@ class Controller(Protocol):
         run's length, or None."""
 
 
-@dataclass
-class Stats:
+class Stats(Record):
     """What happened during a run (for -v and benchmarks)."""
 
-    hypercalls: Counter = field(default_factory=Counter)
-    async_hypercalls: Counter = field(default_factory=Counter)
-    traps: Counter = field(default_factory=Counter)
-    port_io: Counter = field(default_factory=Counter)
+    hypercalls: Counter = factory(Counter)
+    async_hypercalls: Counter = factory(Counter)
+    traps: Counter = factory(Counter)
+    port_io: Counter = factory(Counter)
     page_fills: int = 0  # #PFs absorbed by filling the shadow page directory
-    vring: Counter = field(default_factory=Counter)  # chains returned, by queue name
+    vring: Counter = factory(Counter)  # chains returned, by queue name
     slices: int = 0
 
     def copy(self) -> Stats:
@@ -154,8 +153,7 @@ class Stats:
                      Counter(self.vring), self.slices)
 
 
-@dataclass(frozen=True)
-class LoopState:
+class LoopState(Record, frozen=True):
     """Persist: where the run loop stands between two runs of the CPU."""
 
     stats: Stats
@@ -166,8 +164,7 @@ class LoopState:
     deferred_regs: tuple[tuple[Reg, int], ...]
 
 
-@dataclass(frozen=True)
-class GuestState:
+class GuestState(Record, frozen=True):
     """Persist: the Host's whole state for one guest, component by component (guest memory,
     the host pages and the CPU's registers are saved beside it, by `lgemu.debug.snapshot`)."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..abi import (
@@ -45,6 +44,7 @@ from ..kills import (
     HypercallBeforeInit,
     TooManyGdtEntries,
 )
+from ..record import Record
 from . import events
 from .lguest_data import LAYOUT_2_6_24, DataLayout, LguestData
 from .state import LguestState
@@ -340,8 +340,7 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
-@dataclass(frozen=True)
-class HypercallTable:
+class HypercallTable(Record, frozen=True):
     """One era's hypercalls as the Host dispatches them: number → handler, the numbers the
     Host itself looks for, names for the event log and -v, and its lguest_data layout."""
 

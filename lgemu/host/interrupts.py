@@ -13,16 +13,15 @@ means (`lguest_iret` can store an EFLAGS word with IF clear).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..abi import FIRST_EXTERNAL_VECTOR, LGUEST_IRQS, X86_EFLAGS_IF
+from ..record import Record
 from .lguest_data import LguestData
 from .state import LguestState
 from .traps import Traps
 
 
-@dataclass(frozen=True)
-class InterruptsState:
+class InterruptsState(Record, frozen=True):
     """Persist: pending lines, whether the guest halted, deliveries per line."""
 
     pending: int

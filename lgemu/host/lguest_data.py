@@ -11,7 +11,6 @@ from the guest's `Era` says where each field is; the 2.6.24 one is `abi`'s offse
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from ..abi import (
     HCALL_STATUS_EMPTY,
@@ -25,13 +24,13 @@ from ..abi import (
 )
 from ..abi_eras import ERA_2_6_24, Era
 from ..machine.memory import GuestMemory
+from ..record import Record
 
 NS_PER_SEC = 1_000_000_000
 RING_ARGS = ("arg0", "arg1", "arg2", "arg3")  # what a ring entry gives the Host, in order
 
 
-@dataclass(frozen=True)
-class DataLayout:
+class DataLayout(Record, frozen=True):
     """Where one era keeps the `struct lguest_data` fields the Host reads or writes (the
     first four, irq_enabled to time, never moved)."""
 

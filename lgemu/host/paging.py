@@ -17,7 +17,6 @@ of the walks it performs itself (trap frames, pinning).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..abi import (
@@ -52,6 +51,7 @@ from ..machine.memory import (
     GuestMemory,
     host_page_phys,
 )
+from ..record import Record
 from .state import LguestState
 
 PF_WRITE = 2  # #PF error code: the access was a write
@@ -73,8 +73,7 @@ class Opcode(NamedTuple):
     prefix_bytes: int
 
 
-@dataclass(frozen=True)
-class PagingState:
+class PagingState(Record, frozen=True):
     """Persist: which guest directory each shadow slot holds, and which one runs.  (The
     shadows themselves are host pages, saved with them.)"""
 

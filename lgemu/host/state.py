@@ -9,15 +9,12 @@ the components that need it (`Paging`, `Traps`, `Interrupts`) read the same reco
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 from ..abi import SWITCHER_PDE
+from ..record import Record
 from .lguest_data import LguestData
 
 
-@dataclass
-class LguestState:
+class LguestState(Record):
     """The per-guest lguest state the hypercalls set."""
 
     data: LguestData | None = None  # struct lguest_data, once LGUEST_INIT ran
@@ -46,7 +43,7 @@ class LguestState:
     # -- Persist (lgemu.debug.snapshot) ------------------------------------------------------
     def save_state(self) -> LguestState:
         """A copy (every field is immutable, `data` names a fixed guest page)."""
-        return dataclasses.replace(self)
+        return self.replace()
 
     def restore_state(self, state: LguestState) -> None:
         """Become `state` again."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..abi import (
@@ -45,6 +44,7 @@ from ..abi import (
 from ..abi_eras import ERA_2_6_24, Era, PageTables
 from ..errors import UserError
 from ..machine.memory import MAX_RAM, GuestMemory
+from ..record import Record
 from .bootparams import build_zero_page, command_line_bytes
 from .devicepage import (
     DeviceLayout,
@@ -99,8 +99,7 @@ LOW_MEMORY_END = CMDLINE_ADDR + -(-COMMAND_LINE_SIZE // PAGE_SIZE) * PAGE_SIZE
 _ZERO_CHUNK = bytes(MIB)
 
 
-@dataclass
-class BootInfo:
+class BootInfo(Record):
     """What the Host needs to start the guest (lguest's LHREQ_INITIALIZE), and where things went."""
 
     entry: int  # initial EIP, a physical address

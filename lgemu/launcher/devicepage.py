@@ -23,7 +23,6 @@ one (`descriptor_format`) and `lay_out_devices` is the same for both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..abi import (
@@ -51,6 +50,7 @@ from ..abi import (
     DeviceType,
 )
 from ..errors import UserError
+from ..record import Record, factory
 from .pagetables import Ram
 
 if TYPE_CHECKING:
@@ -69,8 +69,7 @@ def config_field(ftype: int, payload: bytes) -> bytes:
     return CONFIG_FIELD_HDR.pack(ftype, len(payload)) + payload
 
 
-@dataclass
-class DeviceSpec:
+class DeviceSpec(Record):
     """A device to put on the bus: its type, how many virtqueues, and what it tells the driver.
 
     `config` is the 2.6.24 form, already-encoded device-specific fields that follow the
@@ -101,8 +100,7 @@ class DeviceSpec:
         return (self.features.bit_length() + 7) // 8
 
 
-@dataclass
-class QueueLayout:
+class QueueLayout(Record):
     """Where one virtqueue lives and which IRQ it raises."""
 
     index: int  # queue number within its device (console: 0 input, 1 output)
@@ -116,14 +114,13 @@ class QueueLayout:
         return self.pfn << PAGE_SHIFT
 
 
-@dataclass
-class DeviceLayout:
+class DeviceLayout(Record):
     """A device as placed: its descriptor's offset in the device page and its queues, and
     (2.6.25 on) where its status byte and feature bitmaps are."""
 
     spec: DeviceSpec
     offset: int
-    queues: list[QueueLayout] = field(default_factory=list)
+    queues: list[QueueLayout] = factory(list)
     status_field: int = 2  # the status byte's offset inside the descriptor (ABI §10.4)
     features_offset: int = 0  # offered bitmap in the device page (0: no bitmaps)
     feature_len: int = 0
@@ -139,8 +136,7 @@ class DeviceLayout:
         return self.features_offset + self.feature_len
 
 
-@dataclass
-class DevicePage:
+class DevicePage(Record):
     """The whole bus: device page address, devices in order, and the end of guest memory."""
 
     address: int

@@ -44,7 +44,6 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..abi import SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET
@@ -60,6 +59,7 @@ from ..abi_eras import (
 )
 from ..elf import SHN_UNDEF, read_range, symbol_table, symbols_named
 from ..errors import UserError
+from ..record import Record, factory
 from .guestcheck import LGUEST_SYMBOLS, PAE_MARKER
 from .loader import KernelImage
 
@@ -110,8 +110,7 @@ SYMBOL_FACTS: dict[str, tuple[str, frozenset[Era]]] = {
 NAMES = (*LGUEST_SYMBOLS, *DMA_SYMBOLS, *SYMBOL_FACTS, "lguest_devices_init")
 
 
-@dataclass(frozen=True)
-class Detection:
+class Detection(Record, frozen=True):
     """What the image says about its lguest ABI."""
 
     era: Era | None  # None: the facts fit no era lgemu knows
@@ -129,12 +128,11 @@ class Detection:
         return f"{self.era.name} ({self.era.summary}{assumed})"
 
 
-@dataclass
-class _Facts:
+class _Facts(Record):
     """Facts gathered so far: each narrows the eras; `lines` is the evidence."""
 
     allowed: frozenset[Era] = _ALL
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = factory(list)
     spoke: bool = False  # some fact was found
     contradiction: bool = False  # ...and together they fit no era
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,6 +62,7 @@ from ..elf import (
     symbols_named,
 )
 from ..errors import UserError
+from ..record import Record
 
 BZ_VERSION_OFFSET = 0x206
 BOOT_PROTOCOL_PARAVIRT = 0x0207  # hardware_subarch appeared with boot protocol 2.07
@@ -81,8 +81,7 @@ LINKED_AS_A_PROGRAM = {PT_TLS: "PT_TLS", PT_GNU_EH_FRAME: "PT_GNU_EH_FRAME",
 NAMES = (*LGUEST_SYMBOLS, PAE_MARKER, *LINUX_MARKERS)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Record, frozen=True):
     """Is a kernel an lguest guest, judged from which symbols it defines: the one judgment
     the Launcher's refusal and `lgemu info` share."""
 

@@ -27,7 +27,6 @@ import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -46,6 +45,7 @@ from ..elf import (
 )
 from ..errors import UserError
 from ..machine.memory import MAX_RAM
+from ..record import Record
 from .guestcheck import check_lguest_guest, is_pae
 
 if TYPE_CHECKING:
@@ -70,8 +70,7 @@ _MAGIC_END = SETUP_HEADER_MAGIC_OFFSET + len(SETUP_HEADER_MAGIC)
 _MACHINE_NAMES = {"EM_386": "i386", "EM_X86_64": "x86-64"}
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(Record, frozen=True):
     """`data` goes to guest-physical `paddr`; the rest of `memsz` bytes is zero (BSS)."""
 
     paddr: int
@@ -84,8 +83,7 @@ class Segment:
         return self.paddr + self.memsz
 
 
-@dataclass(frozen=True)
-class KernelImage:
+class KernelImage(Record, frozen=True):
     """A checked kernel file: what to copy where, and where to start."""
 
     path: Path
@@ -171,7 +169,7 @@ def load_kernel(path: str | Path, check_guest: bool = True) -> KernelImage:
             if check_guest:
                 check_lguest_guest(path, f)
             if head.startswith(ELF_MAGIC) and is_pae(f):
-                kernel = replace(kernel, pae=True)
+                kernel = kernel.replace(pae=True)
             return kernel
     raise _fail(path, "not an ELF kernel or bzImage")
 

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..abi import MIB, PAGE_OFFSET, PAGE_SIZE, RESERVE_MEM
 from ..elf import PT_LOAD, ProgramHeader, program_headers, symbol_table, symbol_value
 from ..errors import UserError
+from ..record import Record
 from .loader import KernelImage, open_regular_file
 
 ADDRESS_SPACE = 1 << 32
@@ -50,8 +50,7 @@ _MEMPARSE = re.compile(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([KkMmGg]?)$")
 _SHIFTS = {"": 0, "k": 10, "m": 20, "g": 30}
 
 
-@dataclass(frozen=True)
-class LowMemory:
+class LowMemory(Record, frozen=True):
     """The guest's low-memory limit (a guest-physical address), and how it was found."""
 
     limit: int
