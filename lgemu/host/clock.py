@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from ..record import Record
 from ..signals import SIGNALS
 
 DEFAULT_NS_PER_INSN = 10
@@ -52,8 +52,7 @@ def _host_monotonic_ns() -> int:
     return time.monotonic_ns()
 
 
-@dataclass(frozen=True)
-class ClockState:
+class ClockState(Record, frozen=True):
     """What a snapshot keeps of the clock (virtual time only: realtime cannot go back)."""
 
     executed: int
