@@ -9,63 +9,18 @@ checked).
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError
-from typing import ClassVar
+from .record import Record
 
 
-class Kill:
+class Kill(Record, frozen=True):
     """A reason to kill the guest; `text()` is the wording on stderr.
 
-    A kind lists the values that broke its rule as annotated fields, and a kill is a value, as
-    a frozen dataclass would be: made from its fields (in order, or by name), equal to and
-    hashed like a kill of the same kind with equal fields, shown as ``Kind(field=value, …)``,
-    and never changed.  The kinds are not dataclasses because generating a dataclass's six
-    methods for each of the 35 kinds was the largest single cost of lgemu's start-up (issue
-    12); these are written once, here, for all of them.
+    A kind lists the values that broke its rule as annotated fields, and a kill is a value: a
+    frozen `Record` (made from its fields in order or by name, equal to and hashed like a kill
+    of the same kind with equal fields, never changed).  Records, not dataclasses: generating
+    a dataclass's methods for each of the 35 kinds was the largest single cost of lgemu's
+    start-up (issue 12).
     """
-
-    fields: ClassVar[tuple[str, ...]] = ()  # the kind's field names, in order
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.fields = (*cls.fields, *vars(cls).get("__annotations__", {}))
-        cls.__match_args__ = cls.fields
-
-    def __init__(self, *values: object, **named: object) -> None:
-        kind, fields = type(self).__name__, self.fields
-        if len(values) > len(fields):
-            raise TypeError(f"{kind} takes {len(fields)} values, not {len(values)}")
-        given = dict(zip(fields, values, strict=False))
-        for name, value in named.items():
-            if name not in fields or name in given:
-                raise TypeError(f"{kind}: unexpected or repeated value {name!r}")
-            given[name] = value
-        missing = [name for name in fields if name not in given]
-        if missing:
-            raise TypeError(f"{kind} is missing {', '.join(missing)}")
-        for name in fields:
-            object.__setattr__(self, name, given[name])
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.fields)
-        return f"{type(self).__qualname__}({shown})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def text(self) -> str:
         """The reason as the user reads it."""

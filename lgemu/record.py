@@ -15,8 +15,8 @@ here, for all of them:
   frozen dataclass's would) and hashed by its fields;
 * `replace(**changes)`: a copy with some fields changed; `_fields`: the names, in order.
 
-Records pickle and copy as any object does (their fields are their `__dict__`).  `lgemu.kills`
-applies the same idea to the kill kinds, with the checks on their values it needs.
+Records pickle and copy as any object does (their fields are their `__dict__`).  The kill
+kinds of `lgemu.kills` are frozen records too.
 """
 
 from __future__ import annotations
@@ -42,13 +42,19 @@ def factory(make: Callable[[], Any]) -> Any:
 
 class Record:
     """Base of the records; see the module docstring.  Class keywords: `frozen` (default
-    False) and `eq` (default True), as `@dataclass` takes them."""
+    False, or the base record's) and `eq` (default True), as `@dataclass` takes them."""
 
     _fields: ClassVar[tuple[str, ...]] = ()  # field names, in order
     _defaults: ClassVar[dict[str, object]] = {}  # name → default value or _Factory
 
-    def __init_subclass__(cls, frozen: bool = False, eq: bool = True, **kwargs: Any) -> None:
+    _frozen: ClassVar[bool] = False
+
+    def __init_subclass__(cls, frozen: bool | None = None, eq: bool = True,
+                          **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if frozen is None:  # a subclass of a frozen record is frozen too
+            frozen = cls._frozen
+        cls._frozen = frozen
         defaults = dict(cls._defaults)
         own = [name for name, kind in vars(cls).get("__annotations__", {}).items()
                if not str(kind).startswith(("ClassVar", "typing.ClassVar"))]

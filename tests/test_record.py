@@ -103,3 +103,17 @@ def test_a_field_without_a_default_cannot_follow_one_with() -> None:
         class Bad(Record):
             a: int = 0
             b: int
+
+
+def test_a_subclass_of_a_frozen_record_is_frozen_and_hashed_by_all_its_fields() -> None:
+    """As the kill kinds are: `Kill` is frozen, each kind adds its own fields."""
+    class Base(Record, frozen=True):
+        a: int
+
+    class Kind(Base):
+        b: str
+
+    kind = Kind(1, "x")
+    assert kind._fields == ("a", "b") and hash(kind) == hash(Kind(1, "x")) != hash(Kind(1, "y"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        kind.b = "y"
