@@ -22,7 +22,8 @@ An `Era` holds, for a range of kernel releases:
   writes are reported to the Launcher (`status_notify`) and whether PAE guests are accepted
   (`pae`);
 * the sizes of a block request's header and of a network frame's (`blk_outhdr_size`,
-  `net_hdr_size`).
+  `net_hdr_size`);
+* whether the Host refuses a page-table entry with write-through caching (`pte_pwt_killed`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -85,6 +86,9 @@ class Era:
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
     blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
     net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
+    # lguest's check_gpte killed a guest PTE with _PAGE_PWT until 2.6.24; 2.6.25's Host
+    # accepts it (that release's ioremap_nocache had begun setting it), PSE alone still kills.
+    pte_pwt_killed: bool = False
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -194,14 +198,14 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
         _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_2_6_23, LD_2_6_23, LD_2_6_23_SIZE,
         DeviceBus.LGUEST_DMA, _DESC_2_6_23, PageTables.LAUNCHER_LINEAR, boots=True,
-        facts_from="linux-2.6.23",
+        pte_pwt_killed=True, facts_from="linux-2.6.23",
         note="entered just after the \"GenuineLguest\" marker, at its PAGE_OFFSET address, "
              "with %esi = 0 (the boot header's physical address); the Launcher's page "
              "tables map RAM at PAGE_OFFSET"),
     Era("2.6.24", (2, 6, 24), "virtio over the lguest bus; 3-byte descriptors with TLV config",
         _HCALLS_2_6_24, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_24, PageTables.LAUNCHER, boots=True,
-        facts_from="linux-2.6.24"),
+        pte_pwt_killed=True, facts_from="linux-2.6.24"),
     Era("2.6.25", (2, 6, 25), "5-byte descriptors (virtqueues, feature bits, fixed config); "
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,

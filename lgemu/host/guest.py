@@ -47,6 +47,7 @@ from ..abi import (
     GUEST_DS,
     LGUEST_TRAP_ENTRY,
     PAGE_SIZE,
+    PTE_PSE,
     TSS_SELECTOR,
     X86_CR0_TS,
     Gate,
@@ -213,6 +214,8 @@ class Guest:
         # the hypercalls write it, the components below read it.
         self.lg = LguestState()
         self.paging = (PaePaging if boot.pae else Paging)(memory, self.cpu, self.lg)
+        if not era.pte_pwt_killed:  # 2.6.25 on: a write-through PTE is the guest's business
+            self.paging.bad_pte_flags = PTE_PSE
         self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
                        switcher_linear(HOST_TSS))
         self.traps = Traps(self.cpu, self.paging, self.gdt, self.lg)
