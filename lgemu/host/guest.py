@@ -219,6 +219,7 @@ class Guest:
         self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
                        switcher_linear(HOST_TSS))
         self.traps = Traps(self.cpu, self.paging, self.gdt, self.lg)
+        self.traps.host_gates_dpl0 = era.host_gates_dpl0
         self.interrupts = Interrupts(self.traps, self.lg)
         self.stats = Stats()
         self.outcome: LgemuExit | None = None
@@ -558,6 +559,8 @@ class Guest:
         if software:  # `int n`, `int3`, `into`: EIP is already past the instruction
             if traps.software_interrupt_allowed(vector, cpl):
                 traps.deliver(vector, eip, None, direct=True, software=True, context=context)
+            elif traps.via_host_gate(vector, cpl):  # 2.6.27 on: delivered by the Host
+                traps.deliver(vector, eip, None, direct=False, software=True, context=context)
             else:
                 start = eip - self._software_int_length(vector, eip)
                 traps.deliver(GP, start, vector * 8 + 2, direct=False)
