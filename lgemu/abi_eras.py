@@ -24,7 +24,8 @@ An `Era` holds, for a range of kernel releases:
 * the sizes of a block request's header and of a network frame's (`blk_outhdr_size`,
   `net_hdr_size`);
 * whether the Host refuses a page-table entry with write-through caching (`pte_pwt_killed`),
-  and whether its own trap gates were all DPL 0 (`host_gates_dpl0`).
+  and whether its own trap gates were all DPL 0 (`host_gates_dpl0`);
+* whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -95,6 +96,9 @@ class Era:
     # 2.6.27's copy_traps gave it the guest gate's DPL, so it reaches the Host, which delivers
     # it.  The 2.6.26-2.6.28 era keeps 2.6.26's gates.
     host_gates_dpl0: bool = False
+    # The Launcher wrote each kernel argument followed by a space until 2.6.24; from 2.6.25
+    # it puts one space between them and none after the last.
+    cmdline_trailing_space: bool = False
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -204,14 +208,16 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
         _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_2_6_23, LD_2_6_23, LD_2_6_23_SIZE,
         DeviceBus.LGUEST_DMA, _DESC_2_6_23, PageTables.LAUNCHER_LINEAR, boots=True,
-        pte_pwt_killed=True, host_gates_dpl0=True, facts_from="linux-2.6.23",
+        pte_pwt_killed=True, host_gates_dpl0=True, cmdline_trailing_space=True,
+        facts_from="linux-2.6.23",
         note="entered just after the \"GenuineLguest\" marker, at its PAGE_OFFSET address, "
              "with %esi = 0 (the boot header's physical address); the Launcher's page "
              "tables map RAM at PAGE_OFFSET"),
     Era("2.6.24", (2, 6, 24), "virtio over the lguest bus; 3-byte descriptors with TLV config",
         _HCALLS_2_6_24, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_24, PageTables.LAUNCHER, boots=True,
-        pte_pwt_killed=True, host_gates_dpl0=True, facts_from="linux-2.6.24"),
+        pte_pwt_killed=True, host_gates_dpl0=True, cmdline_trailing_space=True,
+        facts_from="linux-2.6.24"),
     Era("2.6.25", (2, 6, 25), "5-byte descriptors (virtqueues, feature bits, fixed config); "
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,

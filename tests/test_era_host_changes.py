@@ -97,3 +97,27 @@ def test_int3_to_an_interrupt_gate_reaches_the_guest_from_2_6_27(asm_guest, name
 def test_the_guests_dpl_0_still_refuses_int3_from_ring_1(asm_guest):
     run = asm_guest(INT3.replace("DPL", "0"), INT3_DATA, era=era_named("2.6.29"))
     assert_powered_down(run, b"gp " + _hex(3 * 8 + 2, run.symbol("site")))
+
+
+# The command line as the Launcher left it, between brackets (cmd_line_ptr is at 0x228 of the
+# zero page, which the first page tables map at its physical address).
+CMDLINE = """
+        INIT
+        PUTS	lb
+        HCALL	$LHCALL_NOTIFY, 0x228
+        PUTS	rb
+        POWER_DOWN
+"""
+BRACKETS = 'lb: .asciz "["\nrb: .asciz "]"\n'
+
+
+@pytest.mark.parametrize(("name", "line"), [
+    ("2.6.24", b"[console=hvc0 quiet ]"),
+    ("2.6.25", b"[console=hvc0 quiet]"),
+    ("2.6.29", b"[console=hvc0 quiet]"),
+])
+def test_the_command_line_ends_with_a_space_until_2_6_24(asm_guest, name, line):
+    """2.6.24's Launcher wrote every argument followed by a space; 2.6.25's joins them."""
+    era = era_named(name) if name != "2.6.24" else None
+    run = asm_guest(CMDLINE, BRACKETS, cmdline="console=hvc0 quiet", era=era)
+    assert_powered_down(run, line)

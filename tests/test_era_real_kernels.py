@@ -96,6 +96,7 @@ def test_shell_disk_and_network_then_power_off(boot_guest, tmp_path, name):
     assert (status, err) == (0, ""), (status, err, out[-3000:])
     version = name.removeprefix("linux-")
     assert f"Linux version {version}".encode() in out
+    assert f"Kernel command line: {cmdline}\r\n".encode() in out  # no trailing space
     assert re.search(rb" 254 +0 +32 vda\r\n", out)  # 2.6.25 pads the minor less
     assert prompt + MARK in out  # the disk's first bytes, read by the guest
     written = f"written-by-{name}\n".encode()
