@@ -56,7 +56,7 @@ from ..abi import (
 from ..abi_eras import HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
-from ..devices.status import refresh_acked, status_written
+from ..devices.status import refresh_acked, reset_notified, status_written
 from ..devices.vring import Vring, WrittenPages
 from ..errors import (
     ExitStatus,
@@ -254,12 +254,13 @@ class Guest:
             device.wall_ns = self._wall_ns
             device.icount = lambda: self.icount
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
-        # 2.6.25 on: descriptors by their offset in the device page, for status writes
-        # (2.6.26 reports them) and the accepted features (2.6.25 leaves them to be read).
+        # 2.6.25 on (5-byte descriptors): descriptors by their offset in the device page, for
+        # a NOTIFY on one (2.6.25: a reset; 2.6.26 on: a status write) and the accepted
+        # features (2.6.25 leaves them to be read).
         era = boot.era
         self._descriptors = {layout.offset: (device, layout) for device, layout in
                              zip(devices, boot.device_page.devices, strict=True)
-                             if layout.feature_len or era.status_notify}
+                             } if "feature_len" in era.device_desc else {}
         self._status_notify = era.status_notify
         self._read_acked = bool(self._descriptors) and not era.status_notify
         self.pci: PciBus | None = None  # 4.x: bus 0 behind ports 0xCF8-0xCFF
@@ -493,7 +494,7 @@ class Guest:
             self._invalidate_written()
             return
         page = self.boot.device_page.address
-        if self._status_notify and page <= addr < page + PAGE_SIZE:
+        if self._descriptors and page <= addr < page + PAGE_SIZE:
             self._status_written(addr - page)
             return
         if addr >= self.memory.limit:
@@ -502,12 +503,16 @@ class Guest:
 
     def _status_written(self, offset: int) -> None:
         """NOTIFY(device page + offset): the driver of the device whose descriptor starts
-        there wrote its status byte (lgemu.devices.status)."""
+        there wrote its status byte, or (2.6.25) reset it (lgemu.devices.status)."""
         found = self._descriptors.get(offset)
         if found is None:
             raise GuestKilled(BadStatusNotify(offset))
         device, layout = found
-        status = status_written(self.memory.ram, self.boot.device_page, layout, device)
+        if self._status_notify:
+            status = status_written(self.memory.ram, self.boot.device_page, layout, device)
+        else:
+            reset_notified(self.memory.ram, self.boot.device_page, layout, device)
+            status = 0
         self._invalidate_written()  # a reset zeroed the device's rings
         if self.observers:
             self.emit("device", events.device_status(device.name, status, device.acked))
