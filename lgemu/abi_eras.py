@@ -222,9 +222,8 @@ ERAS: tuple[Era, ...] = (
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
-        net_hdr_size=10, boots=True, host_gates_dpl0=True,
-        note="no 2.6.25 kernel built; its lguest_data is 2.6.24's and 2.6.26's, its block "
-             "and net headers 2.6.26's as the history has them"),
+        net_hdr_size=10, boots=True, host_gates_dpl0=True, facts_from="linux-2.6.25",
+        note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.26-2.6.28", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
@@ -235,7 +234,8 @@ ERAS: tuple[Era, ...] = (
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
         blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        note="no 2.6.29 kernel built; lguest_data as 2.6.26 per the era notes"),
+        facts_from="linux-2.6.29",
+        note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
