@@ -22,7 +22,10 @@ An `Era` holds, for a range of kernel releases:
   writes are reported to the Launcher (`status_notify`) and whether PAE guests are accepted
   (`pae`);
 * the sizes of a block request's header and of a network frame's (`blk_outhdr_size`,
-  `net_hdr_size`).
+  `net_hdr_size`);
+* whether the Host refuses a page-table entry with write-through caching (`pte_pwt_killed`),
+  and whether its own trap gates were all DPL 0 (`host_gates_dpl0`);
+* whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -86,6 +89,17 @@ class Era(Record, frozen=True, eq=False):
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
     blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
     net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
+    # lguest's check_gpte killed a guest PTE with _PAGE_PWT until 2.6.24; 2.6.25's Host
+    # accepts it (that release's ioremap_nocache had begun setting it), PSE alone still kills.
+    pte_pwt_killed: bool = False
+    # lguest's own gate for a vector the guest could take directly, where the guest's gate is
+    # not a trap gate, was DPL 0 until 2.6.26: a software `int3` from the guest then #GPs.
+    # 2.6.27's copy_traps gave it the guest gate's DPL, so it reaches the Host, which delivers
+    # it.  The 2.6.26-2.6.28 era keeps 2.6.26's gates.
+    host_gates_dpl0: bool = False
+    # The Launcher wrote each kernel argument followed by a space until 2.6.24; from 2.6.25
+    # it puts one space between them and none after the last.
+    cmdline_trailing_space: bool = False
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -195,6 +209,7 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
         _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_2_6_23, LD_2_6_23, LD_2_6_23_SIZE,
         DeviceBus.LGUEST_DMA, _DESC_2_6_23, PageTables.LAUNCHER_LINEAR, boots=True,
+        pte_pwt_killed=True, host_gates_dpl0=True, cmdline_trailing_space=True,
         facts_from="linux-2.6.23",
         note="entered just after the \"GenuineLguest\" marker, at its PAGE_OFFSET address, "
              "with %esi = 0 (the boot header's physical address); the Launcher's page "
@@ -202,24 +217,26 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.24", (2, 6, 24), "virtio over the lguest bus; 3-byte descriptors with TLV config",
         _HCALLS_2_6_24, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_24, PageTables.LAUNCHER, boots=True,
+        pte_pwt_killed=True, host_gates_dpl0=True, cmdline_trailing_space=True,
         facts_from="linux-2.6.24"),
     Era("2.6.25", (2, 6, 25), "5-byte descriptors (virtqueues, feature bits, fixed config); "
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
-        net_hdr_size=10, boots=True,
-        note="no 2.6.25 kernel built; its lguest_data is 2.6.24's and 2.6.26's, its block "
-             "and net headers 2.6.26's as the history has them"),
+        net_hdr_size=10, boots=True, host_gates_dpl0=True, facts_from="linux-2.6.25",
+        note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.26-2.6.28", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.26"),
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, host_gates_dpl0=True,
+        facts_from="linux-2.6.26"),
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
         blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        note="no 2.6.29 kernel built; lguest_data as 2.6.26 per the era notes"),
+        facts_from="linux-2.6.29",
+        note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,

@@ -50,7 +50,8 @@ def assemble_guest(kernel: KernelImage, era: Era, mem: int, cmdline: str,
     the Launcher for `era`, ready for its first instruction."""
     for device in devices:
         device.era = era
-    mem, ram_where = ram_the_kernel_uses(kernel, command_line_bytes(cmdline), mem)
+    mem, ram_where = ram_the_kernel_uses(
+        kernel, command_line_bytes(cmdline, era.cmdline_trailing_space), mem)
     memory = GuestMemory(mem)
     # 4.x: no device page, PCI bus 0 instead; 2.6.23: the DMA bus's own descriptors
     elsewhere = era.device_bus in (DeviceBus.PCI, DeviceBus.LGUEST_DMA)

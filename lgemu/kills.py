@@ -202,8 +202,8 @@ class BadShutdown(Kill):
 
 # -- the device page from 2.6.25 on (ABI Appendix C) -----------------------------------------
 class BadStatusNotify(Kill):
-    """NOTIFY inside the device page at an offset where no descriptor starts (2.6.26 on a
-    status write is reported with the descriptor's own address)."""
+    """NOTIFY inside the device page at an offset where no descriptor starts (2.6.25 resets
+    a device, 2.6.26 on reports a status write, with the descriptor's own address)."""
 
     offset: int
 

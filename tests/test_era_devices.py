@@ -233,6 +233,27 @@ def test_2_6_25_reads_the_accepted_features_at_each_kick(asm_guest, tmp_path):
     assert_killed(run, UnofferedFeatures("vda", 0x10, 4))
 
 
+def test_2_6_25_resets_a_device_notified_at_its_descriptor(asm_guest, tmp_path):
+    """2.6.25's driver resets each device before probing it with NOTIFY(its descriptor);
+    the Launcher zeroed the status, the accepted bits and the rings, and printed nothing."""
+    used = MEM + PAGE_SIZE + 0x800 + 2  # vda.0's used.idx
+    ready = f"\tmovb\t$4, {ACKED:#x}\n\tmovb\t$7, {STATUS:#x}\n"  # never reported
+    body = (ready + _read() + report(0) + f"\tHCALL\t$LHCALL_NOTIFY, ${MEM:#x}\n"
+            + "".join(f"\tmovzbl\t{addr:#x}, %eax\n\tPUTHEX\t%eax\n"
+                      for addr in (STATUS, ACKED))
+            + f"\tmovzwl\t{used:#x}, %eax\n\tPUTHEX\t%eax\n" + ready + _read() + report(0))
+    run = asm_guest(_guest(body), READ, extra=["--abi", "2.6.25", "--block",
+                                              str(_image(tmp_path))])
+    assert_powered_down(run, hexwords(1, 0, 513, 0, 0, 0, 1, 0, 513))
+
+
+def test_2_6_25_kills_a_notify_inside_the_device_page_but_on_no_descriptor(asm_guest,
+                                                                            tmp_path):
+    run = asm_guest(_guest(f"\tHCALL\t$LHCALL_NOTIFY, ${MEM + 7:#x}\n"), DEVPT_BSS,
+                    extra=["--abi", "2.6.25", "--block", str(_image(tmp_path))])
+    assert_killed(run, BadStatusNotify(7))
+
+
 # -- LHCALL_SHUTDOWN ----------------------------------------------------------------------------
 SHUTDOWN_DATA = 'boom:\t.asciz "Kernel panic - not syncing: boom\\n"\nnow:\t.asciz "now"\n'
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 from gdbrun import needs_gdb, run_under_gdb
-from linuxkernel import arp_who_has, pcap_frames, shared_kernel, shell_with_netup
+from guestasm import tools_or_skip
+from linuxkernel import _newc, arp_who_has, pcap_frames, shared_kernel, shell_with_netup
 
 from lgemu.debug.symbols import Symbols
 
@@ -33,6 +35,8 @@ ARP_WHO_HAS = arp_who_has(MAC)
 
 # kernel → (the command line, the last shell line, what the shell's prompt is)
 KERNEL_SHELLS = {
+    "linux-2.6.25": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
+    "linux-2.6.29": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-2.6.32": ("console=hvc0 rdinit=/init", "exit", b"lg# "),
     "linux-3.13": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),
     "linux-4.4": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),  # devices on PCI
@@ -41,6 +45,23 @@ KERNEL_SHELLS = {
 
 def _kernel(name: str, form: str = "bzImage") -> Path:
     return shared_kernel(name, form)
+
+
+def _with_int3(tmp_path: Path, initrd: Path) -> Path:
+    """`initrd` with /bin/int3 appended: a breakpoint, then exit(0).  From 2.6.27 the Host's
+    gate for vector 3 let it through (SIGTRAP, status 133); 2.6.25's was DPL 0: a #GP, so
+    SIGSEGV (139)."""
+    assembler, linker = tools_or_skip()
+    src, obj, exe = tmp_path / "int3.S", tmp_path / "int3.o", tmp_path / "int3"
+    src.write_text("\t.globl _start\n_start:\n\tint3\n\tmovl $1, %eax\n"
+                   "\txorl %ebx, %ebx\n\tint $0x80\n")
+    for cmd in ([assembler, "--32", "-o", str(obj), str(src)],
+                [linker, "-m", "elf_i386", "-static", "-o", str(exe), str(obj)]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    base = initrd.read_bytes()
+    initrd.write_bytes(base + bytes(-len(base) % 4)
+                       + _newc([("bin/int3", 0o100755, exe.read_bytes())]))
+    return initrd
 
 
 
@@ -65,20 +86,27 @@ def test_shell_disk_and_network_then_power_off(boot_guest, tmp_path, name):
                       "netup\n"
                       "echo netup=$?\n"
                       "sleep 1\n"
+                      "int3\n"
+                      "echo int3=$?\n"
                       f"{last}\n")
     status, out, err = boot_guest(kernel, cmdline, extra=[
-        "--initrd", str(shell_with_netup(tmp_path)), "--console-input", str(script),
+        "--initrd", str(_with_int3(tmp_path, shell_with_netup(tmp_path))),
+        "--console-input", str(script),
         "--block", str(disk), "--net", f"pcap:{pcap},mac={MAC}"])
     assert (status, err) == (0, ""), (status, err, out[-3000:])
     version = name.removeprefix("linux-")
     assert f"Linux version {version}".encode() in out
-    assert b" 254        0         32 vda\r\n" in out
+    assert f"Kernel command line: {cmdline}\r\n".encode() in out  # no trailing space
+    assert not re.search(rb"[\0-\x08\x0e-\x1f]", out)  # 2.6.25's device resets print nothing
+    assert re.search(rb" 254 +0 +32 vda\r\n", out)  # 2.6.25 pads the minor less
     assert prompt + MARK in out  # the disk's first bytes, read by the guest
     written = f"written-by-{name}\n".encode()
     assert disk.read_bytes()[512:512 + len(written) + 1] == written + b"\0"
     assert f"{prompt.decode()}{MAC}\r\n".encode() in out
     assert prompt + b"netup=0\r\n" in out
     assert any(frame.startswith(ARP_WHO_HAS) for frame in pcap_frames(pcap))
+    int3 = 139 if name == "linux-2.6.25" else 133
+    assert prompt + f"int3={int3}\r\n".encode() in out
     assert out.endswith(b"Power down.\r\n") or out.endswith(b"reboot: Power down\r\n")
 
 

@@ -32,7 +32,9 @@ BUNDLED = REPO_ROOT / "firmware" / "lgemu-guest.elf"
 # kernel file prefix → the era it must be detected as
 EXPECTED = {
     "linux-2.6.24": "2.6.24",
+    "linux-2.6.25": "2.6.25",  # 2.6.25 and 2.6.29: not in CI's kernels (skipped there)
     "linux-2.6.26": "2.6.26-2.6.28",
+    "linux-2.6.29": "2.6.29",
     "linux-2.6.32": "2.6.31-2.6.33",
     "linux-3.13": "3.4-4.0",
     "linux-4.4": "4.1-4.13",

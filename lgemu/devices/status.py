@@ -15,7 +15,9 @@ Both bytes are guest-written and checked here before a device sees them:
 Status 0 is a reset, as lguest's Launcher treated it: the accepted bitmap is cleared, every
 queue of the device is zeroed and starts over (`Vring.reset`), and the device forgets work in
 progress (`Device.reset`).  2.6.25 reports nothing: there the Host reads the accepted bits,
-with the same check, before each kick (`refresh_acked`).
+with the same check, before each kick (`refresh_acked`); the one NOTIFY on a descriptor's
+address is the driver's reset (made before every probe), which the Launcher carried out
+whatever the status byte said, setting it to 0 itself (`reset_notified`).
 """
 
 from __future__ import annotations
@@ -56,12 +58,22 @@ def status_written(ram: Ram, page: DevicePage, layout: DeviceLayout, device: Dev
     if status & ~DEFINED_STATUS:
         raise GuestKilled(BadDeviceStatus(device.name, status))
     if status == 0:
-        start = page.address + layout.acked_offset
-        ram[start:start + layout.feature_len] = bytes(layout.feature_len)
-        for queue in device.queues:
-            queue.reset()
-        device.acked = 0
-        device.reset()
+        _reset(ram, page, layout, device)
         return status
     device.acked = accepted_features(ram, page, layout, device.name)
     return status
+
+
+def reset_notified(ram: Ram, page: DevicePage, layout: DeviceLayout, device: Device) -> None:
+    """2.6.25: NOTIFY on the descriptor's address resets `device`, status byte included."""
+    ram[page.address + layout.status_offset] = 0
+    _reset(ram, page, layout, device)
+
+
+def _reset(ram: Ram, page: DevicePage, layout: DeviceLayout, device: Device) -> None:
+    start = page.address + layout.acked_offset
+    ram[start:start + layout.feature_len] = bytes(layout.feature_len)
+    for queue in device.queues:
+        queue.reset()
+    device.acked = 0
+    device.reset()

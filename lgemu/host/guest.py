@@ -46,6 +46,7 @@ from ..abi import (
     GUEST_DS,
     LGUEST_TRAP_ENTRY,
     PAGE_SIZE,
+    PTE_PSE,
     TSS_SELECTOR,
     X86_CR0_TS,
     Gate,
@@ -54,7 +55,7 @@ from ..abi import (
 from ..abi_eras import HcallInsn, PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
-from ..devices.status import refresh_acked, status_written
+from ..devices.status import refresh_acked, reset_notified, status_written
 from ..devices.vring import Vring, WrittenPages
 from ..errors import (
     ExitStatus,
@@ -210,9 +211,12 @@ class Guest:
         # the hypercalls write it, the components below read it.
         self.lg = LguestState()
         self.paging = (PaePaging if boot.pae else Paging)(memory, self.cpu, self.lg)
+        if not era.pte_pwt_killed:  # 2.6.25 on: a write-through PTE is the guest's business
+            self.paging.bad_pte_flags = PTE_PSE
         self.gdt = Gdt(memoryview(memory.host)[HOST_GDT * PAGE_SIZE:(HOST_GDT + 1) * PAGE_SIZE],
                        switcher_linear(HOST_TSS))
         self.traps = Traps(self.cpu, self.paging, self.gdt, self.lg)
+        self.traps.host_gates_dpl0 = era.host_gates_dpl0
         self.interrupts = Interrupts(self.traps, self.lg)
         self.stats = Stats()
         self.outcome: LgemuExit | None = None
@@ -247,12 +251,13 @@ class Guest:
             device.wall_ns = self._wall_ns
             device.icount = lambda: self.icount
             self.queues.update({ring.pfn: (device, ring) for ring in rings})
-        # 2.6.25 on: descriptors by their offset in the device page, for status writes
-        # (2.6.26 reports them) and the accepted features (2.6.25 leaves them to be read).
+        # 2.6.25 on (5-byte descriptors): descriptors by their offset in the device page, for
+        # a NOTIFY on one (2.6.25: a reset; 2.6.26 on: a status write) and the accepted
+        # features (2.6.25 leaves them to be read).
         era = boot.era
         self._descriptors = {layout.offset: (device, layout) for device, layout in
                              zip(devices, boot.device_page.devices, strict=True)
-                             if layout.feature_len or era.status_notify}
+                             } if "feature_len" in era.device_desc else {}
         self._status_notify = era.status_notify
         self._read_acked = bool(self._descriptors) and not era.status_notify
         self.pci: PciBus | None = None  # 4.x: bus 0 behind ports 0xCF8-0xCFF
@@ -486,7 +491,7 @@ class Guest:
             self._invalidate_written()
             return
         page = self.boot.device_page.address
-        if self._status_notify and page <= addr < page + PAGE_SIZE:
+        if self._descriptors and page <= addr < page + PAGE_SIZE:
             self._status_written(addr - page)
             return
         if addr >= self.memory.limit:
@@ -495,12 +500,16 @@ class Guest:
 
     def _status_written(self, offset: int) -> None:
         """NOTIFY(device page + offset): the driver of the device whose descriptor starts
-        there wrote its status byte (lgemu.devices.status)."""
+        there wrote its status byte, or (2.6.25) reset it (lgemu.devices.status)."""
         found = self._descriptors.get(offset)
         if found is None:
             raise GuestKilled(BadStatusNotify(offset))
         device, layout = found
-        status = status_written(self.memory.ram, self.boot.device_page, layout, device)
+        if self._status_notify:
+            status = status_written(self.memory.ram, self.boot.device_page, layout, device)
+        else:
+            reset_notified(self.memory.ram, self.boot.device_page, layout, device)
+            status = 0
         self._invalidate_written()  # a reset zeroed the device's rings
         if self.observers:
             self.emit("device", events.device_status(device.name, status, device.acked))
@@ -552,6 +561,8 @@ class Guest:
         if software:  # `int n`, `int3`, `into`: EIP is already past the instruction
             if traps.software_interrupt_allowed(vector, cpl):
                 traps.deliver(vector, eip, None, direct=True, software=True, context=context)
+            elif traps.via_host_gate(vector, cpl):  # 2.6.27 on: delivered by the Host
+                traps.deliver(vector, eip, None, direct=False, software=True, context=context)
             else:
                 start = eip - self._software_int_length(vector, eip)
                 traps.deliver(GP, start, vector * 8 + 2, direct=False)

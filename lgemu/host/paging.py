@@ -98,6 +98,9 @@ class Paging:
         self._next_victim = 0
         self.slot = 0
         self.iomem = (0, 0)  # [start, end) of device registers a PTE may map (4.x BARs)
+        # PTE flags that kill the guest where lguest would install the entry: PSE always,
+        # PWT too in the eras whose Host refused it (`Era.pte_pwt_killed`, chosen by `Guest`).
+        self.bad_pte_flags = PTE_PWT | PTE_PSE
         self.guest_pgdir = 0
 
     def save_state(self) -> PagingState:
@@ -178,7 +181,7 @@ class Paging:
         frame = (pte >> 12) * PAGE_SIZE
         if self.iomem[0] <= frame < self.iomem[1] and not pte & PTE_PSE:
             return  # a PCI BAR page (4.x): its loads and stores reach the devices
-        if pte & (PTE_PWT | PTE_PSE) or frame >= self.memory.limit:
+        if pte & self.bad_pte_flags or frame >= self.memory.limit:
             raise GuestKilled(BadPageTableEntry())
 
     # -- demand paging (ABI §7.1) ----------------------------------------------------------

@@ -10,7 +10,10 @@ the Host, which decides what real lguest's hardware or Host would have done:
 * Everything else went through the Host's own gates (DPL 0, except the hypercall gate at
   DPL 1): a software `int n` from the guest to such a vector is a #GP with error code
   `n*8+2`; faults are reflected with the IF bit taken from `irq_enabled`, and an interrupt
-  gate clears `irq_enabled` (ABI §5.2).
+  gate clears `irq_enabled` (ABI §5.2).  From 2.6.27 (`Era.host_gates_dpl0` False) the
+  Host's gate for a vector that could have been direct has the guest gate's DPL, so an
+  `int3` from ring 3 to the guest's DPL-3 interrupt gate reaches the Host and is delivered
+  like a fault (`via_host_gate`).
 
 The frame is `[err] EIP CS EFLAGS [ESP SS]`, lowest address first, on the current stack for
 ring 1 or on `ss1:esp1` from ring 3.
@@ -62,6 +65,7 @@ class Traps:
         self.gdt = gdt
         self.lg = lg if lg is not None else paging.lg  # lguest_data and the ring-1 stack
         self.idt: list[Gate | None] = [None] * IDT_ENTRIES
+        self.host_gates_dpl0 = True  # the era's `Era.host_gates_dpl0`, set at launch
 
     def save_state(self) -> tuple[Gate | None, ...]:
         """Persist: the guest's IDT (gates are never changed in place)."""
@@ -95,6 +99,17 @@ class Traps:
             return False
         return vector == SYSCALL_VECTOR or (vector < FIRST_NON_EXCEPTION
                                             and vector not in HOST_HANDLED)
+
+    def via_host_gate(self, vector: int, cpl: int) -> bool:
+        """2.6.27 on: does `int n` from `cpl` pass the Host's own gate for `vector`?  It
+        carries the guest gate's DPL where the vector could have gone direct but the guest's
+        gate is not a trap gate (lguest's copy_traps); then the Host delivers it."""
+        gate = self.idt[vector]
+        if self.host_gates_dpl0 or gate is None or self.is_direct(vector):
+            return False
+        could_be_direct = vector == SYSCALL_VECTOR or (vector < FIRST_NON_EXCEPTION
+                                                       and vector not in HOST_HANDLED)
+        return could_be_direct and cpl <= gate.dpl
 
     def software_interrupt_allowed(self, vector: int, cpl: int) -> bool:
         """The gate-DPL check the CPU makes for `int n`, `int3` and `into` (ABI §5.6)."""

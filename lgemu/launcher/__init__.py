@@ -248,7 +248,7 @@ def launch(memory: GuestMemory, kernel: KernelImage, cmdline: str | Sequence[str
     `UserError` for anything that doesn't fit.
     """
     mem = memory.ram_size
-    command_line = command_line_bytes(cmdline)
+    command_line = command_line_bytes(cmdline, era.cmdline_trailing_space)
     if era.page_tables is PageTables.LAUNCHER_LINEAR and kernel.kind == "bzImage":
         kernel = unpacked_2_6_23(kernel)
     _check_kernel_fits(kernel, mem)

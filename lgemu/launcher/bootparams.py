@@ -61,11 +61,13 @@ def build_zero_page(mem: int, initrd_addr: int, initrd_size: int) -> bytes:
     return page
 
 
-def command_line_bytes(args: str | Sequence[str]) -> bytes:
+def command_line_bytes(args: str | Sequence[str], trailing_space: bool = True) -> bytes:
     """The NUL-terminated command line the Launcher places at `CMDLINE_ADDR`.
 
     lguest's Launcher writes each kernel argument followed by one space, then a NUL (so
     ``root=/dev/vda`` becomes ``"root=/dev/vda \\0"``), and no arguments give just the NUL.
+    From 2.6.25 (`trailing_space` False, `Era.cmdline_trailing_space`) the arguments are
+    joined by one space with none after the last.
     `args` is either that argument list or the arguments already joined by single spaces (an
     empty string meaning none).  Arguments are encoded the way Python decoded ``sys.argv``
     (`os.fsencode`), so any bytes a shell could pass survive.
@@ -75,7 +77,8 @@ def command_line_bytes(args: str | Sequence[str]) -> bytes:
     than a silently truncated (or unterminated) one in the guest.
     """
     words = ([args] if args else []) if isinstance(args, str) else list(args)
-    line = os.fsencode("".join(word + " " for word in words)) + b"\0"
+    joined = "".join(word + " " for word in words) if trailing_space else " ".join(words)
+    line = os.fsencode(joined) + b"\0"
     if b"\0" in line[:-1]:
         raise UserError("kernel command line contains a NUL character")
     if len(line) > COMMAND_LINE_SIZE:
