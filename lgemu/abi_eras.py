@@ -95,7 +95,7 @@ class Era(Record, frozen=True, eq=False):
     # lguest's own gate for a vector the guest could take directly, where the guest's gate is
     # not a trap gate, was DPL 0 until 2.6.26: a software `int3` from the guest then #GPs.
     # 2.6.27's copy_traps gave it the guest gate's DPL, so it reaches the Host, which delivers
-    # it.  The 2.6.26-2.6.28 era keeps 2.6.26's gates.
+    # it: the one change that splits 2.6.26 from 2.6.27-2.6.28.
     host_gates_dpl0: bool = False
     # The Launcher wrote each kernel argument followed by a space until 2.6.24; from 2.6.25
     # it puts one space between them and none after the last.
@@ -225,12 +225,19 @@ ERAS: tuple[Era, ...] = (
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
         net_hdr_size=10, boots=True, host_gates_dpl0=True, facts_from="linux-2.6.25",
         note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
-    Era("2.6.26-2.6.28", (2, 6, 26), "driver features acknowledged, status changes notified, "
+    Era("2.6.26", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
         blk_outhdr_size=16, net_hdr_size=10, boots=True, host_gates_dpl0=True,
         facts_from="linux-2.6.26"),
+    Era("2.6.27-2.6.28", (2, 6, 27), "2.6.26's interface; the Host's trap gates take the "
+        "privilege level of the guest's",
+        _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
+        DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
+        blk_outhdr_size=16, net_hdr_size=10, boots=True,
+        note="no kernel built: its guest interface is 2.6.26's, its Host's copy_traps "
+             "2.6.27's (read in that release)"),
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,

@@ -86,7 +86,7 @@ def test_int3_to_an_interrupt_gate_is_a_gp_until_2_6_26(asm_guest, name):
     assert_powered_down(run, b"gp " + _hex(3 * 8 + 2, run.symbol("site")))
 
 
-@pytest.mark.parametrize("name", ["2.6.29", "2.6.32", "3.13"])
+@pytest.mark.parametrize("name", ["2.6.27", "2.6.28", "2.6.29", "2.6.32", "3.13"])
 def test_int3_to_an_interrupt_gate_reaches_the_guest_from_2_6_27(asm_guest, name):
     """2.6.27's Host gave its gate the guest gate's DPL and delivered the trap itself (so a
     user-mode int3 is the SIGTRAP it is natively, not a SIGSEGV)."""
