@@ -177,7 +177,8 @@ def describe_run(stream: TextIO, guest: Guest, outcome: LgemuExit,
 
 def describe_devices(con: Console, guest: Guest) -> None:
     """The device page as the guest left it: status bits, the config fields it read (their
-    type byte has 0x80 set, ABI §10.2), and what each device did."""
+    type byte has 0x80 set, ABI §10.2) or, from 2.6.25, the features its driver accepted,
+    and what each device did."""
     if guest.dma is not None:  # 2.6.23: descriptors of its own shape
         _describe_dma_devices(con, guest)
         return
@@ -187,13 +188,20 @@ def describe_devices(con: Console, guest: Guest) -> None:
     page = guest.boot.device_page
     ram = guest.memory.ram
     rows = []
+    bitmaps = any(dev.features_offset for dev in page.devices)  # 2.6.25's descriptors on
     for device, dev in zip(guest.devices, page.devices, strict=True):
         base = page.address + dev.offset
-        read = [name for offset, name, _ in _fields(dev)
-                if ram[base + offset] & CONFIG_FIELD_USED]
-        rows.append(([f"{dev.offset:#x}", _device_name(device), status_text(ram[base + 2]),
-                      ", ".join(read) or "-"], device))
-    _print_devices(con, "devices at exit", ("offset", "device", "status", "fields read"), rows)
+        if bitmaps:
+            at = page.address + dev.acked_offset
+            used = f"{int.from_bytes(ram[at:at + dev.feature_len], 'little'):#x}"
+        else:
+            used = ", ".join(name for offset, name, _ in _fields(dev)
+                             if ram[base + offset] & CONFIG_FIELD_USED) or "-"
+        rows.append(([f"{dev.offset:#x}", _device_name(device),
+                      status_text(ram[page.address + dev.status_offset]), used], device))
+    _print_devices(con, "devices at exit", ("offset", "device", "status",
+                                            "features accepted" if bitmaps else "fields read"),
+                   rows)
 
 
 def _describe_pci_devices(con: Console, guest: Guest) -> None:
