@@ -5,7 +5,7 @@
 the guest's, so an `int3` to an interrupt gate is delivered instead of a #GP.  Both were found
 reading each release's drivers/lguest/ while booting the real 2.6.25 and 2.6.29 kernels
 (docs/eras.md), which are exercised where shared/kernels has them
-(tests/test_era_real_kernels.py).
+(tests/test_era_real_kernels.py).  lgemu's own virtual CPU names the era in its brand string.
 """
 
 from __future__ import annotations
@@ -121,3 +121,21 @@ def test_the_command_line_ends_with_a_space_until_2_6_24(asm_guest, name, line):
     era = era_named(name) if name != "2.6.24" else None
     run = asm_guest(CMDLINE, BRACKETS, cmdline="console=hvc0 quiet", era=era)
     assert_powered_down(run, line)
+
+
+BRAND = "".join(f"""
+        movl	${leaf:#x}, %eax
+        cpuid
+        movl	%eax, brand+{16 * i}
+        movl	%ebx, brand+{16 * i + 4}
+        movl	%ecx, brand+{16 * i + 8}
+        movl	%edx, brand+{16 * i + 12}
+""" for i, leaf in enumerate((0x80000002, 0x80000003, 0x80000004)))
+
+
+@pytest.mark.parametrize("name", ["2.6.25", "2.6.32", "3.13"])
+def test_the_cpu_brand_names_the_guests_era(asm_guest, name):
+    """/proc/cpuinfo's model name says which lguest ABI lgemu gave the guest."""
+    era = era_named(name)
+    run = asm_guest("INIT\n" + BRAND + "PUTS brand\nPOWER_DOWN", "brand: .space 49", era=era)
+    assert_powered_down(run, f"lgemu virtual CPU (lguest {era.name} ABI)".encode())

@@ -199,6 +199,7 @@ class Guest:
         # The guest's lguest ABI, chosen once at launch (the Launcher laid out for it): its
         # hypercall numbers and lguest_data layout (`hcalls`), where its arguments are.
         self.era = era = boot.era
+        self._cpuid = cpu_model.leaves(era.name)
         self.hcalls = HypercallTable.of(era, boot.pae)
         self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
@@ -749,7 +750,7 @@ class Guest:
         self._defer_fault(Vector.UD)
 
     def _on_cpuid(self) -> None:
-        eax, ebx, ecx, edx = cpu_model.cpuid(self.cpu.reg(Reg.EAX))
+        eax, ebx, ecx, edx = cpu_model.cpuid(self._cpuid, self.cpu.reg(Reg.EAX))
         for reg, value in ((Reg.EAX, eax), (Reg.EBX, ebx), (Reg.ECX, ecx), (Reg.EDX, edx)):
             self.cpu.set_reg(reg, value)
 
