@@ -52,7 +52,7 @@ from ..abi import (
     Gate,
     Vector,
 )
-from ..abi_eras import HcallInsn, PageTables
+from ..abi_eras import PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
 from ..devices.status import refresh_acked, status_written
@@ -115,7 +115,7 @@ TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
 SPIN_STATE = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI,
               Reg.EFLAGS)  # lgemu.host.spin.STATE's order
-VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall, #UD on a CPU without VMX
+VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall (one left in 3.0), #UD without VMX
 VMCALL_PATCH = bytes((0xCD, LGUEST_TRAP_ENTRY, 0x90))  # what lguest rewrote it to: int $0x1f; nop
 
 
@@ -204,7 +204,7 @@ class Guest:
         self.hcalls = HypercallTable.of(era, boot.pae)
         self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
-        self._vmcall = era.hcall_insn is HcallInsn.VMCALL
+        self._vmcall = era.vmcall_rewrite  # 2.6.30-3.3: the Host patches a vmcall
         self.boot = boot
         self.console = console
         self.clock = clock
@@ -592,12 +592,12 @@ class Guest:
         return 2
 
     def _rewrite_vmcall(self, eip: int) -> bool:
-        """2.6.30-2.6.33: a ring-1 `vmcall` at `eip` becomes `int $0x1f; nop` in guest
-        memory, as lguest's Host patched it, and runs again from `eip` as a hypercall.  The
-        three bytes are written through the guest's page tables byte by byte (they may
-        straddle two pages), whether or not the guest mapped them writable, as lguest wrote
-        them; then the pages' translated code is dropped (Unicorn §8.3).  False if it is
-        not such a vmcall."""
+        """2.6.30-3.3 (`Era.vmcall_rewrite`): a ring-1 `vmcall` at `eip` becomes `int $0x1f;
+        nop` in guest memory, as lguest's Host patched it, and runs again from `eip` as a
+        hypercall.  The three bytes are written through the guest's page tables byte by byte
+        (they may straddle two pages), whether or not the guest mapped them writable, as
+        lguest wrote them; then the pages' translated code is dropped (Unicorn §8.3).  False
+        if it is not such a vmcall."""
         if not self._vmcall or self.cpu.reg(Reg.CS) & 3 != 1:
             return False
         where: list[int] = []
