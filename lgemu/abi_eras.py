@@ -15,7 +15,9 @@ An `Era` holds, for a range of kernel releases:
   a Host rewrote in guest memory), the registers that carry arguments 1… in order, and the
   members of one async-ring entry (``struct hcall_args``) in memory order; whether the Host
   still rewrites a ``vmcall`` (`vmcall_rewrite`: 2.6.34–3.3 guests call with `int $0x1f` but
-  kept one ``vmcall``, in ``send_interrupts``);
+  kept one ``vmcall``, in ``send_interrupts``), and whether it steps over a ring-1 ``cli``
+  (`cli_skipped`, 2.6.34 on: the ``cmpxchg8b`` emulation of kernels built for CPUs without it
+  disables interrupts natively);
 * ``struct lguest_data`` (`lguest_data`: member → offset, and its size), read from the DWARF
   of the shared kernels where one was built (tests/test_eras.py checks them),
   otherwise derived from the headers' history as noted in `facts_from`;
@@ -86,6 +88,7 @@ class Era:
     status_notify: bool = False  # a device status write is reported with NOTIFY(its address)
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
     vmcall_rewrite: bool = False  # the Host turns a ring-1 `vmcall` into `int $0x1f; nop`
+    cli_skipped: bool = False  # the #GP of a ring-1 `cli` (fa) only moves EIP past it
     blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
     net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
     boots: bool = False  # lgemu boots guests of this era today
@@ -236,8 +239,8 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        bounds_checked=False, facts_from="linux-3.0",
+        vmcall_rewrite=True, cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10,
+        boots=True, bounds_checked=False, facts_from="linux-3.0",
         note="its last release is not pinned down (3.4 trees have no lguest_data.pgdir, "
              "3.0 still has it); 3.0's send_interrupts still makes a vmcall, which its "
              "Host rewrites"),
@@ -245,14 +248,15 @@ ERAS: tuple[Era, ...] = (
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
-        facts_from="linux-3.13",
+        cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
+        bounds_checked=False, facts_from="linux-3.13",
         note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
              "latest)"),
     Era("4.1-4.13", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
-        DeviceBus.PCI, (), PageTables.GUEST, pae=True, boots=True, bounds_checked=False,
+        DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
+        bounds_checked=False,
         facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
              "left Linux in 4.14"),

@@ -104,6 +104,7 @@ PACE_LEAD_S = 0.5
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 ICEBP = 0xF1
+OPCODE_CLI = 0xFA
 OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # ABI §5.7: in al/ax/eax, imm8 or dx
 OPCODE_OUT = frozenset({0xE6, 0xE7, 0xEE, 0xEF})
 OPSIZE_PREFIX = 0x66
@@ -205,6 +206,7 @@ class Guest:
         self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
         self._vmcall = era.vmcall_rewrite  # 2.6.30-3.3: the Host patches a vmcall
+        self._skip_cli = era.cli_skipped  # 2.6.34 on: a ring-1 `cli` is stepped over
         self.boot = boot
         self.console = console
         self.clock = clock
@@ -579,7 +581,20 @@ class Guest:
                 self.lg.data.set_cr2(cr2)
             traps.deliver(Vector.PF, eip, error_code, direct=False)
             return
+        if vector == GP and self._skip_cli and cpl == 1 and error_code == 0 \
+                and self._opcode_byte(eip) == OPCODE_CLI:
+            # 2.6.34 on, lguest's Host (4.x: its Launcher) answered the #GP of a kernel
+            # `cli` by moving EIP past it: kernels built for CPUs without cmpxchg8b emulate
+            # it with interrupts disabled natively, and the guest ran well enough without it.
+            cpu.ack_exception()
+            cpu.set_reg(Reg.EIP, (eip + 1) & 0xFFFFFFFF)
+            return
         traps.reflect(vector, eip, error_code)
+
+    def _opcode_byte(self, eip: int) -> int | None:
+        """The byte at `eip` (no prefixes skipped), or None where it is not mapped."""
+        pa = self.paging.translate(eip, mark=False)
+        return None if pa is None else self.memory.ram[pa]
 
     def _software_int_length(self, vector: int, next_eip: int) -> int:
         """`int3` (CC) and `into` (CE) are one byte; `int n` (CD nn) is two."""
