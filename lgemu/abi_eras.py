@@ -13,7 +13,11 @@ An `Era` holds, for a range of kernel releases:
   SHUTDOWN from 2.6.25);
 * how a hypercall is made: the instruction (`int $0x1f`, or 2.6.30–2.6.33's ``vmcall``, which
   a Host rewrote in guest memory), the registers that carry arguments 1… in order, and the
-  members of one async-ring entry (``struct hcall_args``) in memory order;
+  members of one async-ring entry (``struct hcall_args``) in memory order; whether the Host
+  still rewrites a ``vmcall`` (`vmcall_rewrite`: 2.6.34–3.3 guests call with `int $0x1f` but
+  kept one ``vmcall``, in ``send_interrupts``), and whether it steps over a ring-1 ``cli``
+  (`cli_skipped`, 2.6.34 on: the ``cmpxchg8b`` emulation of kernels built for CPUs without it
+  disables interrupts natively);
 * ``struct lguest_data`` (`lguest_data`: member → offset, and its size), read from the DWARF
   of the shared kernels where one was built (tests/test_eras.py checks them),
   otherwise derived from the headers' history as noted in `facts_from`;
@@ -87,6 +91,8 @@ class Era(Record, frozen=True, eq=False):
     page_tables: PageTables
     status_notify: bool = False  # a device status write is reported with NOTIFY(its address)
     pae: bool = False  # lguest accepts PAE (three-level page table) guests
+    vmcall_rewrite: bool = False  # the Host turns a ring-1 `vmcall` into `int $0x1f; nop`
+    cli_skipped: bool = False  # the #GP of a ring-1 `cli` (fa) only moves EIP past it
     blk_outhdr_size: int = 24  # struct virtio_blk_outhdr: 2.6.25 dropped its u64 id
     net_hdr_size: int = 8  # struct virtio_net_hdr: 2.6.25 added its u16 hdr_len
     # lguest's check_gpte killed a guest PTE with _PAGE_PWT until 2.6.24; 2.6.25's Host
@@ -247,31 +253,35 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        note="no 2.6.30 kernel built; 16-byte ring entries in argument order per the notes"),
+        vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
+        facts_from="linux-2.6.30"),
     Era("2.6.31-2.6.33", (2, 6, 31), "a fifth argument in esi, 20-byte ring entries, "
         "irq_pending and SEND_INTERRUPTS, SET_PGD/SET_PMD renumbered, PAE allowed",
         _HCALLS_2_6_31, HcallInsn.VMCALL, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.32"),
+        vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
+        facts_from="linux-2.6.32"),
     Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
-        note="no kernel of this era built; its last release is not pinned down (3.4 "
-             "trees have no lguest_data.pgdir, some 3.0 trees still do)"),
+        vmcall_rewrite=True, cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10,
+        boots=True, bounds_checked=False, facts_from="linux-3.0",
+        note="its last release is not pinned down (3.4 trees have no lguest_data.pgdir, "
+             "3.0 still has it); 3.0's send_interrupts still makes a vmcall, which its "
+             "Host rewrites"),
     Era("3.4-4.0", (3, 4, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True, bounds_checked=False,
-        facts_from="linux-3.13",
+        cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
+        bounds_checked=False, facts_from="linux-3.13",
         note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
              "latest)"),
     Era("4.1-4.13", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
-        DeviceBus.PCI, (), PageTables.GUEST, pae=True, boots=True, bounds_checked=False,
+        DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
+        bounds_checked=False,
         facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
              "left Linux in 4.14"),

@@ -18,6 +18,7 @@ from lgemu.kills import BadHypercall, TooManyGdtEntries, UnhandledTrap
 
 VMCALL_ERA = era_named("2.6.32")  # vmcall, five arguments, irq_pending, SET_PGD
 ERA_2_6_30 = era_named("2.6.30")  # vmcall, four arguments, 16-byte ring entries
+ERA_2_6_34 = era_named("3.0")  # int $0x1f, but 3.0's send_interrupts still has a vmcall
 ERA_3 = era_named("3.13")  # int $0x1f in the new register order, no lguest_data.pgdir
 
 
@@ -36,9 +37,11 @@ VMCALL_WORD = 0x8BC1010F
 PATCHED_WORD = 0x8B901FCD
 
 
-# -- vmcall (2.6.30-2.6.33) ------------------------------------------------------------------------
-@pytest.mark.parametrize("era", [ERA_2_6_30, VMCALL_ERA], ids=lambda e: e.name)
+# -- vmcall (2.6.30-2.6.33, and the one left in 2.6.34-3.3) ----------------------------------------
+@pytest.mark.parametrize("era", [ERA_2_6_30, VMCALL_ERA, ERA_2_6_34], ids=lambda e: e.name)
 def test_a_vmcall_is_rewritten_in_guest_memory_and_runs_as_a_hypercall(asm_guest, era):
+    """2.6.34-3.3 guests call with `int $0x1f`, but 3.0's send_interrupts (lg_restore_fl's
+    way to ask for a pending interrupt) still makes a vmcall, which that Host rewrote too."""
     run = asm_guest("""
         INIT
         movl	$LHCALL_NOTIFY, %eax
@@ -169,6 +172,49 @@ def test_int_0x1f_in_the_new_register_order(asm_guest):
     """3.x: eax = call, ebx, ecx, edx (a 2.6.24 Host would read them permuted)."""
     run = asm_guest("INIT\n PUTS hi\n POWER_DOWN", STRINGS, era=ERA_3)
     assert_powered_down(run, b"hi ")
+
+
+# -- a ring-1 cli (2.6.34 on) ---------------------------------------------------------------------
+CLI_GUEST = """
+        INIT
+        SET_GATE 13, on_gp, GATE_TRAP
+        %s
+        cli
+        %s
+    on_gp:
+        %s
+"""
+
+
+@pytest.mark.parametrize(("era", "seen"), [(VMCALL_ERA, b"hi gp "), (ERA_2_6_34, b"hi ok "),
+                                           (ERA_3, b"hi ok ")], ids=("2.6.32", "3.0", "3.13"))
+def test_a_kernel_cli_is_the_guests_gp_until_2_6_34_then_stepped_over(asm_guest, era, seen):
+    """2.6.34's Host (and every later one) answered the #GP of a ring-1 `cli` by moving past
+    it (kernels built without cmpxchg8b emulate it with interrupts off natively); 2.6.33's
+    reflected it to the guest."""
+    run = asm_guest(CLI_GUEST % ("PUTS hi", "PUTS ok\n POWER_DOWN", "PUTS gp\n POWER_DOWN"),
+                    STRINGS + 'gp: .asciz "gp "\n', era=era)
+    assert_powered_down(run, seen)
+
+
+def test_a_4_x_kernel_cli_is_stepped_over_too(asm_guest):
+    """4.x moved the emulation to the Launcher, which still stepped over `cli`: the guest
+    powers off rather than asking, from its #GP handler, to restart (status 7)."""
+    run = asm_guest(CLI_GUEST % ("", "POWER_DOWN", "HCALL $LHCALL_SHUTDOWN, $why, $2"),
+                    '.set LHCALL_NOTIFY, 17\nwhy: .asciz "gp"\n', era=era_named("4.1"))
+    assert_powered_down(run)
+
+
+def test_a_cli_from_ring_3_stays_the_guests_gp(asm_guest):
+    """Only a kernel (ring 1) `cli` was stepped over: user mode's is its #GP, at the cli."""
+    code, data = descriptor(0, access=0xFB), descriptor(0, access=0xF3)
+    body = (USER_MODE.replace("SET_GATE 6,", "SET_GATE 13,").replace("vmcall", "cli")
+            .replace("PUTHEX\t(%esp)", "PUTHEX\t4(%esp)"))  # #GP pushes an error code first
+    run = asm_guest(body, USER_DATA.format(
+        cs_lo=code & 0xFFFFFFFF, cs_hi=code >> 32, ds_lo=data & 0xFFFFFFFF, ds_hi=data >> 32),
+        era=ERA_2_6_34)
+    assert_powered_down(run)
+    assert run.out.startswith(hexwords(run.symbol("site")))
 
 
 # -- the async ring's five-argument entries (2.6.31 on) -----------------------------------------

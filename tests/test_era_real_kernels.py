@@ -1,5 +1,6 @@
 """The real 2.6.32 and 3.13 lguest kernels under lgemu: the klibc shell with a virtio disk read
-and written and a network card that sends, then power-off (status 0).
+and written and a network card that sends, then power-off (status 0).  2.6.30 and 3.0 too,
+where they were built (shared/kernels does not ship them: docs/eras.md says how).
 
 2.6.32 makes its hypercalls with `vmcall` (rewritten by the Host to `int $0x1f; nop`), keeps
 irq_pending and 20-byte ring entries, and starts on page tables the Host built; 3.13 is back
@@ -37,7 +38,9 @@ ARP_WHO_HAS = arp_who_has(MAC)
 KERNEL_SHELLS = {
     "linux-2.6.25": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-2.6.29": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
+    "linux-2.6.30": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # vmcall, 4 arguments
     "linux-2.6.32": ("console=hvc0 rdinit=/init", "exit", b"lg# "),
+    "linux-3.0": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # int $0x1f, 1 vmcall left
     "linux-3.13": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),
     "linux-4.4": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),  # devices on PCI
 }
@@ -125,6 +128,22 @@ def test_2_6_32_trace_names_its_code_and_shows_the_vmcall_rewritten(boot_guest, 
     assert lines[5].endswith("-- hcall LGUEST_INIT lguest_data=0x1179b00")
     assert "lguest_entry+0xc " in lines[6] and "nop" in lines[6]
 
+
+
+def test_3_0_send_interrupts_vmcall_is_rewritten(boot_guest, tmp_path):
+    """3.0 calls with `int $0x1f`, but its send_interrupts (how lg_restore_fl asks for a
+    pending interrupt) still makes a vmcall, which its Host rewrote; the interrupt follows."""
+    kernel = _kernel("linux-3.0", "vmlinux")
+    events = tmp_path / "events"
+    status, _out, err = boot_guest(kernel, "console=hvc0", extra=[
+        "--max-insns", "15000000", "--events", "--trace", str(events)])
+    assert status == 5, err
+    lines = [line.split(" -- ", 1)[1] for line in events.read_text().splitlines()]
+    site = next(i for i, line in enumerate(lines) if line.endswith("vmcall → int $0x1f"))
+    eip = int(lines[site].split("eip=")[1].split()[0], 16)
+    assert Symbols.load(kernel).symbolize(eip) == ("send_interrupts", 6)
+    assert lines[site + 1] == "hcall SEND_INTERRUPTS"
+    assert lines[site + 2].startswith("irq 0 → vec 0x20 ")
 
 @pytest.mark.parametrize("name", ["linux-2.6.26", "linux-2.6.32", "linux-3.13", "linux-4.4"])
 def test_coverage_of_each_eras_boot_names_its_lguest_code(boot_guest, tmp_path, name):

@@ -52,7 +52,7 @@ from ..abi import (
     Gate,
     Vector,
 )
-from ..abi_eras import HcallInsn, PageTables
+from ..abi_eras import PageTables
 from ..devices.base import Device
 from ..devices.console import ConsoleOutput
 from ..devices.status import refresh_acked, reset_notified, status_written
@@ -105,6 +105,7 @@ PACE_LEAD_S = 0.5
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 ICEBP = 0xF1
+OPCODE_CLI = 0xFA
 OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # ABI §5.7: in al/ax/eax, imm8 or dx
 OPCODE_OUT = frozenset({0xE6, 0xE7, 0xEE, 0xEF})
 OPSIZE_PREFIX = 0x66
@@ -116,7 +117,7 @@ TRAP_REGS = (Reg.EIP, Reg.SS, Reg.ESP, Reg.EFLAGS)
 STRING_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F})
 SPIN_STATE = (Reg.EAX, Reg.ECX, Reg.EDX, Reg.EBX, Reg.ESP, Reg.EBP, Reg.ESI, Reg.EDI,
               Reg.EFLAGS)  # lgemu.host.spin.STATE's order
-VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall, #UD on a CPU without VMX
+VMCALL = b"\x0f\x01\xc1"  # 2.6.30-2.6.33's hypercall (one left in 3.0), #UD without VMX
 VMCALL_PATCH = bytes((0xCD, LGUEST_TRAP_ENTRY, 0x90))  # what lguest rewrote it to: int $0x1f; nop
 
 
@@ -203,7 +204,8 @@ class Guest:
         self.hcalls = HypercallTable.of(era, boot.pae)
         self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
-        self._vmcall = era.hcall_insn is HcallInsn.VMCALL
+        self._vmcall = era.vmcall_rewrite  # 2.6.30-3.3: the Host patches a vmcall
+        self._skip_cli = era.cli_skipped  # 2.6.34 on: a ring-1 `cli` is stepped over
         self.boot = boot
         self.console = console
         self.clock = clock
@@ -588,7 +590,20 @@ class Guest:
                 self.lg.data.set_cr2(cr2)
             traps.deliver(Vector.PF, eip, error_code, direct=False)
             return
+        if vector == GP and self._skip_cli and cpl == 1 and error_code == 0 \
+                and self._opcode_byte(eip) == OPCODE_CLI:
+            # 2.6.34 on, lguest's Host (4.x: its Launcher) answered the #GP of a kernel
+            # `cli` by moving EIP past it: kernels built for CPUs without cmpxchg8b emulate
+            # it with interrupts disabled natively, and the guest ran well enough without it.
+            cpu.ack_exception()
+            cpu.set_reg(Reg.EIP, (eip + 1) & 0xFFFFFFFF)
+            return
         traps.reflect(vector, eip, error_code)
+
+    def _opcode_byte(self, eip: int) -> int | None:
+        """The byte at `eip` (no prefixes skipped), or None where it is not mapped."""
+        pa = self.paging.translate(eip, mark=False)
+        return None if pa is None else self.memory.ram[pa]
 
     def _software_int_length(self, vector: int, next_eip: int) -> int:
         """`int3` (CC) and `into` (CE) are one byte; `int n` (CD nn) is two."""
@@ -601,12 +616,12 @@ class Guest:
         return 2
 
     def _rewrite_vmcall(self, eip: int) -> bool:
-        """2.6.30-2.6.33: a ring-1 `vmcall` at `eip` becomes `int $0x1f; nop` in guest
-        memory, as lguest's Host patched it, and runs again from `eip` as a hypercall.  The
-        three bytes are written through the guest's page tables byte by byte (they may
-        straddle two pages), whether or not the guest mapped them writable, as lguest wrote
-        them; then the pages' translated code is dropped (Unicorn §8.3).  False if it is
-        not such a vmcall."""
+        """2.6.30-3.3 (`Era.vmcall_rewrite`): a ring-1 `vmcall` at `eip` becomes `int $0x1f;
+        nop` in guest memory, as lguest's Host patched it, and runs again from `eip` as a
+        hypercall.  The three bytes are written through the guest's page tables byte by byte
+        (they may straddle two pages), whether or not the guest mapped them writable, as
+        lguest wrote them; then the pages' translated code is dropped (Unicorn §8.3).  False
+        if it is not such a vmcall."""
         if not self._vmcall or self.cpu.reg(Reg.CS) & 3 != 1:
             return False
         where: list[int] = []
