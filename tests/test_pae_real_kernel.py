@@ -11,36 +11,22 @@ the 2.6.32 config with HIGHMEM64G and X86_PAE).  A 3.0 PAE build (the 2.6.34-3.3
 
 from __future__ import annotations
 
-import lzma
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-from linuxkernel import KERNELS, SHELL_CPIO
+from linuxkernel import SHELL_CPIO, shared_kernel
 
 PAE_KERNELS = ("linux-2.6.32-pae", "linux-3.0-pae")
 MARK = b"lgemu-pae-disk-mark"
-_cache: dict[str, Path] = {}
-
-
 def pae_kernel(name: str = PAE_KERNELS[0]) -> Path:
     """The PAE vmlinux `name`, decompressed once per session (``LGEMU_PAE_KERNEL`` names
     another 2.6.32 one); skip the test where there is none."""
     named = os.environ.get("LGEMU_PAE_KERNEL")
     if named and name == PAE_KERNELS[0]:
         return Path(named)
-    packed = KERNELS / f"{name}.vmlinux.xz"
-    if not packed.exists() or not SHELL_CPIO.exists():
-        pytest.skip(f"no prebuilt PAE kernel ({packed.name}) and shell in {KERNELS}")
-    if name not in _cache:
-        target = Path(tempfile.mkdtemp(prefix="lgemu-k-")) / f"{name}.vmlinux"
-        with lzma.open(packed) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        _cache[name] = target
-    return _cache[name]
+    return shared_kernel(name)
 
 
 @pytest.mark.parametrize("name", PAE_KERNELS)
