@@ -9,10 +9,11 @@ file into guest memory (`preadv`), writes straight from guest memory into the fi
 
 What else the disk offers and serves is its era's (`Era.blk_offers` and friends, as each
 release's Launcher did; docs/eras.md): from 2.6.25 it offers BARRIER, and a request flagged
-BARRIER is preceded (from 2.6.30 also followed) by an fdatasync of the image; from 3.0 it
-offers FLUSH instead, and a FLUSH request is an fdatasync answered OK (IOERR if the sync
-fails).  Any other type — SCSI_CMD, GET_ID, a FLUSH its era's Launcher did not know — is
-answered UNSUPP.
+BARRIER is preceded (from 2.6.30 also followed) by an fdatasync of the image; from 2.6.34
+(3.0's Launcher) it offers FLUSH instead, the flag is ignored, and a FLUSH request is an
+fdatasync answered OK (IOERR if the sync fails), on 4.x's PCI too though never offered there.
+Any other type — SCSI_CMD, GET_ID, a FLUSH its era's Launcher did not know — is answered
+UNSUPP.
 
 Where the 2.6.24 Launcher aborted (a malformed request) the guest is killed instead, naming
 the queue and the head; where it grew or truncated the file (a write past the end) the request
