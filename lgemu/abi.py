@@ -329,8 +329,11 @@ VQCONFIG = struct.Struct("<HHI")  # struct lguest_vqconfig: num, irq, pfn
 # driver accepts, then config_len bytes of the device type's fixed config struct.
 DEVICE_DESC_V2 = struct.Struct("<BBBBB")
 DESC_V2_STATUS = 4  # offset of the status byte in that header
-VIRTIO_BLK_F_SEG_MAX = 2  # feature bits (bit n is byte n / 8, bit n % 8)
+VIRTIO_BLK_F_BARRIER = 0  # feature bits (bit n is byte n / 8, bit n % 8)
+VIRTIO_BLK_F_SEG_MAX = 2
 VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_F_FLUSH = 9  # 2.6.32 on (4.x calls it WCE)
+VIRTIO_BLK_T_FLUSH = 4  # a request type from 2.6.32: no data, write the disk's cache out
 VIRTIO_NET_F_MAC = 5
 VIRTIO_BLK_CONFIG = struct.Struct("<QII")  # capacity, size_max, seg_max
 VIRTIO_BLK_OUTHDR_V2 = struct.Struct("<IIQ")  # type, ioprio, sector: 2.6.25 dropped `id`

@@ -29,7 +29,9 @@ An `Era` holds, for a range of kernel releases:
   `net_hdr_size`);
 * whether the Host refuses a page-table entry with write-through caching (`pte_pwt_killed`),
   and whether its own trap gates were all DPL 0 (`host_gates_dpl0`);
-* whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`).
+* whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`);
+* what its Launcher offered a virtio disk and how it served the requests that made the guest
+  send (`blk_offers`, `blk_barrier_syncs`, `blk_flush`; docs/eras.md has the table).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -106,6 +108,13 @@ class Era(Record, frozen=True, eq=False):
     # The Launcher wrote each kernel argument followed by a space until 2.6.24; from 2.6.25
     # it puts one space between them and none after the last.
     cmdline_trailing_space: bool = False
+    # The Launcher's virtio disk: the feature it offered besides SEG_MAX ("BARRIER" from
+    # 2.6.25, "FLUSH" by 3.0, neither in 2.6.24 nor on 4.x's PCI); where it ran fdatasync
+    # around a request flagged BARRIER ("before" its I/O, and "after" it from 2.6.30; 3.0
+    # on ignored the flag); whether it carried out a FLUSH request (fdatasync) at all.
+    blk_offers: tuple[str, ...] = ()
+    blk_barrier_syncs: tuple[str, ...] = ("before",)
+    blk_flush: bool = False
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -229,41 +238,48 @@ ERAS: tuple[Era, ...] = (
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
+        blk_offers=("BARRIER",),
         net_hdr_size=10, boots=True, host_gates_dpl0=True, facts_from="linux-2.6.25",
         note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.26", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
+        blk_offers=("BARRIER",),
         blk_outhdr_size=16, net_hdr_size=10, boots=True, host_gates_dpl0=True,
         facts_from="linux-2.6.26"),
     Era("2.6.27-2.6.28", (2, 6, 27), "2.6.26's interface; the Host's trap gates take the "
         "privilege level of the guest's",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
+        blk_offers=("BARRIER",),
         blk_outhdr_size=16, net_hdr_size=10, boots=True,
         note="no kernel built: its guest interface is 2.6.26's, its Host's copy_traps "
              "2.6.27's (read in that release)"),
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
+        blk_offers=("BARRIER",),
         blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.29",
         note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
+        blk_offers=("BARRIER",), blk_barrier_syncs=("before", "after"),
         vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.30"),
     Era("2.6.31-2.6.33", (2, 6, 31), "a fifth argument in esi, 20-byte ring entries, "
         "irq_pending and SEND_INTERRUPTS, SET_PGD/SET_PMD renumbered, PAE allowed",
         _HCALLS_2_6_31, HcallInsn.VMCALL, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
+        blk_offers=("BARRIER",), blk_barrier_syncs=("before", "after"),
         vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.32"),
     Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
+        blk_offers=("FLUSH",), blk_barrier_syncs=(), blk_flush=True,
         vmcall_rewrite=True, cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10,
         boots=True, bounds_checked=False, facts_from="linux-3.0",
         note="its last release is not pinned down (3.4 trees have no lguest_data.pgdir, "
@@ -273,6 +289,7 @@ ERAS: tuple[Era, ...] = (
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
+        blk_offers=("FLUSH",), blk_barrier_syncs=(), blk_flush=True,
         cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         bounds_checked=False, facts_from="linux-3.13",
         note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
@@ -281,6 +298,7 @@ ERAS: tuple[Era, ...] = (
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
+        blk_barrier_syncs=(), blk_flush=True,
         bounds_checked=False,
         facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
         note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "

@@ -63,9 +63,9 @@ def test_shell_disk_and_network_then_power_off(boot_guest, tmp_path):
                               "--net", f"pcap:{pcap}", "-v")
     assert status == 0, (status, err, out[-2000:])
     # -v: each device's status byte and the features its driver accepted, read where 2.6.25's
-    # descriptors keep them (seg_max for the disk, the MAC for the card).
+    # descriptors keep them (barriers and seg_max for the disk, the MAC for the card).
     assert "features accepted" in err
-    for name, acked in (("vda", 1 << 2), ("eth0", 1 << 5), ("hvc0", 0)):
+    for name, acked in (("vda", 1 << 2 | 1), ("eth0", 1 << 5), ("hvc0", 0)):
         assert re.search(rf"│ {name} +│ 0x07 ack\|driver\|ok +│ {acked:#x} +│", err), err
     assert b"lgemu-shell: ready (Linux version 2.6.26 " in out
     # The disk: 64 sectors are 32 KiB, read back through the 16-byte request header...
@@ -113,13 +113,13 @@ def test_the_bzimage_reboots_to_status_7(boot_guest, tmp_path):
 
 def test_a_trace_names_status_writes(boot_guest, tmp_path):
     """The event log shows each driver's status writes, ending in DRIVER_OK with the features
-    it accepted (the block device's SEG_MAX, bit 2)."""
+    it accepted (the block device's BARRIER and SEG_MAX, bits 0 and 2)."""
     trace = tmp_path / "events"
     status, _out, err = _shell(boot_guest, tmp_path, _vmlinux(), "exit\n",
                               "--block", str(_blank(tmp_path)), "--events", "--trace", str(trace))
     assert (status, err) == (0, "")
     text = trace.read_text()
-    assert "device vda status 0x07 features=0x4" in text
+    assert "device vda status 0x07 features=0x5" in text
     assert "device console status 0x07 features=0x0" in text
 
 

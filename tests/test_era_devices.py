@@ -176,7 +176,7 @@ def test_a_driver_acks_its_features_reads_with_16_byte_headers_and_powers_off(as
             + _read() + report(0) + "\tPUTS\tbuf\n")
     run = asm_guest(_guest(body), READ, extra=["--abi", "2.6.26", "--block",
                                               str(_image(tmp_path))])
-    assert_powered_down(run, hexwords(4, 1, 0, 513) + b"sector 3")
+    assert_powered_down(run, hexwords(5, 1, 0, 513) + b"sector 3")
 
 
 def test_a_2_6_24_header_is_refused_in_a_later_era(asm_guest, tmp_path):
@@ -215,7 +215,7 @@ def test_frames_carry_the_10_byte_net_header_from_2_6_25(asm_guest, tmp_path):
 
 @pytest.mark.parametrize(("body", "kill"), [
     (_set_status(0x47), BadDeviceStatus("vda", 0x47)),
-    (_set_status(7, accepted=0x0C), UnofferedFeatures("vda", 0x0C, 4)),
+    (_set_status(7, accepted=0x0C), UnofferedFeatures("vda", 0x0C, 5)),
     (_set_status(1, offset=7), BadStatusNotify(7)),
     ("\tHCALL\t$2, $__power_down, $3\n", BadShutdown(3)),
 ], ids=["undefined-status-bits", "unoffered-feature", "not-a-descriptor", "shutdown-how"])
@@ -230,7 +230,7 @@ def test_2_6_25_reads_the_accepted_features_at_each_kick(asm_guest, tmp_path):
     body = f"\tmovb\t$0x10, {ACKED:#x}\n" + _read()
     run = asm_guest(_guest(body), READ, extra=["--abi", "2.6.25", "--block",
                                               str(_image(tmp_path))])
-    assert_killed(run, UnofferedFeatures("vda", 0x10, 4))
+    assert_killed(run, UnofferedFeatures("vda", 0x10, 5))
 
 
 def test_2_6_25_resets_a_device_notified_at_its_descriptor(asm_guest, tmp_path):

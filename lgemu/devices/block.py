@@ -7,6 +7,14 @@ wrote, the data buffers, and a 1-byte status the host writes.  Reads go straight
 file into guest memory (`preadv`), writes straight from guest memory into the file
 (`pwritev`).
 
+What else the disk offers and serves is its era's (`Era.blk_offers` and friends, as each
+release's Launcher did; docs/eras.md): from 2.6.25 it offers BARRIER, and a request flagged
+BARRIER is preceded (from 2.6.30 also followed) by an fdatasync of the image; from 2.6.34
+(3.0's Launcher) it offers FLUSH instead, the flag is ignored, and a FLUSH request is an
+fdatasync answered OK (IOERR if the sync fails), on 4.x's PCI too though never offered there.
+Any other type — SCSI_CMD, GET_ID, a FLUSH its era's Launcher did not know — is answered
+UNSUPP.
+
 Where the 2.6.24 Launcher aborted (a malformed request) the guest is killed instead, naming
 the queue and the head; where it grew or truncated the file (a write past the end) the request
 simply fails with IOERR and the file is not touched.  Requests complete before the kick
@@ -26,6 +34,7 @@ from ..abi import (
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_BARRIER,
+    VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
     DeviceType,
@@ -77,7 +86,8 @@ class Block(Device):
             os.close(self.fd)
             raise UserError(f"{path}: cannot find its size ({e.strerror})") from None
         self.capacity = size // SECTOR_SIZE  # sectors the guest sees
-        self.stats = {"read": 0, "written": 0, "requests": 0, "errors": 0}
+        self.stats = {"read": 0, "written": 0, "requests": 0, "errors": 0, "flushes": 0,
+                      "barriers": 0}
 
     @staticmethod
     def _open(path: Path, read_only: bool) -> int:
@@ -98,7 +108,7 @@ class Block(Device):
                     from None
 
     def spec(self) -> DeviceSpec:
-        return block_spec(self.capacity, self.read_only)
+        return block_spec(self.capacity, self.read_only, self.era.blk_offers)
 
     def close(self) -> None:
         """Flush every completed write to the disk and close the image (every exit path)."""
@@ -114,8 +124,9 @@ class Block(Device):
     def summary(self) -> str:
         s = self.stats
         mode = "read-only " if self.read_only else ""
+        syncs = "".join(f"{s[kind]} {kind}, " for kind in ("flushes", "barriers") if s[kind])
         return (f"{mode}{self.path}: {s['requests']} requests, read {s['read']} bytes, "
-                f"wrote {s['written']} bytes, {s['errors']} failed")
+                f"wrote {s['written']} bytes, {syncs}{s['errors']} failed")
 
     # -- requests ----------------------------------------------------------------------------
     def kick(self, queue: Vring) -> None:
@@ -150,21 +161,41 @@ class Block(Device):
     def _serve(self, queue: Vring, chain: Chain, header: Buffer) -> tuple[int, int]:
         """Carry out one request: (status, data bytes written into the guest).  Like the
         Launcher, a write uses the out buffers after the header and a read the in buffers
-        before the status byte; any others are ignored."""
+        before the status byte; any others are ignored (a FLUSH has none)."""
         # type, ioprio and sector lead both eras' headers; 2.6.24's unused id follows them
         kind, _ioprio, sector = VIRTIO_BLK_OUTHDR_V2.unpack_from(queue.memory.ram, header.addr)
         self.stats["requests"] += 1
+        era = self.era
+        syncs: tuple[str, ...] = ()
         if kind & VIRTIO_BLK_T_BARRIER:
-            try:
-                os.fdatasync(self.fd)
-            except OSError:
-                return VIRTIO_BLK_S_IOERR, 0
+            # The Launchers had no way to ask the host kernel for a barrier, so they synced
+            # the whole image around the request (3.0's and later ignore the flag).
+            self.stats["barriers"] += 1
+            syncs = era.blk_barrier_syncs
             kind &= ~VIRTIO_BLK_T_BARRIER
+        if kind not in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT) and not (
+                kind == VIRTIO_BLK_T_FLUSH and era.blk_flush):
+            return VIRTIO_BLK_S_UNSUPP, 0  # SCSI_CMD, GET_ID, anything its Launcher refused
+        if "before" in syncs and not self._sync():
+            return VIRTIO_BLK_S_IOERR, 0
         if kind == VIRTIO_BLK_T_IN:
-            return self._read(queue, sector, chain.writable[:-1])
-        if kind == VIRTIO_BLK_T_OUT:
-            return self._write(queue, sector, chain.readable[1:]), 0
-        return VIRTIO_BLK_S_UNSUPP, 0  # SCSI_CMD, and anything else 2.6.24 does not know
+            status, got = self._read(queue, sector, chain.writable[:-1])
+        elif kind == VIRTIO_BLK_T_OUT:
+            status, got = self._write(queue, sector, chain.readable[1:]), 0
+        else:
+            self.stats["flushes"] += 1
+            status, got = (VIRTIO_BLK_S_OK if self._sync() else VIRTIO_BLK_S_IOERR), 0
+        if "after" in syncs and not self._sync():
+            status = VIRTIO_BLK_S_IOERR
+        return status, got
+
+    def _sync(self) -> bool:
+        """Everything written so far reaches the image's storage (fdatasync): did it?"""
+        try:
+            os.fdatasync(self.fd)
+        except OSError:
+            return False
+        return True
 
     def _extent(self, sector: int, length: int) -> int | None:
         """Byte offset of [sector, +length) if it lies inside the disk, else None."""
