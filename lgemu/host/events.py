@@ -13,7 +13,7 @@ Host did on an exit from the guest:
 * ``irq``    — ``irq 1 → vec 0x21 eip=…``: an interrupt delivered into the guest;
 * ``vring``  — ``vring console.1 head=0 len=47 avail 3 → used 3``: a device returned a chain
   (the guest's avail.idx then, the used.idx after the push);
-* ``device`` — ``device vda status 0x07 features=0x4``: a driver reported a status write
+* ``device`` — ``device vda status 0x07 features=0x5``: a driver reported a status write
   (2.6.26 on; status 0 is a reset) and the features it had accepted by then;
 * ``pgfill`` — ``pgfill eip=… cr2=… err=…``: a #PF the Host absorbed by filling its shadow page
   directory (lguest's demand_page); the guest never sees it, so trace writers leave it out.
