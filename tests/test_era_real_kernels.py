@@ -37,6 +37,7 @@ ARP_WHO_HAS = arp_who_has(MAC)
 # kernel → (the command line, the last shell line, what the shell's prompt is)
 KERNEL_SHELLS = {
     "linux-2.6.25": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
+    "linux-2.6.28": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-2.6.29": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-2.6.30": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # vmcall, 4 arguments
     "linux-2.6.32": ("console=hvc0 rdinit=/init", "exit", b"lg# "),

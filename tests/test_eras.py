@@ -34,6 +34,7 @@ EXPECTED = {
     "linux-2.6.24": "2.6.24",
     "linux-2.6.25": "2.6.25",  # 2.6.25 and 2.6.29: not in CI's kernels (skipped there)
     "linux-2.6.26": "2.6.26",
+    "linux-2.6.28": "2.6.27-2.6.28",  # not in CI's kernels either
     "linux-2.6.29": "2.6.29",
     "linux-2.6.32": "2.6.31-2.6.33",
     "linux-3.13": "3.4-4.0",
