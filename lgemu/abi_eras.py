@@ -241,9 +241,10 @@ ERAS: tuple[Era, ...] = (
         "privilege level of the guest's",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
-        blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        note="no kernel built: its guest interface is 2.6.26's, its Host's copy_traps "
-             "2.6.27's (read in that release)"),
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.28",
+        note="its guest interface is 2.6.26's, its Host's copy_traps 2.6.27's (read in "
+             "that release); its kernel was built and booted (docs/eras.md) but is not in "
+             "shared/kernels"),
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
