@@ -14,7 +14,7 @@ import pytest
 from guestasm import assert_killed, assert_powered_down
 
 from lgemu.abi_eras import era_named
-from lgemu.kills import BadPageTableEntry
+from lgemu.kills import BadHypercall, BadPageTableEntry
 
 # A fresh directory entry (index 20, virtual 0x5000000) over a page table at 0x2000000 whose
 # first entry maps `marker`'s page Present|RW|User|Accessed|Dirty and write-through (PWT),
@@ -139,3 +139,30 @@ def test_the_cpu_brand_names_the_guests_era(asm_guest, name):
     era = era_named(name)
     run = asm_guest("INIT\n" + BRAND + "PUTS brand\nPOWER_DOWN", "brand: .space 49", era=era)
     assert_powered_down(run, f"lgemu virtual CPU (lguest {era.name} ABI)".encode())
+
+
+# The TS hypercall (8) with TS set, then an FPU instruction: the #NM goes to nm_handler, which
+# powers off; past the fninit the guest asks to restart (status 7).
+TS_THEN_FPU = """
+        INIT
+        SET_GATE 7, nm_handler, GATE_TRAP
+        HCALL	$8, $8
+        fninit
+        HCALL	$LHCALL_SHUTDOWN, $why, $2
+    nm_handler:
+        POWER_DOWN
+"""
+TS_DATA = '.set LHCALL_NOTIFY, 17\nwhy: .asciz "no #NM"\n'  # 4.x has no NOTIFY (no PUTS)
+
+
+def test_the_ts_hypercall_sets_ts_until_4_9(asm_guest):
+    """4.4's Host kept the guest's TS bit and passed it the #NM its FPU use then raised."""
+    run = asm_guest(TS_THEN_FPU, TS_DATA, era=era_named("4.9"))
+    assert_powered_down(run)
+
+
+@pytest.mark.parametrize("name", ["4.10", "4.13"])
+def test_the_ts_hypercall_is_a_bad_hypercall_from_4_10(asm_guest, name):
+    """4.10's guest stopped keeping a TS bit and its Host dropped the call: 8 kills."""
+    run = asm_guest(TS_THEN_FPU, TS_DATA, era=era_named(name))
+    assert_killed(run, BadHypercall(8))
