@@ -43,6 +43,7 @@ EXPECTED = {
     # built by hand (docs/eras.md), absent from shared/kernels: skipped there
     "linux-2.6.30": "2.6.30",
     "linux-3.0": "2.6.34-3.3",
+    "linux-3.4": "3.4-4.0",
     "linux-4.13": "4.10-4.13",
 }
 FORMS = ("vmlinux", "stripped", "bzImage")
