@@ -14,7 +14,7 @@ An `Era` holds, for a range of kernel releases:
 * how a hypercall is made: the instruction (`int $0x1f`, or 2.6.30–2.6.33's ``vmcall``, which
   a Host rewrote in guest memory), the registers that carry arguments 1… in order, and the
   members of one async-ring entry (``struct hcall_args``) in memory order; whether the Host
-  still rewrites a ``vmcall`` (`vmcall_rewrite`: 2.6.34–3.3 guests call with `int $0x1f` but
+  still rewrites a ``vmcall`` (`vmcall_rewrite`: 2.6.34–3.0 guests call with `int $0x1f` but
   kept one ``vmcall``, in ``send_interrupts``), and whether it steps over a ring-1 ``cli``
   (`cli_skipped`, 2.6.34 on: the ``cmpxchg8b`` emulation of kernels built for CPUs without it
   disables interrupts natively);
@@ -265,29 +265,27 @@ ERAS: tuple[Era, ...] = (
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
         vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.32"),
-    Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
+    Era("2.6.34-3.0", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
         vmcall_rewrite=True, cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10,
-        boots=True, bounds_checked=False, facts_from="linux-3.0",
-        note="its last release is not pinned down (3.4 trees have no lguest_data.pgdir, "
-             "3.0 still has it); 3.0's send_interrupts still makes a vmcall, which its "
-             "Host rewrites"),
-    Era("3.4-4.0", (3, 4, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
+        boots=True, facts_from="linux-3.0",
+        note="3.0's send_interrupts still makes a vmcall, which its Host rewrites; 3.1's "
+             "makes none, and its Host neither rewrites one nor has lguest_data.pgdir"),
+    Era("3.1-4.0", (3, 1, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
         cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         bounds_checked=False, facts_from="linux-3.13",
-        note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
-             "latest)"),
+        note="its last release is not pinned down (4.1 has devices on PCI)"),
     Era("4.1-4.9", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
         bounds_checked=False,
         facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
-        note="the release that moved to PCI is not pinned down here (4.4 has it)"),
+        note="the release that moved to PCI is not pinned down here (4.1 has it)"),
     Era("4.10-4.13", (4, 10, 0), "4.1-4.9's interface without the TS hypercall",
         _HCALLS_4_10, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,

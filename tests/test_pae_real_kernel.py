@@ -5,7 +5,7 @@ RAM (where more than 1 GiB is highmem, reached through PAE page tables the guest
 the time), then powers off.  Looked for as ``linux-2.6.32-pae.vmlinux.xz`` in shared/kernels
 beside the repository (or a vmlinux named by ``LGEMU_PAE_KERNEL``); skipped, saying why,
 where there is none: shared/kernels has no PAE build yet (its README says how to make one:
-the 2.6.32 config with HIGHMEM64G and X86_PAE).  A 3.0 PAE build (the 2.6.34-3.3 era), as
+the 2.6.32 config with HIGHMEM64G and X86_PAE).  A 3.0 PAE build (the 2.6.34-3.0 era), as
 ``linux-3.0-pae.vmlinux.xz``, is run the same way where it is there.
 """
 

@@ -204,7 +204,7 @@ class Guest:
         self.hcalls = HypercallTable.of(era, boot.pae)
         self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
-        self._vmcall = era.vmcall_rewrite  # 2.6.30-3.3: the Host patches a vmcall
+        self._vmcall = era.vmcall_rewrite  # 2.6.30-3.0: the Host patches a vmcall
         self._skip_cli = era.cli_skipped  # 2.6.34 on: a ring-1 `cli` is stepped over
         self.boot = boot
         self.console = console
@@ -616,7 +616,7 @@ class Guest:
         return 2
 
     def _rewrite_vmcall(self, eip: int) -> bool:
-        """2.6.30-3.3 (`Era.vmcall_rewrite`): a ring-1 `vmcall` at `eip` becomes `int $0x1f;
+        """2.6.30-3.0 (`Era.vmcall_rewrite`): a ring-1 `vmcall` at `eip` becomes `int $0x1f;
         nop` in guest memory, as lguest's Host patched it, and runs again from `eip` as a
         hypercall.  The three bytes are written through the guest's page tables byte by byte
         (they may straddle two pages), whether or not the guest mapped them writable, as
