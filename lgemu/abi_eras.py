@@ -29,7 +29,8 @@ An `Era` holds, for a range of kernel releases:
   `net_hdr_size`);
 * whether the Host refuses a page-table entry with write-through caching (`pte_pwt_killed`),
   and whether its own trap gates were all DPL 0 (`host_gates_dpl0`);
-* whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`).
+* whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`);
+* what an `in` from a port nothing answers reads (`port_in_sized`, `ps2_status_ready`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -106,6 +107,12 @@ class Era(Record, frozen=True, eq=False):
     # The Launcher wrote each kernel argument followed by a space until 2.6.24; from 2.6.25
     # it puts one space between them and none after the last.
     cmdline_trailing_space: bool = False
+    # An emulated `in` from a port nothing answers: until 3.0 the Host set all of EAX for a
+    # word or dword read and the low 16 bits for a byte read (the high 16 with a 0x66
+    # prefix); 3.1's sets exactly the bytes read, as 4.x's Launcher does.
+    port_in_sized: bool = False
+    # 4.x's Launcher answers a read of port 0x64 (the PS/2 controller's status) with 1.
+    ps2_status_ready: bool = False
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -276,20 +283,20 @@ ERAS: tuple[Era, ...] = (
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
-        cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        bounds_checked=False, facts_from="linux-3.13",
+        cli_skipped=True, port_in_sized=True, blk_outhdr_size=16, net_hdr_size=10,
+        boots=True, bounds_checked=False, facts_from="linux-3.13",
         note="its last release is not pinned down (4.1 has devices on PCI)"),
     Era("4.1-4.9", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
-        bounds_checked=False,
+        port_in_sized=True, ps2_status_ready=True, bounds_checked=False,
         facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
         note="the release that moved to PCI is not pinned down here (4.1 has it)"),
     Era("4.10-4.13", (4, 10, 0), "4.1-4.9's interface without the TS hypercall",
         _HCALLS_4_10, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
-        bounds_checked=False,
+        port_in_sized=True, ps2_status_ready=True, bounds_checked=False,
         facts_from="linux-4.13", blk_outhdr_size=16, net_hdr_size=12,
         note="lguest left Linux in 4.14; its kernel (4.13.4) was built and booted "
              "(docs/eras.md) but is not in shared/kernels"),
