@@ -6,7 +6,8 @@ the time), then powers off.  Looked for as ``linux-2.6.32-pae.vmlinux.xz`` in sh
 beside the repository (or a vmlinux named by ``LGEMU_PAE_KERNEL``); skipped, saying why,
 where there is none: shared/kernels has no PAE build yet (its README says how to make one:
 the 2.6.32 config with HIGHMEM64G and X86_PAE).  A 3.0 PAE build (the 2.6.34-3.0 era), as
-``linux-3.0-pae.vmlinux.xz``, is run the same way where it is there.
+``linux-3.0-pae.vmlinux.xz``, and a 3.4 one (3.1-4.0: the guest builds its own PAE tables),
+as ``linux-3.4-pae.vmlinux.xz``, are run the same way where they are there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 from linuxkernel import KERNELS, SHELL_CPIO
 
-PAE_KERNELS = ("linux-2.6.32-pae", "linux-3.0-pae")
+PAE_KERNELS = ("linux-2.6.32-pae", "linux-3.0-pae", "linux-3.4-pae")
 MARK = b"lgemu-pae-disk-mark"
 _cache: dict[str, Path] = {}
 
