@@ -1,6 +1,6 @@
 """The real 2.6.32 and 3.13 lguest kernels under lgemu: the klibc shell with a virtio disk read
 and written and a network card that sends, then power-off (status 0).  2.6.25, 2.6.28,
-2.6.29, 2.6.30, 3.0, 3.4 and 4.13 too, where they were built (shared/kernels does not ship them:
+2.6.29, 2.6.30, 3.0, 3.4, 4.9 and 4.13 too, where they were built (shared/kernels does not ship them:
 docs/eras.md says how).
 
 2.6.32 makes its hypercalls with `vmcall` (rewritten by the Host to `int $0x1f; nop`), keeps
@@ -46,6 +46,7 @@ KERNEL_SHELLS = {
     "linux-3.4": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-3.13": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),
     "linux-4.4": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),  # devices on PCI
+    "linux-4.9": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-4.13": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
 }
 

@@ -44,6 +44,7 @@ EXPECTED = {
     "linux-2.6.30": "2.6.30",
     "linux-3.0": "2.6.34-3.0",
     "linux-3.4": "3.1-4.0",
+    "linux-4.9": "4.1-4.9",
     "linux-4.13": "4.10-4.13",
 }
 FORMS = ("vmlinux", "stripped", "bzImage")
