@@ -198,3 +198,17 @@ def test_gdb_on_2_6_32_sees_the_rewritten_code_and_the_eras_call_names():
     assert "<lguest_entry+10>:\tint    $0x1f" in run.gdb
     assert "<lguest_entry+12>:\tnop" in run.gdb
     assert re.search(r"LGUEST_INIT +1 +0", run.gdb)
+
+
+def test_4_9_makes_the_ts_call_that_4_10s_host_dropped(boot_guest, tmp_path):
+    """A 4.9 kernel keeps its TS bit with LHCALL_TS (its event log shows the calls) and
+    boots; run as a 4.10-4.13 guest it is killed at the first one, as 4.10's Host did."""
+    kernel = _kernel("linux-4.9", "vmlinux")
+    events = tmp_path / "events"
+    status, _out, err = boot_guest(kernel, "console=hvc0", extra=[
+        "--max-insns", "30000000", "--events", "--trace", str(events)])
+    assert status == 5, err
+    assert "-- hcall TS ts=" in events.read_text()
+    status, _out, err = boot_guest(kernel, "console=hvc0", extra=[
+        "--abi", "4.10", "--max-insns", "30000000"])
+    assert (status, err) == (3, "lgemu: guest killed: Bad hypercall 8\n")
