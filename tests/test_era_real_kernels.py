@@ -1,7 +1,7 @@
 """The real 2.6.32 and 3.13 lguest kernels under lgemu: the klibc shell with a virtio disk read
 and written and a network card that sends, then power-off (status 0).  2.6.25, 2.6.28,
-2.6.29, 2.6.30, 3.0, 3.4, 4.9 and 4.13 too, where they were built (shared/kernels does not ship them:
-docs/eras.md says how).
+2.6.29, 2.6.30, 3.0, 3.4, 4.9 and 4.13 too, where they were built (shared/kernels does not
+ship them: docs/eras.md says how).
 
 2.6.32 makes its hypercalls with `vmcall` (rewritten by the Host to `int $0x1f; nop`), keeps
 irq_pending and 20-byte ring entries, and starts on page tables the Host built; 3.13 is back
