@@ -14,7 +14,7 @@ An `Era` holds, for a range of kernel releases:
 * how a hypercall is made: the instruction (`int $0x1f`, or 2.6.30–2.6.33's ``vmcall``, which
   a Host rewrote in guest memory), the registers that carry arguments 1… in order, and the
   members of one async-ring entry (``struct hcall_args``) in memory order; whether the Host
-  still rewrites a ``vmcall`` (`vmcall_rewrite`: 2.6.34–3.3 guests call with `int $0x1f` but
+  still rewrites a ``vmcall`` (`vmcall_rewrite`: 2.6.34–3.0 guests call with `int $0x1f` but
   kept one ``vmcall``, in ``send_interrupts``), and whether it steps over a ring-1 ``cli``
   (`cli_skipped`, 2.6.34 on: the ``cmpxchg8b`` emulation of kernels built for CPUs without it
   disables interrupts natively);
@@ -31,7 +31,8 @@ An `Era` holds, for a range of kernel releases:
   and whether its own trap gates were all DPL 0 (`host_gates_dpl0`);
 * whether the Launcher ends the kernel command line with a space (`cmdline_trailing_space`);
 * what its Launcher offered a virtio disk and how it served the requests that made the guest
-  send (`blk_offers`, `blk_barrier_syncs`, `blk_flush`; docs/eras.md has the table).
+  send (`blk_offers`, `blk_barrier_syncs`, `blk_flush`; docs/eras.md has the table);
+* what an `in` from a port nothing answers reads (`port_in_sized`, `ps2_status_ready`).
 
 Version boundaries come from the mainline history as summarised in the project's era notes;
 where a boundary was not pinned down to one release, `bounds_checked` is False and `note`
@@ -115,6 +116,12 @@ class Era(Record, frozen=True, eq=False):
     blk_offers: tuple[str, ...] = ()
     blk_barrier_syncs: tuple[str, ...] = ("before",)
     blk_flush: bool = False
+    # An emulated `in` from a port nothing answers: until 3.0 the Host set all of EAX for a
+    # word or dword read and the low 16 bits for a byte read (the high 16 with a 0x66
+    # prefix); 3.1's sets exactly the bytes read, as 4.x's Launcher does.
+    port_in_sized: bool = False
+    # 4.x's Launcher answers a read of port 0x64 (the PS/2 controller's status) with 1.
+    ps2_status_ready: bool = False
     boots: bool = False  # lgemu boots guests of this era today
     bounds_checked: bool = True  # the releases it covers were read from the history
     facts_from: str = ""  # which kernels the layouts were checked against
@@ -177,6 +184,9 @@ _HCALLS_2_6_31 = _changed(_HCALLS_2_6_30, ("SET_PMD",), SET_PGD=15, SET_PMD=13,
                           SEND_INTERRUPTS=19)
 # 4.x: no lguest bus, so no NOTIFY.
 _HCALLS_4 = _changed(_HCALLS_2_6_31, ("NOTIFY",))
+# 4.10: the guest no longer keeps a TS bit (its write_cr0 does nothing), and the Host's
+# hypercall switch lost TS: call 8 is "Bad hypercall 8" (4.10.17's drivers/lguest).
+_HCALLS_4_10 = _changed(_HCALLS_4, ("TS",))
 
 # -- how a hypercall is made --------------------------------------------------------------------
 _REGS_OLD = ("edx", "ebx", "ecx")  # int $0x1f: eax = number, then edx, ebx, ecx
@@ -253,9 +263,10 @@ ERAS: tuple[Era, ...] = (
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
         blk_offers=("BARRIER",),
-        blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        note="no kernel built: its guest interface is 2.6.26's, its Host's copy_traps "
-             "2.6.27's (read in that release)"),
+        blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.28",
+        note="its guest interface is 2.6.26's, its Host's copy_traps 2.6.27's (read in "
+             "that release); its kernel was built and booted (docs/eras.md) but is not in "
+             "shared/kernels"),
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
@@ -276,33 +287,37 @@ ERAS: tuple[Era, ...] = (
         blk_offers=("BARRIER",), blk_barrier_syncs=("before", "after"),
         vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.32"),
-    Era("2.6.34-3.3", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
+    Era("2.6.34-3.0", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
         blk_offers=("FLUSH",), blk_barrier_syncs=(), blk_flush=True,
         vmcall_rewrite=True, cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10,
-        boots=True, bounds_checked=False, facts_from="linux-3.0",
-        note="its last release is not pinned down (3.4 trees have no lguest_data.pgdir, "
-             "3.0 still has it); 3.0's send_interrupts still makes a vmcall, which its "
-             "Host rewrites"),
-    Era("3.4-4.0", (3, 4, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
+        boots=True, facts_from="linux-3.0",
+        note="3.0's send_interrupts still makes a vmcall, which its Host rewrites; 3.1's "
+             "makes none, and its Host neither rewrites one nor has lguest_data.pgdir"),
+    Era("3.1-4.0", (3, 1, 0), "lguest_data.pgdir gone: the guest's head_32.S builds the "
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
         blk_offers=("FLUSH",), blk_barrier_syncs=(), blk_flush=True,
-        cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
-        bounds_checked=False, facts_from="linux-3.13",
-        note="the first release without lguest_data.pgdir is not pinned down (3.4 at the "
-             "latest)"),
-    Era("4.1-4.13", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
+        cli_skipped=True, port_in_sized=True, blk_outhdr_size=16, net_hdr_size=10,
+        boots=True, bounds_checked=False, facts_from="linux-3.13",
+        note="its last release is not pinned down (4.1 has devices on PCI)"),
+    Era("4.1-4.9", (4, 1, 0), "devices are virtio 1.0 PCI functions; one noirq_iret "
         "address instead of the noirq range; no NOTIFY",
         _HCALLS_4, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
+        port_in_sized=True, ps2_status_ready=True, bounds_checked=False,
         blk_barrier_syncs=(), blk_flush=True,
-        bounds_checked=False,
         facts_from="linux-4.4", blk_outhdr_size=16, net_hdr_size=12,
-        note="the release that moved to PCI is not pinned down here (4.4 has it); lguest "
-             "left Linux in 4.14"),
+        note="the release that moved to PCI is not pinned down here (4.1 has it)"),
+    Era("4.10-4.13", (4, 10, 0), "4.1-4.9's interface without the TS hypercall",
+        _HCALLS_4_10, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
+        DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
+        port_in_sized=True, ps2_status_ready=True, bounds_checked=False,
+        blk_barrier_syncs=(), blk_flush=True, facts_from="linux-4.13", blk_outhdr_size=16, net_hdr_size=12,
+        note="lguest left Linux in 4.14; its kernel (4.13.4) was built and booted "
+             "(docs/eras.md) but is not in shared/kernels"),
 )
 ERA_2_6_24 = next(era for era in ERAS if era.name == "2.6.24")
 LAST_LGUEST_RELEASE: Version = (4, 13, 99)

@@ -37,10 +37,10 @@ VMCALL_WORD = 0x8BC1010F
 PATCHED_WORD = 0x8B901FCD
 
 
-# -- vmcall (2.6.30-2.6.33, and the one left in 2.6.34-3.3) ----------------------------------------
+# -- vmcall (2.6.30-2.6.33, and the one left in 2.6.34-3.0) ----------------------------------------
 @pytest.mark.parametrize("era", [ERA_2_6_30, VMCALL_ERA, ERA_2_6_34], ids=lambda e: e.name)
 def test_a_vmcall_is_rewritten_in_guest_memory_and_runs_as_a_hypercall(asm_guest, era):
-    """2.6.34-3.3 guests call with `int $0x1f`, but 3.0's send_interrupts (lg_restore_fl's
+    """2.6.34-3.0 guests call with `int $0x1f`, but 3.0's send_interrupts (lg_restore_fl's
     way to ask for a pending interrupt) still makes a vmcall, which that Host rewrote too."""
     run = asm_guest("""
         INIT

@@ -14,7 +14,7 @@ import pytest
 from guestasm import assert_killed, assert_powered_down
 
 from lgemu.abi_eras import era_named
-from lgemu.kills import BadPageTableEntry
+from lgemu.kills import BadHypercall, BadPageTableEntry
 
 # A fresh directory entry (index 20, virtual 0x5000000) over a page table at 0x2000000 whose
 # first entry maps `marker`'s page Present|RW|User|Accessed|Dirty and write-through (PWT),
@@ -139,3 +139,84 @@ def test_the_cpu_brand_names_the_guests_era(asm_guest, name):
     era = era_named(name)
     run = asm_guest("INIT\n" + BRAND + "PUTS brand\nPOWER_DOWN", "brand: .space 49", era=era)
     assert_powered_down(run, f"lgemu virtual CPU (lguest {era.name} ABI)".encode())
+
+
+# The TS hypercall (8) with TS set, then an FPU instruction: the #NM goes to nm_handler, which
+# powers off; past the fninit the guest asks to restart (status 7).
+TS_THEN_FPU = """
+        INIT
+        SET_GATE 7, nm_handler, GATE_TRAP
+        HCALL	$8, $8
+        fninit
+        HCALL	$LHCALL_SHUTDOWN, $why, $2
+    nm_handler:
+        POWER_DOWN
+"""
+TS_DATA = '.set LHCALL_NOTIFY, 17\nwhy: .asciz "no #NM"\n'  # 4.x has no NOTIFY (no PUTS)
+
+
+def test_the_ts_hypercall_sets_ts_until_4_9(asm_guest):
+    """4.4's Host kept the guest's TS bit and passed it the #NM its FPU use then raised."""
+    run = asm_guest(TS_THEN_FPU, TS_DATA, era=era_named("4.9"))
+    assert_powered_down(run)
+
+
+@pytest.mark.parametrize("name", ["4.10", "4.13"])
+def test_the_ts_hypercall_is_a_bad_hypercall_from_4_10(asm_guest, name):
+    """4.10's guest stopped keeping a TS bit and its Host dropped the call: 8 kills."""
+    run = asm_guest(TS_THEN_FPU, TS_DATA, era=era_named(name))
+    assert_killed(run, BadHypercall(8))
+
+
+# Four emulated `in`s from ports nothing answers, EAX 0x12345678 before each: inl, inw from
+# the PS/2 status port 0x64, inb, and a 0x66-prefixed inb.  Before LGUEST_INIT lguest's
+# page_offset is 0, so this ring-1 code counts as kernel code (as in test_hostile.py).
+PORT_INS = """
+        movl	$0x12345678, %eax
+        inl	$0x60, %eax
+        movl	%eax, got
+        movl	$0x12345678, %eax
+        inw	$0x64, %ax
+        movl	%eax, got+4
+        movl	$0x12345678, %eax
+        movw	$0x3f8, %dx
+        inb	%dx, %al
+        movl	%eax, got+8
+        movl	$0x12345678, %eax
+        .byte	0x66
+        inb	%dx, %al
+        movl	%eax, got+12
+        INIT
+"""
+PRINT_GOT = "PUTHEX got\n PUTHEX got+4\n PUTHEX got+8\n PUTHEX got+12\n POWER_DOWN\n"
+
+
+@pytest.mark.parametrize(("name", "seen"), [
+    ("2.6.32", b"ffffffff" b"ffffffff" b"1234ffff" b"ffff5678"),
+    ("3.0", b"ffffffff" b"ffffffff" b"1234ffff" b"ffff5678"),
+    ("3.1", b"ffffffff" b"1234ffff" b"123456ff" b"123456ff"),
+    ("3.13", b"ffffffff" b"1234ffff" b"123456ff" b"123456ff"),
+])
+def test_an_unanswered_in_fills_the_bytes_it_reads_from_3_1(asm_guest, name, seen):
+    """Until 3.0 lguest's emulate_insn set all of EAX for any odd opcode and 16 bits for an
+    even one; 3.1's sets exactly the byte, word or dword the instruction reads."""
+    run = asm_guest(PORT_INS + PRINT_GOT, "got: .fill 4, 4, 0\n", era=era_named(name))
+    assert_powered_down(run, seen)
+
+
+@pytest.mark.parametrize("name", ["4.4", "4.13"])
+def test_a_4_x_launcher_reads_1_from_the_ps2_status_port(asm_guest, name):
+    """4.x's Launcher fills the bytes read as 3.1's Host did, but answers port 0x64 with 1
+    (the PS/2 controller ready): the guest compares and powers off, or asks to restart."""
+    run = asm_guest(PORT_INS + """
+        movl	$got, %esi
+        movl	$want, %edi
+        movl	$4, %ecx
+        repe cmpsl
+        jne	wrong
+        POWER_DOWN
+    wrong:
+        HCALL	$LHCALL_SHUTDOWN, $why, $2
+    """, TS_DATA + "got: .fill 4, 4, 0\n"
+         "want: .long 0xffffffff, 0x12340001, 0x123456ff, 0x123456ff\n", era=era_named(name))
+    assert_powered_down(run)

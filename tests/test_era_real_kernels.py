@@ -1,6 +1,7 @@
 """The real 2.6.32 and 3.13 lguest kernels under lgemu: the klibc shell with a virtio disk read
-and written and a network card that sends, then power-off (status 0).  2.6.30 and 3.0 too,
-where they were built (shared/kernels does not ship them: docs/eras.md says how).
+and written and a network card that sends, then power-off (status 0).  2.6.25, 2.6.28,
+2.6.29, 2.6.30, 3.0, 3.4, 4.9 and 4.13 too, where they were built (shared/kernels does not
+ship them: docs/eras.md says how).
 
 2.6.32 makes its hypercalls with `vmcall` (rewritten by the Host to `int $0x1f; nop`), keeps
 irq_pending and 20-byte ring entries, and starts on page tables the Host built; 3.13 is back
@@ -37,12 +38,16 @@ ARP_WHO_HAS = arp_who_has(MAC)
 # kernel → (the command line, the last shell line, what the shell's prompt is)
 KERNEL_SHELLS = {
     "linux-2.6.25": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
+    "linux-2.6.28": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-2.6.29": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-2.6.30": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # vmcall, 4 arguments
     "linux-2.6.32": ("console=hvc0 rdinit=/init", "exit", b"lg# "),
     "linux-3.0": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # int $0x1f, 1 vmcall left
+    "linux-3.4": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
     "linux-3.13": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),
     "linux-4.4": ("console=hvc0 rdinit=/bin/sh", "poweroff", b"# "),  # devices on PCI
+    "linux-4.9": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
+    "linux-4.13": ("console=hvc0 rdinit=/init", "exit", b"lg# "),  # not in CI's kernels
 }
 
 
@@ -193,3 +198,17 @@ def test_gdb_on_2_6_32_sees_the_rewritten_code_and_the_eras_call_names():
     assert "<lguest_entry+10>:\tint    $0x1f" in run.gdb
     assert "<lguest_entry+12>:\tnop" in run.gdb
     assert re.search(r"LGUEST_INIT +1 +0", run.gdb)
+
+
+def test_4_9_makes_the_ts_call_that_4_10s_host_dropped(boot_guest, tmp_path):
+    """A 4.9 kernel keeps its TS bit with LHCALL_TS (its event log shows the calls) and
+    boots; run as a 4.10-4.13 guest it is killed at the first one, as 4.10's Host did."""
+    kernel = _kernel("linux-4.9", "vmlinux")
+    events = tmp_path / "events"
+    status, _out, err = boot_guest(kernel, "console=hvc0", extra=[
+        "--max-insns", "30000000", "--events", "--trace", str(events)])
+    assert status == 5, err
+    assert "-- hcall TS ts=" in events.read_text()
+    status, _out, err = boot_guest(kernel, "console=hvc0", extra=[
+        "--abi", "4.10", "--max-insns", "30000000"])
+    assert (status, err) == (3, "lgemu: guest killed: Bad hypercall 8\n")

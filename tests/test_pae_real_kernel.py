@@ -5,8 +5,9 @@ RAM (where more than 1 GiB is highmem, reached through PAE page tables the guest
 the time), then powers off.  Looked for as ``linux-2.6.32-pae.vmlinux.xz`` in shared/kernels
 beside the repository (or a vmlinux named by ``LGEMU_PAE_KERNEL``); skipped, saying why,
 where there is none: shared/kernels has no PAE build yet (its README says how to make one:
-the 2.6.32 config with HIGHMEM64G and X86_PAE).  A 3.0 PAE build (the 2.6.34-3.3 era), as
-``linux-3.0-pae.vmlinux.xz``, is run the same way where it is there.
+the 2.6.32 config with HIGHMEM64G and X86_PAE).  A 3.0 PAE build (the 2.6.34-3.0 era), as
+``linux-3.0-pae.vmlinux.xz``, and a 3.4 one (3.1-4.0: the guest builds its own PAE tables),
+as ``linux-3.4-pae.vmlinux.xz``, are run the same way where they are there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from linuxkernel import SHELL_CPIO, shared_kernel
 
-PAE_KERNELS = ("linux-2.6.32-pae", "linux-3.0-pae")
+PAE_KERNELS = ("linux-2.6.32-pae", "linux-3.0-pae", "linux-3.4-pae")
 MARK = b"lgemu-pae-disk-mark"
 def pae_kernel(name: str = PAE_KERNELS[0]) -> Path:
     """The PAE vmlinux `name`, decompressed once per session (``LGEMU_PAE_KERNEL`` names

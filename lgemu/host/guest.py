@@ -109,6 +109,7 @@ OPCODE_CLI = 0xFA
 OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # ABI §5.7: in al/ax/eax, imm8 or dx
 OPCODE_OUT = frozenset({0xE6, 0xE7, 0xEE, 0xEF})
 OPSIZE_PREFIX = 0x66
+PS2_STATUS_PORT = 0x64  # 4.x's Launcher says "ready" here (1) instead of all ones
 # The prefixes lguest's emulate_insn understood in front of in/out: none, or one 0x66.
 EMULATED_PREFIXES = (frozenset(), frozenset({OPSIZE_PREFIX}))
 # What every exit reads in one C call (a hypercall needs no more), and what a trap adds.
@@ -204,8 +205,10 @@ class Guest:
         self.hcalls = HypercallTable.of(era, boot.pae)
         self._pae = boot.pae  # three-level page tables (ABI §7.6)
         self._kvm_args = era.hcall_regs[0] == "ebx"  # 2.6.30 on: ebx, ecx, edx
-        self._vmcall = era.vmcall_rewrite  # 2.6.30-3.3: the Host patches a vmcall
+        self._vmcall = era.vmcall_rewrite  # 2.6.30-3.0: the Host patches a vmcall
         self._skip_cli = era.cli_skipped  # 2.6.34 on: a ring-1 `cli` is stepped over
+        self._in_sized = era.port_in_sized  # 3.1 on: an unanswered `in` fills what it reads
+        self._ps2_ready = era.ps2_status_ready  # 4.x: port 0x64 reads 1
         self.boot = boot
         self.console = console
         self.clock = clock
@@ -616,7 +619,7 @@ class Guest:
         return 2
 
     def _rewrite_vmcall(self, eip: int) -> bool:
-        """2.6.30-3.3 (`Era.vmcall_rewrite`): a ring-1 `vmcall` at `eip` becomes `int $0x1f;
+        """2.6.30-3.0 (`Era.vmcall_rewrite`): a ring-1 `vmcall` at `eip` becomes `int $0x1f;
         nop` in guest memory, as lguest's Host patched it, and runs again from `eip` as a
         hypercall.  The three bytes are written through the guest's page tables byte by byte
         (they may straddle two pages), whether or not the guest mapped them writable, as
@@ -717,9 +720,9 @@ class Guest:
             self.stop()
             return None
         prefixed, opcode, _ = decoded
+        size = 4 if opcode & 1 and not prefixed else 2 if opcode & 1 else 1
+        mask = (1 << 8 * size) - 1
         if self.pci is not None and self.pci.handles(port):
-            size = 4 if opcode & 1 and not prefixed else 2 if opcode & 1 else 1
-            mask = (1 << 8 * size) - 1
             if is_in:
                 return cpu.reg(Reg.EAX) & ~mask | self.pci.port_in(port, size)
             self.pci.port_out(port, size, cpu.reg(Reg.EAX) & mask)
@@ -727,7 +730,9 @@ class Guest:
         if not is_in:
             return None
         eax = cpu.reg(Reg.EAX)
-        if opcode & 1:
+        if self._in_sized:  # 3.1's Host, 4.x's Launcher: ones in exactly the bytes read
+            return eax & ~mask | (1 if port == PS2_STATUS_PORT and self._ps2_ready else mask)
+        if opcode & 1:  # until 3.0: a word read set all of EAX, a byte read 16 bits
             return 0xFFFFFFFF
         return eax | (0xFFFF << 16 if prefixed else 0xFFFF)
 
