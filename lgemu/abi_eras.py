@@ -315,7 +315,8 @@ ERAS: tuple[Era, ...] = (
         _HCALLS_4_10, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_4, LD_4_SIZE,
         DeviceBus.PCI, (), PageTables.GUEST, pae=True, cli_skipped=True, boots=True,
         port_in_sized=True, ps2_status_ready=True, bounds_checked=False,
-        blk_barrier_syncs=(), blk_flush=True, facts_from="linux-4.13", blk_outhdr_size=16, net_hdr_size=12,
+        blk_barrier_syncs=(), blk_flush=True, facts_from="linux-4.13", blk_outhdr_size=16,
+        net_hdr_size=12,
         note="lguest left Linux in 4.14; its kernel (4.13.4) was built and booted "
              "(docs/eras.md) but is not in shared/kernels"),
 )
