@@ -131,19 +131,25 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def shell_with_netup(tmp_path: Path) -> Path:
-    """klibc-shell.cpio with /bin/netup appended (the kernel unpacks both archives)."""
+def with_program(tmp_path: Path, name: str, source: str, initrd: Path = SHELL_CPIO) -> Path:
+    """`initrd` with /bin/`name` appended, a static i386 program assembled from `source` (the
+    kernel unpacks both archives); skips the test without binutils."""
     assembler, linker = tools_or_skip()
-    src, obj, exe = tmp_path / "netup.S", tmp_path / "netup.o", tmp_path / "netup"
-    src.write_text(NETUP)
+    src, obj, exe = (tmp_path / f"{name}{ext}" for ext in (".S", ".o", ""))
+    src.write_text(source)
     for cmd in ([assembler, "--32", "-o", str(obj), str(src)],
                 [linker, "-m", "elf_i386", "-static", "-o", str(exe), str(obj)]):
         subprocess.run(cmd, check=True, capture_output=True)
-    base = SHELL_CPIO.read_bytes()
-    initrd = tmp_path / "shell-netup.cpio"
-    initrd.write_bytes(base + bytes(-len(base) % 4)
-                       + _newc([("bin/netup", 0o100755, exe.read_bytes())]))
-    return initrd
+    base = initrd.read_bytes()
+    out = tmp_path / f"{initrd.stem}+{name}.cpio"
+    out.write_bytes(base + bytes(-len(base) % 4)
+                    + _newc([(f"bin/{name}", 0o100755, exe.read_bytes())]))
+    return out
+
+
+def shell_with_netup(tmp_path: Path) -> Path:
+    """klibc-shell.cpio with /bin/netup appended."""
+    return with_program(tmp_path, "netup", NETUP)
 
 
 def arp_who_has(mac: str) -> bytes:

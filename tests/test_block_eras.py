@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from guestasm import tools_or_skip
-from linuxkernel import SHELL_CPIO, _newc, shared_kernel
+from linuxkernel import shared_kernel, with_program
 from virtioasm import DEVPT_BSS, MACROS, MEM, chain, hexwords, map_device_pages, report
 
 from lgemu.abi import PAGE_SIZE, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP
@@ -205,21 +203,6 @@ _start:
 """
 
 
-def _shell_with_fsync(tmp_path: Path) -> Path:
-    """The klibc shell with /bin/fsync PATH appended: klibc has no way to fsync a file."""
-    assembler, linker = tools_or_skip()
-    src, obj, exe = tmp_path / "fsync.S", tmp_path / "fsync.o", tmp_path / "fsync"
-    src.write_text(FSYNC)
-    for cmd in ([assembler, "--32", "-o", str(obj), str(src)],
-                [linker, "-m", "elf_i386", "-static", "-o", str(exe), str(obj)]):
-        subprocess.run(cmd, check=True, capture_output=True)
-    base = SHELL_CPIO.read_bytes()
-    initrd = tmp_path / "shell-fsync.cpio"
-    initrd.write_bytes(base + bytes(-len(base) % 4)
-                       + _newc([("bin/fsync", 0o100755, exe.read_bytes())]))
-    return initrd
-
-
 # kernel → (command line, last shell line, the features -v says the driver accepted)
 REAL = {
     "linux-2.6.32": ("console=hvc0 rdinit=/init", "exit",
@@ -241,7 +224,7 @@ def test_a_real_kernels_fsync_of_its_disk(boot_guest, tmp_path, name):
     script.write_text("echo written-here > /tmp/w\ndd if=/tmp/w of=/dev/vda bs=512 seek=1\n"
                       f"fsync /dev/vda\necho fsync=$?\n{last}\n")
     status, out, err = boot_guest(kernel, cmdline, extra=[
-        "--initrd", str(_shell_with_fsync(tmp_path)), "--console-input", str(script),
+        "--initrd", str(with_program(tmp_path, "fsync", FSYNC)), "--console-input", str(script),
         "--block", str(image), "-v"])
     assert status == 0, err[-3000:]
     assert b"fsync=0\r\n" in out

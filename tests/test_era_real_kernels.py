@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 from gdbrun import needs_gdb, run_under_gdb
-from guestasm import tools_or_skip
-from linuxkernel import _newc, arp_who_has, pcap_frames, shared_kernel, shell_with_netup
+from linuxkernel import arp_who_has, pcap_frames, shared_kernel, shell_with_netup, with_program
 
 from lgemu.debug.symbols import Symbols
 
@@ -55,21 +53,9 @@ def _kernel(name: str, form: str = "bzImage") -> Path:
     return shared_kernel(name, form)
 
 
-def _with_int3(tmp_path: Path, initrd: Path) -> Path:
-    """`initrd` with /bin/int3 appended: a breakpoint, then exit(0).  From 2.6.27 the Host's
-    gate for vector 3 let it through (SIGTRAP, status 133); 2.6.25's was DPL 0: a #GP, so
-    SIGSEGV (139)."""
-    assembler, linker = tools_or_skip()
-    src, obj, exe = tmp_path / "int3.S", tmp_path / "int3.o", tmp_path / "int3"
-    src.write_text("\t.globl _start\n_start:\n\tint3\n\tmovl $1, %eax\n"
-                   "\txorl %ebx, %ebx\n\tint $0x80\n")
-    for cmd in ([assembler, "--32", "-o", str(obj), str(src)],
-                [linker, "-m", "elf_i386", "-static", "-o", str(exe), str(obj)]):
-        subprocess.run(cmd, check=True, capture_output=True)
-    base = initrd.read_bytes()
-    initrd.write_bytes(base + bytes(-len(base) % 4)
-                       + _newc([("bin/int3", 0o100755, exe.read_bytes())]))
-    return initrd
+# /bin/int3: a breakpoint, then exit(0).  From 2.6.27 the Host's gate for vector 3 let it
+# through (SIGTRAP, status 133); 2.6.25's was DPL 0: a #GP, so SIGSEGV (139).
+INT3 = "\t.globl _start\n_start:\n\tint3\n\tmovl $1, %eax\n\txorl %ebx, %ebx\n\tint $0x80\n"
 
 
 
@@ -98,7 +84,7 @@ def test_shell_disk_and_network_then_power_off(boot_guest, tmp_path, name):
                       "echo int3=$?\n"
                       f"{last}\n")
     status, out, err = boot_guest(kernel, cmdline, extra=[
-        "--initrd", str(_with_int3(tmp_path, shell_with_netup(tmp_path))),
+        "--initrd", str(with_program(tmp_path, "int3", INT3, shell_with_netup(tmp_path))),
         "--console-input", str(script),
         "--block", str(disk), "--net", f"pcap:{pcap},mac={MAC}"])
     assert (status, err) == (0, ""), (status, err, out[-3000:])
