@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 from guestasm import assert_killed, assert_powered_down
+from test_hostile import PORT_INS, PRINT_GOT
 
 from lgemu.abi_eras import era_named
 from lgemu.kills import BadHypercall, BadPageTableEntry
@@ -168,27 +169,6 @@ def test_the_ts_hypercall_is_a_bad_hypercall_from_4_10(asm_guest, name):
     assert_killed(run, BadHypercall(8))
 
 
-# Four emulated `in`s from ports nothing answers, EAX 0x12345678 before each: inl, inw from
-# the PS/2 status port 0x64, inb, and a 0x66-prefixed inb.  Before LGUEST_INIT lguest's
-# page_offset is 0, so this ring-1 code counts as kernel code (as in test_hostile.py).
-PORT_INS = """
-        movl	$0x12345678, %eax
-        inl	$0x60, %eax
-        movl	%eax, got
-        movl	$0x12345678, %eax
-        inw	$0x64, %ax
-        movl	%eax, got+4
-        movl	$0x12345678, %eax
-        movw	$0x3f8, %dx
-        inb	%dx, %al
-        movl	%eax, got+8
-        movl	$0x12345678, %eax
-        .byte	0x66
-        inb	%dx, %al
-        movl	%eax, got+12
-        INIT
-"""
-PRINT_GOT = "PUTHEX got\n PUTHEX got+4\n PUTHEX got+8\n PUTHEX got+12\n POWER_DOWN\n"
 
 
 @pytest.mark.parametrize(("name", "seen"), [

@@ -222,11 +222,10 @@ def test_trap_frame_on_an_unmapped_stack_kills(asm_guest):
     assert_killed(run, BadVirtualAddress(0x5000000 - 12))
 
 
-def test_port_io_in_ring_1_is_emulated(asm_guest):
-    """ABI §5.7: `out` does nothing; `in` reads all ones (16 bits for an even opcode).  Before
-    LGUEST_INIT lguest's page_offset is 0, so every ring-1 instruction counts as kernel code
-    (this guest runs at its physical addresses); the results are printed after INIT."""
-    run = asm_guest("""
+# Four emulated `in`s from ports nothing answers, EAX 0x12345678 before each: inl, inw from
+# the PS/2 status port 0x64, inb, and a 0x66-prefixed inb.  Before LGUEST_INIT lguest's
+# page_offset is 0, so this ring-1 code counts as kernel code.
+PORT_INS = """
         movl	$0x12345678, %eax
         inl	$0x60, %eax
         movl	%eax, got
@@ -241,15 +240,17 @@ def test_port_io_in_ring_1_is_emulated(asm_guest):
         .byte	0x66				/* prefixed even opcode: the high half */
         inb	%dx, %al
         movl	%eax, got+12
-        outb	%al, $0x80
-        outl	%eax, %dx
         INIT
-        PUTHEX	got
-        PUTHEX	got+4
-        PUTHEX	got+8
-        PUTHEX	got+12
-        POWER_DOWN
-    """, "got: .fill 4, 4, 0\n")
+"""
+PRINT_GOT = "PUTHEX got\n PUTHEX got+4\n PUTHEX got+8\n PUTHEX got+12\n POWER_DOWN\n"
+
+
+def test_port_io_in_ring_1_is_emulated(asm_guest):
+    """ABI §5.7: `out` does nothing; `in` reads all ones (16 bits for an even opcode).  Before
+    LGUEST_INIT lguest's page_offset is 0, so every ring-1 instruction counts as kernel code
+    (this guest runs at its physical addresses); the results are printed after INIT."""
+    run = asm_guest(PORT_INS.replace("INIT", "outb %al, $0x80\n outl %eax, %dx\n INIT")
+                    + PRINT_GOT, "got: .fill 4, 4, 0\n")
     # The odd opcode (inw is 66 E5) gives all ones whatever the width: lguest's quirk.
     assert_powered_down(run, b"ffffffff" b"ffffffff" b"1234ffff" b"ffff5678")
 
