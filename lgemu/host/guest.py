@@ -83,7 +83,7 @@ from . import cpu_model, events
 from .clock import Clock, ClockState
 from .hypercalls import HypercallTable, hypercall
 from .interrupts import Interrupts, InterruptsState
-from .paging import Paging, PagingState, map_kernel_half
+from .paging import Opcode, Paging, PagingState, map_kernel_half
 from .paging_pae import PaePaging
 from .segments import TSS_LIMIT, Gdt
 from .spin import Spins
@@ -105,7 +105,7 @@ PACE_LEAD_S = 0.5
 EFLAGS_BOOT = 0x202
 IRQ_TIMER = 0
 ICEBP = 0xF1
-OPCODE_CLI = 0xFA
+BARE_CLI = Opcode(frozenset(), 0xFA, 0)  # `cli` with no prefix (what lguest compared)
 OPCODE_IN = frozenset({0xE4, 0xE5, 0xEC, 0xED})  # ABI §5.7: in al/ax/eax, imm8 or dx
 OPCODE_OUT = frozenset({0xE6, 0xE7, 0xEE, 0xEF})
 OPSIZE_PREFIX = 0x66
@@ -594,7 +594,7 @@ class Guest:
             traps.deliver(Vector.PF, eip, error_code, direct=False)
             return
         if vector == GP and self._skip_cli and cpl == 1 and error_code == 0 \
-                and self._opcode_byte(eip) == OPCODE_CLI:
+                and self.paging.opcode_at(eip) == BARE_CLI:
             # 2.6.34 on, lguest's Host (4.x: its Launcher) answered the #GP of a kernel
             # `cli` by moving EIP past it: kernels built for CPUs without cmpxchg8b emulate
             # it with interrupts disabled natively, and the guest ran well enough without it.
@@ -602,11 +602,6 @@ class Guest:
             cpu.set_reg(Reg.EIP, (eip + 1) & 0xFFFFFFFF)
             return
         traps.reflect(vector, eip, error_code)
-
-    def _opcode_byte(self, eip: int) -> int | None:
-        """The byte at `eip` (no prefixes skipped), or None where it is not mapped."""
-        pa = self.paging.translate(eip, mark=False)
-        return None if pa is None else self.memory.ram[pa]
 
     def _software_int_length(self, vector: int, next_eip: int) -> int:
         """`int3` (CC) and `into` (CE) are one byte; `int n` (CD nn) is two."""
