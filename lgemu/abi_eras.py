@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from enum import Enum
 from types import MappingProxyType
 
+from .abi import VIRTIO_BLK_F_BARRIER, VIRTIO_BLK_F_FLUSH
 from .record import Record
 
 Version = tuple[int, int, int]
@@ -109,11 +110,11 @@ class Era(Record, frozen=True, eq=False):
     # The Launcher wrote each kernel argument followed by a space until 2.6.24; from 2.6.25
     # it puts one space between them and none after the last.
     cmdline_trailing_space: bool = False
-    # The Launcher's virtio disk: the feature it offered besides SEG_MAX ("BARRIER" from
-    # 2.6.25, "FLUSH" by 3.0, neither in 2.6.24 nor on 4.x's PCI); where it ran fdatasync
+    # The Launcher's virtio disk: the feature bits it offered besides SEG_MAX (BARRIER from
+    # 2.6.25, FLUSH by 3.0, neither in 2.6.24 nor on 4.x's PCI); where it ran fdatasync
     # around a request flagged BARRIER ("before" its I/O, and "after" it from 2.6.30; 3.0
     # on ignored the flag); whether it carried out a FLUSH request (fdatasync) at all.
-    blk_offers: tuple[str, ...] = ()
+    blk_offers: int = 0
     blk_barrier_syncs: tuple[str, ...] = ("before",)
     blk_flush: bool = False
     # An emulated `in` from a port nothing answers: until 3.0 the Host set all of EAX for a
@@ -230,6 +231,9 @@ _DESC_2_6_24 = ("type", "config_len", "status")  # then a TLV list of config fie
 _DESC_2_6_25 = ("type", "num_vq", "feature_len", "config_len", "status")  # then vqs, features
 
 # -- the eras -------------------------------------------------------------------------------------
+_BARRIER = 1 << VIRTIO_BLK_F_BARRIER  # the disk features a Launcher offered (`blk_offers`)
+_FLUSH = 1 << VIRTIO_BLK_F_FLUSH
+
 ERAS: tuple[Era, ...] = (
     Era("2.6.23", (2, 6, 23), "the first lguest: devices on the DMA lguest bus, no virtio",
         _HCALLS_2_6_23, HcallInsn.INT_1F, _REGS_OLD, _RING_2_6_23, LD_2_6_23, LD_2_6_23_SIZE,
@@ -248,21 +252,21 @@ ERAS: tuple[Era, ...] = (
         "SHUTDOWN replaces CRASH",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, blk_outhdr_size=16,
-        blk_offers=("BARRIER",),
+        blk_offers=_BARRIER,
         net_hdr_size=10, boots=True, host_gates_dpl0=True, facts_from="linux-2.6.25",
         note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.26", (2, 6, 26), "driver features acknowledged, status changes notified, "
         "config in guest byte order",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
-        blk_offers=("BARRIER",),
+        blk_offers=_BARRIER,
         blk_outhdr_size=16, net_hdr_size=10, boots=True, host_gates_dpl0=True,
         facts_from="linux-2.6.26"),
     Era("2.6.27-2.6.28", (2, 6, 27), "2.6.26's interface; the Host's trap gates take the "
         "privilege level of the guest's",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.LAUNCHER, status_notify=True,
-        blk_offers=("BARRIER",),
+        blk_offers=_BARRIER,
         blk_outhdr_size=16, net_hdr_size=10, boots=True, facts_from="linux-2.6.28",
         note="its guest interface is 2.6.26's, its Host's copy_traps 2.6.27's (read in "
              "that release); its kernel was built and booted (docs/eras.md) but is not in "
@@ -270,27 +274,27 @@ ERAS: tuple[Era, ...] = (
     Era("2.6.29", (2, 6, 29), "the Host builds the initial page tables",
         _HCALLS_2_6_25, HcallInsn.INT_1F, _REGS_OLD, _RING_OLD, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
-        blk_offers=("BARRIER",),
+        blk_offers=_BARRIER,
         blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.29",
         note="its kernel was built and booted (docs/eras.md) but is not in shared/kernels"),
     Era("2.6.30", (2, 6, 30), "vmcall hypercalls (eax, ebx, ecx, edx); LOAD_GDT_ENTRY",
         _HCALLS_2_6_30, HcallInsn.VMCALL, _REGS_KVM4, _RING_4, LD_2_6_24, LD_2_6_24_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True,
-        blk_offers=("BARRIER",), blk_barrier_syncs=("before", "after"),
+        blk_offers=_BARRIER, blk_barrier_syncs=("before", "after"),
         vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.30"),
     Era("2.6.31-2.6.33", (2, 6, 31), "a fifth argument in esi, 20-byte ring entries, "
         "irq_pending and SEND_INTERRUPTS, SET_PGD/SET_PMD renumbered, PAE allowed",
         _HCALLS_2_6_31, HcallInsn.VMCALL, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        blk_offers=("BARRIER",), blk_barrier_syncs=("before", "after"),
+        blk_offers=_BARRIER, blk_barrier_syncs=("before", "after"),
         vmcall_rewrite=True, blk_outhdr_size=16, net_hdr_size=10, boots=True,
         facts_from="linux-2.6.32"),
     Era("2.6.34-3.0", (2, 6, 34), "int $0x1f again, keeping the vmcall register order",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_2_6_31, LD_2_6_31_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.HOST, status_notify=True, pae=True,
-        blk_offers=("FLUSH",), blk_barrier_syncs=(), blk_flush=True,
+        blk_offers=_FLUSH, blk_barrier_syncs=(), blk_flush=True,
         vmcall_rewrite=True, cli_skipped=True, blk_outhdr_size=16, net_hdr_size=10,
         boots=True, facts_from="linux-3.0",
         note="3.0's send_interrupts still makes a vmcall, which its Host rewrites; 3.1's "
@@ -299,7 +303,7 @@ ERAS: tuple[Era, ...] = (
         "page tables and lguest_entry loads them with NEW_PGTABLE",
         _HCALLS_2_6_31, HcallInsn.INT_1F, _REGS_KVM5, _RING_5, LD_3, LD_3_SIZE,
         DeviceBus.LGUEST_VIRTIO, _DESC_2_6_25, PageTables.GUEST, status_notify=True, pae=True,
-        blk_offers=("FLUSH",), blk_barrier_syncs=(), blk_flush=True,
+        blk_offers=_FLUSH, blk_barrier_syncs=(), blk_flush=True,
         cli_skipped=True, port_in_sized=True, blk_outhdr_size=16, net_hdr_size=10,
         boots=True, bounds_checked=False, facts_from="linux-3.13",
         note="its last release is not pinned down (4.1 has devices on PCI)"),

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from ..abi import DeviceType
 from ..errors import GuestKilled
 from ..kills import BadVirtioPci
-from ..launcher.devicepage import BLOCK_FEATURES
 from ..machine.memory import GuestMemory
 from .base import Device
 from .console import Console
@@ -119,8 +118,7 @@ def modern_config(device: Device) -> tuple[int, bytes]:
     if device.type == DeviceType.BLOCK:
         capacity: int = getattr(device, "capacity", 0)
         # what 4.4's Launcher offered (SEG_MAX), and anything the era adds (it adds nothing)
-        offers = sum(1 << BLOCK_FEATURES[name] for name in device.era.blk_offers)
-        return (VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | offers,
+        return (VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | device.era.blk_offers,
                 capacity.to_bytes(8, "little") + bytes(4) + BLK_SEG_MAX.to_bytes(4, "little"))
     if device.type == DeviceType.NET:
         mac: bytes = getattr(device, "mac", bytes(6))

@@ -41,8 +41,6 @@ from ..abi import (
     PAGE_SIZE,
     U32,
     VIRTIO_BLK_CONFIG,
-    VIRTIO_BLK_F_BARRIER,
-    VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_NET_F_MAC,
@@ -150,26 +148,20 @@ class DevicePage(Record):
         return [queue for device in self.devices for queue in device.queues]
 
 
-# The block features an era's Launcher may offer beyond SEG_MAX (`Era.blk_offers`), by name.
-BLOCK_FEATURES = {"BARRIER": VIRTIO_BLK_F_BARRIER, "FLUSH": VIRTIO_BLK_F_FLUSH}
-
-
 def console_spec() -> DeviceSpec:
     """The console every lguest guest gets: input queue, output queue, no other fields."""
     return DeviceSpec(DeviceType.CONSOLE, 2)
 
 
 def block_spec(capacity_sectors: int, read_only: bool = False,
-               offers: tuple[str, ...] = ()) -> DeviceSpec:
+               offers: int = 0) -> DeviceSpec:
     """A block device as 2.6.24's Launcher describes it: one queue, CAPACITY, then SEG_MAX;
-    from 2.6.25 the SEG_MAX feature, the era's `offers` (BARRIER or FLUSH, by name, as
-    `Era.blk_offers` lists them) and RO for a read-only disk (drivers that know the bit
+    from 2.6.25 the SEG_MAX feature, the era's `offers` (the BARRIER or FLUSH bit,
+    `Era.blk_offers`) and RO for a read-only disk (drivers that know the bit
     mount it read-only), with capacity and seg_max in `virtio_blk_config`."""
     config = config_field(CONFIG_BLK_F_CAPACITY, capacity_sectors.to_bytes(8, "little"))
     config += config_field(CONFIG_BLK_F_SEG_MAX, U32.pack(BLK_SEG_MAX))
-    features = 1 << VIRTIO_BLK_F_SEG_MAX | (1 << VIRTIO_BLK_F_RO if read_only else 0)
-    for name in offers:
-        features |= 1 << BLOCK_FEATURES[name]
+    features = 1 << VIRTIO_BLK_F_SEG_MAX | (1 << VIRTIO_BLK_F_RO if read_only else 0) | offers
     return DeviceSpec(DeviceType.BLOCK, 1, config, features,
                       VIRTIO_BLK_CONFIG.pack(capacity_sectors, 0, BLK_SEG_MAX))
 
